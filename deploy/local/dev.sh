@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# `make dev`: the Dagster webserver + daemon (embedded instance under DAGSTER_HOME) and the API,
+# in the foreground until Ctrl-C. Runs with the stack's environment (see the Makefile).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+bin="$root/.venv/bin"
+mkdir -p "$root/.stack/logs"
+
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+"$bin/dagster" dev -h 127.0.0.1 -p 3000 -w "$root/workspace.yaml" >"$root/.stack/logs/dagster.log" 2>&1 &
+pids+=($!)
+"$bin/uvicorn" rp9_pipelines.api.main:app --host 127.0.0.1 --port "$ORCH_PORT" \
+  >"$root/.stack/logs/api.log" 2>&1 &
+pids+=($!)
+
+wait_http() {
+  local name=$1 url=$2 deadline=$((SECONDS + $3))
+  until curl -fsS "$url" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || { echo "$name did not start; see .stack/logs/" >&2; exit 1; }
+    sleep 0.5
+  done
+}
+wait_http api "http://127.0.0.1:$ORCH_PORT/healthz" 60
+wait_http dagster "http://127.0.0.1:3000/server_info" 120
+
+cat <<MSG
+
+rp9 is up (Ctrl-C stops Dagster and the API; \`make stack-down\` stops the stack):
+  Dagster UI       http://127.0.0.1:3000
+  API              http://127.0.0.1:$ORCH_PORT  (health /healthz, OpenAPI /docs)
+  Traefik          http://127.0.0.1:8088  (tenants at http://<slug>.localhost:8088)
+  Traefik admin    http://127.0.0.1:8089/dashboard/
+  Prometheus       http://127.0.0.1:59090
+  API token        in .stack/env (ORCH_TOKEN)
+MSG
+wait -n "${pids[@]}"

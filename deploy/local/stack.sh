@@ -1,0 +1,301 @@
+#!/usr/bin/env bash
+# The real local stack on 127.0.0.1: Docker Engine, Postgres, Redis, OpenBao (dev server),
+# an S3 server (moto), Traefik (Docker provider), Prometheus, and the locally built n8n image.
+#
+#   stack.sh up      install what is missing, start what is stopped (idempotent)
+#   stack.sh down    stop what `up` started (Docker keeps running: it is the machine's engine)
+#   stack.sh status  one line per service
+#   stack.sh env     print the environment for the stack (sourced by the Makefile)
+#
+# State (data, logs, pids, generated secrets) lives in RP9_STATE_DIR (default ./.stack);
+# heavy downloads are cached in RP9_CACHE_DIR (default /var/cache/rp9), keyed by version.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+state=${RP9_STATE_DIR:-$root/.stack}
+venv=${RP9_VENV:-$root/.venv}
+n8n_version=${N8N_VERSION:-2.20.12}
+
+pg_port=55432
+redis_port=56379
+bao_port=58200
+s3_port=59000
+traefik_web_port=8088
+traefik_admin_port=8089
+prom_port=59090
+
+log() { printf '[stack] %s\n' "$*"; }
+die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+
+# wait_for NAME SECONDS COMMAND...: poll COMMAND until it succeeds or the deadline passes.
+wait_for() {
+  local name=$1 deadline=$((SECONDS + $2))
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      die "$name did not become ready; see the log under $state/logs"
+    fi
+    sleep 0.3
+  done
+}
+
+running() { [ -f "$state/run/$1.pid" ] && kill -0 "$(cat "$state/run/$1.pid")" 2>/dev/null; }
+
+# spawn NAME COMMAND...: start COMMAND in the background with its log and pid file.
+spawn() {
+  local name=$1
+  shift
+  nohup "$@" >>"$state/logs/$name.log" 2>&1 &
+  echo $! >"$state/run/$name.pid"
+}
+
+secret() {
+  # A random secret generated once per state dir; never committed, never printed by `up`.
+  local file="$state/secrets/$1"
+  [ -s "$file" ] || (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$file")
+  cat "$file"
+}
+
+apt_install() {
+  local missing=()
+  local pkg bin
+  for pair in "$@"; do
+    pkg=${pair%%:*} bin=${pair#*:}
+    command -v "$bin" >/dev/null 2>&1 || [ -x "$bin" ] || missing+=("$pkg")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  [ "$(id -u)" = 0 ] || die "missing packages ${missing[*]}; install them as root"
+  log "apt-get install ${missing[*]}"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+pg_bin=/usr/lib/postgresql/15/bin
+# Postgres refuses to run as root, and the postgres user may not traverse the checkout (CI clones
+# anywhere), so its data lives outside the tree, keyed by the checkout's path.
+pg_dir=${RP9_PG_DIR:-/var/lib/rp9/postgres-$(printf %s "$root" | md5sum | cut -c1-8)}
+
+install_packages() {
+  apt_install docker.io:dockerd debootstrap:debootstrap redis-server:redis-server \
+    postgresql:$pg_bin/postgres prometheus:prometheus iptables:iptables iproute2:ip curl:curl
+  [ -x "$venv/bin/traefik" ] || die "$venv has no traefik: run \`make install\` first"
+}
+
+# The host's address on docker0: what host.docker.internal (host-gateway) resolves to.
+docker_bridge_ip() {
+  local ip
+  ip=$(ip -4 -o addr show docker0 | awk '{print $4}' | cut -d/ -f1)
+  [ -n "$ip" ] || die "docker0 has no IPv4 address"
+  echo "$ip"
+}
+
+start_docker() {
+  if docker info >/dev/null 2>&1; then return 0; fi
+  log "starting dockerd"
+  spawn dockerd dockerd
+  wait_for dockerd 60 docker info
+}
+
+start_postgres() {
+  local data="$pg_dir/data" bridge_ip
+  bridge_ip=$(docker_bridge_ip)
+  if [ ! -f "$data/PG_VERSION" ]; then
+    log "initdb $data"
+    mkdir -p "$data"
+    chown -R postgres:postgres "$pg_dir"
+    chmod 700 "$data"
+    local pwfile
+    pwfile=$(mktemp)
+    secret postgres >"$pwfile"
+    chown postgres "$pwfile"
+    runuser -u postgres -- "$pg_bin/initdb" -D "$data" -U rp9 --pwfile="$pwfile" \
+      --auth-local=peer --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$state/logs/initdb.log"
+    rm -f "$pwfile"
+    cat >>"$data/postgresql.conf" <<CONF
+port = $pg_port
+unix_socket_directories = '$pg_dir'
+max_connections = 400
+shared_buffers = 256MB
+fsync = on
+CONF
+    # Tenant containers reach Postgres through the Docker bridge gateway (host.docker.internal).
+    echo "host all all 172.16.0.0/12 scram-sha-256" >>"$data/pg_hba.conf"
+  fi
+  if runuser -u postgres -- "$pg_bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then return 0; fi
+  log "starting postgres on 127.0.0.1:$pg_port and $bridge_ip:$pg_port"
+  runuser -u postgres -- "$pg_bin/pg_ctl" -D "$data" -l "$pg_dir/postgres.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1,$bridge_ip" start >/dev/null
+  PGPASSWORD=$(secret postgres) psql -h 127.0.0.1 -p $pg_port -U rp9 -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname='rp9_platform'" | grep -q 1 \
+    || PGPASSWORD=$(secret postgres) psql -h 127.0.0.1 -p $pg_port -U rp9 -d postgres -qc \
+      "CREATE DATABASE rp9_platform"
+}
+
+start_redis() {
+  if running redis; then return 0; fi
+  local bridge_ip
+  bridge_ip=$(docker_bridge_ip)
+  log "starting redis on 127.0.0.1:$redis_port and $bridge_ip:$redis_port"
+  mkdir -p "$state/redis"
+  cat >"$state/redis/redis.conf" <<CONF
+bind 127.0.0.1 $bridge_ip
+port $redis_port
+requirepass $(secret redis)
+dir $state/redis
+appendonly no
+save ""
+CONF
+  chmod 600 "$state/redis/redis.conf"
+  spawn redis redis-server "$state/redis/redis.conf"
+  wait_for redis 20 redis-cli -p $redis_port -a "$(secret redis)" --no-auth-warning ping
+}
+
+start_openbao() {
+  if running openbao; then return 0; fi
+  log "starting OpenBao dev server on 127.0.0.1:$bao_port"
+  spawn openbao "$venv/bin/bao" server -dev -dev-root-token-id="$(secret vault)" \
+    -dev-listen-address="127.0.0.1:$bao_port"
+  wait_for openbao 30 curl -fsS "http://127.0.0.1:$bao_port/v1/sys/health"
+}
+
+start_s3() {
+  if running s3; then return 0; fi
+  log "starting S3 (moto server) on 127.0.0.1:$s3_port"
+  spawn s3 "$venv/bin/moto_server" -H 127.0.0.1 -p $s3_port
+  wait_for s3 30 curl -fsS "http://127.0.0.1:$s3_port/moto-api/"
+}
+
+start_traefik() {
+  if running traefik; then return 0; fi
+  log "starting Traefik: web on 127.0.0.1:$traefik_web_port, api/metrics on 127.0.0.1:$traefik_admin_port"
+  mkdir -p "$state/traefik"
+  cat >"$state/traefik/traefik.yml" <<CONF
+entryPoints:
+  web:
+    address: "127.0.0.1:$traefik_web_port"
+  traefik:
+    address: "127.0.0.1:$traefik_admin_port"
+providers:
+  docker:
+    endpoint: "unix:///var/run/docker.sock"
+    exposedByDefault: false
+    constraints: "Label(\`io.rp9.managed\`, \`true\`)"
+api:
+  insecure: true
+  dashboard: true
+ping:
+  entryPoint: traefik
+metrics:
+  prometheus:
+    entryPoint: traefik
+    addRoutersLabels: true
+    addServicesLabels: true
+log:
+  level: INFO
+accessLog: {}
+CONF
+  spawn traefik "$venv/bin/traefik" --configFile="$state/traefik/traefik.yml"
+  wait_for traefik 30 curl -fsS "http://127.0.0.1:$traefik_admin_port/ping"
+}
+
+start_prometheus() {
+  if running prometheus; then return 0; fi
+  log "starting Prometheus on 127.0.0.1:$prom_port"
+  mkdir -p "$state/prometheus/data"
+  sed -e "s/__TRAEFIK__/127.0.0.1:$traefik_admin_port/" \
+    -e "s/__ORCH__/127.0.0.1:${ORCH_PORT:-8080}/" \
+    "$root/deploy/local/prometheus.yml" >"$state/prometheus/prometheus.yml"
+  spawn prometheus prometheus --config.file="$state/prometheus/prometheus.yml" \
+    --storage.tsdb.path="$state/prometheus/data" --web.listen-address="127.0.0.1:$prom_port" \
+    --web.enable-lifecycle
+  wait_for prometheus 30 curl -fsS "http://127.0.0.1:$prom_port/-/ready"
+}
+
+build_image() {
+  RP9_CACHE_DIR=${RP9_CACHE_DIR:-/var/cache/rp9} bash "$root/deploy/images/n8n/build.sh" "$n8n_version"
+}
+
+print_env() {
+  cat <<ENV
+RP9_ENV=development
+ORCH_PORT=${ORCH_PORT:-8080}
+ORCH_TOKEN=$(secret orch-token)
+ORCH_HMAC_SECRET=$(secret orch-hmac)
+BASE_DOMAIN=localhost
+ACME_EMAIL=ops@localhost
+DATABASE_URL=postgresql://rp9:$(secret postgres)@127.0.0.1:$pg_port/rp9_platform
+REDIS_URL=redis://:$(secret redis)@127.0.0.1:$redis_port/0
+VAULT_ADDR=http://127.0.0.1:$bao_port
+VAULT_TOKEN=$(secret vault)
+N8N_IMAGE=rp9/n8n
+N8N_VERSION=$n8n_version
+DOCKER_HOST=unix:///var/run/docker.sock
+TENANT_SERVICES_HOST=host.docker.internal
+TRAEFIK_URL=http://127.0.0.1:$traefik_web_port
+TRAEFIK_API_URL=http://127.0.0.1:$traefik_admin_port
+S3_ENDPOINT_URL=http://127.0.0.1:$s3_port
+S3_BUCKET=rp9-backups
+S3_ACCESS_KEY_ID=rp9-local
+S3_SECRET_ACCESS_KEY=$(secret s3)
+PROMETHEUS_URL=http://127.0.0.1:$prom_port
+DAGSTER_GRAPHQL_URL=http://127.0.0.1:3000/graphql
+ENV
+}
+
+status() {
+  local name
+  for name in dockerd redis openbao s3 traefik prometheus; do
+    if [ "$name" = dockerd ]; then
+      docker info >/dev/null 2>&1 && echo "dockerd     up" || echo "dockerd     down"
+    elif running "$name"; then
+      printf '%-11s up (pid %s)\n' "$name" "$(cat "$state/run/$name.pid")"
+    else
+      printf '%-11s down\n' "$name"
+    fi
+  done
+  runuser -u postgres -- "$pg_bin/pg_ctl" -D "$pg_dir/data" status >/dev/null 2>&1 \
+    && echo "postgres    up" || echo "postgres    down"
+  docker image inspect "rp9/n8n:$n8n_version" >/dev/null 2>&1 \
+    && echo "n8n image   rp9/n8n:$n8n_version" || echo "n8n image   missing"
+}
+
+up() {
+  mkdir -p "$state/logs" "$state/run" "$state/secrets"
+  chmod 700 "$state/secrets"
+  chmod 755 "$state" "$state/run"
+  install_packages
+  start_docker
+  start_postgres
+  start_redis
+  start_openbao
+  start_s3
+  start_traefik
+  start_prometheus
+  build_image
+  print_env >"$state/env"
+  chmod 600 "$state/env"
+  log "up; environment in $state/env"
+}
+
+down() {
+  local name
+  for name in prometheus traefik s3 openbao redis; do
+    if running "$name"; then
+      log "stopping $name"
+      kill "$(cat "$state/run/$name.pid")" 2>/dev/null || true
+    fi
+    rm -f "$state/run/$name.pid"
+  done
+  if [ -f "$pg_dir/data/PG_VERSION" ]; then
+    runuser -u postgres -- "$pg_bin/pg_ctl" -D "$pg_dir/data" -m fast stop >/dev/null 2>&1 || true
+  fi
+  log "down (dockerd and its containers are left running)"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  env) mkdir -p "$state/secrets" && print_env ;;
+  *) die "usage: $0 up|down|status|env" ;;
+esac

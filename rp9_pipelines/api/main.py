@@ -1,0 +1,25 @@
+"""The internal API: authenticates callers and launches Dagster runs."""
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rp9_pipelines.api.errors import (
+    ApiError,
+    api_error_handler,
+    http_error_handler,
+    validation_error_handler,
+)
+from rp9_pipelines.api.routes import health
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="rp9 control plane", version="0.1.0")
+    app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()

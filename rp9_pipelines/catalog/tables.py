@@ -1,0 +1,355 @@
+"""The platform catalog (`rp9_platform`): SQLAlchemy Core tables, mirrored by the migrations."""
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+TENANT_STATUSES = (
+    "provisioning",
+    "active",
+    "suspended",
+    "promoting",
+    "upgrading",
+    "failed",
+    "deleting",
+    "deleted",
+)
+TIERS = ("shared", "dedicated")
+INSTANCE_ROLES = ("main", "worker", "webhook")
+COLORS = ("blue", "green")
+INSTANCE_STATES = ("creating", "running", "draining", "stopped", "removed", "failed")
+QUOTA_SOURCES = ("plan", "stripe", "manual")
+BACKUP_KINDS = ("daily", "weekly", "on_demand", "pre_promotion", "pre_upgrade")
+BACKUP_STATUSES = ("running", "ok", "failed", "expired")
+DRILL_STATUSES = ("running", "passed", "failed")
+REPORT_DESTINATIONS = ("stripe", "supabase")
+REPORT_STATUSES = ("pending", "sent", "failed")
+ENFORCEMENT_ACTIONS = ("warn", "suspend", "overage", "resume")
+PROMOTION_TRIGGERS = ("manual", "usage", "latency", "compliance")
+CHANGE_STATUSES = ("running", "succeeded", "rolled_back", "failed")
+
+# A DNS label of 3-40 characters: lowercase letters, digits and inner hyphens.
+SLUG_PATTERN = "^[a-z0-9]([a-z0-9-]{1,38})[a-z0-9]$"
+
+
+def _enum(name: str, values: tuple[str, ...]) -> sa.Enum:
+    # CHECK constraints instead of native Postgres enums: adding a value later is a plain
+    # constraint swap in a migration, with no ALTER TYPE outside a transaction.
+    return sa.Enum(*values, name=name, native_enum=False, create_constraint=True, length=32)
+
+
+def _id() -> sa.Column[object]:
+    return sa.Column(
+        "id", UUID(as_uuid=True), primary_key=True, server_default=sa.text("gen_random_uuid()")
+    )
+
+
+def _tenant_fk(*, nullable: bool = False) -> sa.Column[object]:
+    return sa.Column(
+        "tenant_id",
+        UUID(as_uuid=True),
+        sa.ForeignKey("tenants.id", ondelete="RESTRICT"),
+        nullable=nullable,
+        index=True,
+    )
+
+
+def _created_at() -> sa.Column[object]:
+    return sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    )
+
+
+def _updated_at() -> sa.Column[object]:
+    return sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    )
+
+
+plans = sa.Table(
+    "plans",
+    metadata,
+    sa.Column("name", sa.String(40), primary_key=True),
+    sa.Column("executions_per_month", sa.BigInteger, nullable=False),
+    sa.Column("concurrency", sa.Integer, nullable=False),
+    sa.Column("cpu", sa.Numeric(6, 2), nullable=False),
+    sa.Column("memory_mb", sa.Integer, nullable=False),
+    sa.Column("min_workers", sa.Integer, nullable=False),
+    sa.Column("max_workers", sa.Integer, nullable=False),
+    sa.Column("overage_allowed", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("stripe_product_id", sa.String(64)),
+    sa.Column("stripe_price_id", sa.String(64)),
+    sa.CheckConstraint("executions_per_month > 0", name="executions_positive"),
+    sa.CheckConstraint("concurrency > 0", name="concurrency_positive"),
+    sa.CheckConstraint("cpu > 0 AND memory_mb >= 256", name="resources_positive"),
+    sa.CheckConstraint("min_workers >= 0 AND max_workers >= min_workers", name="worker_range"),
+)
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    _id(),
+    sa.Column("slug", sa.String(40), nullable=False, unique=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("plan", sa.String(40), sa.ForeignKey("plans.name"), nullable=False),
+    sa.Column("tier", _enum("tenant_tier", TIERS), nullable=False, server_default="shared"),
+    sa.Column(
+        "status",
+        _enum("tenant_status", TENANT_STATUSES),
+        nullable=False,
+        server_default="provisioning",
+    ),
+    sa.Column("region", sa.String(40), nullable=False, server_default="eu-1"),
+    sa.Column("custom_domain", sa.String(253), unique=True),
+    sa.Column("compliance", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("stripe_customer_id", sa.String(64), unique=True),
+    sa.Column("n8n_version", sa.String(32), nullable=False),
+    sa.Column("workers", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    _created_at(),
+    _updated_at(),
+    sa.Column("deleted_at", sa.DateTime(timezone=True)),
+    sa.CheckConstraint(f"slug ~ '{SLUG_PATTERN}'", name="slug_dns_label"),
+    sa.CheckConstraint("workers >= 0", name="workers_non_negative"),
+)
+
+tenant_instances = sa.Table(
+    "tenant_instances",
+    metadata,
+    _id(),
+    _tenant_fk(),
+    sa.Column("role", _enum("instance_role", INSTANCE_ROLES), nullable=False),
+    sa.Column("color", _enum("instance_color", COLORS), nullable=False, server_default="blue"),
+    sa.Column("container_name", sa.String(128), nullable=False, unique=True),
+    sa.Column("container_id", sa.String(128), unique=True),
+    sa.Column("image", sa.String(200), nullable=False),
+    sa.Column("cpu_limit", sa.Numeric(6, 2), nullable=False),
+    sa.Column("memory_limit_mb", sa.Integer, nullable=False),
+    sa.Column("db_name", sa.String(63), nullable=False),
+    sa.Column("db_schema", sa.String(63), nullable=False),
+    sa.Column(
+        "state", _enum("instance_state", INSTANCE_STATES), nullable=False, server_default="creating"
+    ),
+    _created_at(),
+    _updated_at(),
+    sa.CheckConstraint("cpu_limit > 0 AND memory_limit_mb > 0", name="limits_positive"),
+)
+
+quotas = sa.Table(
+    "quotas",
+    metadata,
+    _id(),
+    _tenant_fk(),
+    sa.Column("source", _enum("quota_source", QUOTA_SOURCES), nullable=False),
+    sa.Column("executions_per_month", sa.BigInteger),
+    sa.Column("concurrency", sa.Integer),
+    sa.Column("cpu", sa.Numeric(6, 2)),
+    sa.Column("memory_mb", sa.Integer),
+    sa.Column("min_workers", sa.Integer),
+    sa.Column("max_workers", sa.Integer),
+    sa.Column("overage_allowed", sa.Boolean),
+    _updated_at(),
+    sa.UniqueConstraint("tenant_id", "source", name="uq_quotas_tenant_source"),
+    sa.CheckConstraint(
+        "min_workers IS NULL OR max_workers IS NULL OR max_workers >= min_workers",
+        name="worker_range",
+    ),
+)
+
+usage = sa.Table(
+    "usage",
+    metadata,
+    _id(),
+    _tenant_fk(),
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column("executions", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("failures", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("duration_ms_sum", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("latency_p95_ms", sa.Float),
+    sa.Column("queue_wait_p95_ms", sa.Float),
+    sa.Column("cpu_seconds", sa.Float, nullable=False, server_default="0"),
+    sa.Column("memory_gb_hours", sa.Float, nullable=False, server_default="0"),
+    sa.Column(
+        "collected_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.UniqueConstraint("tenant_id", "day", name="uq_usage_tenant_day"),
+    sa.CheckConstraint(
+        "executions >= 0 AND failures >= 0 AND failures <= executions", name="counts"
+    ),
+)
+
+usage_reports = sa.Table(
+    "usage_reports",
+    metadata,
+    _id(),
+    _tenant_fk(),
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column("destination", _enum("report_destination", REPORT_DESTINATIONS), nullable=False),
+    sa.Column("metric", sa.String(64), nullable=False),
+    sa.Column("identifier", sa.String(200), nullable=False),
+    sa.Column("quantity", sa.BigInteger, nullable=False),
+    sa.Column(
+        "status", _enum("report_status", REPORT_STATUSES), nullable=False, server_default="pending"
+    ),
+    sa.Column("error", sa.Text),
+    _created_at(),
+    sa.Column("sent_at", sa.DateTime(timezone=True)),
+    sa.UniqueConstraint("destination", "identifier", name="uq_usage_reports_identifier"),
+)
+
+backups = sa.Table(
+    "backups",
+    metadata,
+    _id(),
+    _tenant_fk(),
+    sa.Column("kind", _enum("backup_kind", BACKUP_KINDS), nullable=False),
+    sa.Column("bucket", sa.String(63), nullable=False),
+    sa.Column("key", sa.String(1024), nullable=False),
+    sa.Column("size_bytes", sa.BigInteger),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("manifest", JSONB),
+    sa.Column(
+        "status", _enum("backup_status", BACKUP_STATUSES), nullable=False, server_default="running"
+    ),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column(
+        "started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("error", sa.Text),
+    sa.UniqueConstraint("bucket", "key", name="uq_backups_object"),
+    # An `ok` backup is a verified one: it must carry what was verified.
+    sa.CheckConstraint(
+        "status <> 'ok' OR "
+        "(size_bytes IS NOT NULL AND sha256 IS NOT NULL AND finished_at IS NOT NULL)",
+        name="ok_is_verified",
+    ),
+)
+
+restore_drills = sa.Table(
+    "restore_drills",
+    metadata,
+    _id(),
+    _tenant_fk(),
+    sa.Column(
+        "backup_id",
+        UUID(as_uuid=True),
+        sa.ForeignKey("backups.id", ondelete="RESTRICT"),
+        nullable=False,
+    ),
+    sa.Column("sandbox", sa.String(128), nullable=False),
+    sa.Column(
+        "status", _enum("drill_status", DRILL_STATUSES), nullable=False, server_default="running"
+    ),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column(
+        "started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("rto_seconds", sa.Float),
+    sa.Column("checks", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("error", sa.Text),
+)
+
+autoscaling_events = sa.Table(
+    "autoscaling_events",
+    metadata,
+    _id(),
+    _tenant_fk(),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("signals", JSONB, nullable=False),
+    sa.Column("workers_from", sa.Integer, nullable=False),
+    sa.Column("workers_to", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("run_id", sa.String(64)),
+    sa.CheckConstraint("workers_from >= 0 AND workers_to >= 0", name="workers_non_negative"),
+)
+
+enforcement_events = sa.Table(
+    "enforcement_events",
+    metadata,
+    _id(),
+    _tenant_fk(),
+    sa.Column("period", sa.String(7), nullable=False),
+    sa.Column("metric", sa.String(64), nullable=False),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("limit_value", sa.Float, nullable=False),
+    sa.Column("threshold", sa.Integer, nullable=False),
+    sa.Column("action", _enum("enforcement_action", ENFORCEMENT_ACTIONS), nullable=False),
+    sa.Column("run_id", sa.String(64)),
+    _created_at(),
+    # One event per threshold and action per period: re-runs never warn twice.
+    sa.UniqueConstraint(
+        "tenant_id",
+        "period",
+        "metric",
+        "threshold",
+        "action",
+        name="uq_enforcement_once_per_period",
+    ),
+    sa.CheckConstraint("threshold IN (80, 100)", name="threshold_values"),
+    sa.CheckConstraint("period ~ '^[0-9]{4}-[0-9]{2}$'", name="period_format"),
+)
+
+promotions = sa.Table(
+    "promotions",
+    metadata,
+    _id(),
+    _tenant_fk(),
+    sa.Column("trigger", _enum("promotion_trigger", PROMOTION_TRIGGERS), nullable=False),
+    sa.Column(
+        "status",
+        _enum("promotion_status", CHANGE_STATUSES),
+        nullable=False,
+        server_default="running",
+    ),
+    sa.Column("steps", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column(
+        "started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("downtime_ms", sa.BigInteger),
+    sa.Column("error", sa.Text),
+)
+
+upgrades = sa.Table(
+    "upgrades",
+    metadata,
+    _id(),
+    _tenant_fk(),
+    sa.Column("from_version", sa.String(32), nullable=False),
+    sa.Column("to_version", sa.String(32), nullable=False),
+    sa.Column(
+        "status", _enum("upgrade_status", CHANGE_STATUSES), nullable=False, server_default="running"
+    ),
+    sa.Column("steps", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column(
+        "started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("downtime_ms", sa.BigInteger),
+    sa.Column("error", sa.Text),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("route", sa.String(200), primary_key=True),
+    sa.Column("request_sha256", sa.String(64), nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=False),
+    sa.Column("response", JSONB, nullable=False),
+    _created_at(),
+)

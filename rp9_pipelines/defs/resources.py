@@ -1,0 +1,37 @@
+"""Binds every resource from the environment; secrets only through `dg.EnvVar`, so the run
+config shown in the UI names the variable, never its value."""
+
+import dagster as dg
+
+from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
+from rp9_pipelines.resources.http_service import HttpServiceResource
+from rp9_pipelines.resources.redis_queue import RedisResource
+from rp9_pipelines.resources.s3 import S3Resource
+from rp9_pipelines.resources.vault import VaultResource
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    return dg.Definitions(
+        resources={
+            "catalog": CatalogResource(database_url=dg.EnvVar("DATABASE_URL")),
+            "docker_runtime": DockerRuntimeResource(docker_host=dg.EnvVar("DOCKER_HOST")),
+            "redis": RedisResource(redis_url=dg.EnvVar("REDIS_URL")),
+            "vault": VaultResource(
+                vault_addr=dg.EnvVar("VAULT_ADDR"), vault_token=dg.EnvVar("VAULT_TOKEN")
+            ),
+            "s3": S3Resource(
+                endpoint_url=dg.EnvVar("S3_ENDPOINT_URL"),
+                bucket=dg.EnvVar("S3_BUCKET"),
+                access_key_id=dg.EnvVar("S3_ACCESS_KEY_ID"),
+                secret_access_key=dg.EnvVar("S3_SECRET_ACCESS_KEY"),
+            ),
+            "traefik": HttpServiceResource(
+                name="traefik", base_url=dg.EnvVar("TRAEFIK_API_URL"), health_path="/ping"
+            ),
+            "prometheus": HttpServiceResource(
+                name="prometheus", base_url=dg.EnvVar("PROMETHEUS_URL"), health_path="/-/ready"
+            ),
+        }
+    )

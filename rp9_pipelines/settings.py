@@ -1,0 +1,94 @@
+"""The one settings object, read from the environment only (see `.env.example`)."""
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["development", "test", "production"]
+
+# Values copied from the specification's `.env.example` or obviously unset; never acceptable
+# as real secrets.
+PLACEHOLDER_MARKERS = ("super_long_token", "changeme", "change-me", "__pass__", "xxx", "...")
+MIN_TOKEN_LENGTH = 32
+
+
+def is_placeholder(value: str) -> bool:
+    lowered = value.strip().lower()
+    return not lowered or any(marker in lowered for marker in PLACEHOLDER_MARKERS)
+
+
+class Settings(BaseSettings):
+    """Every variable of the specification's `.env.example` plus what the design adds."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    rp9_env: Environment = "development"
+
+    # The specification's variables.
+    orch_port: int = 8080
+    orch_token: SecretStr
+    orch_hmac_secret: SecretStr | None = None
+    base_domain: str = "localhost"
+    acme_email: str = ""
+    database_url: str
+    redis_url: str
+    stripe_secret_key: SecretStr = SecretStr("")
+    supabase_url: str = ""
+    supabase_service_role_key: SecretStr = SecretStr("")
+    vault_addr: str
+    vault_token: SecretStr
+
+    # What the design adds.
+    n8n_image: str = "rp9/n8n"
+    n8n_version: str = "2.20.12"
+    docker_host: str = "unix:///var/run/docker.sock"
+    # How tenant containers reach the platform's Postgres and Redis (the host, from a container).
+    tenant_services_host: str = "host.docker.internal"
+    traefik_entrypoint: str = "web"
+    traefik_url: str = "http://127.0.0.1:8088"
+    traefik_api_url: str = "http://127.0.0.1:8089"
+    traefik_cert_resolver: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "rp9-backups"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")
+    prometheus_url: str = ""
+    dagster_graphql_url: str = "http://127.0.0.1:3000/graphql"
+
+    @property
+    def image(self) -> str:
+        return f"{self.n8n_image}:{self.n8n_version}"
+
+    @model_validator(mode="after")
+    def _refuse_weak_secrets_outside_development(self) -> "Settings":
+        if self.rp9_env == "development":
+            return self
+        token = self.orch_token.get_secret_value()
+        if is_placeholder(token) or len(token) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"ORCH_TOKEN must be a real secret of at least {MIN_TOKEN_LENGTH} characters "
+                f"when RP9_ENV={self.rp9_env} (generate one with `openssl rand -hex 32`)"
+            )
+        for name in ("vault_token", "orch_hmac_secret"):
+            secret = getattr(self, name)
+            if secret is not None and is_placeholder(secret.get_secret_value()):
+                raise ValueError(f"{name.upper()} is a placeholder; set a real value")
+        if "__PASS__" in self.database_url:
+            raise ValueError("DATABASE_URL still holds the __PASS__ placeholder")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()  # fields not given here come from the environment
+
+
+def sqlalchemy_url(database_url: str) -> str:
+    """`postgres://` and `postgresql://` URLs (the specification's form) → the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if database_url.startswith(prefix):
+            return "postgresql+psycopg://" + database_url[len(prefix) :]
+    return database_url

@@ -1,0 +1,55 @@
+import pytest
+
+from rp9_pipelines.domain.routing import host_rule, is_valid_hostname, traefik_labels
+
+
+def test_labels_route_every_host_to_the_port_in_plain_http() -> None:
+    labels = traefik_labels(
+        router="t-acme", hosts=["acme.rp9.io", "n8n.acme.com"], port=5678, entrypoint="web"
+    )
+    assert labels["traefik.http.routers.t-acme.rule"] == (
+        "Host(`acme.rp9.io`) || Host(`n8n.acme.com`)"
+    )
+    assert labels["traefik.http.services.t-acme.loadbalancer.server.port"] == "5678"
+    assert labels["traefik.http.routers.t-acme.entrypoints"] == "web"
+    assert labels["io.rp9.managed"] == "true"
+    assert not any(".tls" in key for key in labels)
+
+
+def test_labels_with_a_cert_resolver_terminate_tls() -> None:
+    labels = traefik_labels(
+        router="t-acme",
+        hosts=["acme.rp9.io"],
+        port=5678,
+        entrypoint="websecure",
+        network="rp9-t-acme",
+        cert_resolver="letsencrypt",
+    )
+    assert labels["traefik.http.routers.t-acme.tls.certresolver"] == "letsencrypt"
+    assert labels["traefik.docker.network"] == "rp9-t-acme"
+
+
+def test_a_route_needs_a_host() -> None:
+    with pytest.raises(ValueError, match="at least one host"):
+        traefik_labels(router="r", hosts=[], port=1, entrypoint="web")
+
+
+@pytest.mark.parametrize(
+    ("host", "valid"),
+    [
+        ("n8n.acme.com", True),
+        ("a.b.example.io", True),
+        ("acme", False),
+        ("*.acme.com", False),
+        ("acme.com:8080", False),
+        ("ACME.com", False),
+        ("-bad.acme.com", False),
+        ("x" * 64 + ".com", False),
+    ],
+)
+def test_hostname_validation(host: str, valid: bool) -> None:
+    assert is_valid_hostname(host) is valid
+
+
+def test_host_rule_single() -> None:
+    assert host_rule(["a.localhost"]) == "Host(`a.localhost`)"
