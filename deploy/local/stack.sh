@@ -39,6 +39,15 @@ wait_for() {
   done
 }
 
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Refuse to start a service on a port something else holds (often another checkout's stack).
+claim_port() {
+  if port_busy "$2"; then
+    die "$1: port 127.0.0.1:$2 is already in use (another checkout's stack? stop it with its \`make stack-down\`)"
+  fi
+}
+
 running() { [ -f "$state/run/$1.pid" ] && kill -0 "$(cat "$state/run/$1.pid")" 2>/dev/null; }
 
 # spawn NAME COMMAND...: start COMMAND in the background with its log and pid file.
@@ -122,6 +131,7 @@ CONF
     echo "host all all 172.16.0.0/12 scram-sha-256" >>"$data/pg_hba.conf"
   fi
   if runuser -u postgres -- "$pg_bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then return 0; fi
+  claim_port postgres $pg_port
   log "starting postgres on 127.0.0.1:$pg_port and $bridge_ip:$pg_port"
   runuser -u postgres -- "$pg_bin/pg_ctl" -D "$data" -l "$pg_dir/postgres.log" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1,$bridge_ip" start >/dev/null
@@ -135,6 +145,7 @@ start_redis() {
   if running redis; then return 0; fi
   local bridge_ip
   bridge_ip=$(docker_bridge_ip)
+  claim_port redis $redis_port
   log "starting redis on 127.0.0.1:$redis_port and $bridge_ip:$redis_port"
   mkdir -p "$state/redis"
   cat >"$state/redis/redis.conf" <<CONF
@@ -152,6 +163,7 @@ CONF
 
 start_openbao() {
   if running openbao; then return 0; fi
+  claim_port openbao $bao_port
   log "starting OpenBao dev server on 127.0.0.1:$bao_port"
   spawn openbao "$venv/bin/bao" server -dev -dev-root-token-id="$(secret vault)" \
     -dev-listen-address="127.0.0.1:$bao_port"
@@ -160,6 +172,7 @@ start_openbao() {
 
 start_s3() {
   if running s3; then return 0; fi
+  claim_port s3 $s3_port
   log "starting S3 (moto server) on 127.0.0.1:$s3_port"
   spawn s3 "$venv/bin/moto_server" -H 127.0.0.1 -p $s3_port
   wait_for s3 30 curl -fsS "http://127.0.0.1:$s3_port/moto-api/"
@@ -167,6 +180,7 @@ start_s3() {
 
 start_traefik() {
   if running traefik; then return 0; fi
+  claim_port traefik $traefik_web_port
   log "starting Traefik: web on 127.0.0.1:$traefik_web_port, api/metrics on 127.0.0.1:$traefik_admin_port"
   mkdir -p "$state/traefik"
   cat >"$state/traefik/traefik.yml" <<CONF
@@ -200,6 +214,7 @@ CONF
 
 start_prometheus() {
   if running prometheus; then return 0; fi
+  claim_port prometheus $prom_port
   log "starting Prometheus on 127.0.0.1:$prom_port"
   mkdir -p "$state/prometheus/data"
   sed -e "s/__TRAEFIK__/127.0.0.1:$traefik_admin_port/" \
