@@ -1,6 +1,7 @@
 # rp9 control plane. `make dev` brings the platform up on its embedded defaults; `make test`
 # installs and starts everything the tests need, then runs lint and the whole suite.
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
@@ -22,8 +23,7 @@ help:
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 	touch $@
 
 install: $(VENV)/.installed
