@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     traefik_url: str = "http://127.0.0.1:8088"
     traefik_api_url: str = "http://127.0.0.1:8089"
     traefik_cert_resolver: str = ""
+    # Tenants' secret files, mounted read-only into their containers at /run/secrets.
+    secrets_dir: str = "/var/lib/rp9/secrets"
     s3_endpoint_url: str = ""
     s3_region: str = "us-east-1"
     s3_bucket: str = "rp9-backups"

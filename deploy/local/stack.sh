@@ -148,15 +148,20 @@ start_redis() {
   claim_port redis $redis_port
   log "starting redis on 127.0.0.1:$redis_port and $bridge_ip:$redis_port"
   mkdir -p "$state/redis"
+  touch "$state/redis/users.acl"
   cat >"$state/redis/redis.conf" <<CONF
 bind 127.0.0.1 $bridge_ip
 port $redis_port
-requirepass $(secret redis)
 dir $state/redis
+aclfile $state/redis/users.acl
 appendonly no
 save ""
 CONF
-  chmod 600 "$state/redis/redis.conf"
+  # The platform's user is `default`; tenants get ACL users limited to their own key prefix.
+  grep -q '^user default ' "$state/redis/users.acl" \
+    || echo "user default on #$(secret redis | tr -d '\n' | sha256sum | cut -d' ' -f1) ~* &* +@all" \
+      >>"$state/redis/users.acl"
+  chmod 600 "$state/redis/redis.conf" "$state/redis/users.acl"
   spawn redis redis-server "$state/redis/redis.conf"
   wait_for redis 20 redis-cli -p $redis_port -a "$(secret redis)" --no-auth-warning ping
 }
@@ -247,12 +252,15 @@ N8N_VERSION=$n8n_version
 DOCKER_HOST=unix:///var/run/docker.sock
 TENANT_SERVICES_HOST=host.docker.internal
 TRAEFIK_URL=http://127.0.0.1:$traefik_web_port
+TRAEFIK_ENTRYPOINT=web
+TRAEFIK_CERT_RESOLVER=
 TRAEFIK_API_URL=http://127.0.0.1:$traefik_admin_port
 S3_ENDPOINT_URL=http://127.0.0.1:$s3_port
 S3_BUCKET=rp9-backups
 S3_ACCESS_KEY_ID=rp9-local
 S3_SECRET_ACCESS_KEY=$(secret s3)
 PROMETHEUS_URL=http://127.0.0.1:$prom_port
+SECRETS_DIR=/var/lib/rp9/secrets-$(printf %s "$root" | md5sum | cut -c1-8)
 DAGSTER_GRAPHQL_URL=http://127.0.0.1:3000/graphql
 ENV
 }

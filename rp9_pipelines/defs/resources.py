@@ -6,8 +6,12 @@ import dagster as dg
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.resources.http_service import HttpServiceResource
+from rp9_pipelines.resources.n8n import N8nResource
+from rp9_pipelines.resources.platform import PlatformResource
 from rp9_pipelines.resources.redis_queue import RedisResource
 from rp9_pipelines.resources.s3 import S3Resource
+from rp9_pipelines.resources.secret_files import SecretFilesResource
+from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.resources.vault import VaultResource
 
 
@@ -33,5 +37,19 @@ def resources() -> dg.Definitions:
             "prometheus": HttpServiceResource(
                 name="prometheus", base_url=dg.EnvVar("PROMETHEUS_URL"), health_path="/-/ready"
             ),
+            "platform": PlatformResource(
+                n8n_image=dg.EnvVar("N8N_IMAGE"),
+                n8n_version=dg.EnvVar("N8N_VERSION"),
+                base_domain=dg.EnvVar("BASE_DOMAIN"),
+                tenant_services_host=dg.EnvVar("TENANT_SERVICES_HOST"),
+                database_url=dg.EnvVar("DATABASE_URL"),
+                redis_url=dg.EnvVar("REDIS_URL"),
+                traefik_url=dg.EnvVar("TRAEFIK_URL"),
+                traefik_entrypoint=dg.EnvVar("TRAEFIK_ENTRYPOINT"),
+                traefik_cert_resolver=dg.EnvVar("TRAEFIK_CERT_RESOLVER"),
+            ),
+            "secret_files": SecretFilesResource(root=dg.EnvVar("SECRETS_DIR")),
+            "tenant_db": TenantDatabaseResource(admin_url=dg.EnvVar("DATABASE_URL")),
+            "n8n": N8nResource(traefik_url=dg.EnvVar("TRAEFIK_URL")),
         }
     )

@@ -1,24 +1,234 @@
+import concurrent.futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import dagster as dg
 import docker
+from pydantic import PrivateAttr
+from docker.errors import APIError, NotFound
+from docker.models.containers import Container
 
+from rp9_pipelines.domain.stack import (
+    GRACEFUL_SHUTDOWN_S,
+    HEALTHCHECK,
+    LABEL_CONFIG,
+    LABEL_MANAGED,
+    LABEL_ROLE,
+    LABEL_TENANT,
+    SECRETS_MOUNT,
+    ContainerSpec,
+    Observed,
+)
 from rp9_pipelines.resources.health import Health, probe
+
+NANO = 1_000_000_000
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    name: str
+    role: str
+    id: str
+    status: str
+    health: str | None
+    ip: str | None
+
+
+@dataclass(frozen=True)
+class ContainerStats:
+    name: str
+    role: str
+    cpu_percent: float
+    memory_bytes: int
+    memory_limit_bytes: int
 
 
 class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """The Docker Engine API that runs tenants' stacks."""
+    """The Docker Engine API that runs tenants' stacks (one engine today; Swarm later)."""
 
     docker_host: str = "unix:///var/run/docker.sock"
-    timeout_s: int = 60
+    timeout_s: int = 120
+    pids_limit: int = 1024
+
+    _client: docker.DockerClient | None = PrivateAttr(default=None)
 
     def client(self) -> docker.DockerClient:
-        return docker.DockerClient(base_url=self.docker_host, timeout=self.timeout_s)
+        if self._client is None:
+            self._client = docker.DockerClient(base_url=self.docker_host, timeout=self.timeout_s)
+        return self._client
 
     def ping(self) -> Health:
         def check() -> str:
             client = self.client()
-            try:
-                return f"Docker Engine {client.version()['Version']}"
-            finally:
-                client.close()
+            return f"Docker Engine {client.version()['Version']}"
 
         return probe("docker", check)
+
+
+
+    def ensure_network(self, name: str, tenant: str) -> None:
+        """A bridge network of the tenant's own: containers of other tenants are not on it."""
+        client = self.client()
+        if client.networks.list(names=[name]):
+            return
+        client.networks.create(
+            name, driver="bridge", labels={LABEL_MANAGED: "true", LABEL_TENANT: tenant}
+        )
+
+    def remove_network(self, name: str) -> None:
+        client = self.client()
+        for network in client.networks.list(names=[name]):
+            network.remove()
+
+
+
+    def _tenant_containers(self, client: docker.DockerClient, tenant: str) -> list[Container]:
+        filters = {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_TENANT}={tenant}"]}
+        return list(client.containers.list(all=True, filters=filters))
+
+    def observe(self, tenant: str) -> list[Observed]:
+        client = self.client()
+        return [
+            Observed(
+                name=c.name or "",
+                config_hash=c.labels.get(LABEL_CONFIG, ""),
+                running=c.status == "running",
+                cpu=c.attrs["HostConfig"]["NanoCpus"] / NANO,
+                memory_mb=c.attrs["HostConfig"]["Memory"] // MIB,
+            )
+            for c in self._tenant_containers(client, tenant)
+        ]
+
+    def states(self, tenant: str) -> list[ContainerState]:
+        client = self.client()
+        return [_state(c) for c in self._tenant_containers(client, tenant)]
+
+    def state(self, name: str) -> ContainerState | None:
+        client = self.client()
+        try:
+            return _state(client.containers.get(name))
+        except NotFound:
+            return None
+
+    def create(self, spec: ContainerSpec, image: str, secrets_dir: Path) -> str:
+        """Create and start one container; an existing one of the same name is replaced."""
+        client = self.client()
+        self._remove(client, spec.name, graceful=False)
+        interval_ns = int(spec.healthcheck_interval_s * NANO)
+        container = client.containers.run(
+            image,
+            command=spec.command or None,
+            name=spec.name,
+            hostname=spec.name,
+            detach=True,
+            environment=spec.env,
+            labels={**spec.labels, LABEL_CONFIG: spec.config_hash},
+            network=spec.network,
+            nano_cpus=int(spec.cpu * NANO),
+            mem_limit=spec.memory_mb * MIB,
+            memswap_limit=spec.memory_mb * MIB,
+            pids_limit=self.pids_limit,
+            security_opt=["no-new-privileges"],
+            restart_policy={"Name": "unless-stopped"},
+            stop_signal="SIGTERM",
+            extra_hosts={"host.docker.internal": "host-gateway"},
+            volumes={str(secrets_dir): {"bind": SECRETS_MOUNT, "mode": "ro"}},
+            healthcheck={
+                "test": HEALTHCHECK,
+                "interval": interval_ns,
+                "timeout": 3 * NANO,
+                "retries": 3,
+                "start_period": 180 * NANO,
+            },
+        )
+        return str(container.id)
+
+    def update_limits(self, name: str, cpu: float, memory_mb: int) -> None:
+        client = self.client()
+        client.containers.get(name).update(
+            nano_cpus=int(cpu * NANO), mem_limit=memory_mb * MIB, memswap_limit=memory_mb * MIB
+        )
+
+    def start(self, name: str) -> None:
+        client = self.client()
+        client.containers.get(name).start()
+
+    def stop(self, name: str) -> None:
+        """Graceful stop: SIGTERM, then n8n finishes its running executions before it exits."""
+        client = self.client()
+        try:
+            client.containers.get(name).stop(timeout=GRACEFUL_SHUTDOWN_S + 10)
+        except NotFound:
+            pass
+
+    def remove(self, name: str, *, graceful: bool = True) -> None:
+        client = self.client()
+        self._remove(client, name, graceful=graceful)
+
+    def _remove(self, client: docker.DockerClient, name: str, *, graceful: bool) -> None:
+        try:
+            container = client.containers.get(name)
+        except NotFound:
+            return
+        if graceful and container.status == "running":
+            container.stop(timeout=GRACEFUL_SHUTDOWN_S + 10)
+        try:
+            container.remove(force=True)
+        except NotFound:
+            pass
+        except APIError as error:
+            if "already in progress" not in str(error):
+                raise
+
+    def logs(self, name: str, tail: int = 200) -> str:
+        client = self.client()
+        try:
+            raw: bytes = client.containers.get(name).logs(tail=tail)
+        except NotFound:
+            return ""
+        return raw.decode(errors="replace")
+
+    def stats(self, tenant: str) -> list[ContainerStats]:
+        """CPU and memory of the tenant's running containers, sampled in parallel."""
+        client = self.client()
+        running = [c for c in self._tenant_containers(client, tenant) if c.status == "running"]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(_stats, running))
+
+
+def _state(container: Container) -> ContainerState:
+    attrs: dict[str, Any] = container.attrs
+    health = (attrs.get("State") or {}).get("Health") or {}
+    networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    ip = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), None)
+    return ContainerState(
+        name=container.name or "",
+        role=container.labels.get(LABEL_ROLE, ""),
+        id=str(container.id),
+        status=container.status,
+        health=health.get("Status"),
+        ip=ip,
+    )
+
+
+def _stats(container: Container) -> ContainerStats:
+    raw: dict[str, Any] = container.stats(stream=False)
+    cpu = raw.get("cpu_stats", {})
+    pre = raw.get("precpu_stats", {})
+    cpu_delta = cpu.get("cpu_usage", {}).get("total_usage", 0) - pre.get("cpu_usage", {}).get(
+        "total_usage", 0
+    )
+    system_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+    cpus = cpu.get("online_cpus") or 1
+    percent = (cpu_delta / system_delta) * cpus * 100 if system_delta > 0 else 0.0
+    memory = raw.get("memory_stats", {})
+    usage = memory.get("usage", 0) - (memory.get("stats", {}) or {}).get("cache", 0)
+    return ContainerStats(
+        name=container.name or "",
+        role=container.labels.get(LABEL_ROLE, ""),
+        cpu_percent=round(percent, 2),
+        memory_bytes=max(usage, 0),
+        memory_limit_bytes=memory.get("limit", 0),
+    )

@@ -1,0 +1,241 @@
+"""Tenant lifecycle jobs. Each is tagged with its tenant (`rp9/tenant`, one run at a time per
+tenant), and each step converges, so re-running a failed or killed run finishes the work."""
+
+from typing import Any
+
+import dagster as dg
+import sqlalchemy as sa
+
+from rp9_pipelines.catalog import tenants as catalog
+from rp9_pipelines.lifecycle import stack
+from rp9_pipelines.lifecycle.stack import StackResources
+from rp9_pipelines.resources.n8n import N8nResource
+
+TENANT_TAG = "rp9/tenant"
+TENANT_ID_TAG = "rp9/tenant_id"
+RESOURCES = {"catalog", "docker_runtime", "platform", "secret_files", "vault", "redis", "tenant_db"}
+
+
+class TenantRef(dg.Config):
+    tenant_id: str
+
+
+class ScaleRequest(dg.Config):
+    tenant_id: str
+    plan: str | None = None
+    cpu: float | None = None
+    memory_mb: int | None = None
+    workers: int | None = None
+
+
+class DeleteRequest(dg.Config):
+    tenant_id: str
+    purge: bool = False
+
+
+def _r(context: dg.OpExecutionContext) -> StackResources:
+    res: Any = context.resources
+    return StackResources(
+        catalog=res.catalog, docker_runtime=res.docker_runtime, platform=res.platform,
+        secret_files=res.secret_files, vault=res.vault, redis=res.redis, tenant_db=res.tenant_db,
+    )  # fmt: skip
+
+
+def _set_status(context: dg.OpExecutionContext, tenant_id: str, **values: Any) -> None:
+    with _r(context).catalog.begin() as connection:
+        catalog.update_tenant(connection, stack.load(_r(context), tenant_id).id, **values)
+
+
+@dg.failure_hook(required_resource_keys={"catalog"})
+def mark_failed(context: dg.HookContext) -> None:
+    """A failed step leaves the tenant `failed` with the reason; re-running converges."""
+    run = context.instance.get_run_by_id(context.run_id)
+    tenant_id = run.tags.get(TENANT_ID_TAG) if run else None
+    if not tenant_id:
+        return
+    error = context.op_exception
+    first_line = (str(error).splitlines() or [""])[0]
+    reason = f"{context.op.name}: {type(error).__name__}: {first_line}"
+    with context.resources.catalog.begin() as connection:
+        tenant = catalog.get_tenant(connection, tenant_id)
+        if tenant is not None:
+            catalog.update_tenant(connection, tenant.id, status="failed", last_error=reason[:2000])
+
+
+# Provision -----------------------------------------------------------------------------------
+
+
+@dg.op(required_resource_keys=RESOURCES)
+def register_secrets(context: dg.OpExecutionContext, config: TenantRef) -> str:
+    """Generate the tenant's secrets once in Vault; write its container secret files; reset its
+    Redis ACL user."""
+    r = _r(context)
+    tenant = stack.load(r, config.tenant_id)
+    stack.prepare_secrets(r, tenant)
+    context.log.info(f"secrets ready for {tenant.slug} (Vault {tenant.names.vault_path})")
+    return config.tenant_id
+
+
+@dg.op(required_resource_keys=RESOURCES)
+def create_database(context: dg.OpExecutionContext, tenant_id: str) -> str:
+    """Schema + role in the shared database, or database + role for a dedicated tenant."""
+    r = _r(context)
+    tenant = stack.load(r, tenant_id)
+    stack.prepare_database(r, tenant)
+    names = tenant.names
+    context.log.info(f"database {names.db_name}, schema {names.db_schema}, role {names.db_role}")
+    return tenant_id
+
+
+def _n8n(context: dg.OpExecutionContext) -> N8nResource:
+    n8n: N8nResource = context.resources.n8n
+    return n8n
+
+
+@dg.op(required_resource_keys=RESOURCES | {"n8n"})
+def start_main(context: dg.OpExecutionContext, tenant_id: str) -> str:
+    """Start the main container (routed by Traefik once healthy) and wait for readiness."""
+    r = _r(context)
+    tenant = stack.load(r, tenant_id)
+    changes = stack.converge(r, tenant, context.log.info, roles={"main"})
+    host = tenant.names.hosts(r.platform.base_domain, None)[0]
+    seconds = _n8n(context).wait_ready(host, r.platform.ready_timeout_s)
+    context.log.info(f"main ready through Traefik ({seconds:.1f} s after healthy); {changes}")
+    return tenant_id
+
+
+@dg.op(required_resource_keys=RESOURCES | {"n8n"})
+def bootstrap_api_key(context: dg.OpExecutionContext, tenant_id: str) -> str:
+    """Mint the control plane's n8n API key as the owner and keep it in Vault (never logged)."""
+    r, n8n = _r(context), _n8n(context)
+    tenant = stack.load(r, tenant_id)
+    host = tenant.names.hosts(r.platform.base_domain, None)[0]
+    secrets = r.vault.read(tenant.names.vault_path) or {}
+    if secrets.get("n8n_api_key") and n8n.api_key_works(host, secrets["n8n_api_key"]):
+        context.log.info("the stored n8n API key still works")
+        return tenant_id
+    key = n8n.create_api_key(host, secrets["owner_email"], secrets["owner_password"])
+    r.vault.merge(tenant.names.vault_path, {"n8n_api_key": key})
+    context.log.info("n8n API key created and stored in Vault")
+    return tenant_id
+
+
+@dg.op(required_resource_keys=RESOURCES)
+def start_workers(context: dg.OpExecutionContext, tenant_id: str) -> str:
+    """Start the queue-mode workers (after main: it owns the database migrations)."""
+    r = _r(context)
+    tenant = stack.load(r, tenant_id)
+    changes = stack.converge(r, tenant, context.log.info, roles={"worker"})
+    context.log.info(f"{tenant.workers} worker(s) healthy; {changes or 'no change'}")
+    return tenant_id
+
+
+@dg.op(required_resource_keys=RESOURCES)
+def activate(context: dg.OpExecutionContext, tenant_id: str) -> None:
+    _set_status(context, tenant_id, status="active", last_error=None)
+    context.log.info("tenant active")
+
+
+@dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed})
+def provision_tenant() -> None:
+    """Create a tenant's secrets, database, n8n stack and route, then mark it active."""
+    activate(start_workers(bootstrap_api_key(start_main(create_database(register_secrets())))))
+
+
+# Scale ---------------------------------------------------------------------------------------
+
+
+@dg.op(required_resource_keys=RESOURCES)
+def apply_scale(context: dg.OpExecutionContext, config: ScaleRequest) -> str:
+    """Record the new plan, resources and worker count (validated by the API), then converge."""
+    r = _r(context)
+    tenant = stack.load(r, config.tenant_id)
+    with r.catalog.begin() as connection:
+        if config.plan and config.plan != tenant.plan:
+            limits = catalog.plan_limits(connection, config.plan)
+            if limits is None:
+                raise ValueError(f"unknown plan {config.plan!r}")
+            catalog.set_quota(connection, tenant.id, "plan", limits)
+            catalog.update_tenant(connection, tenant.id, plan=config.plan)
+        if config.cpu is not None or config.memory_mb is not None:
+            catalog.set_quota(
+                connection, tenant.id, "manual", {"cpu": config.cpu, "memory_mb": config.memory_mb}
+            )
+        if config.workers is not None:
+            catalog.update_tenant(connection, tenant.id, workers=config.workers)
+    tenant = stack.load(r, config.tenant_id)
+    changes = stack.converge(r, tenant, context.log.info, roles={"main", "worker"})
+    context.log.info(f"scaled: {changes or 'no change'}")
+    with r.catalog.begin() as connection:
+        catalog.update_tenant(connection, tenant.id, last_error=None)
+    return config.tenant_id
+
+
+@dg.job(tags={"rp9/kind": "tenant"})
+def scale_tenant() -> None:
+    """Change a tenant's plan, CPU/memory and number of workers; removed workers drain first."""
+    apply_scale()
+
+
+# Suspend, resume, delete ---------------------------------------------------------------------
+
+
+@dg.op(required_resource_keys=RESOURCES)
+def stop_stack(context: dg.OpExecutionContext, config: TenantRef) -> None:
+    """Stop every container gracefully; data, secrets and the catalog entry stay."""
+    r = _r(context)
+    tenant = stack.load(r, config.tenant_id)
+    stack.stop_all(r, tenant, context.log.info)
+    _set_status(context, config.tenant_id, status="suspended")
+
+
+@dg.job(tags={"rp9/kind": "tenant"})
+def suspend_tenant() -> None:
+    """Stop a tenant's n8n (its route disappears with it); nothing is deleted."""
+    stop_stack()
+
+
+@dg.op(required_resource_keys=RESOURCES)
+def restart_stack(context: dg.OpExecutionContext, config: TenantRef) -> None:
+    r = _r(context)
+    tenant = stack.load(r, config.tenant_id)
+    stack.prepare_secrets(r, tenant)
+    stack.converge(r, tenant, context.log.info, roles={"main"})
+    stack.converge(r, tenant, context.log.info, roles={"worker"})
+    _set_status(context, config.tenant_id, status="active", last_error=None)
+
+
+@dg.job(tags={"rp9/kind": "tenant"})
+def resume_tenant() -> None:
+    """Start a suspended tenant's n8n again, main first, with its data."""
+    restart_stack()
+
+
+@dg.op(required_resource_keys=RESOURCES)
+def remove_tenant(context: dg.OpExecutionContext, config: DeleteRequest) -> None:
+    """Remove containers, network and route; with `purge`, also the database, queue and
+    secrets. Without it the data stays, so the tenant can be restored."""
+    r = _r(context)
+    tenant = stack.load(r, config.tenant_id)
+    _set_status(context, config.tenant_id, status="deleting")
+    stack.remove_all(r, tenant, context.log.info)
+    r.secret_files.remove(tenant.slug)
+    if config.purge:
+        r.tenant_db.drop(tenant.names)
+        r.redis.drop_tenant(tenant.names.redis_user, f"rp9:{tenant.slug}")
+        r.vault.destroy(tenant.names.vault_path)
+        context.log.info("purged database, queue keys and secrets")
+    _set_status(context, config.tenant_id, status="deleted", deleted_at=sa.func.now())
+
+
+@dg.job(tags={"rp9/kind": "tenant"})
+def delete_tenant() -> None:
+    """Take a tenant off the platform (data kept unless `purge`)."""
+    remove_tenant()
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(
+        jobs=[provision_tenant, scale_tenant, suspend_tenant, resume_tenant, delete_tenant]
+    )

@@ -1,0 +1,233 @@
+"""A tenant's n8n stack as data: the containers it should have, and what to do to get there."""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from rp9_pipelines.domain.routing import traefik_labels
+from rp9_pipelines.domain.tenants import TenantNames
+
+N8N_PORT = 5678
+SECRETS_MOUNT = "/run/secrets"
+# Files under SECRETS_MOUNT, read by n8n through its `<VAR>_FILE` convention; the values never
+# appear in the container's environment (`docker inspect`) or in the catalog.
+SECRET_FILES = {
+    "DB_POSTGRESDB_PASSWORD": "db_password",
+    "QUEUE_BULL_REDIS_PASSWORD": "redis_password",
+    "N8N_ENCRYPTION_KEY": "encryption_key",
+}
+OWNER_PASSWORD_HASH_FILE = "owner_password_hash"
+GRACEFUL_SHUTDOWN_S = 30
+# Node is the only runtime in the image; a tiny probe keeps the check free of extra packages.
+HEALTHCHECK = [
+    "CMD",
+    "node",
+    "-e",
+    "require('http').get('http://127.0.0.1:5678/healthz/readiness',"
+    "r=>process.exit(r.statusCode===200?0:1)).on('error',()=>process.exit(1))",
+]
+
+LABEL_MANAGED = "io.rp9.managed"
+LABEL_TENANT = "io.rp9.tenant"
+LABEL_ROLE = "io.rp9.role"
+LABEL_COLOR = "io.rp9.color"
+LABEL_CONFIG = "io.rp9.config-hash"
+LABEL_METRICS = "io.rp9.metrics"
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Platform-wide settings that shape every tenant's containers."""
+
+    image: str
+    base_domain: str
+    services_host: str
+    postgres_port: int
+    redis_port: int
+    redis_db: int
+    traefik_entrypoint: str
+    public_scheme: str
+    public_port: int | None
+    cert_resolver: str
+    healthcheck_interval_s: float = 3.0
+
+
+@dataclass(frozen=True)
+class TenantStack:
+    """What the catalog says a tenant's stack should be."""
+
+    names: TenantNames
+    owner_email: str
+    custom_domain: str | None
+    workers: int
+    cpu: float
+    memory_mb: int
+    worker_concurrency: int
+    color: str = "blue"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    name: str
+    role: str
+    index: int
+    command: list[str]
+    env: dict[str, str]
+    labels: dict[str, str]
+    cpu: float
+    memory_mb: int
+    network: str
+    healthcheck_interval_s: float
+
+    @property
+    def config_hash(self) -> str:
+        """Everything that needs a new container when it changes; CPU and memory are not in it
+        because a running container's limits are updated in place."""
+        payload = {"command": self.command, "env": self.env, "labels": self.labels}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def public_url(stack: TenantStack, config: StackConfig) -> str:
+    host = f"{stack.names.slug}.{config.base_domain}"
+    port = f":{config.public_port}" if config.public_port else ""
+    return f"{config.public_scheme}://{host}{port}/"
+
+
+def _common_env(stack: TenantStack, config: StackConfig) -> dict[str, str]:
+    names = stack.names
+    env = {
+        "DB_TYPE": "postgresdb",
+        "DB_POSTGRESDB_HOST": config.services_host,
+        "DB_POSTGRESDB_PORT": str(config.postgres_port),
+        "DB_POSTGRESDB_DATABASE": names.db_name,
+        "DB_POSTGRESDB_SCHEMA": names.db_schema,
+        "DB_POSTGRESDB_USER": names.db_role,
+        "EXECUTIONS_MODE": "queue",
+        "QUEUE_BULL_PREFIX": names.bull_prefix,
+        "N8N_REDIS_KEY_PREFIX": names.redis_key_prefix,
+        "QUEUE_BULL_REDIS_HOST": config.services_host,
+        "QUEUE_BULL_REDIS_PORT": str(config.redis_port),
+        "QUEUE_BULL_REDIS_DB": str(config.redis_db),
+        "QUEUE_BULL_REDIS_USERNAME": names.redis_user,
+        "N8N_GRACEFUL_SHUTDOWN_TIMEOUT": str(GRACEFUL_SHUTDOWN_S),
+        "N8N_METRICS": "true",
+        "GENERIC_TIMEZONE": "UTC",
+        "N8N_DIAGNOSTICS_ENABLED": "false",
+        "N8N_VERSION_NOTIFICATIONS_ENABLED": "false",
+        "N8N_TEMPLATES_ENABLED": "false",
+    }
+    env.update({f"{var}_FILE": f"{SECRETS_MOUNT}/{name}" for var, name in SECRET_FILES.items()})
+    return env
+
+
+def desired_containers(stack: TenantStack, config: StackConfig) -> list[ContainerSpec]:
+    """The main container (routed) and `workers` queue workers, in start order."""
+    names = stack.names
+    url = public_url(stack, config)
+    base_labels = {
+        LABEL_MANAGED: "true",
+        LABEL_TENANT: names.slug,
+        LABEL_COLOR: stack.color,
+        LABEL_METRICS: "true",
+    }
+    main_env = {
+        **_common_env(stack, config),
+        "N8N_HOST": f"{names.slug}.{config.base_domain}",
+        "N8N_PROTOCOL": config.public_scheme,
+        "N8N_EDITOR_BASE_URL": url,
+        "WEBHOOK_URL": url,
+        "N8N_PROXY_HOPS": "1",
+        "N8N_SECURE_COOKIE": "true" if config.public_scheme == "https" else "false",
+        "N8N_METRICS_INCLUDE_QUEUE_METRICS": "true",
+        "OFFLOAD_MANUAL_EXECUTIONS_TO_WORKERS": "true" if stack.workers else "false",
+        # The owner exists from the first boot, so nobody can claim a fresh instance.
+        "N8N_INSTANCE_OWNER_MANAGED_BY_ENV": "true",
+        "N8N_INSTANCE_OWNER_EMAIL": stack.owner_email,
+        "N8N_INSTANCE_OWNER_PASSWORD_HASH_FILE": f"{SECRETS_MOUNT}/{OWNER_PASSWORD_HASH_FILE}",
+    }
+    route = traefik_labels(
+        router=names.router,
+        hosts=names.hosts(config.base_domain, stack.custom_domain),
+        port=N8N_PORT,
+        entrypoint=config.traefik_entrypoint,
+        network=names.network,
+        cert_resolver=config.cert_resolver,
+    )
+    specs = [
+        ContainerSpec(
+            name=names.container("main", stack.color),
+            role="main",
+            index=0,
+            command=[],
+            env=main_env,
+            labels={**base_labels, LABEL_ROLE: "main", **route},
+            cpu=stack.cpu,
+            memory_mb=stack.memory_mb,
+            network=names.network,
+            healthcheck_interval_s=config.healthcheck_interval_s,
+        )
+    ]
+    worker_env = {**_common_env(stack, config), "QUEUE_HEALTH_CHECK_ACTIVE": "true"}
+    for index in range(1, stack.workers + 1):
+        specs.append(
+            ContainerSpec(
+                name=names.container("worker", stack.color, index),
+                role="worker",
+                index=index,
+                command=["worker", f"--concurrency={stack.worker_concurrency}"],
+                env=worker_env,
+                labels={**base_labels, LABEL_ROLE: "worker"},
+                cpu=stack.cpu,
+                memory_mb=stack.memory_mb,
+                network=names.network,
+                healthcheck_interval_s=config.healthcheck_interval_s,
+            )
+        )
+    return specs
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A container of the tenant as the engine reports it."""
+
+    name: str
+    config_hash: str
+    running: bool
+    cpu: float
+    memory_mb: int
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    create: list[ContainerSpec] = field(default_factory=list)
+    recreate: list[ContainerSpec] = field(default_factory=list)
+    start: list[ContainerSpec] = field(default_factory=list)
+    update_limits: list[ContainerSpec] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.create or self.recreate or self.start or self.update_limits or self.remove)
+
+
+def plan_reconcile(desired: list[ContainerSpec], observed: list[Observed]) -> Reconcile:
+    """What to do so that exactly the desired containers run with the desired configuration.
+
+    Containers are matched by their deterministic name, so a re-run after a crash finds what the
+    previous run created instead of creating a second stack.
+    """
+    by_name = {o.name: o for o in observed}
+    wanted = {spec.name for spec in desired}
+    plan = Reconcile(remove=sorted(name for name in by_name if name not in wanted))
+    for spec in desired:
+        seen = by_name.get(spec.name)
+        if seen is None:
+            plan.create.append(spec)
+        elif seen.config_hash != spec.config_hash:
+            plan.recreate.append(spec)
+        else:
+            if (seen.cpu, seen.memory_mb) != (spec.cpu, spec.memory_mb):
+                plan.update_limits.append(spec)
+            if not seen.running:
+                plan.start.append(spec)
+    return plan

@@ -1,0 +1,176 @@
+"""The shells that make a tenant's stack match the catalog: gather, decide (domain.stack), act."""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from rp9_pipelines.catalog import tenants as catalog
+from rp9_pipelines.catalog.tenants import Tenant
+from rp9_pipelines.domain.stack import (
+    OWNER_PASSWORD_HASH_FILE,
+    SECRET_FILES,
+    ContainerSpec,
+    TenantStack,
+    desired_containers,
+    plan_reconcile,
+)
+from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
+from rp9_pipelines.resources.platform import PlatformResource
+from rp9_pipelines.resources.redis_queue import RedisResource
+from rp9_pipelines.resources.secret_files import SecretFilesResource
+from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
+from rp9_pipelines.resources.vault import VaultResource
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class StackResources:
+    catalog: CatalogResource
+    docker_runtime: DockerRuntimeResource
+    platform: PlatformResource
+    secret_files: SecretFilesResource
+    vault: VaultResource
+    redis: RedisResource
+    tenant_db: TenantDatabaseResource
+
+
+def owner_email(r: StackResources, tenant: Tenant) -> str:
+    return f"owner@{tenant.slug}.{r.platform.base_domain}"
+
+
+def load(r: StackResources, tenant_id: str) -> Tenant:
+    with r.catalog.begin() as connection:
+        tenant = catalog.get_tenant(connection, tenant_id)
+    if tenant is None:
+        raise LookupError(f"tenant {tenant_id} is not in the catalog")
+    return tenant
+
+
+def prepare_secrets(r: StackResources, tenant: Tenant) -> None:
+    """Vault is the source of truth; the files are what the containers mount."""
+    names = tenant.names
+    values = r.vault.ensure(names.vault_path, owner_email(r, tenant))
+    # File names are the Vault keys.
+    files = {name: values[name] for name in [*SECRET_FILES.values(), OWNER_PASSWORD_HASH_FILE]}
+    r.secret_files.write(tenant.slug, files)
+    r.redis.ensure_tenant_user(names.redis_user, values["redis_password"], f"rp9:{tenant.slug}")
+
+
+def prepare_database(r: StackResources, tenant: Tenant) -> None:
+    secrets = r.vault.read(tenant.names.vault_path)
+    if not secrets:
+        raise LookupError(f"no secrets for {tenant.slug}: run the secrets step first")
+    r.tenant_db.ensure(tenant.names, secrets["db_password"])
+
+
+def desired(r: StackResources, tenant: Tenant, connection: sa.Connection) -> list[ContainerSpec]:
+    limits = catalog.limits_for(connection, tenant.id)
+    stack = TenantStack(
+        names=tenant.names,
+        owner_email=owner_email(r, tenant),
+        custom_domain=tenant.custom_domain,
+        workers=tenant.workers,
+        cpu=limits.cpu,
+        memory_mb=limits.memory_mb,
+        worker_concurrency=max(1, min(limits.concurrency, 10)),
+    )
+    return desired_containers(stack, r.platform.stack_config())
+
+
+def converge(r: StackResources, tenant: Tenant, log: Log, *, roles: set[str]) -> list[str]:
+    """Make the containers of `roles` match the catalog; returns what changed.
+
+    Main is started and ready before any worker exists: on a fresh database both would run
+    n8n's migrations at once and one of them fails.
+    """
+    r.docker_runtime.ensure_network(tenant.names.network, tenant.slug)
+    with r.catalog.begin() as connection:
+        specs = [s for s in desired(r, tenant, connection) if s.role in roles]
+    observed = [o for o in r.docker_runtime.observe(tenant.slug) if _role(o.name) in roles]
+    plan = plan_reconcile(specs, observed)
+    done: list[str] = []
+    secrets_dir = r.secret_files.path(tenant.slug)
+    for name in plan.remove:
+        log(f"draining and removing {name}")
+        r.docker_runtime.remove(name, graceful=True)
+        with r.catalog.begin() as connection:
+            catalog.set_instances_state(connection, tenant.id, "removed", [name])
+        done.append(f"removed {name}")
+    for spec in plan.create + plan.recreate:
+        verb = "recreating" if spec in plan.recreate else "creating"
+        log(f"{verb} {spec.name} ({spec.cpu} CPU, {spec.memory_mb} MiB)")
+        if spec in plan.recreate:
+            r.docker_runtime.remove(spec.name, graceful=True)
+        container_id = r.docker_runtime.create(spec, r.platform.image, secrets_dir)
+        _record(r, tenant, spec, container_id, "running")
+        done.append(f"{verb} {spec.name}")
+    for spec in plan.update_limits:
+        log(f"updating limits of {spec.name} to {spec.cpu} CPU, {spec.memory_mb} MiB")
+        r.docker_runtime.update_limits(spec.name, spec.cpu, spec.memory_mb)
+        _record(r, tenant, spec, None, "running")
+        done.append(f"resized {spec.name}")
+    for spec in plan.start:
+        log(f"starting {spec.name}")
+        r.docker_runtime.start(spec.name)
+        with r.catalog.begin() as connection:
+            catalog.set_instances_state(connection, tenant.id, "running", [spec.name])
+        done.append(f"started {spec.name}")
+    wait_healthy(r, [s.name for s in specs])
+    return done
+
+
+def _role(container_name: str) -> str:
+    return "worker" if "-worker-" in container_name else "main"
+
+
+def _record(
+    r: StackResources, tenant: Tenant, spec: ContainerSpec, container_id: str | None, state: str
+) -> None:
+    state_now = r.docker_runtime.state(spec.name)
+    with r.catalog.begin() as connection:
+        catalog.record_instance(
+            connection, tenant, name=spec.name, role=spec.role, color=spec.labels["io.rp9.color"],
+            container_id=container_id or (state_now.id if state_now else None),
+            image=r.platform.image, cpu=spec.cpu, memory_mb=spec.memory_mb, state=state,
+        )  # fmt: skip
+
+
+def wait_healthy(r: StackResources, names: list[str]) -> None:
+    """Wait for Docker's health check (n8n's /healthz/readiness) on every named container."""
+    deadline = time.monotonic() + r.platform.ready_timeout_s
+    pending = set(names)
+    while pending:
+        for name in sorted(pending):
+            state = r.docker_runtime.state(name)
+            if state is None or state.status in {"exited", "dead"}:
+                logs = r.docker_runtime.logs(name, tail=30) if state else ""
+                raise RuntimeError(f"{name} is not running ({state and state.status}):\n{logs}")
+            if state.health == "healthy":
+                pending.discard(name)
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"not healthy after {r.platform.ready_timeout_s} s: {sorted(pending)}")
+        if pending:
+            time.sleep(0.5)
+
+
+def stop_all(r: StackResources, tenant: Tenant, log: Log) -> None:
+    """Workers first (they finish their executions), then main."""
+    states = r.docker_runtime.states(tenant.slug)
+    for state in sorted(states, key=lambda s: s.role != "worker"):
+        log(f"stopping {state.name}")
+        r.docker_runtime.stop(state.name)
+    with r.catalog.begin() as connection:
+        catalog.set_instances_state(connection, tenant.id, "stopped")
+
+
+def remove_all(r: StackResources, tenant: Tenant, log: Log) -> None:
+    for state in sorted(r.docker_runtime.states(tenant.slug), key=lambda s: s.role != "worker"):
+        log(f"removing {state.name}")
+        r.docker_runtime.remove(state.name, graceful=True)
+    r.docker_runtime.remove_network(tenant.names.network)
+    with r.catalog.begin() as connection:
+        catalog.set_instances_state(connection, tenant.id, "removed")
