@@ -12,7 +12,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 # Every target that talks to the stack runs with its environment (generated secrets included).
 WITH_ENV := set -a && source .stack/env && set +a &&
 
-.PHONY: help install stack-up stack-down stack-status migrate lint format test test-fast dev api dagster
+.PHONY: bench-provision demo-credentials help install stack-up stack-down stack-status migrate lint format test test-fast dev api dagster
 
 help:
 	@echo "make dev          platform up on embedded defaults: stack, migrations, Dagster UI, API"
@@ -20,6 +20,7 @@ help:
 	@echo "make test-fast    pure unit tests only (no services)"
 	@echo "make lint         ruff + mypy"
 	@echo "make stack-up     start the local stack (idempotent); stack-down stops it"
+	@echo "make bench-provision  POST /tenants → first webhook vs. a bare docker run (TENANTS=5)"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,7 +44,7 @@ migrate: stack-up
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy rp9_pipelines rp9_pipelines_tests
+	$(BIN)/mypy rp9_pipelines rp9_pipelines_tests bench
 
 format: install
 	$(BIN)/ruff format .
@@ -55,6 +56,9 @@ test-fast: install
 test: lint migrate
 	$(WITH_ENV) $(BIN)/pytest -q --durations=15
 
+bench-provision: migrate
+	$(WITH_ENV) $(BIN)/python -m bench.provision --tenants $${TENANTS:-5}
+
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
@@ -64,6 +68,12 @@ dagster: $(DAGSTER_HOME)/dagster.yaml
 
 api:
 	$(WITH_ENV) $(BIN)/uvicorn rp9_pipelines.api.main:app --host 127.0.0.1 --port $${ORCH_PORT}
+
+demo-credentials:
+	@$(WITH_ENV) $(BIN)/python -c "from rp9_pipelines.settings import get_settings as g; \
+	from rp9_pipelines.resources.vault import VaultResource as V; s = g(); \
+	v = V(vault_addr=s.vault_addr, vault_token=s.vault_token.get_secret_value()).read('rp9/tenants/demo') or {}; \
+	print('email:', v.get('owner_email')); print('password:', v.get('owner_password'))"
 
 dev: migrate $(DAGSTER_HOME)/dagster.yaml
 	$(WITH_ENV) bash deploy/local/dev.sh

@@ -146,8 +146,10 @@ def dagster_webserver(
 
 
 @pytest.fixture(scope="session")
-def api_server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """The FastAPI shim under uvicorn, as `make dev` starts it."""
+def api_server(
+    settings: Settings, dagster_webserver: Served, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """The FastAPI shim under uvicorn, launching runs on the session's Dagster, as `make dev`."""
     port = free_port()
     command = [
         str(BIN / "uvicorn"),
@@ -158,12 +160,13 @@ def api_server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
         str(port),
     ]
     log = tmp_path_factory.mktemp("api") / "api.log"
+    env = {**os.environ, "DAGSTER_GRAPHQL_URL": f"{dagster_webserver.url}/graphql"}
     with serve(
         command,
         url=f"http://127.0.0.1:{port}",
         ready_path="/healthz",
         log=log,
-        env=dict(os.environ),
+        env=env,
         timeout_s=60,
     ) as served:
         yield served

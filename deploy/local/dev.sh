@@ -36,4 +36,5 @@ rp9 is up (Ctrl-C stops Dagster and the API; \`make stack-down\` stops the stack
   Prometheus       http://127.0.0.1:59090
   API token        in .stack/env (ORCH_TOKEN)
 MSG
+"$bin/python" "$root/deploy/local/demo_tenant.py" || echo "the demo tenant could not be provisioned; see the Dagster UI" >&2
 wait -n "${pids[@]}"

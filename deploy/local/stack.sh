@@ -16,6 +16,9 @@ state=${RP9_STATE_DIR:-$root/.stack}
 venv=${RP9_VENV:-$root/.venv}
 n8n_version=${N8N_VERSION:-2.20.12}
 
+# Tenant networks: one /24 each out of this pool (Docker's default gives each a /16 of
+# 172.16.0.0/12 and runs out after about fifteen networks).
+tenant_pool=10.88.0.0/14
 pg_port=55432
 redis_port=56379
 bao_port=58200
@@ -101,7 +104,7 @@ docker_bridge_ip() {
 start_docker() {
   if docker info >/dev/null 2>&1; then return 0; fi
   log "starting dockerd"
-  spawn dockerd dockerd
+  spawn dockerd dockerd --default-address-pool "base=$tenant_pool,size=24"
   wait_for dockerd 60 docker info
 }
 
@@ -127,14 +130,28 @@ max_connections = 400
 shared_buffers = 256MB
 fsync = on
 CONF
-    # Tenant containers reach Postgres through the Docker bridge gateway (host.docker.internal).
-    echo "host all all 172.16.0.0/12 scram-sha-256" >>"$data/pg_hba.conf"
   fi
-  if runuser -u postgres -- "$pg_bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then return 0; fi
+  # Tenant containers reach Postgres through the Docker bridge gateway (host.docker.internal),
+  # from their own networks' addresses.
+  local net
+  for net in 172.16.0.0/12 "$tenant_pool"; do
+    grep -q "host all all $net " "$data/pg_hba.conf" \
+      || echo "host all all $net scram-sha-256" >>"$data/pg_hba.conf"
+  done
+  if runuser -u postgres -- "$pg_bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    if [ "$(cat "$pg_dir/bridge_ip" 2>/dev/null)" = "$bridge_ip" ]; then
+      runuser -u postgres -- "$pg_bin/pg_ctl" -D "$data" reload >/dev/null
+      return 0
+    fi
+    # The Docker engine restarted with another docker0 address: listen on the new one.
+    log "docker0 is now $bridge_ip: restarting postgres"
+    runuser -u postgres -- "$pg_bin/pg_ctl" -D "$data" -m fast stop >/dev/null
+  fi
   claim_port postgres $pg_port
   log "starting postgres on 127.0.0.1:$pg_port and $bridge_ip:$pg_port"
   runuser -u postgres -- "$pg_bin/pg_ctl" -D "$data" -l "$pg_dir/postgres.log" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1,$bridge_ip" start >/dev/null
+  echo "$bridge_ip" >"$pg_dir/bridge_ip"
   PGPASSWORD=$(secret postgres) psql -h 127.0.0.1 -p $pg_port -U rp9 -d postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname='rp9_platform'" | grep -q 1 \
     || PGPASSWORD=$(secret postgres) psql -h 127.0.0.1 -p $pg_port -U rp9 -d postgres -qc \
@@ -142,9 +159,14 @@ CONF
 }
 
 start_redis() {
-  if running redis; then return 0; fi
   local bridge_ip
   bridge_ip=$(docker_bridge_ip)
+  if running redis; then
+    grep -q "^bind 127.0.0.1 $bridge_ip\$" "$state/redis/redis.conf" && return 0
+    log "docker0 is now $bridge_ip: restarting redis"
+    kill "$(cat "$state/run/redis.pid")"
+    wait_for redis-stop 20 bash -c "! kill -0 $(cat "$state/run/redis.pid") 2>/dev/null"
+  fi
   claim_port redis $redis_port
   log "starting redis on 127.0.0.1:$redis_port and $bridge_ip:$redis_port"
   mkdir -p "$state/redis"

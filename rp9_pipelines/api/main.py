@@ -10,7 +10,7 @@ from rp9_pipelines.api.errors import (
     http_error_handler,
     validation_error_handler,
 )
-from rp9_pipelines.api.routes import health
+from rp9_pipelines.api.routes import health, metrics, runs, tenants
 
 
 def create_app() -> FastAPI:
@@ -19,6 +19,9 @@ def create_app() -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.include_router(health.router)
+    app.include_router(tenants.router)
+    app.include_router(runs.router)
+    app.include_router(metrics.router)
     return app
 
 

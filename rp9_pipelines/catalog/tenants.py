@@ -85,7 +85,10 @@ def plan_limits(connection: sa.Connection, plan: str) -> dict[str, Any] | None:
 
 
 def slug_taken(connection: sa.Connection, slug: str) -> bool:
-    return connection.execute(sa.select(tenants.c.id).where(tenants.c.slug == slug)).first() is not None
+    return (
+        connection.execute(sa.select(tenants.c.id).where(tenants.c.slug == slug)).first()
+        is not None
+    )
 
 
 def domain_taken(connection: sa.Connection, domain: str) -> bool:

@@ -16,7 +16,7 @@ SECRET_FILES = {
     "QUEUE_BULL_REDIS_PASSWORD": "redis_password",
     "N8N_ENCRYPTION_KEY": "encryption_key",
 }
-OWNER_PASSWORD_HASH_FILE = "owner_password_hash"
+OWNER_PASSWORD_HASH_FILE = "owner_password_hash"  # noqa: S105 (a file name)
 GRACEFUL_SHUTDOWN_S = 30
 # Node is the only runtime in the image; a tiny probe keeps the check free of extra packages.
 HEALTHCHECK = [

@@ -7,6 +7,9 @@ from typing import Literal
 from rp9_pipelines.domain.routing import is_valid_hostname
 
 Tier = Literal["shared", "dedicated"]
+# Run tags: Dagster's queue lets one run per distinct `rp9/tenant` value execute at a time.
+TENANT_TAG = "rp9/tenant"
+TENANT_ID_TAG = "rp9/tenant_id"
 SHARED_DATABASE = "n8n_shared"
 SLUG_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{1,38})[a-z0-9]$")
 # Names the platform itself may route under BASE_DOMAIN.
@@ -82,7 +85,8 @@ def check_workers(workers: int, limits: Limits, plan: str) -> None:
     if not limits.min_workers <= workers <= limits.max_workers:
         raise InvalidRequest(
             "workers_out_of_range",
-            f"plan {plan!r} allows {limits.min_workers}..{limits.max_workers} workers, not {workers}",
+            f"plan {plan!r} allows {limits.min_workers}..{limits.max_workers} workers, "
+            f"not {workers}",
         )
 
 
@@ -90,7 +94,9 @@ def check_resources(cpu: float | None, memory_mb: int | None) -> None:
     if cpu is not None and not 0.1 <= cpu <= 64:
         raise InvalidRequest("invalid_resources", f"cpu {cpu} must be within 0.1..64")
     if memory_mb is not None and not 512 <= memory_mb <= 262_144:
-        raise InvalidRequest("invalid_resources", f"memory_mb {memory_mb} must be within 512..262144")
+        raise InvalidRequest(
+            "invalid_resources", f"memory_mb {memory_mb} must be within 512..262144"
+        )
 
 
 @dataclass(frozen=True)

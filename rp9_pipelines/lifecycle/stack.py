@@ -152,7 +152,9 @@ def wait_healthy(r: StackResources, names: list[str]) -> None:
             if state.health == "healthy":
                 pending.discard(name)
         if pending and time.monotonic() > deadline:
-            raise TimeoutError(f"not healthy after {r.platform.ready_timeout_s} s: {sorted(pending)}")
+            raise TimeoutError(
+                f"not healthy after {r.platform.ready_timeout_s} s: {sorted(pending)}"
+            )
         if pending:
             time.sleep(0.5)
 

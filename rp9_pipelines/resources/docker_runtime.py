@@ -1,13 +1,14 @@
 import concurrent.futures
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import docker
-from pydantic import PrivateAttr
 from docker.errors import APIError, NotFound
 from docker.models.containers import Container
+from pydantic import PrivateAttr
 
 from rp9_pipelines.domain.stack import (
     GRACEFUL_SHUTDOWN_S,
@@ -66,8 +67,6 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
         return probe("docker", check)
 
-
-
     def ensure_network(self, name: str, tenant: str) -> None:
         """A bridge network of the tenant's own: containers of other tenants are not on it."""
         client = self.client()
@@ -81,8 +80,6 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         client = self.client()
         for network in client.networks.list(names=[name]):
             network.remove()
-
-
 
     def _tenant_containers(self, client: docker.DockerClient, tenant: str) -> list[Container]:
         filters = {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_TENANT}={tenant}"]}
@@ -146,10 +143,16 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         return str(container.id)
 
     def update_limits(self, name: str, cpu: float, memory_mb: int) -> None:
-        client = self.client()
-        client.containers.get(name).update(
-            nano_cpus=int(cpu * NANO), mem_limit=memory_mb * MIB, memswap_limit=memory_mb * MIB
-        )
+        # The SDK's update() knows only CPU period/quota, which the engine refuses beside the
+        # NanoCpus the container was created with; send the engine's own fields instead.
+        api = self.client().api
+        limits = {
+            "NanoCpus": int(cpu * NANO),
+            "Memory": memory_mb * MIB,
+            "MemorySwap": memory_mb * MIB,
+        }
+        response = api._post_json(api._url("/containers/{0}/update", name), data=limits)
+        api._raise_for_status(response)
 
     def start(self, name: str) -> None:
         client = self.client()
@@ -157,11 +160,8 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     def stop(self, name: str) -> None:
         """Graceful stop: SIGTERM, then n8n finishes its running executions before it exits."""
-        client = self.client()
-        try:
-            client.containers.get(name).stop(timeout=GRACEFUL_SHUTDOWN_S + 10)
-        except NotFound:
-            pass
+        with contextlib.suppress(NotFound):
+            self.client().containers.get(name).stop(timeout=GRACEFUL_SHUTDOWN_S + 10)
 
     def remove(self, name: str, *, graceful: bool = True) -> None:
         client = self.client()

@@ -42,7 +42,9 @@ class N8nResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def create_api_key(self, host: str, email: str, password: str) -> str:
         """Log in as the owner and mint the control plane's API key (shown once by n8n)."""
         with self.client(host) as client:
-            login = client.post("/rest/login", json={"emailOrLdapLoginId": email, "password": password})
+            login = client.post(
+                "/rest/login", json={"emailOrLdapLoginId": email, "password": password}
+            )
             if login.status_code != 200:
                 raise N8nBootstrapError(f"owner login refused at {host}: HTTP {login.status_code}")
             # The cookie is Secure when served over TLS; pass it explicitly either way.

@@ -19,7 +19,8 @@ class SecretFilesResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def write(self, slug: str, values: dict[str, str]) -> Path:
         directory = self.path(slug)
         directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(Path(self.root), 0o711)
+        # Traversable, not listable; each container mounts only its own tenant's directory.
+        os.chmod(Path(self.root), 0o711)  # noqa: S103
         for name, value in values.items():
             target = directory / name
             temporary = directory / f".{name}.tmp"

@@ -60,9 +60,9 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         verb = "ALTER" if exists else "CREATE"
         self._exec(
             connection,
-            sql.SQL(
-                verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}"
-            ).format(sql.Identifier(role), sql.Literal(password)),
+            sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password)
+            ),
         )
 
     def _ensure_database(self, connection: sa.Connection, database: str, owner: str) -> None:
@@ -120,6 +120,12 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         if role_exists:
             with self._connect("postgres") as server:
                 self._exec(server, sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+
+    def exists(self, names: TenantNames) -> bool:
+        """Whether the tenant's role still exists (it goes last when the data is purged)."""
+        with self._connect("postgres") as server:
+            query = sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r")
+            return server.execute(query, {"r": names.db_role}).scalar() is not None
 
     def tenant_url(self, names: TenantNames, password: str, host: str | None = None) -> sa.URL:
         """How the tenant's own role connects (tests and checks use this; n8n gets env vars)."""

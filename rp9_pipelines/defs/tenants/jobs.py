@@ -7,12 +7,11 @@ import dagster as dg
 import sqlalchemy as sa
 
 from rp9_pipelines.catalog import tenants as catalog
+from rp9_pipelines.domain.tenants import TENANT_ID_TAG
 from rp9_pipelines.lifecycle import stack
 from rp9_pipelines.lifecycle.stack import StackResources
 from rp9_pipelines.resources.n8n import N8nResource
 
-TENANT_TAG = "rp9/tenant"
-TENANT_ID_TAG = "rp9/tenant_id"
 RESOURCES = {"catalog", "docker_runtime", "platform", "secret_files", "vault", "redis", "tenant_db"}
 
 
@@ -48,7 +47,7 @@ def _set_status(context: dg.OpExecutionContext, tenant_id: str, **values: Any) -
 
 @dg.failure_hook(required_resource_keys={"catalog"})
 def mark_failed(context: dg.HookContext) -> None:
-    """A failed step leaves the tenant `failed` with the reason; re-running converges."""
+    """Record why a step failed on the tenant; re-running the job converges."""
     run = context.instance.get_run_by_id(context.run_id)
     tenant_id = run.tags.get(TENANT_ID_TAG) if run else None
     if not tenant_id:
@@ -56,10 +55,13 @@ def mark_failed(context: dg.HookContext) -> None:
     error = context.op_exception
     first_line = (str(error).splitlines() or [""])[0]
     reason = f"{context.op.name}: {type(error).__name__}: {first_line}"
+    # Only a provision that failed leaves the tenant `failed`; a failed change keeps the status
+    # of the stack that still runs, with the reason beside it.
+    status = {"status": "failed"} if context.job_name == "provision_tenant" else {}
     with context.resources.catalog.begin() as connection:
         tenant = catalog.get_tenant(connection, tenant_id)
         if tenant is not None:
-            catalog.update_tenant(connection, tenant.id, status="failed", last_error=reason[:2000])
+            catalog.update_tenant(connection, tenant.id, last_error=reason[:2000], **status)
 
 
 # Provision -----------------------------------------------------------------------------------
@@ -136,7 +138,7 @@ def activate(context: dg.OpExecutionContext, tenant_id: str) -> None:
     context.log.info("tenant active")
 
 
-@dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed})
+@dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
 def provision_tenant() -> None:
     """Create a tenant's secrets, database, n8n stack and route, then mark it active."""
     activate(start_workers(bootstrap_api_key(start_main(create_database(register_secrets())))))
@@ -171,7 +173,7 @@ def apply_scale(context: dg.OpExecutionContext, config: ScaleRequest) -> str:
     return config.tenant_id
 
 
-@dg.job(tags={"rp9/kind": "tenant"})
+@dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
 def scale_tenant() -> None:
     """Change a tenant's plan, CPU/memory and number of workers; removed workers drain first."""
     apply_scale()
@@ -189,7 +191,7 @@ def stop_stack(context: dg.OpExecutionContext, config: TenantRef) -> None:
     _set_status(context, config.tenant_id, status="suspended")
 
 
-@dg.job(tags={"rp9/kind": "tenant"})
+@dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
 def suspend_tenant() -> None:
     """Stop a tenant's n8n (its route disappears with it); nothing is deleted."""
     stop_stack()
@@ -205,7 +207,7 @@ def restart_stack(context: dg.OpExecutionContext, config: TenantRef) -> None:
     _set_status(context, config.tenant_id, status="active", last_error=None)
 
 
-@dg.job(tags={"rp9/kind": "tenant"})
+@dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
 def resume_tenant() -> None:
     """Start a suspended tenant's n8n again, main first, with its data."""
     restart_stack()
@@ -228,7 +230,7 @@ def remove_tenant(context: dg.OpExecutionContext, config: DeleteRequest) -> None
     _set_status(context, config.tenant_id, status="deleted", deleted_at=sa.func.now())
 
 
-@dg.job(tags={"rp9/kind": "tenant"})
+@dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
 def delete_tenant() -> None:
     """Take a tenant off the platform (data kept unless `purge`)."""
     remove_tenant()

@@ -28,8 +28,9 @@ plans = sa.table(
 )
 
 # n8n idles at about 560 MiB resident per process, so 1 GiB is the smallest useful limit.
+# Every tenant runs in queue mode, so every plan has at least one worker.
 DEFAULT_PLANS = [
-    ("starter", 10_000, 5, 1.0, 1024, 0, 1, False),
+    ("starter", 10_000, 5, 1.0, 1024, 1, 1, False),
     ("pro", 100_000, 20, 2.0, 2048, 1, 4, False),
     ("business", 1_000_000, 50, 4.0, 4096, 2, 8, True),
     ("enterprise", 10_000_000, 200, 8.0, 8192, 2, 16, True),

@@ -1,0 +1,127 @@
+"""`make bench-provision`: from `POST /tenants` to the first webhook served through Traefik,
+over N tenants, beside a bare `docker run` of the same image to readiness on the same
+database server (a fresh schema each time, so both pay n8n's first-boot migrations).
+
+Starts its own Dagster (webserver + daemon) and API, like `make dev`; needs the local stack.
+"""
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import docker
+import httpx
+
+from rp9_pipelines.domain.tenants import TenantNames
+from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
+from rp9_pipelines.resources.vault import VaultResource
+from rp9_pipelines.settings import Settings
+from rp9_pipelines_tests.api_client import Api
+from rp9_pipelines_tests.conftest import BIN, ROOT, free_port, serve
+from rp9_pipelines_tests.tenants.conftest import TenantN8n
+from rp9_pipelines_tests.waiting import wait_until
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def orchestrated(api: Api, settings: Settings, vault: VaultResource, count: int) -> list[float]:
+    timings, slugs = [], []
+    for _ in range(count):
+        slug = f"bench-{uuid.uuid4().hex[:6]}"
+        slugs.append(slug)
+        started = time.monotonic()
+        tenant = api.create_tenant(slug=slug, name="Bench", plan="starter")
+        n8n = TenantN8n(settings, vault, tenant)
+        n8n.install_echo("bench")
+        wait_until(lambda n=n8n: n.call("bench", {}).status_code == 200, timeout_s=60,
+                   what="first webhook")  # fmt: skip
+        timings.append(time.monotonic() - started)
+        print(f"  orchestrated {slug}: {timings[-1]:.1f} s", flush=True)
+    for slug in slugs:
+        response = api.request("DELETE", f"/tenants/{slug}?purge=true")
+        api.wait_run(response.json()["run_id"])
+    return timings
+
+
+def bare(settings: Settings, tenant_db: TenantDatabaseResource, count: int) -> list[float]:
+    client = docker.DockerClient(base_url=settings.docker_host)
+    timings = []
+    for _ in range(count):
+        names = TenantNames(f"bare-{uuid.uuid4().hex[:6]}", "shared")
+        tenant_db.ensure(names, "bare-password-1")
+        port = free_port()
+        started = time.monotonic()
+        container = client.containers.run(
+            settings.image, detach=True, name=f"rp9-{names.slug}",
+            ports={"5678/tcp": ("127.0.0.1", port)},
+            extra_hosts={"host.docker.internal": "host-gateway"},
+            nano_cpus=1_000_000_000, mem_limit="1g",
+            environment={
+                "DB_TYPE": "postgresdb", "DB_POSTGRESDB_HOST": "host.docker.internal",
+                "DB_POSTGRESDB_PORT": settings.database_url.rsplit(":", 1)[1].split("/")[0],
+                "DB_POSTGRESDB_DATABASE": names.db_name, "DB_POSTGRESDB_SCHEMA": names.db_schema,
+                "DB_POSTGRESDB_USER": names.db_role, "DB_POSTGRESDB_PASSWORD": "bare-password-1",
+            },
+        )  # fmt: skip
+        try:
+            wait_until(
+                lambda p=port: httpx.get(f"http://127.0.0.1:{p}/healthz/readiness").status_code
+                == 200,
+                timeout_s=180, what="bare n8n readiness", interval_s=0.2,
+            )  # fmt: skip
+            timings.append(time.monotonic() - started)
+            print(f"  bare docker run: {timings[-1]:.1f} s", flush=True)
+        finally:
+            container.remove(force=True)
+            tenant_db.drop(names)
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tenants", type=int, default=5)
+    args = parser.parse_args()
+    settings = Settings()
+    vault = VaultResource(
+        vault_addr=settings.vault_addr, vault_token=settings.vault_token.get_secret_value()
+    )
+    tenant_db = TenantDatabaseResource(admin_url=settings.database_url)
+
+    print(f"bare docker run of {settings.image} to readiness, {args.tenants} times:")
+    bare_s = bare(settings, tenant_db, args.tenants)
+
+    home = Path(tempfile.mkdtemp(prefix="rp9-bench-dagster-"))
+    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    dagster_port, api_port = free_port(), free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    dagster_cmd = [str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(dagster_port),
+                   "-w", str(ROOT / "workspace.yaml")]  # fmt: skip
+    with serve(dagster_cmd, url=f"http://127.0.0.1:{dagster_port}", ready_path="/server_info",
+               log=home / "dagster.log", env=env, timeout_s=180):  # fmt: skip
+        api_env = {**env, "DAGSTER_GRAPHQL_URL": f"http://127.0.0.1:{dagster_port}/graphql"}
+        api_cmd = [str(BIN / "uvicorn"), "rp9_pipelines.api.main:app", "--host", "127.0.0.1",
+                   "--port", str(api_port)]  # fmt: skip
+        with serve(api_cmd, url=f"http://127.0.0.1:{api_port}", ready_path="/healthz",
+                   log=home / "api.log", env=api_env, timeout_s=60) as api_server:  # fmt: skip
+            api = Api(api_server.url, settings)
+            print(f"POST /tenants → first webhook through Traefik, {args.tenants} tenants:")
+            ours = orchestrated(api, settings, vault, args.tenants)
+
+    p50_b, p95_b = statistics.median(bare_s), percentile(bare_s, 0.95)
+    p50_o, p95_o = statistics.median(ours), percentile(ours, 0.95)
+    print()
+    print(f"{'':32} {'p50':>8} {'p95':>8}")
+    print(f"{'bare docker run → readiness':32} {p50_b:7.1f}s {p95_b:7.1f}s")
+    print(f"{'POST /tenants → first webhook':32} {p50_o:7.1f}s {p95_o:7.1f}s")
+    print(f"orchestration overhead at p50: {100 * (p50_o / p50_b - 1):+.0f}% (goal: within +30%)")
+
+
+if __name__ == "__main__":
+    main()
