@@ -11,6 +11,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import docker
@@ -31,6 +32,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def ready(url: str) -> bool:
+    return httpx.get(url).status_code == 200
+
+
+def answers(n8n: TenantN8n) -> bool:
+    return n8n.call("bench", {}).status_code == 200
+
+
 def orchestrated(api: Api, settings: Settings, vault: VaultResource, count: int) -> list[float]:
     timings, slugs = [], []
     for _ in range(count):
@@ -40,8 +49,7 @@ def orchestrated(api: Api, settings: Settings, vault: VaultResource, count: int)
         tenant = api.create_tenant(slug=slug, name="Bench", plan="starter")
         n8n = TenantN8n(settings, vault, tenant)
         n8n.install_echo("bench")
-        wait_until(lambda n=n8n: n.call("bench", {}).status_code == 200, timeout_s=60,
-                   what="first webhook")  # fmt: skip
+        wait_until(partial(answers, n8n), timeout_s=60, what="first webhook")
         timings.append(time.monotonic() - started)
         print(f"  orchestrated {slug}: {timings[-1]:.1f} s", flush=True)
     for slug in slugs:
@@ -71,11 +79,8 @@ def bare(settings: Settings, tenant_db: TenantDatabaseResource, count: int) -> l
             },
         )  # fmt: skip
         try:
-            wait_until(
-                lambda p=port: httpx.get(f"http://127.0.0.1:{p}/healthz/readiness").status_code
-                == 200,
-                timeout_s=180, what="bare n8n readiness", interval_s=0.2,
-            )  # fmt: skip
+            url = f"http://127.0.0.1:{port}/healthz/readiness"
+            wait_until(partial(ready, url), timeout_s=180, what="bare readiness", interval_s=0.2)
             timings.append(time.monotonic() - started)
             print(f"  bare docker run: {timings[-1]:.1f} s", flush=True)
         finally:

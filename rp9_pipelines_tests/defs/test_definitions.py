@@ -7,17 +7,21 @@ import pytest
 
 from rp9_pipelines.definitions import defs
 
-EXPECTED_JOBS = {"migrate_catalog", "platform_health"}
+EXPECTED_JOBS = {
+    "migrate_catalog", "platform_health", "provision_tenant", "scale_tenant", "suspend_tenant",
+    "resume_tenant", "delete_tenant",
+}  # fmt: skip
 EXPECTED_SCHEDULES = {"platform_health_every_5_minutes": "platform_health"}
 EXPECTED_SENSORS: set[str] = set()
 EXPECTED_RESOURCES = {
-    "catalog", "docker_runtime", "redis", "vault", "s3", "traefik", "prometheus",
+    "catalog", "docker_runtime", "redis", "vault", "s3", "traefik", "prometheus", "platform",
+    "secret_files", "tenant_db", "n8n",
 }  # fmt: skip
 
 
 def test_definitions_declare_the_expected_jobs_schedules_and_sensors() -> None:
     repository = defs().get_repository_def()
-    assert {job.name for job in repository.get_all_jobs()} >= EXPECTED_JOBS
+    assert {job.name for job in repository.get_all_jobs()} == EXPECTED_JOBS
     assert {s.name: s.job_name for s in repository.schedule_defs} == EXPECTED_SCHEDULES
     assert {s.name for s in repository.sensor_defs} == EXPECTED_SENSORS
     assert set(defs().resources or {}) == EXPECTED_RESOURCES
