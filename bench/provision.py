@@ -41,20 +41,23 @@ def answers(n8n: TenantN8n) -> bool:
 
 
 def orchestrated(api: Api, settings: Settings, vault: VaultResource, count: int) -> list[float]:
-    timings, slugs = [], []
-    for _ in range(count):
-        slug = f"bench-{uuid.uuid4().hex[:6]}"
-        slugs.append(slug)
-        started = time.monotonic()
-        tenant = api.create_tenant(slug=slug, name="Bench", plan="starter")
-        n8n = TenantN8n(settings, vault, tenant)
-        n8n.install_echo("bench")
-        wait_until(partial(answers, n8n), timeout_s=60, what="first webhook")
-        timings.append(time.monotonic() - started)
-        print(f"  orchestrated {slug}: {timings[-1]:.1f} s", flush=True)
-    for slug in slugs:
-        response = api.request("DELETE", f"/tenants/{slug}?purge=true")
-        api.wait_run(response.json()["run_id"])
+    timings: list[float] = []
+    slugs: list[str] = []
+    try:
+        for _ in range(count):
+            slug = f"bench-{uuid.uuid4().hex[:6]}"
+            slugs.append(slug)
+            started = time.monotonic()
+            tenant = api.create_tenant(slug=slug, name="Bench", plan="starter")
+            n8n = TenantN8n(settings, vault, tenant)
+            n8n.install_echo("bench")
+            wait_until(partial(answers, n8n), timeout_s=60, what="first webhook")
+            timings.append(time.monotonic() - started)
+            print(f"  orchestrated {slug}: {timings[-1]:.1f} s", flush=True)
+    finally:
+        for slug in slugs:
+            response = api.request("DELETE", f"/tenants/{slug}?purge=true")
+            api.wait_run(response.json()["run_id"])
     return timings
 
 

@@ -18,14 +18,9 @@ SECRET_FILES = {
 }
 OWNER_PASSWORD_HASH_FILE = "owner_password_hash"  # noqa: S105 (a file name)
 GRACEFUL_SHUTDOWN_S = 30
-# Node is the only runtime in the image; a tiny probe keeps the check free of extra packages.
-HEALTHCHECK = [
-    "CMD",
-    "node",
-    "-e",
-    "require('http').get('http://127.0.0.1:5678/healthz/readiness',"
-    "r=>process.exit(r.statusCode===200?0:1)).on('error',()=>process.exit(1))",
-]
+# wget is in the official image (busybox) and in the local one; it costs a few milliseconds,
+# where a Node probe costs tens, which matters at a short interval on many containers.
+HEALTHCHECK = ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:5678/healthz/readiness"]
 
 LABEL_MANAGED = "io.rp9.managed"
 LABEL_TENANT = "io.rp9.tenant"
@@ -49,7 +44,7 @@ class StackConfig:
     public_scheme: str
     public_port: int | None
     cert_resolver: str
-    healthcheck_interval_s: float = 3.0
+    healthcheck_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)

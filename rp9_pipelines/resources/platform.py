@@ -17,7 +17,7 @@ class PlatformResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     traefik_url: str
     traefik_entrypoint: str = "web"
     traefik_cert_resolver: str = ""
-    healthcheck_interval_s: float = 3.0
+    healthcheck_interval_s: float = 1.0
     ready_timeout_s: float = 240.0
 
     @property

@@ -128,7 +128,7 @@ def test_dedicated_tenant_runs_executions_on_workers_and_scales(
     assert main["HostConfig"]["PidsLimit"] > 0
     assert main["HostConfig"]["SecurityOpt"] == ["no-new-privileges"]
     assert main["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
-    assert main["Config"]["Healthcheck"]["Test"][:2] == ["CMD", "node"]
+    assert main["Config"]["Healthcheck"]["Test"][:2] == ["CMD", "wget"]
     # Still serving after the scale-down.
     assert n8n.call("work", {"i": 99}).status_code == 200
 

@@ -6,12 +6,14 @@
 set -euo pipefail
 
 version=${1:?usage: build.sh N8N_VERSION [IMAGE_NAME]}
+# Bump when the image's recipe changes, so `stack.sh up` rebuilds it.
+recipe=2
 image=${2:-rp9/n8n}
 cache=${RP9_CACHE_DIR:-/var/cache/rp9}
 node_version=${RP9_NODE_VERSION:-24.19.0}
 here=$(cd "$(dirname "$0")" && pwd)
 
-if docker image inspect "$image:$version" >/dev/null 2>&1; then
+if [ "$(docker image inspect -f '{{index .Config.Labels "io.rp9.recipe"}}' "$image:$version" 2>/dev/null)" = "$recipe" ]; then
   echo "image $image:$version already built"
   exit 0
 fi
@@ -19,12 +21,14 @@ mkdir -p "$cache"
 
 log() { printf '[n8n-image] %s\n' "$*"; }
 
-rootfs="$cache/rootfs-bookworm"
+# wget serves the container health check, as busybox's does in the official Alpine image.
+packages=tini,ca-certificates,tzdata,wget
+rootfs="$cache/rootfs-bookworm-$(printf %s "$packages" | md5sum | cut -c1-8)"
 if [ ! -f "$rootfs/.complete" ]; then
   log "debootstrap bookworm into $rootfs"
   command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/null
   rm -rf "$rootfs" "$rootfs.tmp"
-  debootstrap --variant=minbase --include=tini,ca-certificates,tzdata \
+  debootstrap --variant=minbase --include="$packages" \
     bookworm "$rootfs.tmp" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1 \
     || { tail -20 "$cache/debootstrap.log"; exit 1; }
   rm -rf "$rootfs.tmp"/var/cache/apt/archives/*.deb "$rootfs.tmp"/var/lib/apt/lists/*
@@ -81,7 +85,7 @@ tar --numeric-owner -C "$build" -c . | docker import \
   --change 'WORKDIR /home/node' \
   --change 'ENV NODE_ENV=production MALLOC_ARENA_MAX=2 SHELL=/bin/sh N8N_DIAGNOSTICS_ENABLED=false N8N_VERSION_NOTIFICATIONS_ENABLED=false N8N_TEMPLATES_ENABLED=false' \
   --change 'EXPOSE 5678/tcp' \
-  --change "LABEL io.rp9.n8n-version=$version" \
+  --change "LABEL io.rp9.n8n-version=$version io.rp9.recipe=$recipe" \
   --change 'ENTRYPOINT ["tini", "--", "/usr/local/bin/rp9-n8n-entrypoint"]' \
   - "$image:$version" >/dev/null
 rm -rf "$build"

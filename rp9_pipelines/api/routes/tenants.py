@@ -1,3 +1,5 @@
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
@@ -189,36 +191,73 @@ def get_tenant(ref: str, engine: EngineDep) -> dict[str, Any]:
     }  # fmt: skip
 
 
+Validator = Callable[[sa.Connection, Tenant], None]
+
+
+@dataclass(frozen=True)
+class Action:
+    """A change to an existing tenant: the states it is allowed from and the job it launches."""
+
+    name: str
+    allowed: frozenset[str]
+    job: str
+    op: str
+    summary: str
+
+
+SCALE = Action(
+    "scale", frozenset({"active", "failed"}), "scale_tenant", "apply_scale",
+    "Change plan, CPU/memory or the number of workers (within the plan's range).",
+)  # fmt: skip
+DELETE = Action(
+    "delete", frozenset({"provisioning", "active", "suspended", "failed", "deleted"}),
+    "delete_tenant", "remove_tenant",
+    "Remove the tenant's stack and route; its data stays unless `purge=true`.",
+)  # fmt: skip
+PLAIN_ACTIONS = [
+    Action(
+        "provision", frozenset({"provisioning", "failed"}), "provision_tenant", "register_secrets",
+        "Run provisioning again for a tenant whose run failed or was interrupted; every step "
+        "converges, so it finishes the work without a second stack.",
+    ),
+    Action(
+        "suspend", frozenset({"active", "failed"}), "suspend_tenant", "stop_stack",
+        "Stop the tenant's n8n (its route goes with it); nothing is deleted.",
+    ),
+    Action(
+        "resume", frozenset({"suspended", "failed"}), "resume_tenant", "restart_stack",
+        "Start a suspended tenant's n8n again, with its data.",
+    ),
+]  # fmt: skip
+
+
 def _change(
-    ref: str, raw: bytes, engine: sa.Engine, dagster: DagsterClient, key: str | None, action: str,
-    allowed: set[str], job: str, op: str, config: dict[str, Any],
-    validate: Any = None,
+    ref: str, raw: bytes, engine: sa.Engine, dagster: DagsterClient, key: str | None,
+    action: Action, config: dict[str, Any], validate: Validator | None = None,
 ) -> JSONResponse:  # fmt: skip
     with engine.connect() as connection:
         tenant = _tenant_or_404(connection, ref)
-    with idempotent(engine, key, f"POST /tenants/{tenant.id}/{action}", raw) as slot:
+    with idempotent(engine, key, f"POST /tenants/{tenant.id}/{action.name}", raw) as slot:
         if slot.replay:
             return _replayed(slot.replay)
-        if tenant.status not in allowed:
+        if tenant.status not in action.allowed:
             raise ApiError(
-                409, "invalid_state", f"cannot {action} a tenant that is {tenant.status}"
+                409, "invalid_state", f"cannot {action.name} a tenant that is {tenant.status}"
             )
         if validate is not None:
             with engine.connect() as connection:
                 validate(connection, tenant)
-        run_id = _launch(dagster, job, tenant, op, config)
+        run_id = _launch(dagster, action.job, tenant, action.op, config)
         result = {"tenant_id": str(tenant.id), "slug": tenant.slug, "run_id": run_id}
         slot.store(202, result)
     return JSONResponse(result, status_code=202)
 
 
-@router.post("/tenants/{ref}/scale", status_code=202)
+@router.post("/tenants/{ref}/scale", status_code=202, summary=SCALE.summary)
 def scale_tenant(
     ref: str, body: ScaleTenant, raw: RawBody, engine: EngineDep, dagster: DagsterDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:  # fmt: skip
-    """Change plan, CPU/memory or the number of workers (within the plan's range)."""
-
     def validate(connection: sa.Connection, tenant: Tenant) -> None:
         if body.plan is not None and catalog.plan_limits(connection, body.plan) is None:
             raise ApiError(422, "unknown_plan", f"no plan named {body.plan!r}")
@@ -238,56 +277,35 @@ def scale_tenant(
         if body.model_dump(exclude_none=True) == {}:
             raise ApiError(422, "nothing_to_change", "give plan, cpu, memory_mb or workers")
 
-    return _change(
-        ref, raw, engine, dagster, idempotency_key, "scale", {"active", "failed"},
-        "scale_tenant", "apply_scale", body.model_dump(exclude_none=True), validate,
-    )  # fmt: skip
+    config = body.model_dump(exclude_none=True)
+    return _change(ref, raw, engine, dagster, idempotency_key, SCALE, config, validate)
 
 
-@router.post("/tenants/{ref}/provision", status_code=202)
-def reprovision_tenant(
-    ref: str, raw: RawBody, engine: EngineDep, dagster: DagsterDep,
-    idempotency_key: IdempotencyKey = None,
-) -> JSONResponse:  # fmt: skip
-    """Run provisioning again for a tenant whose first run failed or was interrupted; every
-    step converges, so it finishes the work without a second stack."""
-    return _change(
-        ref, raw, engine, dagster, idempotency_key, "provision", {"provisioning", "failed"},
-        "provision_tenant", "register_secrets", {},
-    )  # fmt: skip
-
-
-@router.post("/tenants/{ref}/suspend", status_code=202)
-def suspend_tenant(
-    ref: str, raw: RawBody, engine: EngineDep, dagster: DagsterDep,
-    idempotency_key: IdempotencyKey = None,
-) -> JSONResponse:  # fmt: skip
-    return _change(
-        ref, raw, engine, dagster, idempotency_key, "suspend", {"active", "failed"},
-        "suspend_tenant", "stop_stack", {},
-    )  # fmt: skip
-
-
-@router.post("/tenants/{ref}/resume", status_code=202)
-def resume_tenant(
-    ref: str, raw: RawBody, engine: EngineDep, dagster: DagsterDep,
-    idempotency_key: IdempotencyKey = None,
-) -> JSONResponse:  # fmt: skip
-    return _change(
-        ref, raw, engine, dagster, idempotency_key, "resume", {"suspended", "failed"},
-        "resume_tenant", "restart_stack", {},
-    )  # fmt: skip
-
-
-@router.delete("/tenants/{ref}", status_code=202)
+@router.delete("/tenants/{ref}", status_code=202, summary=DELETE.summary)
 def delete_tenant(
     ref: str, raw: RawBody, engine: EngineDep, dagster: DagsterDep,
     purge: Annotated[bool, Query(description="also delete the tenant's data")] = False,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:  # fmt: skip
-    """Remove the tenant's stack and route; its data stays unless `purge=true`."""
-    return _change(
-        ref, raw, engine, dagster, idempotency_key, "delete",
-        {"provisioning", "active", "suspended", "failed", "deleted"},
-        "delete_tenant", "remove_tenant", {"purge": purge},
-    )  # fmt: skip
+    return _change(ref, raw, engine, dagster, idempotency_key, DELETE, {"purge": purge})
+
+
+def _plain_route(action: Action) -> Callable[..., JSONResponse]:
+    def route(
+        ref: str, raw: RawBody, engine: EngineDep, dagster: DagsterDep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> JSONResponse:  # fmt: skip
+        return _change(ref, raw, engine, dagster, idempotency_key, action, {})
+
+    return route
+
+
+for _action in PLAIN_ACTIONS:
+    router.add_api_route(
+        f"/tenants/{{ref}}/{_action.name}",
+        _plain_route(_action),
+        methods=["POST"],
+        status_code=202,
+        name=f"{_action.name}_tenant",
+        summary=_action.summary,
+    )
