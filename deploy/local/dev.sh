@@ -6,13 +6,22 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 bin="$root/.venv/bin"
 mkdir -p "$root/.stack/logs"
 
+# Each server runs in a process group of its own, so that stopping `make dev` stops
+# everything they started (`dagster dev` has a webserver, a daemon and code servers).
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do kill -INT -- "-$pid" 2>/dev/null || true; done
+  sleep 2
+  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-"$bin/dagster" dev -h 127.0.0.1 -p 3000 -w "$root/workspace.yaml" >"$root/.stack/logs/dagster.log" 2>&1 &
+setsid "$bin/dagster" dev -h 127.0.0.1 -p 3000 -w "$root/workspace.yaml" \
+  >"$root/.stack/logs/dagster.log" 2>&1 &
 pids+=($!)
-"$bin/uvicorn" rp9_pipelines.api.main:app --host 127.0.0.1 --port "$ORCH_PORT" \
+setsid "$bin/uvicorn" rp9_pipelines.api.main:app --host 127.0.0.1 --port "$ORCH_PORT" \
   >"$root/.stack/logs/api.log" 2>&1 &
 pids+=($!)
 
