@@ -186,6 +186,7 @@ class Observed:
     """A container of the tenant as the engine reports it."""
 
     name: str
+    role: str
     config_hash: str
     running: bool
     cpu: float

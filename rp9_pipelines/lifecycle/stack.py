@@ -90,7 +90,7 @@ def converge(r: StackResources, tenant: Tenant, log: Log, *, roles: set[str]) ->
     r.docker_runtime.ensure_network(tenant.names.network, tenant.slug)
     with r.catalog.begin() as connection:
         specs = [s for s in desired(r, tenant, connection) if s.role in roles]
-    observed = [o for o in r.docker_runtime.observe(tenant.slug) if _role(o.name) in roles]
+    observed = [o for o in r.docker_runtime.observe(tenant.slug) if o.role in roles]
     plan = plan_reconcile(specs, observed)
     done: list[str] = []
     secrets_dir = r.secret_files.path(tenant.slug)
@@ -121,10 +121,6 @@ def converge(r: StackResources, tenant: Tenant, log: Log, *, roles: set[str]) ->
         done.append(f"started {spec.name}")
     wait_healthy(r, [s.name for s in specs])
     return done
-
-
-def _role(container_name: str) -> str:
-    return "worker" if "-worker-" in container_name else "main"
 
 
 def _record(

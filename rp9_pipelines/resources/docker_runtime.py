@@ -90,6 +90,7 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         return [
             Observed(
                 name=c.name or "",
+                role=c.labels.get(LABEL_ROLE, ""),
                 config_hash=c.labels.get(LABEL_CONFIG, ""),
                 running=c.status == "running",
                 cpu=c.attrs["HostConfig"]["NanoCpus"] / NANO,

@@ -29,7 +29,7 @@ def stack(workers: int = 2, **changes: object) -> TenantStack:
 
 def observed(spec: ContainerSpec, **changes: object) -> Observed:
     fields: dict[str, object] = {
-        "name": spec.name, "config_hash": spec.config_hash, "running": True,
+        "name": spec.name, "role": spec.role, "config_hash": spec.config_hash, "running": True,
         "cpu": spec.cpu, "memory_mb": spec.memory_mb,
     }  # fmt: skip
     return Observed(**(fields | changes))  # type: ignore[arg-type]
