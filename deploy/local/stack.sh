@@ -244,9 +244,7 @@ start_prometheus() {
   claim_port prometheus $prom_port
   log "starting Prometheus on 127.0.0.1:$prom_port"
   mkdir -p "$state/prometheus/data"
-  sed -e "s/__TRAEFIK__/127.0.0.1:$traefik_admin_port/" \
-    -e "s/__ORCH__/127.0.0.1:${ORCH_PORT:-8080}/" \
-    "$root/deploy/local/prometheus.yml" >"$state/prometheus/prometheus.yml"
+  sed -e "s/__TRAEFIK__/127.0.0.1:$traefik_admin_port/" "$root/deploy/local/prometheus.yml" >"$state/prometheus/prometheus.yml"
   spawn prometheus prometheus --config.file="$state/prometheus/prometheus.yml" \
     --storage.tsdb.path="$state/prometheus/data" --web.listen-address="127.0.0.1:$prom_port" \
     --web.enable-lifecycle
