@@ -13,6 +13,7 @@ import time
 import uuid
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import docker
 import httpx
@@ -76,7 +77,7 @@ def bare(settings: Settings, tenant_db: TenantDatabaseResource, count: int) -> l
             nano_cpus=1_000_000_000, mem_limit="1g",
             environment={
                 "DB_TYPE": "postgresdb", "DB_POSTGRESDB_HOST": "host.docker.internal",
-                "DB_POSTGRESDB_PORT": settings.database_url.rsplit(":", 1)[1].split("/")[0],
+                "DB_POSTGRESDB_PORT": str(urlsplit(settings.database_url).port or 5432),
                 "DB_POSTGRESDB_DATABASE": names.db_name, "DB_POSTGRESDB_SCHEMA": names.db_schema,
                 "DB_POSTGRESDB_USER": names.db_role, "DB_POSTGRESDB_PASSWORD": "bare-password-1",
             },

@@ -105,6 +105,12 @@ def insert_tenant(connection: sa.Connection, values: dict[str, Any]) -> uuid.UUI
     return tenant_id
 
 
+def forget_tenant(connection: sa.Connection, tenant_id: uuid.UUID) -> None:
+    """Undo `insert_tenant` (and its quotas) when nothing was launched for it."""
+    connection.execute(sa.delete(quotas).where(quotas.c.tenant_id == tenant_id))
+    connection.execute(sa.delete(tenants).where(tenants.c.id == tenant_id))
+
+
 def set_quota(
     connection: sa.Connection, tenant_id: uuid.UUID, source: str, values: dict[str, Any]
 ) -> None:
@@ -144,7 +150,13 @@ def record_instance(
         "db_schema": tenant.names.db_schema, "state": state,
     }  # fmt: skip
     statement = sa.dialects.postgresql.insert(tenant_instances).values(**row)
-    updated = {k: statement.excluded[k] for k in row if k not in {"tenant_id", "container_name"}}
+    updated: dict[str, Any] = {
+        k: statement.excluded[k] for k in row if k not in {"tenant_id", "container_name"}
+    }
+    # A resize knows no container id: keep the one recorded at creation.
+    updated["container_id"] = sa.func.coalesce(
+        statement.excluded.container_id, tenant_instances.c.container_id
+    )
     connection.execute(
         statement.on_conflict_do_update(
             index_elements=["container_name"], set_={**updated, "updated_at": sa.func.now()}

@@ -134,12 +134,17 @@ class TenantNames:
         return f"{'t' if self.tier == 'shared' else 'd'}_{self.ident}"
 
     @property
+    def redis_prefix(self) -> str:
+        """Every Redis key and channel of the tenant starts with this (its ACL user's limit)."""
+        return f"rp9:{self.slug}"
+
+    @property
     def bull_prefix(self) -> str:
-        return f"rp9:{self.slug}:bull"
+        return f"{self.redis_prefix}:bull"
 
     @property
     def redis_key_prefix(self) -> str:
-        return f"rp9:{self.slug}:n8n"
+        return f"{self.redis_prefix}:n8n"
 
     @property
     def redis_user(self) -> str:
@@ -153,5 +158,8 @@ class TenantNames:
         suffix = f"-{index}" if role == "worker" else ""
         return f"rp9-{self.slug}-{color}-{role}{suffix}"
 
+    def host(self, base_domain: str) -> str:
+        return f"{self.slug}.{base_domain}"
+
     def hosts(self, base_domain: str, custom_domain: str | None) -> list[str]:
-        return [f"{self.slug}.{base_domain}", *([custom_domain] if custom_domain else [])]
+        return [self.host(base_domain), *([custom_domain] if custom_domain else [])]

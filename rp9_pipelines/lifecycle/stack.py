@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.stack import (
+    LABEL_COLOR,
     OWNER_PASSWORD_HASH_FILE,
     SECRET_FILES,
     ContainerSpec,
@@ -50,6 +51,11 @@ def load(r: StackResources, tenant_id: str) -> Tenant:
     return tenant
 
 
+def set_status(r: StackResources, tenant: Tenant, **values: object) -> None:
+    with r.catalog.begin() as connection:
+        catalog.update_tenant(connection, tenant.id, **values)
+
+
 def prepare_secrets(r: StackResources, tenant: Tenant) -> None:
     """Vault is the source of truth; the files are what the containers mount."""
     names = tenant.names
@@ -57,7 +63,7 @@ def prepare_secrets(r: StackResources, tenant: Tenant) -> None:
     # File names are the Vault keys.
     files = {name: values[name] for name in [*SECRET_FILES.values(), OWNER_PASSWORD_HASH_FILE]}
     r.secret_files.write(tenant.slug, files)
-    r.redis.ensure_tenant_user(names.redis_user, values["redis_password"], f"rp9:{tenant.slug}")
+    r.redis.ensure_tenant_user(names.redis_user, values["redis_password"], names.redis_prefix)
 
 
 def prepare_database(r: StackResources, tenant: Tenant) -> None:
@@ -126,12 +132,11 @@ def converge(r: StackResources, tenant: Tenant, log: Log, *, roles: set[str]) ->
 def _record(
     r: StackResources, tenant: Tenant, spec: ContainerSpec, container_id: str | None, state: str
 ) -> None:
-    state_now = r.docker_runtime.state(spec.name)
     with r.catalog.begin() as connection:
         catalog.record_instance(
-            connection, tenant, name=spec.name, role=spec.role, color=spec.labels["io.rp9.color"],
-            container_id=container_id or (state_now.id if state_now else None),
-            image=r.platform.image, cpu=spec.cpu, memory_mb=spec.memory_mb, state=state,
+            connection, tenant, name=spec.name, role=spec.role, color=spec.labels[LABEL_COLOR],
+            container_id=container_id, image=r.platform.image, cpu=spec.cpu,
+            memory_mb=spec.memory_mb, state=state,
         )  # fmt: skip
 
 

@@ -11,9 +11,9 @@ import sqlalchemy as sa
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.resources.vault import VaultResource
-from rp9_pipelines.settings import Settings
+from rp9_pipelines.settings import Settings, sqlalchemy_url
 from rp9_pipelines_tests.api_client import Api
-from rp9_pipelines_tests.tenants.conftest import TenantN8n
+from rp9_pipelines_tests.tenants.conftest import TenantN8n, unique_slug
 from rp9_pipelines_tests.waiting import wait_until
 
 pytestmark = pytest.mark.stack
@@ -65,9 +65,7 @@ def test_secrets_stay_out_of_the_catalog_and_the_container_environment(
         "owner_password",
         "n8n_api_key",
     } <= set(secrets)
-    engine = sa.create_engine(
-        settings.database_url.replace("postgresql://", "postgresql+psycopg://")
-    )
+    engine = sa.create_engine(sqlalchemy_url(settings.database_url))
     with engine.connect() as connection:
         dump = "\n".join(
             str(row) for table in ("tenants", "tenant_instances", "quotas")
@@ -221,8 +219,6 @@ def test_delete_keeps_the_data_unless_purged(
     settings: Settings, api: Api, vault: VaultResource, tenant_db: TenantDatabaseResource,
     docker_client: docker.DockerClient,
 ) -> None:  # fmt: skip
-    from rp9_pipelines_tests.tenants.conftest import unique_slug
-
     tenant = api.create_tenant(slug=unique_slug("del"), name="Short lived", plan="starter")
     slug = tenant["slug"]
     n8n = TenantN8n(settings, vault, tenant)

@@ -17,7 +17,6 @@ from rp9_pipelines.domain.tenants import (
     TENANT_ID_TAG,
     TENANT_TAG,
     InvalidRequest,
-    TenantNames,
     check_custom_domain,
     check_resources,
     check_slug,
@@ -142,14 +141,9 @@ def create_tenant(
         except ApiError:
             # No run, no tenant: nothing is left half-created.
             with engine.begin() as connection:
-                connection.execute(
-                    sa.text("DELETE FROM quotas WHERE tenant_id = :t"), {"t": tenant_id}
-                )
-                connection.execute(sa.text("DELETE FROM tenants WHERE id = :t"), {"t": tenant_id})
+                catalog.forget_tenant(connection, tenant_id)
             raise
-        hosts = TenantNames(tenant.slug, tenant.tier).hosts(
-            settings.base_domain, tenant.custom_domain
-        )
+        hosts = tenant.names.hosts(settings.base_domain, tenant.custom_domain)
         result = {
             "tenant_id": str(tenant_id),
             "slug": tenant.slug,

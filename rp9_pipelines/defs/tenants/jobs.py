@@ -40,11 +40,6 @@ def _r(context: dg.OpExecutionContext) -> StackResources:
     )  # fmt: skip
 
 
-def _set_status(context: dg.OpExecutionContext, tenant_id: str, **values: Any) -> None:
-    with _r(context).catalog.begin() as connection:
-        catalog.update_tenant(connection, stack.load(_r(context), tenant_id).id, **values)
-
-
 @dg.failure_hook(required_resource_keys={"catalog"})
 def mark_failed(context: dg.HookContext) -> None:
     """Record why a step failed on the tenant; re-running the job converges."""
@@ -100,7 +95,7 @@ def start_main(context: dg.OpExecutionContext, tenant_id: str) -> str:
     r = _r(context)
     tenant = stack.load(r, tenant_id)
     changes = stack.converge(r, tenant, context.log.info, roles={"main"})
-    host = tenant.names.hosts(r.platform.base_domain, None)[0]
+    host = tenant.names.host(r.platform.base_domain)
     seconds = _n8n(context).wait_ready(host, r.platform.ready_timeout_s)
     context.log.info(f"main ready through Traefik ({seconds:.1f} s after healthy); {changes}")
     return tenant_id
@@ -111,7 +106,7 @@ def bootstrap_api_key(context: dg.OpExecutionContext, tenant_id: str) -> str:
     """Mint the control plane's n8n API key as the owner and keep it in Vault (never logged)."""
     r, n8n = _r(context), _n8n(context)
     tenant = stack.load(r, tenant_id)
-    host = tenant.names.hosts(r.platform.base_domain, None)[0]
+    host = tenant.names.host(r.platform.base_domain)
     secrets = r.vault.read(tenant.names.vault_path) or {}
     if secrets.get("n8n_api_key") and n8n.api_key_works(host, secrets["n8n_api_key"]):
         context.log.info("the stored n8n API key still works")
@@ -134,7 +129,8 @@ def start_workers(context: dg.OpExecutionContext, tenant_id: str) -> str:
 
 @dg.op(required_resource_keys=RESOURCES)
 def activate(context: dg.OpExecutionContext, tenant_id: str) -> None:
-    _set_status(context, tenant_id, status="active", last_error=None)
+    r = _r(context)
+    stack.set_status(r, stack.load(r, tenant_id), status="active", last_error=None)
     context.log.info("tenant active")
 
 
@@ -168,8 +164,7 @@ def apply_scale(context: dg.OpExecutionContext, config: ScaleRequest) -> str:
     tenant = stack.load(r, config.tenant_id)
     changes = stack.converge(r, tenant, context.log.info, roles={"main", "worker"})
     context.log.info(f"scaled: {changes or 'no change'}")
-    with r.catalog.begin() as connection:
-        catalog.update_tenant(connection, tenant.id, last_error=None)
+    stack.set_status(r, tenant, last_error=None)
     return config.tenant_id
 
 
@@ -188,7 +183,7 @@ def stop_stack(context: dg.OpExecutionContext, config: TenantRef) -> None:
     r = _r(context)
     tenant = stack.load(r, config.tenant_id)
     stack.stop_all(r, tenant, context.log.info)
-    _set_status(context, config.tenant_id, status="suspended")
+    stack.set_status(r, tenant, status="suspended")
 
 
 @dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
@@ -204,7 +199,7 @@ def restart_stack(context: dg.OpExecutionContext, config: TenantRef) -> None:
     stack.prepare_secrets(r, tenant)
     stack.converge(r, tenant, context.log.info, roles={"main"})
     stack.converge(r, tenant, context.log.info, roles={"worker"})
-    _set_status(context, config.tenant_id, status="active", last_error=None)
+    stack.set_status(r, tenant, status="active", last_error=None)
 
 
 @dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
@@ -219,15 +214,15 @@ def remove_tenant(context: dg.OpExecutionContext, config: DeleteRequest) -> None
     secrets. Without it the data stays, so the tenant can be restored."""
     r = _r(context)
     tenant = stack.load(r, config.tenant_id)
-    _set_status(context, config.tenant_id, status="deleting")
+    stack.set_status(r, tenant, status="deleting")
     stack.remove_all(r, tenant, context.log.info)
     r.secret_files.remove(tenant.slug)
     if config.purge:
         r.tenant_db.drop(tenant.names)
-        r.redis.drop_tenant(tenant.names.redis_user, f"rp9:{tenant.slug}")
+        r.redis.drop_tenant(tenant.names.redis_user, tenant.names.redis_prefix)
         r.vault.destroy(tenant.names.vault_path)
         context.log.info("purged database, queue keys and secrets")
-    _set_status(context, config.tenant_id, status="deleted", deleted_at=sa.func.now())
+    stack.set_status(r, tenant, status="deleted", deleted_at=sa.func.now())
 
 
 @dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
