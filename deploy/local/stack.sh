@@ -111,6 +111,11 @@ start_docker() {
 start_postgres() {
   local data="$pg_dir/data" bridge_ip
   bridge_ip=$(docker_bridge_ip)
+  # The superuser password lives with the cluster it belongs to (root-only), so a new state dir
+  # (a fresh checkout at the same path) still logs in to the cluster kept under /var/lib/rp9.
+  if [ -f "$data/PG_VERSION" ] && [ -s "$pg_dir/rp9.password" ]; then
+    (umask 077 && cp "$pg_dir/rp9.password" "$state/secrets/postgres")
+  fi
   if [ ! -f "$data/PG_VERSION" ]; then
     log "initdb $data"
     mkdir -p "$data"
@@ -123,6 +128,7 @@ start_postgres() {
     runuser -u postgres -- "$pg_bin/initdb" -D "$data" -U rp9 --pwfile="$pwfile" \
       --auth-local=peer --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$state/logs/initdb.log"
     rm -f "$pwfile"
+    (umask 077 && secret postgres >"$pg_dir/rp9.password")
     cat >>"$data/postgresql.conf" <<CONF
 port = $pg_port
 unix_socket_directories = '$pg_dir'
