@@ -10,7 +10,7 @@ from rp9_pipelines.api.errors import (
     http_error_handler,
     validation_error_handler,
 )
-from rp9_pipelines.api.routes import health, metrics, runs, tenants
+from rp9_pipelines.api.routes import backups, health, metrics, runs, tenants
 
 
 def create_app() -> FastAPI:
@@ -22,6 +22,7 @@ def create_app() -> FastAPI:
     app.include_router(tenants.router)
     app.include_router(runs.router)
     app.include_router(metrics.router)
+    app.include_router(backups.router)
     return app
 
 

@@ -198,6 +198,16 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
             return list(pool.map(_stats, running))
 
+    def exec(self, name: str, command: list[str]) -> tuple[int, str, str]:
+        """Run `command` in a running container as its own user: exit code, stdout, stderr."""
+        container = self.client().containers.get(name)
+        code, (out, err) = container.exec_run(command, demux=True)
+        return (
+            int(code),
+            (out or b"").decode(errors="replace"),
+            (err or b"").decode(errors="replace"),
+        )
+
 
 def _state(container: Container) -> ContainerState:
     attrs: dict[str, Any] = container.attrs

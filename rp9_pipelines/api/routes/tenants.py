@@ -222,6 +222,10 @@ PLAIN_ACTIONS = [
         "resume", frozenset({"suspended", "failed"}), "resume_tenant", "restart_stack",
         "Start a suspended tenant's n8n again, with its data.",
     ),
+    Action(
+        "backup", frozenset({"active", "suspended"}), "backup_tenant", "backup_database",
+        "Back up the tenant's data to S3 now (recorded as `on_demand`, verified before `ok`).",
+    ),
 ]  # fmt: skip
 
 

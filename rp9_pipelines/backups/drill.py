@@ -1,0 +1,311 @@
+"""A restore drill: restore a backup into a sandbox database, boot n8n on it with the tenant's
+encryption key, check it through n8n itself, and tear everything down, whatever happened.
+
+The RTO is measured from the first byte read from storage to the first execution the restored
+n8n served: restore, boot and a working instance, as a tenant would need after a loss.
+"""
+
+import datetime as dt
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from rp9_pipelines.backups.backup import describe
+from rp9_pipelines.backups.postgres import (
+    PgServer,
+    create_sandbox,
+    deactivate_workflows,
+    drop_sandbox,
+    restore_stream,
+    restored_counts,
+    sandbox_leftovers,
+)
+from rp9_pipelines.catalog import backups as catalog
+from rp9_pipelines.catalog.tenants import Tenant
+from rp9_pipelines.domain.backups import (
+    SANDBOX_LABEL,
+    SANDBOX_PREFIX,
+    Check,
+    Manifest,
+    SandboxNames,
+    canary_workflow,
+    check_canary,
+    check_counts,
+    check_credentials,
+    check_object,
+    check_workflows,
+    drill_passed,
+    sandbox_container,
+    sandbox_url,
+)
+from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
+from rp9_pipelines.resources.platform import PlatformResource
+from rp9_pipelines.resources.s3 import S3Resource
+from rp9_pipelines.resources.secret_files import SecretFilesResource
+from rp9_pipelines.resources.vault import VaultResource
+
+Log = Callable[[str], None]
+# A drill takes minutes; one still `running` after this lost its run.
+STALE_DRILL = dt.timedelta(hours=2)
+
+# n8n's own CLI in the sandbox reads what it restored. The decrypted credentials never leave
+# the container: only their count does, and the file goes when the command ends.
+EXPORT_WORKFLOWS = r"""
+d=$(mktemp -d); trap 'rm -rf "$d"' EXIT
+if ! n8n export:workflow --all --output="$d/w.json" >"$d/log" 2>&1; then
+  if grep -q 'No workflows found' "$d/log"; then echo '[]'; exit 0; fi
+  tail -c 1500 "$d/log" >&2; exit 1
+fi
+node -e 'const w=require(process.argv[1]);
+process.stdout.write(JSON.stringify(w.map(x=>[String(x.id),x.versionId??null])))' "$d/w.json"
+"""
+EXPORT_CREDENTIALS = r"""
+d=$(mktemp -d); trap 'rm -rf "$d"' EXIT
+if ! n8n export:credentials --all --decrypted --output="$d/c.json" >"$d/log" 2>&1; then
+  if grep -q 'No credentials found' "$d/log"; then echo '{"listed":0,"decrypted":0}'; exit 0; fi
+  tail -c 1500 "$d/log" >&2; exit 1
+fi
+node -e 'const c=require(process.argv[1]);
+const ok=c.filter(x=>x.data!==null&&typeof x.data==="object").length;
+process.stdout.write(JSON.stringify({listed:c.length,decrypted:ok}))' "$d/c.json"
+"""
+
+
+@dataclass(frozen=True)
+class DrillResources:
+    catalog: CatalogResource
+    admin_url: str
+    s3: S3Resource
+    docker_runtime: DockerRuntimeResource
+    platform: PlatformResource
+    secret_files: SecretFilesResource
+    vault: VaultResource
+
+
+@dataclass(frozen=True)
+class DrillOutcome:
+    drill_id: uuid.UUID
+    backup_id: uuid.UUID
+    passed: bool
+    checks: tuple[Check, ...]
+    rto_seconds: float | None
+    error: str | None
+
+    def failed_checks(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+
+def run_drill(
+    r: DrillResources, tenant: Tenant, backup: dict[str, Any], drill_id: uuid.UUID, log: Log
+) -> DrillOutcome:
+    """Every check lands in the outcome; the teardown runs even when a step raises."""
+    server = PgServer.from_url(r.admin_url)
+    sandbox = SandboxNames.for_drill(drill_id)
+    checks: list[Check] = []
+    rto: float | None = None
+    error: str | None = None
+    try:
+        rto = _restore_and_check(r, server, tenant, backup, sandbox, checks, log)
+    except Exception as failure:
+        error = describe(failure)
+        log(f"drill stopped: {error}")
+    finally:
+        checks.append(teardown(r, server, sandbox))
+        log(f"teardown: {checks[-1].detail}")
+    passed = error is None and drill_passed(checks)
+    return DrillOutcome(
+        drill_id, backup["id"], passed, tuple(checks), rto if passed else None, error
+    )
+
+
+def _restore_and_check(
+    r: DrillResources, server: PgServer, tenant: Tenant, backup: dict[str, Any],
+    sandbox: SandboxNames, checks: list[Check], log: Log,
+) -> float | None:  # fmt: skip
+    manifest = Manifest.from_json(backup["manifest"])
+    bucket, key, names = backup["bucket"], backup["key"], tenant.names
+    started = time.monotonic()
+    if r.s3.head(key, bucket) is None:
+        checks.append(Check("object_integrity", False, f"s3://{bucket}/{key} is missing"))
+        return None
+
+    password = secrets.token_urlsafe(32)
+    create_sandbox(server, sandbox, password)
+    restored = restore_stream(server, sandbox.database, sandbox.role, r.s3.chunks(key, bucket))
+    checks.append(check_object(backup["size_bytes"], backup["sha256"], restored.size,
+                               restored.sha256))  # fmt: skip
+    restore_ok = restored.exit_code == 0
+    checks.append(Check(
+        "restore", restore_ok,
+        f"pg_restore into {sandbox.database} in {time.monotonic() - started:.1f} s" if restore_ok
+        else f"pg_restore exited {restored.exit_code}: {restored.stderr[-600:]}",
+    ))  # fmt: skip
+    log(f"{checks[-2].detail}; {checks[-1].detail}")
+    if not (checks[-1].ok and checks[-2].ok):
+        return None
+
+    unpublished = deactivate_workflows(server, sandbox.database, names)
+    counts = restored_counts(server, sandbox.database, names)
+    checks.append(check_counts(manifest, counts.workflows, counts.credentials, counts.executions))
+    log(f"{checks[-1].detail}; {unpublished} workflow(s) unpublished in the sandbox")
+
+    tenant_secrets = r.vault.read(names.vault_path) or {}
+    if not tenant_secrets.get("encryption_key"):
+        raise LookupError(f"no encryption key for {tenant.slug} in Vault")
+    r.secret_files.write(
+        sandbox.secrets_key,
+        {"db_password": password, "encryption_key": tenant_secrets["encryption_key"]},
+    )
+    r.docker_runtime.ensure_network(sandbox.network, tenant.slug)
+    spec = sandbox_container(names, sandbox, r.platform.stack_config())
+    r.docker_runtime.create(spec, r.platform.image, r.secret_files.path(sandbox.secrets_key))
+    checks.append(_wait_ready(r, sandbox, r.platform.ready_timeout_s))
+    log(checks[-1].detail)
+    if not checks[-1].ok:
+        return None
+
+    state = r.docker_runtime.state(sandbox.container)
+    if state is None or not state.ip:
+        raise RuntimeError(f"{sandbox.container} has no address on {sandbox.network}")
+    api_key = tenant_secrets.get("n8n_api_key", "")
+    canary, canary_id = _canary(sandbox_url(state.ip), api_key, sandbox)
+    checks.append(canary)
+    rto = time.monotonic() - started if canary.ok else None
+    log(f"{canary.detail}" + (f"; RTO {rto:.1f} s" if rto is not None else ""))
+
+    try:
+        versions = [v for v in _workflow_versions(r, sandbox) if v[0] != canary_id]
+        checks.append(check_workflows(manifest, versions))
+    except CliError as error:
+        checks.append(Check("workflows", False, f"n8n could not export the workflows: {error}"))
+    try:
+        counts_seen = _credential_counts(r, sandbox)
+        checks.append(check_credentials(manifest, counts_seen["listed"], counts_seen["decrypted"]))
+    except CliError as error:
+        detail = f"n8n could not decrypt the credentials: {error}"
+        checks.append(Check("credentials_decrypt", False, detail))
+    log(f"{checks[-2].detail}; {checks[-1].detail}")
+    return rto
+
+
+def _wait_ready(r: DrillResources, sandbox: SandboxNames, timeout_s: float) -> Check:
+    """Docker's health check is n8n's /healthz/readiness (database connected and migrated)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        state = r.docker_runtime.state(sandbox.container)
+        if state is None or state.status in {"exited", "dead"}:
+            logs = r.docker_runtime.logs(sandbox.container, tail=15)
+            return Check("sandbox_ready", False, f"sandbox n8n stopped: {logs[-800:]}")
+        if state.health == "healthy":
+            return Check("sandbox_ready", True,
+                         f"sandbox n8n ready in {time.monotonic() - started:.1f} s")  # fmt: skip
+        time.sleep(0.5)
+    return Check("sandbox_ready", False, f"sandbox n8n not ready after {timeout_s:.0f} s")
+
+
+def _canary(base_url: str, api_key: str, sandbox: SandboxNames) -> tuple[Check, str | None]:
+    """Through the restored instance's public API, with the tenant's own API key (restored with
+    the data, valid only under the tenant's key): install a webhook workflow, then call it."""
+    path, nonce = f"rp9-drill-{sandbox.token}", secrets.token_hex(8)
+    with httpx.Client(base_url=base_url, headers={"X-N8N-API-KEY": api_key}, timeout=30) as http:
+        created = http.post("/api/v1/workflows", json=canary_workflow(path))
+        if created.status_code != 200:
+            detail = f"public API refused the canary workflow: HTTP {created.status_code}"
+            return Check("canary_execution", False, detail), None
+        workflow_id = str(created.json()["id"])
+        activated = http.post(f"/api/v1/workflows/{workflow_id}/activate")
+        if activated.status_code != 200:
+            detail = f"canary activation refused: HTTP {activated.status_code}"
+            return Check("canary_execution", False, detail), workflow_id
+        deadline = time.monotonic() + 15
+        while True:
+            answer = http.post(f"/webhook/{path}", json={"nonce": nonce})
+            if answer.status_code != 404 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)  # the webhook registers as the activation settles
+    try:
+        body: Any = answer.json()
+    except ValueError:
+        body = answer.text
+    return check_canary(nonce, answer.status_code, body), workflow_id
+
+
+class CliError(RuntimeError):
+    """n8n's CLI in the sandbox failed; the message ends with its output."""
+
+
+def _run_cli(r: DrillResources, sandbox: SandboxNames, script: str) -> Any:
+    code, out, err = r.docker_runtime.exec(sandbox.container, ["sh", "-c", script])
+    if code != 0:
+        raise CliError(f"exit {code}: {err.strip()[-800:]}")
+    return json.loads(out)
+
+
+def _workflow_versions(r: DrillResources, sandbox: SandboxNames) -> list[tuple[str, str | None]]:
+    rows = _run_cli(r, sandbox, EXPORT_WORKFLOWS)
+    return [(str(workflow_id), version) for workflow_id, version in rows]
+
+
+def _credential_counts(r: DrillResources, sandbox: SandboxNames) -> dict[str, int]:
+    counts = _run_cli(r, sandbox, EXPORT_CREDENTIALS)
+    return {"listed": int(counts["listed"]), "decrypted": int(counts["decrypted"])}
+
+
+def teardown(r: DrillResources, server: PgServer, sandbox: SandboxNames) -> Check:
+    """Remove the container, its network, the database and role, and the secret files; then
+    look again, so a leftover fails the drill instead of lingering unseen."""
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("container", lambda: r.docker_runtime.remove(sandbox.container, graceful=False)),
+        ("network", lambda: r.docker_runtime.remove_network(sandbox.network)),
+        ("database", lambda: drop_sandbox(server, sandbox.database)),
+        ("secret files", lambda: r.secret_files.remove(sandbox.secrets_key)),
+    ]
+    problems = []
+    for what, step in steps:
+        try:
+            step()
+        except Exception as error:
+            problems.append(f"{what}: {describe(error)}")
+    if r.docker_runtime.state(sandbox.container) is not None:
+        problems.append(f"{sandbox.container} still exists")
+    if sandbox.database in sandbox_leftovers(server):
+        problems.append(f"{sandbox.database} still exists")
+    if r.secret_files.path(sandbox.secrets_key).exists():
+        problems.append("secret files still exist")
+    detail = "; ".join(problems) or "container, network, database, role and secret files removed"
+    return Check("teardown", not problems, detail)
+
+
+def sweep_sandboxes(r: DrillResources, now: dt.datetime, log: Log) -> list[str]:
+    """Remove what drills whose runs died left behind (a killed process cannot tear down), and
+    fail their rows. Sandboxes of drills still running are left alone."""
+    with r.catalog.begin() as connection:
+        running = catalog.running_drills(connection)
+        stale = [d["id"] for d in running if d["started_at"] < now - STALE_DRILL]
+        catalog.fail_interrupted_drills(connection, stale)
+    live = {SandboxNames.for_drill(d["id"]).token for d in running if d["id"] not in stale}
+    server = PgServer.from_url(r.admin_url)
+    client = r.docker_runtime.client()
+    found = {
+        c.name.removeprefix("rp9-drill-")
+        for c in client.containers.list(all=True, filters={"label": SANDBOX_LABEL})
+    }
+    found |= {n.name.removeprefix("rp9-drill-")
+              for n in client.networks.list(filters={"name": "rp9-drill-"})
+              if n.name.startswith("rp9-drill-")}  # fmt: skip
+    found |= {name.removeprefix(SANDBOX_PREFIX) for name in sandbox_leftovers(server)}
+    found |= {p.name.removeprefix("drill_") for p in Path(r.secret_files.root).glob("drill_*")}
+    swept = []
+    for token in sorted(found - live):
+        check = teardown(r, server, SandboxNames(token))
+        log(f"swept sandbox {token}: {check.detail}")
+        swept.append(token)
+    return swept

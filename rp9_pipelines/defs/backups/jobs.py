@@ -1,0 +1,135 @@
+"""Backups: one job per tenant and kind (tagged with the tenant, so it never overlaps a change
+to it), daily and weekly schedules that launch one run per active tenant, and retention."""
+
+import datetime as dt
+from typing import Any
+
+import dagster as dg
+
+from rp9_pipelines.backups.backup import take_backup
+from rp9_pipelines.backups.retention import apply_retention
+from rp9_pipelines.catalog import tenants as tenant_catalog
+from rp9_pipelines.catalog.tenants import Tenant
+from rp9_pipelines.domain.backups import RETENTION, SCHEDULED_KINDS, scheduled_runs
+from rp9_pipelines.domain.tenants import TENANT_ID_TAG, TENANT_TAG
+from rp9_pipelines.resources.catalog import CatalogResource
+
+BACKUP_KIND_TAG = "rp9/backup_kind"
+# What `dagster.yaml` limits: how many backups run at once across tenants.
+KIND_TAG, BACKUP_RUN_KIND = "rp9/kind", "backup"
+
+
+class BackupRequest(dg.Config):
+    tenant_id: str
+    kind: str = "on_demand"
+
+
+class RetentionRequest(dg.Config):
+    as_of: str | None = None  # ISO 8601; the retention clock (default: now)
+
+
+def load_tenant(catalog_db: CatalogResource, tenant_id: str) -> Tenant:
+    with catalog_db.begin() as connection:
+        tenant = tenant_catalog.get_tenant(connection, tenant_id)
+    if tenant is None:
+        raise LookupError(f"tenant {tenant_id} is not in the catalog")
+    return tenant
+
+
+@dg.op(required_resource_keys={"catalog", "tenant_db", "s3"})
+def backup_database(context: dg.OpExecutionContext, config: BackupRequest) -> dict[str, Any]:
+    """pg_dump of the tenant's snapshot streamed into S3 with its manifest; `ok` only once the
+    stored object was read back with the recorded size and sha256."""
+    if config.kind not in RETENTION:
+        raise ValueError(f"unknown backup kind {config.kind!r}; one of {sorted(RETENTION)}")
+    res: Any = context.resources
+    tenant = load_tenant(res.catalog, config.tenant_id)
+    outcome = take_backup(
+        res.catalog, res.tenant_db.admin_url, res.s3, tenant, config.kind, context.run_id,
+        context.log.info,
+    )  # fmt: skip
+    return {
+        "backup_id": str(outcome.backup_id), "key": outcome.key, "size": outcome.size,
+        "sha256": outcome.sha256, "manifest": outcome.manifest.as_json(),
+    }  # fmt: skip
+
+
+@dg.job(tags={KIND_TAG: BACKUP_RUN_KIND}, executor_def=dg.in_process_executor)
+def backup_tenant() -> None:
+    """Back up one tenant's n8n data (schema or database) to S3, verified."""
+    backup_database()
+
+
+def backup_schedule(kind: str, cron: str) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name=f"{kind}_backups", cron_schedule=cron, job=backup_tenant,
+        execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.RUNNING,
+    )  # fmt: skip
+    def schedule(
+        context: dg.ScheduleEvaluationContext, catalog: CatalogResource
+    ) -> list[dg.RunRequest] | dg.SkipReason:
+        with catalog.begin() as connection:
+            tenants = tenant_catalog.list_tenants(connection)
+        at = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
+        runs = scheduled_runs(
+            [(str(t.id), t.slug, t.status) for t in tenants], f"backup-{kind}", at
+        )
+        if not runs:
+            return dg.SkipReason("no active tenant to back up")
+        return [
+            dg.RunRequest(
+                run_key=run.run_key,
+                run_config={
+                    "ops": {
+                        "backup_database": {"config": {"tenant_id": run.tenant_id, "kind": kind}}
+                    }
+                },
+                tags={TENANT_TAG: run.slug, TENANT_ID_TAG: run.tenant_id, BACKUP_KIND_TAG: kind},
+            )
+            for run in runs
+        ]
+
+    return schedule
+
+
+CRONS = {"daily": "0 2 * * *", "weekly": "0 3 * * 0"}
+backup_schedules = [backup_schedule(kind, CRONS[kind]) for kind in SCHEDULED_KINDS]
+
+
+@dg.op(required_resource_keys={"catalog", "s3"})
+def expire_backups(context: dg.OpExecutionContext, config: RetentionRequest) -> dict[str, int]:
+    """Delete every backup past its expiry from S3 and mark it `expired`, except each tenant's
+    last `ok` backup."""
+    res: Any = context.resources
+    now = dt.datetime.fromisoformat(config.as_of) if config.as_of else dt.datetime.now(dt.UTC)
+    if now.tzinfo is None:
+        raise ValueError("as_of needs a timezone (e.g. 2026-12-01T00:00:00+00:00)")
+    outcome = apply_retention(res.catalog, res.s3, now, context.log.info)
+    context.log.info(
+        f"retention at {now.isoformat()}: {len(outcome.expired)} expired, "
+        f"{len(outcome.kept_last_ok)} kept as their tenant's last ok backup"
+    )
+    return {"expired": len(outcome.expired), "kept_last_ok": len(outcome.kept_last_ok)}
+
+
+@dg.job(tags={KIND_TAG: "backup_retention"}, executor_def=dg.in_process_executor)
+def backup_retention() -> None:
+    """Apply the retention policy (daily 7 d, weekly 30 d) to every tenant's backups."""
+    expire_backups()
+
+
+backup_retention_schedule = dg.ScheduleDefinition(
+    name="backup_retention_daily",
+    job=backup_retention,
+    cron_schedule="30 4 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(
+        jobs=[backup_tenant, backup_retention],
+        schedules=[*backup_schedules, backup_retention_schedule],
+    )
