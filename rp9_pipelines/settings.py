@@ -6,6 +6,8 @@ from typing import Literal
 from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rp9_pipelines.domain.autoscaling import Policy
+
 Environment = Literal["development", "test", "production"]
 
 # Values copied from the specification's `.env.example` or obviously unset; never acceptable
@@ -86,6 +88,43 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()  # fields not given here come from the environment
+
+
+class AutoscalingSettings(BaseSettings):
+    """The worker autoscaler (`AUTOSCALE_*`). Every field has a working default, because the
+    sensor is defined when the code location loads, where no secret may be required."""
+
+    # An empty variable means "not set" (AUTOSCALE_TARGET_LATENCY_P95_S= turns that vote off).
+    model_config = SettingsConfigDict(
+        env_prefix="AUTOSCALE_", extra="ignore", frozen=True, env_parse_none_str=""
+    )
+
+    # Off by default so that a development or test Dagster never resizes tenants on its own;
+    # production turns it on (`.env.example`).
+    enabled: bool = False
+    interval_s: int = 30
+    # Which tenants it manages, by slug (shell-style pattern).
+    tenants: str = "*"
+    # The sliding window of finished executions behind executions/min and the p95s.
+    signal_window_s: int = 120
+    stabilisation_window_s: float = 300.0
+    tolerance: float = 0.1
+    max_step_up: int = 4
+    target_utilisation: float = 0.8
+    target_oldest_wait_s: float = 10.0
+    target_queue_wait_p95_s: float = 10.0
+    target_latency_p95_s: float | None = None
+
+    def policy(self) -> Policy:
+        return Policy(
+            target_utilisation=self.target_utilisation,
+            target_oldest_wait_s=self.target_oldest_wait_s,
+            target_queue_wait_p95_s=self.target_queue_wait_p95_s,
+            target_latency_p95_s=self.target_latency_p95_s,
+            tolerance=self.tolerance,
+            max_step_up=self.max_step_up,
+            stabilisation_window_s=self.stabilisation_window_s,
+        )
 
 
 def sqlalchemy_url(database_url: str) -> str:

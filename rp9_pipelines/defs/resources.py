@@ -8,6 +8,7 @@ from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.resources.http_service import HttpServiceResource
 from rp9_pipelines.resources.n8n import N8nResource
 from rp9_pipelines.resources.platform import PlatformResource
+from rp9_pipelines.resources.prometheus import PrometheusResource
 from rp9_pipelines.resources.redis_queue import RedisResource
 from rp9_pipelines.resources.s3 import S3Resource
 from rp9_pipelines.resources.secret_files import SecretFilesResource
@@ -34,9 +35,7 @@ def resources() -> dg.Definitions:
             "traefik": HttpServiceResource(
                 name="traefik", base_url=dg.EnvVar("TRAEFIK_API_URL"), health_path="/ping"
             ),
-            "prometheus": HttpServiceResource(
-                name="prometheus", base_url=dg.EnvVar("PROMETHEUS_URL"), health_path="/-/ready"
-            ),
+            "prometheus": PrometheusResource(base_url=dg.EnvVar("PROMETHEUS_URL")),
             "platform": PlatformResource(
                 n8n_image=dg.EnvVar("N8N_IMAGE"),
                 n8n_version=dg.EnvVar("N8N_VERSION"),

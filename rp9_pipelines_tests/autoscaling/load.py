@@ -1,0 +1,322 @@
+"""A tenant under load, watched: shared by the autoscaling end-to-end test and
+`bench/autoscale.py`. Everything here drives or reads the real components."""
+
+import concurrent.futures
+import datetime as dt
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import sqlalchemy as sa
+
+from rp9_pipelines.catalog import tenants as catalog
+from rp9_pipelines.defs.autoscaling.sensor import SENSOR_NAME
+from rp9_pipelines.domain.tenants import TenantNames
+from rp9_pipelines.resources.redis_queue import RedisResource
+from rp9_pipelines.settings import Settings, sqlalchemy_url
+from rp9_pipelines_tests.api_client import Api
+from rp9_pipelines_tests.conftest import BIN, ROOT, Served, free_port, serve
+from rp9_pipelines_tests.n8n_workflows import slow_webhook
+from rp9_pipelines_tests.tenants.conftest import TenantN8n
+from rp9_pipelines_tests.waiting import wait_until
+
+# One worker runs two executions at once: with ~2 s executions, one worker drains 1 a second,
+# so a 200-execution backlog is worth several workers (pro plan: 1..4).
+CONCURRENCY = 2
+START_SENSOR = """
+mutation Start($selector: SensorSelector!) {
+  startSensor(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { status } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def provision(api: Api, settings: Settings, slug: str) -> dict[str, Any]:
+    """A dedicated pro tenant (1..4 workers) with one worker of `CONCURRENCY` job slots."""
+    created = api.post(
+        "/tenants",
+        {"slug": slug, "name": "Autoscaled", "plan": "pro", "tier": "dedicated", "workers": 1},
+        **{"Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert created.status_code == 202, created.text
+    engine = sa.create_engine(sqlalchemy_url(settings.database_url), poolclass=sa.NullPool)
+    with engine.begin() as connection:
+        tenant_id = uuid.UUID(created.json()["tenant_id"])
+        catalog.set_quota(connection, tenant_id, "manual", {"concurrency": CONCURRENCY})
+    engine.dispose()
+    run = api.wait_run(created.json()["run_id"])
+    assert run["status"] == "SUCCESS", run
+    tenant: dict[str, Any] = api.get(f"/tenants/{slug}").json()
+    # The quota landed before the provisioning run reached the workers, or a converge applies it.
+    if tenant["limits"]["concurrency"] != CONCURRENCY or not _worker_has_concurrency(
+        settings, slug
+    ):
+        rescale = api.post(f"/tenants/{slug}/scale", {"workers": 1})
+        assert api.wait_run(rescale.json()["run_id"])["status"] == "SUCCESS"
+    assert _worker_has_concurrency(settings, slug)
+    return tenant
+
+
+def _worker_has_concurrency(settings: Settings, slug: str) -> bool:
+    client = docker.DockerClient(base_url=settings.docker_host)
+    try:
+        command = client.api.inspect_container(f"rp9-{slug}-blue-worker-1")["Config"]["Cmd"]
+    finally:
+        client.close()
+    return f"--concurrency={CONCURRENCY}" in command
+
+
+def install(n8n: TenantN8n, workflow: dict[str, Any]) -> str:
+    created = n8n.http.post("/api/v1/workflows", json=workflow)
+    assert created.status_code == 200, created.text
+    workflow_id = str(created.json()["id"])
+    activated = n8n.http.post(f"/api/v1/workflows/{workflow_id}/activate")
+    assert activated.status_code == 200, activated.text
+    return workflow_id
+
+
+def install_slow(n8n: TenantN8n, path: str, seconds: float) -> str:
+    return install(n8n, slow_webhook(path, seconds))
+
+
+def enqueue(n8n: TenantN8n, path: str, count: int, threads: int = 8) -> float:
+    """POST `count` webhook calls through Traefik (each answers once enqueued); returns when
+    the first was sent (epoch seconds)."""
+    started = time.time()
+
+    def call(i: int) -> None:
+        with httpx.Client(base_url=n8n.http.base_url, headers={"Host": n8n.host}) as http:
+            answer = http.post(f"/webhook/{path}", json={"i": i}, timeout=60)
+        assert answer.status_code == 200, answer.text
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(call, range(count)))
+    return started
+
+
+@dataclass(frozen=True)
+class Executions:
+    by_status: dict[str, int]
+    first_created: dt.datetime | None
+    last_stopped: dt.datetime | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+    @property
+    def finished(self) -> int:
+        return sum(n for status, n in self.by_status.items() if status not in {"new", "running"})
+
+
+def executions(settings: Settings, names: TenantNames, workflow_id: str) -> Executions:
+    """What the tenant's own `execution_entity` says about one workflow's executions."""
+    url = sa.make_url(sqlalchemy_url(settings.database_url)).set(database=names.db_name)
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    table = f'"{names.db_schema}".execution_entity'
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sa.text(
+                    f'SELECT status, count(*), min("createdAt"), max("stoppedAt") FROM {table}'
+                    ' WHERE "workflowId" = :w GROUP BY status'
+                ),
+                {"w": workflow_id},
+            ).all()
+    finally:
+        engine.dispose()
+    created = [r[2] for r in rows if r[2] is not None]
+    stopped = [r[3] for r in rows if r[3] is not None]
+    return Executions(
+        by_status={r[0]: int(r[1]) for r in rows},
+        first_created=min(created) if created else None,
+        last_stopped=max(stopped) if stopped else None,
+    )
+
+
+def first_execution_on(settings: Settings, container: str, since: float) -> float | None:
+    """When `container` (a worker) started its first execution after `since` (epoch s)."""
+    client = docker.DockerClient(base_url=settings.docker_host)
+    try:
+        raw = client.containers.get(container).logs(timestamps=True, since=int(since))
+    except docker.errors.NotFound:
+        return None
+    finally:
+        client.close()
+    for line in raw.decode(errors="replace").splitlines():
+        stamp, _, text = line.partition(" ")
+        if "Worker started execution" in text:
+            # RFC 3339 with nanoseconds; Python reads microseconds.
+            head, _, rest = stamp.partition(".")
+            at = dt.datetime.fromisoformat(f"{head}.{rest.rstrip('Z')[:6]}+00:00").timestamp()
+            if at >= since:
+                return at
+    return None
+
+
+@contextmanager
+def following_logs(settings: Settings, container: str) -> Iterator[list[str]]:
+    """Collect a container's log lines from now until it stops (or the block ends)."""
+    client = docker.DockerClient(base_url=settings.docker_host)
+    lines: list[str] = []
+    stream = client.containers.get(container).logs(stream=True, follow=True, since=int(time.time()))
+
+    def read() -> None:
+        buffer = b""
+        for chunk in stream:
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            lines.extend(line.decode(errors="replace") for line in complete)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    try:
+        yield lines
+    finally:
+        thread.join(timeout=5)
+        stream.close()
+        client.close()
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    waiting: int
+    active: int
+    healthy_workers: int
+
+
+@dataclass
+class Watch:
+    """Samples a tenant's queue (Redis) and healthy workers (Docker) every half second."""
+
+    settings: Settings
+    names: TenantNames
+    samples: list[Sample] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        redis = RedisResource(redis_url=self.settings.redis_url)
+        client = docker.DockerClient(base_url=self.settings.docker_host)
+        filters = {"label": [f"io.rp9.tenant={self.names.slug}", "io.rp9.role=worker"]}
+        try:
+            while not self._stop.is_set():
+                queue = redis.queue_snapshots([self.names.bull_prefix])[self.names.bull_prefix]
+                healthy = 0
+                for container in client.containers.list(filters=filters):
+                    health = container.attrs.get("State", {}).get("Health", {}).get("Status")
+                    healthy += health == "healthy"
+                self.samples.append(Sample(time.time(), queue.waiting, queue.active, healthy))
+                self._stop.wait(0.5)
+        finally:
+            client.close()
+
+    @contextmanager
+    def running(self) -> Iterator["Watch"]:
+        thread = threading.Thread(target=self.run, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join(timeout=10)
+
+    def latest(self) -> Sample | None:
+        return self.samples[-1] if self.samples else None
+
+
+@contextmanager
+def dagster_with_autoscaler(slug: str, **knobs: str) -> Iterator[Served]:
+    """A Dagster (webserver + daemon, as `make dev`) whose autoscaler manages only `slug`, with
+    `AUTOSCALE_*` knobs; the sensor starts stopped (AUTOSCALE_ENABLED unset)."""
+    home = Path(tempfile.mkdtemp(prefix="rp9-autoscale-dagster-"))
+    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "AUTOSCALE_TENANTS": slug,
+        **{f"AUTOSCALE_{k.upper()}": v for k, v in knobs.items()},
+    }
+    env.pop("AUTOSCALE_ENABLED", None)
+    port = free_port()
+    command = [str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port),
+               "-w", str(ROOT / "workspace.yaml")]  # fmt: skip
+    with serve(command, url=f"http://127.0.0.1:{port}", ready_path="/server_info",
+               log=home / "dagster.log", env=env, timeout_s=180) as served:  # fmt: skip
+        yield served
+
+
+SELECTOR = {
+    "repositoryLocationName": "rp9_pipelines",
+    "repositoryName": "__repository__",
+    "sensorName": SENSOR_NAME,
+}
+TICKS = """
+query Ticks($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { ticks(limit: 1) { timestamp status } } }
+  }
+}
+"""
+
+
+def last_tick(dagster: Served) -> float | None:
+    """When the autoscaler's latest tick was evaluated (epoch seconds)."""
+    answer = httpx.post(
+        f"{dagster.url}/graphql",
+        json={"query": TICKS, "variables": {"selector": SELECTOR}},
+        timeout=30,
+    ).json()
+    ticks = answer["data"]["sensorOrError"]["sensorState"]["ticks"]
+    return float(ticks[0]["timestamp"]) if ticks else None
+
+
+RESET_SENSOR = """
+mutation Reset($selector: SensorSelector!) {
+  resetSensor(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { status } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def stop_autoscaler(dagster: Served) -> None:
+    """Back to its status in code: stopped, as AUTOSCALE_ENABLED is unset."""
+    answer = httpx.post(
+        f"{dagster.url}/graphql",
+        json={"query": RESET_SENSOR, "variables": {"selector": SELECTOR}},
+        timeout=30,
+    ).json()
+    assert answer["data"]["resetSensor"]["sensorState"]["status"] == "STOPPED", answer
+
+
+def start_autoscaler(dagster: Served) -> None:
+    selector = SELECTOR
+
+    def started() -> bool:
+        answer = httpx.post(
+            f"{dagster.url}/graphql",
+            json={"query": START_SENSOR, "variables": {"selector": selector}},
+            timeout=30,
+        ).json()
+        result = answer["data"]["startSensor"]
+        assert result["__typename"] == "Sensor", answer
+        return bool(result["sensorState"]["status"] == "RUNNING")
+
+    # The code location may still be loading right after the server answers.
+    wait_until(started, timeout_s=60, what="the autoscaler sensor to start", interval_s=1)

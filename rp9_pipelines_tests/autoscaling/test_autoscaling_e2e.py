@@ -1,0 +1,225 @@
+"""Autoscaling end to end, all real: a dedicated tenant (pro: 1..4 workers of 2 job slots), a
+webhook workflow taking ~2 s, 200 executions enqueued through Traefik, the autoscaler sensor
+running in a Dagster daemon, scale runs converging Docker. Nothing may be lost or crash."""
+
+import math
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from rp9_pipelines.api.dagster_client import DagsterClient
+from rp9_pipelines.catalog import autoscaling as autoscaling_catalog
+from rp9_pipelines.domain.tenants import TenantNames
+from rp9_pipelines.resources.prometheus import PrometheusResource
+from rp9_pipelines.resources.redis_queue import QueueSnapshot, RedisResource
+from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
+from rp9_pipelines.resources.vault import VaultResource
+from rp9_pipelines.settings import Settings, sqlalchemy_url
+from rp9_pipelines_tests.api_client import Api
+from rp9_pipelines_tests.autoscaling import load
+from rp9_pipelines_tests.tenants.conftest import TenantN8n, unique_slug
+from rp9_pipelines_tests.waiting import wait_until
+
+pytestmark = pytest.mark.stack
+
+EXECUTIONS = 200
+EXECUTION_S = 2.0
+# Short enough for a test; production defaults are 30 s, 300 s and 120 s.
+INTERVAL_S = 5
+WINDOW_S = 30
+SIGNAL_WINDOW_S = 45
+# Long enough that the scale-down run (launched in a new process) reaches the worker while its
+# executions still run.
+HOLD_S = 20
+# n8n's execution-duration histogram buckets (prom-client defaults extended to 600 s).
+BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
+
+
+@pytest.fixture(scope="module")
+def tenant(api: Api, settings: Settings) -> Iterator[dict[str, Any]]:
+    slug = unique_slug("as")
+    yield load.provision(api, settings, slug)
+    response = api.request("DELETE", f"/tenants/{slug}?purge=true")
+    assert response.status_code == 202, response.text
+    assert api.wait_run(response.json()["run_id"])["status"] == "SUCCESS"
+
+
+def catalog_workers(settings: Settings, slug: str) -> int:
+    engine = sa.create_engine(sqlalchemy_url(settings.database_url), poolclass=sa.NullPool)
+    try:
+        with engine.connect() as connection:
+            query = sa.text("SELECT workers FROM tenants WHERE slug = :s")
+            return int(connection.execute(query, {"s": slug}).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_a_removed_worker_finishes_its_executions_before_it_goes(
+    settings: Settings, api: Api, vault: VaultResource, tenant: dict[str, Any]
+) -> None:
+    slug = tenant["slug"]
+    n8n = TenantN8n(settings, vault, tenant)
+    names = n8n.names
+    workflow = load.install_slow(n8n, "hold", HOLD_S)
+    scaled = api.post(f"/tenants/{slug}/scale", {"workers": 2})
+    assert api.wait_run(scaled.json()["run_id"])["status"] == "SUCCESS"
+
+    # Four long executions fill both workers' two slots each.
+    started = load.enqueue(n8n, "hold", 4)
+    redis = RedisResource(redis_url=settings.redis_url)
+    wait_until(lambda: redis.queue_snapshots([names.bull_prefix])[names.bull_prefix].active == 4,
+               timeout_s=30, what="four running executions")  # fmt: skip
+    second = f"rp9-{slug}-blue-worker-2"
+    assert load.first_execution_on(settings, second, started - 1) is not None
+
+    with load.following_logs(settings, second) as lines:
+        response = api.post(f"/tenants/{slug}/scale", {"workers": 1})
+        run = api.wait_run(response.json()["run_id"])
+    assert run["status"] == "SUCCESS"
+    # The worker was told to stop while it still ran its two executions, and waited for them.
+    assert "Waiting for 2 active executions to finish..." in "\n".join(lines), lines
+    done = load.executions(settings, names, workflow)
+    assert done.by_status == {"success": 4}
+    assert done.last_stopped is not None
+    assert done.last_stopped.timestamp() >= started + HOLD_S
+    assert run["end_time"] >= done.last_stopped.timestamp() - 1
+    assert redis.queue_snapshots([names.bull_prefix])[names.bull_prefix] == QueueSnapshot(
+        0, 0, None
+    )
+    assert api.get(f"/tenants/{slug}").json()["workers"] == 1
+
+
+def test_the_autoscaler_scales_a_backlog_up_and_back_down_losing_nothing(
+    settings: Settings, api: Api, vault: VaultResource, tenant: dict[str, Any]
+) -> None:
+    slug = tenant["slug"]
+    n8n = TenantN8n(settings, vault, tenant)
+    names = n8n.names
+    assert catalog_workers(settings, slug) == 1
+    workflow = load.install_slow(n8n, "slow", EXECUTION_S)
+    prometheus = PrometheusResource(base_url=settings.prometheus_url)
+    # One execution before the load, so that Prometheus holds the tenant's duration series
+    # before it grows (a counter's first sample is not counted by increase()).
+    load.enqueue(n8n, "slow", 1)
+    knobs = {"interval_s": str(INTERVAL_S), "stabilisation_window_s": str(WINDOW_S),
+             "signal_window_s": str(SIGNAL_WINDOW_S)}  # fmt: skip
+    with load.dagster_with_autoscaler(slug, **knobs) as dagster:
+        load.start_autoscaler(dagster)
+        wait_until(lambda: slug in prometheus.execution_rates(300), timeout_s=60,
+                   what="Prometheus to scrape the warm-up execution")  # fmt: skip
+        warm_up = load.executions(settings, names, workflow)
+        assert warm_up.by_status == {"success": 1}
+
+        watch = load.Watch(settings, names)
+        with watch.running():
+            began = load.enqueue(n8n, "slow", EXECUTIONS)
+            wait_until(lambda: catalog_workers(settings, slug) > 1, timeout_s=60,
+                       what="the autoscaler to scale up")  # fmt: skip
+            second = wait_until(
+                lambda: load.first_execution_on(settings, f"rp9-{slug}-blue-worker-2", began),
+                timeout_s=120, what="the second worker to serve",
+            )  # fmt: skip
+
+            def finished() -> load.Executions | None:
+                seen = load.executions(settings, names, workflow)
+                return seen if seen.finished == EXECUTIONS + 1 else None
+
+            drained = wait_until(finished, timeout_s=240, what="the backlog to drain")
+            wait_until(
+                lambda: catalog_workers(settings, slug) == 1
+                and (s := watch.latest()) is not None and s.healthy_workers == 1,
+                timeout_s=WINDOW_S + SIGNAL_WINDOW_S + 120, what="the return to one worker",
+            )  # fmt: skip
+        client = DagsterClient(f"{dagster.url}/graphql")
+        engine = sa.create_engine(sqlalchemy_url(settings.database_url), poolclass=sa.NullPool)
+        with engine.connect() as connection:
+            story = autoscaling_catalog.events(connection, uuid.UUID(tenant["id"]))
+        engine.dispose()
+        runs = [client.run(event["run_id"]) if event["run_id"] else None for event in story]
+
+    assert drained.last_stopped is not None
+    print(
+        f"\nsecond worker serving {second - began:.1f} s after the backlog began; "
+        f"{EXECUTIONS} executions drained in {drained.last_stopped.timestamp() - began:.1f} s; "
+        f"peak {max(s.healthy_workers for s in watch.samples)} workers"
+    )
+    # Nothing lost, nothing crashed: every execution the webhook accepted ran to success.
+    assert drained.by_status == {"success": EXECUTIONS + 1}
+    queue = RedisResource(redis_url=settings.redis_url).queue_snapshots([names.bull_prefix])
+    assert queue[names.bull_prefix] == QueueSnapshot(0, 0, None)
+    # It went to the plan's maximum while the backlog lasted, and back to the minimum after.
+    assert max(s.healthy_workers for s in watch.samples) == 4
+    assert watch.samples[-1].healthy_workers == 1
+
+    # The story, as autoscaling_events tells it: up from 1 while the queue was deep, down to 1
+    # only after the stabilisation window, each step carried out by a successful scale run.
+    assert len(story) >= 2, story
+    first, last = story[0], story[-1]
+    assert first["workers_from"] == 1
+    assert first["workers_to"] > 1
+    assert first["reason"].startswith(f"scale up 1→{first['workers_to']}")
+    assert first["signals"]["queue_depth"] > 0
+    assert first["signals"]["sources"]["queue"] == "redis"
+    assert last["workers_to"] == 1
+    assert last["workers_from"] > 1
+    assert last["reason"].startswith(f"scale down {last['workers_from']}→1")
+    assert f"highest recommendation over the last {WINDOW_S} s: 1" in last["reason"]
+    ups = [e["at"].timestamp() for e in story if e["workers_to"] > e["workers_from"]]
+    downs = [e["at"].timestamp() for e in story if e["workers_to"] < e["workers_from"]]
+    assert all(down - up >= WINDOW_S for down in downs for up in ups if up < down)
+    assert all(run is not None and run.status == "SUCCESS" for run in runs), runs
+    assert all(run.tags.get("rp9/requested_by") == "autoscaler" for run in runs if run)
+
+    assert_sources_agree(settings, prometheus, names, began, watch)
+
+
+def assert_sources_agree(
+    settings: Settings,
+    prometheus: PrometheusResource,
+    names: TenantNames,
+    began: float,
+    watch: load.Watch,
+) -> None:
+    """The same load through both sources: the tenant's `execution_entity` and Redis on one
+    side, n8n's metrics scraped by Prometheus on the other."""
+    window = math.ceil(time.time() - began) + 5
+    db = TenantDatabaseResource(admin_url=settings.database_url)
+    ours = db.execution_windows([names], window).windows[names.slug]
+    theirs = prometheus.execution_rates(window)[names.slug]
+    assert ours.total == EXECUTIONS
+    # increase() extrapolates to the window's edges: a few per cent.
+    assert theirs.per_minute == pytest.approx(ours.per_minute, rel=0.1)
+    # The histogram knows the p95 only to its bucket: it must be in the database's bucket.
+    assert ours.latency_p95_ms is not None
+    assert theirs.latency_p95_s is not None
+    p95 = ours.latency_p95_ms / 1000
+    upper = next(b for b in BUCKETS if b >= p95)
+    lower = max([0, *(b for b in BUCKETS if b < p95)])
+    assert lower < theirs.latency_p95_s <= upper, (p95, theirs.latency_p95_s)
+
+    # n8n's queue gauge (main, refreshed every 20 s, scraped every 15 s) against what Redis
+    # showed in the 40 s before each Prometheus sample.
+    end = watch.samples[-1].at
+    series = httpx.get(
+        f"{settings.prometheus_url}/api/v1/query_range",
+        params={
+            "query": f'sum(n8n_scaling_mode_queue_jobs_waiting{{tenant="{names.slug}"}})',
+            "start": began,
+            "end": end,
+            "step": 5,
+        },
+        timeout=10,
+    ).json()["data"]["result"]
+    assert series, "Prometheus holds no queue gauge for the tenant"
+    values = [(float(t), float(v)) for t, v in series[0]["values"]]
+    assert max(v for _, v in values) > 0  # it saw the backlog
+    for at, value in values:
+        seen = [s.waiting for s in watch.samples if at - 40 <= s.at <= at]
+        if at - 40 < watch.samples[0].at:
+            seen.append(0)  # the queue was empty before the load
+        assert min(seen) <= value <= max(seen), (at, value, min(seen), max(seen))
