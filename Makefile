@@ -12,7 +12,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 # Every target that talks to the stack runs with its environment (generated secrets included).
 WITH_ENV := set -a && source .stack/env && set +a &&
 
-.PHONY: bench-provision demo-credentials help install stack-up stack-down stack-status migrate lint format test test-fast dev api dagster
+.PHONY: bench-autoscale bench-backup bench-provision demo-credentials help install stack-up stack-down stack-status migrate lint format test test-fast dev api dagster
 
 help:
 	@echo "make dev          platform up on embedded defaults: stack, migrations, Dagster UI, API"
@@ -21,6 +21,8 @@ help:
 	@echo "make lint         ruff + mypy"
 	@echo "make stack-up     start the local stack (idempotent); stack-down stops it"
 	@echo "make bench-provision  POST /tenants → first webhook vs. a bare docker run (TENANTS=5)"
+	@echo "make bench-backup     backup to S3 vs. pg_dump -Fc to a file, 200 MB of executions (MB=200); drill RTO"
+	@echo "make bench-autoscale  autoscaler: second worker, 200-execution drain vs 1 worker, tick at 1k/5k tenants"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +60,12 @@ test: lint migrate
 
 bench-provision: migrate
 	$(WITH_ENV) $(BIN)/python -m bench.provision --tenants $${TENANTS:-5}
+
+bench-backup: migrate
+	$(WITH_ENV) $(BIN)/python -m bench.backup --mb $${MB:-200}
+
+bench-autoscale: migrate
+	$(WITH_ENV) $(BIN)/python -m bench.autoscale
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)

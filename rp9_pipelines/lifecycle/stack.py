@@ -1,5 +1,6 @@
 """The shells that make a tenant's stack match the catalog: gather, decide (domain.stack), act."""
 
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,12 +18,13 @@ from rp9_pipelines.domain.stack import (
     desired_containers,
     plan_reconcile,
 )
+from rp9_pipelines.domain.template import TEMPLATE_SECRET_FILES, builder_container, template_schema
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.resources.platform import PlatformResource
 from rp9_pipelines.resources.redis_queue import RedisResource
 from rp9_pipelines.resources.secret_files import SecretFilesResource
-from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
+from rp9_pipelines.resources.tenant_db import Template, TenantDatabaseResource
 from rp9_pipelines.resources.vault import VaultResource
 
 Log = Callable[[str], None]
@@ -66,11 +68,37 @@ def prepare_secrets(r: StackResources, tenant: Tenant) -> None:
     r.redis.ensure_tenant_user(names.redis_user, values["redis_password"], names.redis_prefix)
 
 
-def prepare_database(r: StackResources, tenant: Tenant) -> None:
-    secrets = r.vault.read(tenant.names.vault_path)
-    if not secrets:
+def prepare_database(r: StackResources, tenant: Tenant, log: Log) -> bool:
+    """The tenant's role and schema or database, a copy of the n8n version's pre-migrated
+    template when it is new; returns whether n8n's migrations are already applied."""
+    values = r.vault.read(tenant.names.vault_path)
+    if not values:
         raise LookupError(f"no secrets for {tenant.slug}: run the secrets step first")
-    r.tenant_db.ensure(tenant.names, secrets["db_password"])
+    template = ensure_template(r, log)
+    return r.tenant_db.ensure(tenant.names, values["db_password"], template)
+
+
+def ensure_template(r: StackResources, log: Log) -> Template:
+    """Build the pre-migrated schema of this n8n version once (one builder at a time): boot a
+    throwaway n8n on an empty schema until it is healthy, then seal what it left."""
+    schema = template_schema(r.platform.n8n_version)
+    with r.tenant_db.template_lock(schema):
+        if not r.tenant_db.template_ready(schema):
+            started = time.monotonic()
+            log(f"building the n8n {r.platform.n8n_version} template schema {schema}")
+            spec = builder_container(schema, r.platform.stack_config())
+            files = {name: secrets.token_hex(24) for name in TEMPLATE_SECRET_FILES.values()}
+            r.tenant_db.prepare_template(schema, files["db_password"])
+            secrets_dir = r.secret_files.write(spec.name, files)
+            try:
+                r.docker_runtime.create(spec, r.platform.image, secrets_dir)
+                wait_healthy(r, [spec.name])
+            finally:
+                r.docker_runtime.remove(spec.name, graceful=True)
+                r.secret_files.remove(spec.name)
+            r.tenant_db.seal_template(schema)
+            log(f"template {schema} ready in {time.monotonic() - started:.1f} s")
+        return r.tenant_db.template(schema)
 
 
 def desired(r: StackResources, tenant: Tenant, connection: sa.Connection) -> list[ContainerSpec]:
@@ -87,11 +115,21 @@ def desired(r: StackResources, tenant: Tenant, connection: sa.Connection) -> lis
     return desired_containers(stack, r.platform.stack_config())
 
 
+def start(r: StackResources, tenant: Tenant, log: Log) -> list[str]:
+    """Converge main and workers: together on a migrated schema, else main first (it runs the
+    migrations) and the workers once it is healthy."""
+    if r.tenant_db.migrated(tenant.names):
+        return converge(r, tenant, log, roles={"main", "worker"})
+    log("schema not migrated yet: main first, workers after it")
+    changes = converge(r, tenant, log, roles={"main"})
+    return changes + converge(r, tenant, log, roles={"worker"})
+
+
 def converge(r: StackResources, tenant: Tenant, log: Log, *, roles: set[str]) -> list[str]:
     """Make the containers of `roles` match the catalog; returns what changed.
 
-    Main is started and ready before any worker exists: on a fresh database both would run
-    n8n's migrations at once and one of them fails.
+    On a schema n8n has not migrated yet, converge main alone first (`start`): two n8n processes
+    booting at once on a fresh database both run the migrations and one of them fails.
     """
     r.docker_runtime.ensure_network(tenant.names.network, tenant.slug)
     with r.catalog.begin() as connection:

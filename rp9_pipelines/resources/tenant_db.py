@@ -1,4 +1,9 @@
-from collections.abc import Iterator
+import concurrent.futures
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -6,8 +11,24 @@ import dagster as dg
 import sqlalchemy as sa
 from psycopg import sql
 
+from rp9_pipelines.domain.template import (
+    INSTANCE_TABLES,
+    READY_COMMENT,
+    TEMPLATE_DATABASE,
+    TEMPLATE_ROLE,
+)
 from rp9_pipelines.domain.tenants import SHARED_DATABASE, TenantNames
 from rp9_pipelines.settings import sqlalchemy_url
+
+_PSQL_META = re.compile(r"^\\(un)?restrict ")
+
+
+@dataclass(frozen=True)
+class Template:
+    """A pre-migrated n8n schema as SQL (no owner, no grants, no data of any instance)."""
+
+    schema: str
+    sql: str
 
 
 @dataclass(frozen=True)
@@ -81,26 +102,152 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database)),
         )
 
-    def ensure(self, names: TenantNames, password: str) -> None:
-        """Create (or repair) the tenant's role and its schema or database. Idempotent."""
+    def ensure(self, names: TenantNames, password: str, template: Template | None = None) -> bool:
+        """Create (or repair) the tenant's role and its schema or database. Idempotent.
+
+        With a template, a schema that has no tables yet is created as a copy of it; returns
+        whether the tenant's schema holds n8n's tables (migrated) when this returns.
+        """
         with self._connect("postgres") as server:
             self._ensure_role(server, names.db_role, password)
             if names.tier == "dedicated":
                 self._ensure_database(server, names.db_name, names.db_role)
-                return
-            # The shared database belongs to the platform; tenants only get their schema.
+            else:
+                # The shared database belongs to the platform; tenants only get their schema.
+                owner = server.execute(sa.text("SELECT current_user")).scalar_one()
+                self._ensure_database(server, SHARED_DATABASE, owner)
+        if names.tier == "shared":
+            with self._connect(SHARED_DATABASE) as shared:
+                role = sql.Identifier(names.db_role)
+                self._exec(shared, sql.SQL("REVOKE ALL ON SCHEMA public FROM PUBLIC"))
+                # n8n's driver runs `CREATE SCHEMA IF NOT EXISTS` on every connection, and
+                # Postgres checks the database privilege before it sees that the schema exists.
+                self._exec(shared, sql.SQL("GRANT CONNECT, CREATE ON DATABASE {} TO {}").format(
+                    sql.Identifier(SHARED_DATABASE), role))  # fmt: skip
+        with self._connect(names.db_name) as database:
+            if self._has_tables(database, names.db_schema):
+                return True
+            if template is not None:
+                self._clone(database, names, template)
+                return True
+            if names.tier == "shared":
+                schema, role = sql.Identifier(names.db_schema), sql.Identifier(names.db_role)
+                self._exec(database, sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}")
+                           .format(schema, role))  # fmt: skip
+                self._exec(database, sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(schema))
+        return False
+
+    def migrated(self, names: TenantNames) -> bool:
+        """Whether n8n's migrations table exists in the tenant's schema."""
+        with self._connect(names.db_name) as database:
+            found = database.execute(
+                sa.text("SELECT to_regclass(:t)"), {"t": f"{names.db_schema}.migrations"}
+            ).scalar()
+        return found is not None
+
+    @staticmethod
+    def _has_tables(connection: sa.Connection, schema: str) -> bool:
+        query = sa.text("SELECT 1 FROM pg_tables WHERE schemaname = :s LIMIT 1")
+        return connection.execute(query, {"s": schema}).scalar() is not None
+
+    def _clone(self, connection: sa.Connection, names: TenantNames, template: Template) -> None:
+        """Copy the template into the tenant's schema in one transaction, as the tenant's role
+        (so it owns every object): either the whole migrated schema appears or nothing does."""
+        raw = connection.connection.dbapi_connection
+        assert raw is not None
+        target, source = sql.Identifier(names.db_schema), sql.Identifier(template.schema)
+        raw.autocommit = False
+        try:
+            with raw.cursor() as cursor:  # type: ignore[attr-defined]
+                # Concurrent clones into one database would collide on the template's name.
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext('rp9-template-clone'))")
+                cursor.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(names.db_role)))
+                # An empty schema of that name (created before templates, or `public` in a new
+                # dedicated database) gives way to the copy.
+                cursor.execute(sql.SQL("DROP SCHEMA IF EXISTS {}").format(target))
+                cursor.execute(template.sql)
+                cursor.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(source, target))
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            raw.autocommit = True
+
+    # Templates ----------------------------------------------------------------------------
+
+    @contextmanager
+    def template_lock(self, schema: str) -> Iterator[None]:
+        """One builder per template at a time, across processes."""
+        with self._connect("postgres") as server:
+            server.execute(sa.text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": schema})
+            try:
+                yield
+            finally:
+                server.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": schema})
+
+    def template_ready(self, schema: str) -> bool:
+        with self._connect("postgres") as server:
+            exists = server.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": TEMPLATE_DATABASE}
+            ).scalar()
+        if not exists:
+            return False
+        with self._connect(TEMPLATE_DATABASE) as templates:
+            comment = templates.execute(
+                sa.text(
+                    "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace"
+                    " WHERE nspname = :s"
+                ),
+                {"s": schema},
+            ).scalar()
+        return comment == READY_COMMENT
+
+    def prepare_template(self, schema: str, password: str) -> None:
+        """An empty schema for the builder n8n, owned by a login role it alone uses."""
+        with self._connect("postgres") as server:
+            self._ensure_role(server, TEMPLATE_ROLE, password)
             owner = server.execute(sa.text("SELECT current_user")).scalar_one()
-            self._ensure_database(server, SHARED_DATABASE, owner)
-        with self._connect(SHARED_DATABASE) as shared:
-            role, schema = sql.Identifier(names.db_role), sql.Identifier(names.db_schema)
-            self._exec(shared, sql.SQL("REVOKE ALL ON SCHEMA public FROM PUBLIC"))
-            self._exec(shared, sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
-                schema, role))  # fmt: skip
-            self._exec(shared, sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(schema))
-            # n8n's driver runs `CREATE SCHEMA IF NOT EXISTS` on every connection, and Postgres
-            # checks the database privilege before it sees that the schema exists.
-            self._exec(shared, sql.SQL("GRANT CONNECT, CREATE ON DATABASE {} TO {}").format(
-                sql.Identifier(SHARED_DATABASE), role))  # fmt: skip
+            self._ensure_database(server, TEMPLATE_DATABASE, owner)
+            self._exec(server, sql.SQL("GRANT CONNECT, CREATE ON DATABASE {} TO {}").format(
+                sql.Identifier(TEMPLATE_DATABASE), sql.Identifier(TEMPLATE_ROLE)))  # fmt: skip
+        with self._connect(TEMPLATE_DATABASE) as templates:
+            self._exec(templates, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                sql.Identifier(schema)))  # fmt: skip
+            self._exec(templates, sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
+                sql.Identifier(schema), sql.Identifier(TEMPLATE_ROLE)))  # fmt: skip
+
+    def seal_template(self, schema: str) -> None:
+        """Remove what the builder's n8n wrote about itself, mark the template ready, and take
+        the builder role's login away."""
+        with self._connect(TEMPLATE_DATABASE) as templates:
+            for table in INSTANCE_TABLES:
+                self._exec(templates, sql.SQL("DELETE FROM {}.{}").format(
+                    sql.Identifier(schema), sql.Identifier(table)))  # fmt: skip
+            self._exec(templates, sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
+                sql.Identifier(schema), sql.Literal(READY_COMMENT)))  # fmt: skip
+        with self._connect("postgres") as server:
+            self._exec(server, sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(
+                sql.Identifier(TEMPLATE_ROLE)))  # fmt: skip
+
+    def template(self, schema: str) -> Template:
+        """The template as SQL, from `pg_dump` (objects unowned, no grants, no comments)."""
+        url = self._url(TEMPLATE_DATABASE)
+        pg_dump = shutil.which("pg_dump") or "/usr/lib/postgresql/15/bin/pg_dump"
+        command = [
+            pg_dump, "--schema", schema, "--no-owner", "--no-privileges", "--no-comments",
+            "--rows-per-insert=1000", "--host", url.host or "127.0.0.1",
+            "--port", str(url.port or 5432), "--username", url.username or "postgres",
+            "--dbname", TEMPLATE_DATABASE,
+        ]  # fmt: skip
+        env = {**os.environ, "PGPASSWORD": url.password or "", "PGCONNECT_TIMEOUT": "10"}
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_dump of template {schema} failed: {done.stderr.strip()}")
+        # Newer pg_dump wraps its script in psql's `\restrict` meta-commands, which only psql
+        # understands; the statements between them are plain SQL.
+        lines = [line for line in done.stdout.splitlines() if not _PSQL_META.match(line)]
+        return Template(schema=schema, sql="\n".join(lines))
 
     def drop(self, names: TenantNames) -> None:
         """Delete the tenant's data and role for good (purge)."""
@@ -172,3 +319,89 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         with self._connect(names.db_name) as connection:
             table = f'"{names.db_schema}".execution_entity'
             return int(connection.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+    def execution_windows(
+        self, tenants: Sequence[TenantNames], window_s: int, *, parallel: int = 4
+    ) -> "ExecutionWindows":
+        """`execution_window` of many tenants at once: one connection per database and one
+        statement per hundred schemas in it (the shared database holds every shared tenant),
+        the databases read in parallel. Tenants whose n8n has no tables yet are left out; a
+        database that cannot be read is reported, not raised, so the others still count."""
+        by_database: dict[str, list[TenantNames]] = {}
+        for names in tenants:
+            by_database.setdefault(names.db_name, []).append(names)
+
+        def read(database: str) -> dict[str, ExecutionWindow]:
+            members = by_database[database]
+            found: dict[str, ExecutionWindow] = {}
+            with self._connect(database) as connection:
+                present = set(
+                    connection.execute(
+                        sa.text(
+                            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n"
+                            " ON n.oid = c.relnamespace WHERE c.relname = 'execution_entity'"
+                            " AND c.relkind IN ('r', 'p') AND n.nspname = ANY(:schemas)"
+                        ),
+                        {"schemas": [m.db_schema for m in members]},
+                    ).scalars()
+                )
+                ready = [m for m in members if m.db_schema in present]
+                raw = connection.connection.dbapi_connection
+                assert raw is not None
+                for start in range(0, len(ready), 100):
+                    parts = [
+                        _WINDOW_OF_ONE.format(
+                            slug=sql.Literal(m.slug),
+                            table=sql.SQL("{}.execution_entity").format(
+                                sql.Identifier(m.db_schema)
+                            ),
+                            window=sql.Literal(window_s),
+                        )
+                        for m in ready[start : start + 100]
+                    ]
+                    with raw.cursor() as cursor:  # type: ignore[attr-defined]
+                        cursor.execute(sql.SQL(" UNION ALL ").join(parts))
+                        for slug, total, failed, latency, wait in cursor.fetchall():
+                            found[slug] = ExecutionWindow(
+                                window_s=window_s,
+                                total=int(total),
+                                failed=int(failed),
+                                per_minute=round(total / (window_s / 60), 3),
+                                latency_p95_ms=round(latency, 1) if latency is not None else None,
+                                queue_wait_p95_ms=round(wait, 1) if wait is not None else None,
+                            )
+            return found
+
+        windows: dict[str, ExecutionWindow] = {}
+        errors: dict[str, str] = {}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+            futures = {pool.submit(read, database): database for database in by_database}
+            for future in concurrent.futures.as_completed(futures):
+                try:
+                    windows.update(future.result())
+                except Exception as error:
+                    first_line = (str(error).splitlines() or [""])[0]
+                    errors[futures[future]] = f"{type(error).__name__}: {first_line}"[:300]
+        return ExecutionWindows(windows, errors)
+
+
+_WINDOW_OF_ONE = sql.SQL(
+    """
+    (SELECT {slug}, count(*),
+            count(*) FILTER (WHERE status IN ('error', 'crashed')),
+            percentile_cont(0.95) WITHIN GROUP (
+                ORDER BY extract(epoch FROM "stoppedAt" - "startedAt") * 1000),
+            percentile_cont(0.95) WITHIN GROUP (
+                ORDER BY extract(epoch FROM "startedAt" - "createdAt") * 1000)
+     FROM {table}
+     WHERE "stoppedAt" >= now() - make_interval(secs => {window}))
+    """
+)
+
+
+@dataclass(frozen=True)
+class ExecutionWindows:
+    """`execution_window` of many tenants: by slug, and the databases that could not be read."""
+
+    windows: dict[str, ExecutionWindow]
+    errors: dict[str, str]

@@ -9,10 +9,16 @@ from rp9_pipelines.definitions import defs
 
 EXPECTED_JOBS = {
     "migrate_catalog", "platform_health", "provision_tenant", "scale_tenant", "suspend_tenant",
-    "resume_tenant", "delete_tenant",
+    "resume_tenant", "delete_tenant", "backup_tenant", "backup_retention", "restore_drill",
 }  # fmt: skip
-EXPECTED_SCHEDULES = {"platform_health_every_5_minutes": "platform_health"}
-EXPECTED_SENSORS: set[str] = set()
+EXPECTED_SCHEDULES = {
+    "platform_health_every_5_minutes": "platform_health",
+    "daily_backups": "backup_tenant",
+    "weekly_backups": "backup_tenant",
+    "backup_retention_daily": "backup_retention",
+    "quarterly_restore_drills": "restore_drill",
+}
+EXPECTED_SENSORS = {"autoscale_workers"}
 EXPECTED_RESOURCES = {
     "catalog", "docker_runtime", "redis", "vault", "s3", "traefik", "prometheus", "platform",
     "secret_files", "tenant_db", "n8n",

@@ -6,7 +6,9 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
+from rp9_pipelines.catalog import autoscaling as autoscaling_catalog
 from rp9_pipelines.catalog import tenants as catalog
+from rp9_pipelines.domain.autoscaling import EVENT_TAG as AUTOSCALING_EVENT_TAG
 from rp9_pipelines.domain.tenants import TENANT_ID_TAG
 from rp9_pipelines.lifecycle import stack
 from rp9_pipelines.lifecycle.stack import StackResources
@@ -75,12 +77,16 @@ def register_secrets(context: dg.OpExecutionContext, config: TenantRef) -> str:
 
 @dg.op(required_resource_keys=RESOURCES)
 def create_database(context: dg.OpExecutionContext, tenant_id: str) -> str:
-    """Schema + role in the shared database, or database + role for a dedicated tenant."""
+    """Schema + role in the shared database, or database + role for a dedicated tenant, copied
+    from the n8n version's pre-migrated template (built once, on first use)."""
     r = _r(context)
     tenant = stack.load(r, tenant_id)
-    stack.prepare_database(r, tenant)
+    migrated = stack.prepare_database(r, tenant, context.log.info)
     names = tenant.names
-    context.log.info(f"database {names.db_name}, schema {names.db_schema}, role {names.db_role}")
+    context.log.info(
+        f"database {names.db_name}, schema {names.db_schema}, role {names.db_role}"
+        f" ({'migrated' if migrated else 'empty: n8n migrates it on first boot'})"
+    )
     return tenant_id
 
 
@@ -90,14 +96,18 @@ def _n8n(context: dg.OpExecutionContext) -> N8nResource:
 
 
 @dg.op(required_resource_keys=RESOURCES | {"n8n"})
-def start_main(context: dg.OpExecutionContext, tenant_id: str) -> str:
-    """Start the main container (routed by Traefik once healthy) and wait for readiness."""
+def start_stack(context: dg.OpExecutionContext, tenant_id: str) -> str:
+    """Start main (routed by Traefik once healthy) and the workers together on the migrated
+    schema, and wait until all are healthy and main answers through Traefik."""
     r = _r(context)
     tenant = stack.load(r, tenant_id)
-    changes = stack.converge(r, tenant, context.log.info, roles={"main"})
+    changes = stack.start(r, tenant, context.log.info)
     host = tenant.names.host(r.platform.base_domain)
     seconds = _n8n(context).wait_ready(host, r.platform.ready_timeout_s)
-    context.log.info(f"main ready through Traefik ({seconds:.1f} s after healthy); {changes}")
+    context.log.info(
+        f"main and {tenant.workers} worker(s) healthy, main ready through Traefik"
+        f" ({seconds:.1f} s after healthy); {changes or 'no change'}"
+    )
     return tenant_id
 
 
@@ -118,16 +128,6 @@ def bootstrap_api_key(context: dg.OpExecutionContext, tenant_id: str) -> str:
 
 
 @dg.op(required_resource_keys=RESOURCES)
-def start_workers(context: dg.OpExecutionContext, tenant_id: str) -> str:
-    """Start the queue-mode workers (after main: it owns the database migrations)."""
-    r = _r(context)
-    tenant = stack.load(r, tenant_id)
-    changes = stack.converge(r, tenant, context.log.info, roles={"worker"})
-    context.log.info(f"{tenant.workers} worker(s) healthy; {changes or 'no change'}")
-    return tenant_id
-
-
-@dg.op(required_resource_keys=RESOURCES)
 def activate(context: dg.OpExecutionContext, tenant_id: str) -> None:
     r = _r(context)
     stack.set_status(r, stack.load(r, tenant_id), status="active", last_error=None)
@@ -137,7 +137,7 @@ def activate(context: dg.OpExecutionContext, tenant_id: str) -> None:
 @dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
 def provision_tenant() -> None:
     """Create a tenant's secrets, database, n8n stack and route, then mark it active."""
-    activate(start_workers(bootstrap_api_key(start_main(create_database(register_secrets())))))
+    activate(bootstrap_api_key(start_stack(create_database(register_secrets()))))
 
 
 # Scale ---------------------------------------------------------------------------------------
@@ -149,6 +149,8 @@ def apply_scale(context: dg.OpExecutionContext, config: ScaleRequest) -> str:
     r = _r(context)
     tenant = stack.load(r, config.tenant_id)
     with r.catalog.begin() as connection:
+        if event := context.run.tags.get(AUTOSCALING_EVENT_TAG):
+            autoscaling_catalog.link_run(connection, event, context.run_id)
         if config.plan and config.plan != tenant.plan:
             limits = catalog.plan_limits(connection, config.plan)
             if limits is None:
@@ -197,14 +199,13 @@ def restart_stack(context: dg.OpExecutionContext, config: TenantRef) -> None:
     r = _r(context)
     tenant = stack.load(r, config.tenant_id)
     stack.prepare_secrets(r, tenant)
-    stack.converge(r, tenant, context.log.info, roles={"main"})
-    stack.converge(r, tenant, context.log.info, roles={"worker"})
+    stack.start(r, tenant, context.log.info)
     stack.set_status(r, tenant, status="active", last_error=None)
 
 
 @dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
 def resume_tenant() -> None:
-    """Start a suspended tenant's n8n again, main first, with its data."""
+    """Start a suspended tenant's n8n again, with its data."""
     restart_stack()
 
 
