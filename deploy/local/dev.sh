@@ -18,6 +18,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# The platform as operators run it: the autoscaler on (tests start their own Dagster without it).
+export AUTOSCALE_ENABLED=${AUTOSCALE_ENABLED:-true}
 setsid "$bin/dagster" dev -h 127.0.0.1 -p 3000 -w "$root/workspace.yaml" \
   >"$root/.stack/logs/dagster.log" 2>&1 &
 pids+=($!)

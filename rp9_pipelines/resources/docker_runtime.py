@@ -8,6 +8,7 @@ import dagster as dg
 import docker
 from docker.errors import APIError, NotFound
 from docker.models.containers import Container
+from docker.models.networks import Network
 from pydantic import PrivateAttr
 
 from rp9_pipelines.domain.stack import (
@@ -70,7 +71,7 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def ensure_network(self, name: str, tenant: str) -> None:
         """A bridge network of the tenant's own: containers of other tenants are not on it."""
         client = self.client()
-        if client.networks.list(names=[name]):
+        if self._networks(client, name):
             return
         client.networks.create(
             name, driver="bridge", labels={LABEL_MANAGED: "true", LABEL_TENANT: tenant}
@@ -78,8 +79,14 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     def remove_network(self, name: str) -> None:
         client = self.client()
-        for network in client.networks.list(names=[name]):
+        for network in self._networks(client, name):
             network.remove()
+
+    @staticmethod
+    def _networks(client: docker.DockerClient, name: str) -> list[Network]:
+        """Networks named exactly `name`: the engine's name filter matches substrings, and
+        tenant `ab`'s network name is a prefix of tenant `abc`'s."""
+        return [n for n in client.networks.list(names=[name]) if n.name == name]
 
     def _tenant_containers(self, client: docker.DockerClient, tenant: str) -> list[Container]:
         filters = {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_TENANT}={tenant}"]}
