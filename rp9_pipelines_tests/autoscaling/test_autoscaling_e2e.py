@@ -75,7 +75,9 @@ def test_a_removed_worker_finishes_its_executions_before_it_goes(
     wait_until(lambda: redis.queue_snapshots([names.bull_prefix])[names.bull_prefix].active == 4,
                timeout_s=30, what="four running executions")  # fmt: skip
     second = f"rp9-{slug}-blue-worker-2"
-    assert load.first_execution_on(settings, second, started - 1) is not None
+    # Bull marks a job active a moment before the worker logs that it started it.
+    wait_until(lambda: load.first_execution_on(settings, second, started - 1) is not None,
+               timeout_s=15, what="worker-2 to log one of the executions")  # fmt: skip
 
     with load.following_logs(settings, second) as lines:
         response = api.post(f"/tenants/{slug}/scale", {"workers": 1})
