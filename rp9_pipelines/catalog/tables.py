@@ -36,6 +36,9 @@ REPORT_STATUSES = ("pending", "sent", "failed")
 ENFORCEMENT_ACTIONS = ("warn", "suspend", "overage", "resume")
 PROMOTION_TRIGGERS = ("manual", "usage", "latency", "compliance")
 CHANGE_STATUSES = ("running", "succeeded", "rolled_back", "failed")
+# Who suspended a tenant: enforcement resumes only what enforcement suspended.
+SUSPENSION_REASONS = ("operator", "enforcement")
+STRIPE_OBJECT_KINDS = ("product", "price", "meter", "feature")
 
 # A DNS label of 3-40 characters: lowercase letters, digits and inner hyphens.
 SLUG_PATTERN = "^[a-z0-9]([a-z0-9-]{1,38})[a-z0-9]$"
@@ -115,6 +118,7 @@ tenants = sa.Table(
     sa.Column("n8n_version", sa.String(32), nullable=False),
     sa.Column("workers", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.Text),
+    sa.Column("suspension_reason", _enum("suspension_reason", SUSPENSION_REASONS)),
     _created_at(),
     _updated_at(),
     sa.Column("deleted_at", sa.DateTime(timezone=True)),
@@ -288,6 +292,9 @@ enforcement_events = sa.Table(
     sa.Column("action", _enum("enforcement_action", ENFORCEMENT_ACTIONS), nullable=False),
     sa.Column("run_id", sa.String(64)),
     _created_at(),
+    # Delivery of the warning to the configured webhook (NULL: not delivered yet).
+    sa.Column("notified_at", sa.DateTime(timezone=True)),
+    sa.Column("notify_error", sa.Text),
     # One event per threshold and action per period: re-runs never warn twice.
     sa.UniqueConstraint(
         "tenant_id",
@@ -352,4 +359,56 @@ idempotency_keys = sa.Table(
     sa.Column("status_code", sa.Integer, nullable=False),
     sa.Column("response", JSONB, nullable=False),
     _created_at(),
+)
+
+
+# Container statistics sampled on a schedule: cumulative CPU time and resident memory per
+# container, from which usage derives CPU-seconds and memory GB-hours per tenant per day.
+resource_samples = sa.Table(
+    "resource_samples",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    _tenant_fk(),
+    sa.Column("container_name", sa.String(128), nullable=False),
+    sa.Column("sampled_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("cpu_total_ns", sa.BigInteger, nullable=False),
+    sa.Column("memory_bytes", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("container_name", "sampled_at", name="uq_resource_samples_sample"),
+    sa.Index("ix_resource_samples_tenant_time", "tenant_id", "sampled_at"),
+    sa.CheckConstraint("cpu_total_ns >= 0 AND memory_bytes >= 0", name="non_negative"),
+)
+
+# The Stripe objects the platform created (meters, products, prices, features), by a stable
+# lookup key, so that every run finds them again instead of creating duplicates.
+stripe_objects = sa.Table(
+    "stripe_objects",
+    metadata,
+    sa.Column("kind", _enum("stripe_object_kind", STRIPE_OBJECT_KINDS), primary_key=True),
+    sa.Column("lookup_key", sa.String(200), primary_key=True),
+    sa.Column("stripe_id", sa.String(200), nullable=False),
+    _created_at(),
+)
+
+# Monthly chargeback per tenant (OpenCost's model: usage at rates plus idle capacity shared out).
+chargeback = sa.Table(
+    "chargeback",
+    metadata,
+    _id(),
+    _tenant_fk(),
+    sa.Column("month", sa.String(7), nullable=False),
+    sa.Column("executions", sa.BigInteger, nullable=False),
+    sa.Column("duration_hours", sa.Float, nullable=False),
+    sa.Column("cpu_core_hours", sa.Float, nullable=False),
+    sa.Column("memory_gb_hours", sa.Float, nullable=False),
+    sa.Column("usage_cost", sa.Numeric(14, 4), nullable=False),
+    sa.Column("idle_cost", sa.Numeric(14, 4), nullable=False),
+    sa.Column("total_cost", sa.Numeric(14, 4), nullable=False),
+    sa.Column("revenue", sa.Numeric(14, 4)),
+    sa.Column("margin", sa.Numeric(14, 4)),
+    sa.Column("currency", sa.String(3), nullable=False, server_default="usd"),
+    sa.Column(
+        "computed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.UniqueConstraint("tenant_id", "month", name="uq_chargeback_tenant_month"),
+    sa.CheckConstraint("month ~ '^[0-9]{4}-[0-9]{2}$'", name="month_format"),
 )

@@ -22,7 +22,7 @@ def test_unknown_route_is_a_json_error_with_a_stable_code() -> None:
 def test_readiness_reports_the_migrated_catalog(api_server: Served) -> None:
     response = httpx.get(f"{api_server.url}/readyz", timeout=10)
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "catalog_revision": "0002"}
+    assert response.json() == {"status": "ok", "catalog_revision": "0003"}
 
 
 @pytest.mark.stack

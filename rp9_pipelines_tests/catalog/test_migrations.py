@@ -15,7 +15,7 @@ pytestmark = pytest.mark.stack
 EXPECTED_TABLES = {
     "plans", "tenants", "tenant_instances", "quotas", "usage", "usage_reports", "backups",
     "restore_drills", "autoscaling_events", "enforcement_events", "promotions", "upgrades",
-    "idempotency_keys",
+    "idempotency_keys", "resource_samples", "stripe_objects", "chargeback",
 }  # fmt: skip
 
 
@@ -32,7 +32,7 @@ def test_up_from_empty_down_to_base_and_up_again(fresh_database_url: str) -> Non
 
     migrate.upgrade(fresh_database_url)
     assert table_names(fresh_database_url) == EXPECTED_TABLES
-    assert migrate.current_revision(fresh_database_url) == "0002"
+    assert migrate.current_revision(fresh_database_url) == "0003"
 
     migrate.downgrade(fresh_database_url)
     assert table_names(fresh_database_url) == set()
