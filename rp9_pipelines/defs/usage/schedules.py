@@ -1,0 +1,163 @@
+"""Usage automation: every tenant gets its partition key, yesterday's usage is materialised
+for every billable tenant after midnight UTC, containers are sampled every minute, and the
+chargeback of a month runs once it is over."""
+
+import datetime as dt
+from typing import Any
+
+import dagster as dg
+
+from rp9_pipelines.catalog import tenants as tenant_catalog
+from rp9_pipelines.defs.usage.assets import (
+    supabase_business_metrics,
+    tenant_chargeback,
+    tenant_usage_daily,
+)
+from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
+from rp9_pipelines.usage.collect import sample_resources
+from rp9_pipelines.usage.partitions import TENANTS_PARTITION, tenant_day_key, tenant_partitions
+from rp9_pipelines.usage.settings import UsageSettings
+
+# Tenants whose day is measured: suspended ones ran executions before they were suspended.
+MEASURED = frozenset({"active", "suspended"})
+KIND_TAG = "rp9/kind"
+
+usage_daily_job = dg.define_asset_job(
+    "usage_daily",
+    selection=[tenant_usage_daily, supabase_business_metrics],
+    tags={KIND_TAG: "usage"},
+    executor_def=dg.in_process_executor,
+)
+
+chargeback_job = dg.define_asset_job(
+    "monthly_chargeback",
+    selection=[tenant_chargeback],
+    tags={KIND_TAG: "chargeback"},
+    executor_def=dg.in_process_executor,
+)
+
+
+def missing_tenant_keys(instance: dg.DagsterInstance, slugs: list[str]) -> list[str]:
+    known = set(instance.get_dynamic_partitions(TENANTS_PARTITION))
+    return sorted(set(slugs) - known)
+
+
+@dg.sensor(
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def register_tenant_partitions(
+    context: dg.SensorEvaluationContext, catalog: CatalogResource
+) -> dg.SensorResult | dg.SkipReason:
+    """Gives every tenant in the catalog its `tenants` partition key (tenant slugs), so a new
+    tenant's usage can be materialised within a minute of its creation."""
+    with catalog.begin() as connection:
+        slugs = [t.slug for t in tenant_catalog.list_tenants(connection)]
+    missing = missing_tenant_keys(context.instance, slugs)
+    if not missing:
+        return dg.SkipReason(f"all {len(slugs)} tenants have their partition key")
+    return dg.SensorResult(
+        dynamic_partitions_requests=[tenant_partitions.build_add_request(missing)]
+    )
+
+
+def build_usage_daily_schedule(settings: UsageSettings) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name="usage_daily_schedule",
+        cron_schedule=settings.daily_cron,
+        job=usage_daily_job,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )
+    def usage_daily_schedule(
+        context: dg.ScheduleEvaluationContext, catalog: CatalogResource
+    ) -> list[dg.RunRequest] | dg.SkipReason:
+        """Yesterday's (UTC) usage of every active or suspended tenant, one run each."""
+        at = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
+        day = (at.astimezone(dt.UTC) - dt.timedelta(days=1)).date().isoformat()
+        with catalog.begin() as connection:
+            slugs = [
+                t.slug for t in tenant_catalog.list_tenants(connection) if t.status in MEASURED
+            ]
+        if not slugs:
+            return dg.SkipReason("no active tenant")
+        missing = missing_tenant_keys(context.instance, slugs)
+        if missing:
+            # The sensor adds keys within a minute; a tenant created since still gets its run.
+            context.instance.add_dynamic_partitions(TENANTS_PARTITION, missing)
+        return [
+            dg.RunRequest(run_key=f"usage:{day}:{slug}", partition_key=tenant_day_key(day, slug))
+            for slug in slugs
+        ]
+
+    return usage_daily_schedule
+
+
+@dg.op
+def sample_containers(
+    context: dg.OpExecutionContext,
+    catalog: CatalogResource,
+    docker_runtime: DockerRuntimeResource,
+) -> dict[str, Any]:
+    """Read cumulative CPU time and memory of every running tenant container into
+    `resource_samples`; once an hour, delete samples past their retention."""
+    settings = UsageSettings()
+    now = dt.datetime.now(dt.UTC)
+    sampled = sample_resources(
+        catalog,
+        docker_runtime.client(),
+        dt.timedelta(days=settings.sample_retention_days),
+        prune=now.minute == 0,
+    )
+    unknown = ", ".join(sampled.unknown_tenants)
+    context.log.info(
+        f"{sampled.recorded} sample(s) of {sampled.containers} container(s) recorded, "
+        f"{sampled.pruned} pruned" + (f"; not in the catalog: {unknown}" if unknown else "")
+    )
+    return {"containers": sampled.containers, "recorded": sampled.recorded,
+            "pruned": sampled.pruned}  # fmt: skip
+
+
+@dg.job(tags={KIND_TAG: "usage_sampling"}, executor_def=dg.in_process_executor)
+def sample_resources_job() -> None:
+    """Sample CPU and memory of every tenant container (the source of usage's CPU-seconds
+    and memory GB-hours)."""
+    sample_containers()
+
+
+def build_sampling_schedule(settings: UsageSettings) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name="resource_sampling",
+        job=sample_resources_job,
+        cron_schedule="* * * * *",
+        execution_timezone="UTC",
+        default_status=(
+            dg.DefaultScheduleStatus.RUNNING
+            if settings.sampling_enabled
+            else dg.DefaultScheduleStatus.STOPPED
+        ),
+    )
+
+
+chargeback_schedule = dg.build_schedule_from_partitioned_job(
+    chargeback_job,
+    name="monthly_chargeback_schedule",
+    hour_of_day=3,
+    minute_of_hour=0,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    settings = UsageSettings()
+    return dg.Definitions(
+        jobs=[usage_daily_job, chargeback_job, sample_resources_job],
+        schedules=[
+            build_usage_daily_schedule(settings),
+            build_sampling_schedule(settings),
+            chargeback_schedule,
+        ],
+        sensors=[register_tenant_partitions],
+    )

@@ -1,0 +1,20 @@
+"""The partitions of per-tenant daily usage: one key per (UTC day, tenant slug)."""
+
+import dagster as dg
+
+TENANTS_PARTITION = "tenants"
+DAY_DIMENSION, TENANT_DIMENSION = "day", "tenant"
+FIRST_DAY = "2026-01-01"
+
+tenant_partitions = dg.DynamicPartitionsDefinition(name=TENANTS_PARTITION)
+# end_offset=1: today's partition exists too (the day so far), so the running day can be
+# measured on demand; the daily schedule materialises each day again once it is over.
+day_partitions = dg.DailyPartitionsDefinition(start_date=FIRST_DAY, end_offset=1)
+tenant_day_partitions = dg.MultiPartitionsDefinition(
+    {DAY_DIMENSION: day_partitions, TENANT_DIMENSION: tenant_partitions}
+)
+
+
+def tenant_day_key(day: str, slug: str) -> dg.MultiPartitionKey:
+    """The partition key of one tenant's day (`day` as YYYY-MM-DD)."""
+    return dg.MultiPartitionKey({DAY_DIMENSION: day, TENANT_DIMENSION: slug})

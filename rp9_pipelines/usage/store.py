@@ -1,0 +1,218 @@
+"""The catalog's side of usage: container samples, the `usage` rows, the Supabase ledger
+entries in `usage_reports`, the monthly `chargeback`, and the Stripe prices known to it."""
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import distinct_on, insert
+
+from rp9_pipelines.catalog.tables import (
+    chargeback,
+    resource_samples,
+    stripe_objects,
+    tenants,
+    usage,
+    usage_reports,
+)
+from rp9_pipelines.domain.usage import DayUsage, Sample
+
+USAGE_FIELDS = (
+    "executions", "failures", "duration_ms_sum", "latency_p95_ms", "queue_wait_p95_ms",
+    "cpu_seconds", "memory_gb_hours",
+)  # fmt: skip
+# How far back (and ahead) of a window to look for the samples that frame it.
+SAMPLE_FRAME = dt.timedelta(days=2)
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    tenant_id: uuid.UUID
+    container_name: str
+    sampled_at: dt.datetime
+    cpu_total_ns: int
+    memory_bytes: int
+
+
+def insert_samples(connection: sa.Connection, rows: Sequence[SampleRow]) -> int:
+    """Idempotent: a sample already recorded (same container and instant) is left as is."""
+    if not rows:
+        return 0
+    statement = (
+        insert(resource_samples)
+        .values([row.__dict__ for row in rows])
+        .on_conflict_do_nothing(constraint="uq_resource_samples_sample")
+        .returning(resource_samples.c.id)
+    )
+    return len(connection.execute(statement).all())
+
+
+def prune_samples(connection: sa.Connection, before: dt.datetime) -> int:
+    result = connection.execute(
+        sa.delete(resource_samples).where(resource_samples.c.sampled_at < before)
+    )
+    return int(result.rowcount or 0)
+
+
+def samples_framing(
+    connection: sa.Connection, tenant_id: uuid.UUID, start: dt.datetime, end: dt.datetime
+) -> list[Sample]:
+    """The tenant's samples in [start, end), plus, per container, the last one before and the
+    first one after (within two days), so the intervals across the edges count in part."""
+    rs = resource_samples.c
+    inside = sa.select(rs.container_name, rs.sampled_at, rs.cpu_total_ns, rs.memory_bytes).where(
+        rs.tenant_id == tenant_id, rs.sampled_at >= start, rs.sampled_at < end
+    )
+    before = (
+        sa.select(rs.container_name, rs.sampled_at, rs.cpu_total_ns, rs.memory_bytes)
+        .where(
+            rs.tenant_id == tenant_id, rs.sampled_at < start, rs.sampled_at >= start - SAMPLE_FRAME
+        )
+        .order_by(rs.container_name, rs.sampled_at.desc())
+        .ext(distinct_on(rs.container_name))
+    )
+    after = (
+        sa.select(rs.container_name, rs.sampled_at, rs.cpu_total_ns, rs.memory_bytes)
+        .where(rs.tenant_id == tenant_id, rs.sampled_at >= end, rs.sampled_at < end + SAMPLE_FRAME)
+        .order_by(rs.container_name, rs.sampled_at)
+        .ext(distinct_on(rs.container_name))
+    )
+    rows = connection.execute(
+        sa.union_all(inside, before.subquery().select(), after.subquery().select())
+    )
+    return [Sample(row[0], row[1], int(row[2]), int(row[3])) for row in rows]
+
+
+def get_usage(
+    connection: sa.Connection, tenant_id: uuid.UUID, day: dt.date
+) -> dict[str, Any] | None:
+    row = connection.execute(
+        sa.select(usage).where(usage.c.tenant_id == tenant_id, usage.c.day == day)
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+def upsert_usage(
+    connection: sa.Connection, tenant_id: uuid.UUID, day: dt.date, figures: DayUsage
+) -> bool:
+    """Write the tenant's day; returns whether anything changed (a re-run with the same
+    figures leaves the row, its `collected_at` included, as it was)."""
+    values = figures.as_row()
+    statement = insert(usage).values(tenant_id=tenant_id, day=day, **values)
+    changed = sa.or_(*(usage.c[name].is_distinct_from(statement.excluded[name])
+                       for name in USAGE_FIELDS))  # fmt: skip
+    statement = statement.on_conflict_do_update(
+        constraint="uq_usage_tenant_day",
+        set_={**{name: statement.excluded[name] for name in USAGE_FIELDS},
+              "collected_at": sa.func.now()},
+        where=changed,
+    )  # fmt: skip
+    return bool(connection.execute(statement).rowcount)
+
+
+def month_usage(connection: sa.Connection, month: str) -> pd.DataFrame:
+    """Every `usage` row of a month (YYYY-MM), with the tenant's slug and plan."""
+    first = dt.date.fromisoformat(f"{month}-01")
+    following = (first + dt.timedelta(days=32)).replace(day=1)
+    query = (
+        sa.select(
+            usage.c.tenant_id,
+            tenants.c.slug,
+            tenants.c.plan,
+            usage.c.day,
+            usage.c.executions,
+            usage.c.duration_ms_sum,
+            usage.c.cpu_seconds,
+            usage.c.memory_gb_hours,
+        )
+        .join(tenants, tenants.c.id == usage.c.tenant_id)
+        .where(usage.c.day >= first, usage.c.day < following)
+        .order_by(usage.c.tenant_id, usage.c.day)
+    )
+    rows = connection.execute(query).all()
+    frame = pd.DataFrame(
+        [tuple(row) for row in rows],
+        columns=["tenant_id", "slug", "plan", "day", "executions", "duration_ms_sum",
+                 "cpu_seconds", "memory_gb_hours"],
+    )  # fmt: skip
+    frame["tenant_id"] = frame["tenant_id"].astype(str)
+    return frame
+
+
+def upsert_chargeback(
+    connection: sa.Connection, month: str, rows: Iterable[dict[str, Any]], currency: str
+) -> int:
+    values = [{**row, "month": month, "currency": currency} for row in rows]
+    if not values:
+        return 0
+    statement = insert(chargeback).values(values)
+    fields = (
+        "executions", "duration_hours", "cpu_core_hours", "memory_gb_hours", "usage_cost",
+        "idle_cost", "total_cost", "revenue", "margin", "currency",
+    )  # fmt: skip
+    statement = statement.on_conflict_do_update(
+        constraint="uq_chargeback_tenant_month",
+        set_={**{name: statement.excluded[name] for name in fields},
+              "computed_at": sa.func.now()},
+    )  # fmt: skip
+    connection.execute(statement)
+    return len(values)
+
+
+def stripe_ids(connection: sa.Connection, kind: str, lookup_keys: Iterable[str]) -> dict[str, str]:
+    """Stripe ids of the platform's objects of `kind`, by lookup key (those known)."""
+    keys = sorted(set(lookup_keys))
+    if not keys:
+        return {}
+    rows = connection.execute(
+        sa.select(stripe_objects.c.lookup_key, stripe_objects.c.stripe_id).where(
+            stripe_objects.c.kind == kind, stripe_objects.c.lookup_key.in_(keys)
+        )
+    )
+    return {str(key): str(stripe_id) for key, stripe_id in rows}
+
+
+# The Supabase ledger (`usage_reports`, destination `supabase`) -----------------------------
+
+
+def ledger_pending(
+    connection: sa.Connection, tenant_id: uuid.UUID, day: dt.date, identifier: str,
+    metric: str, quantity: int,
+) -> None:  # fmt: skip
+    """Before the push: the row says what is about to be sent (`pending`)."""
+    statement = insert(usage_reports).values(
+        tenant_id=tenant_id, day=day, destination="supabase", metric=metric,
+        identifier=identifier, quantity=quantity, status="pending",
+    )  # fmt: skip
+    connection.execute(
+        statement.on_conflict_do_update(
+            constraint="uq_usage_reports_identifier",
+            set_={"quantity": statement.excluded.quantity, "status": "pending", "error": None},
+        )
+    )
+
+
+def ledger_done(connection: sa.Connection, identifier: str, *, error: str | None = None) -> None:
+    """After the push: `sent` (with when) or `failed` (with why)."""
+    values: dict[str, Any] = (
+        {"status": "failed", "error": error[:2000]} if error is not None
+        else {"status": "sent", "error": None, "sent_at": sa.func.now()}
+    )  # fmt: skip
+    connection.execute(
+        sa.update(usage_reports)
+        .where(usage_reports.c.destination == "supabase", usage_reports.c.identifier == identifier)
+        .values(**values)
+    )
+
+
+def ledger_entry(connection: sa.Connection, identifier: str) -> dict[str, Any] | None:
+    row = connection.execute(
+        sa.select(usage_reports).where(
+            usage_reports.c.destination == "supabase", usage_reports.c.identifier == identifier
+        )
+    ).first()
+    return dict(row._mapping) if row else None

@@ -1,0 +1,94 @@
+"""Usage automation on a real (fresh) catalog: every tenant gets its partition key, and the
+daily schedule launches yesterday's partition of every active or suspended tenant."""
+
+import datetime as dt
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from rp9_pipelines.catalog import migrate
+from rp9_pipelines.definitions import defs
+from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.settings import sqlalchemy_url
+from rp9_pipelines.usage.partitions import TENANTS_PARTITION, tenant_day_key
+
+pytestmark = pytest.mark.stack
+
+TICK = dt.datetime(2026, 11, 29, 0, 15, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def catalog(fresh_database_url: str) -> CatalogResource:
+    migrate.upgrade(fresh_database_url)
+    engine = sa.create_engine(sqlalchemy_url(fresh_database_url), poolclass=sa.NullPool)
+    with engine.begin() as connection:
+        for slug, status in (("acme", "active"), ("globex", "suspended"),
+                             ("initech", "provisioning"), ("hooli", "deleted")):  # fmt: skip
+            connection.execute(
+                sa.text("INSERT INTO tenants (slug, name, plan, n8n_version, status) "
+                        "VALUES (:s, :s, 'pro', '2.20.12', :st)"),
+                {"s": slug, "st": status},
+            )  # fmt: skip
+    engine.dispose()
+    return CatalogResource(database_url=fresh_database_url)
+
+
+def test_every_tenant_gets_its_partition_key_once(catalog: CatalogResource) -> None:
+    sensor = defs().get_repository_def().get_sensor_def("register_tenant_partitions")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(TENANTS_PARTITION, ["acme"])
+        context = dg.build_sensor_context(instance=instance, resources={"catalog": catalog})
+        result = sensor(context)
+        assert isinstance(result, dg.SensorResult)
+        requests = result.dynamic_partitions_requests or []
+        assert [(r.partitions_def_name, sorted(r.partition_keys)) for r in requests] == [
+            (TENANTS_PARTITION, ["globex", "initech"])  # a deleted tenant gets no new key
+        ]
+        instance.add_dynamic_partitions(TENANTS_PARTITION, ["globex", "initech"])
+        again = sensor(dg.build_sensor_context(instance=instance, resources={"catalog": catalog}))
+        assert isinstance(again, dg.SkipReason)
+
+
+def test_daily_schedule_launches_yesterday_for_measured_tenants(catalog: CatalogResource) -> None:
+    repository = defs().get_repository_def()
+    schedule = repository.get_schedule_def("usage_daily_schedule")
+    with dg.instance_for_test() as instance:
+        context = dg.build_schedule_context(
+            instance=instance, resources={"catalog": catalog}, scheduled_execution_time=TICK,
+            repository_def=repository,
+        )  # fmt: skip
+        requests = list(schedule.evaluate_tick(context).run_requests or [])
+        assert [r.partition_key for r in requests] == [
+            tenant_day_key("2026-11-28", "acme"), tenant_day_key("2026-11-28", "globex"),
+        ]  # fmt: skip
+        assert [r.run_key for r in requests] == ["usage:2026-11-28:acme", "usage:2026-11-28:globex"]
+        # The keys the runs need exist even before the sensor's next tick.
+        assert {"acme", "globex"} <= set(instance.get_dynamic_partitions(TENANTS_PARTITION))
+    assert schedule.cron_schedule == "15 0 * * *"
+    assert schedule.job_name == "usage_daily"
+
+
+def test_sampling_ships_stopped_and_chargeback_runs_monthly() -> None:
+    repository = defs().get_repository_def()
+    sampling = repository.get_schedule_def("resource_sampling")
+    assert sampling.cron_schedule == "* * * * *"
+    assert sampling.default_status == dg.DefaultScheduleStatus.STOPPED
+    chargeback = repository.get_schedule_def("monthly_chargeback_schedule")
+    assert chargeback.job_name == "monthly_chargeback"
+    assert chargeback.default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+def test_a_month_of_chargeback_reads_every_tenant_day_of_that_month() -> None:
+    from dagster._core.definitions.partitions.context import partition_loading_context
+
+    graph = defs().resolve_asset_graph()
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(TENANTS_PARTITION, ["acme", "globex"])
+        with partition_loading_context(dynamic_partitions_store=instance):
+            parents = graph.get_parents_partitions(
+                asset_key=dg.AssetKey("tenant_chargeback"), partition_key="2026-02-01"
+            ).parent_partitions
+    keys = {(p.asset_key.to_user_string(), str(p.partition_key)) for p in parents}
+    days = [f"2026-02-{day:02d}" for day in range(1, 29)]
+    assert keys == {("tenant_usage_daily", f"{d}|{t}") for d in days for t in ("acme", "globex")}
