@@ -1,0 +1,132 @@
+"""Billing's SQL on the platform catalog: Stripe ids by lookup key (`stripe_objects`), the
+report ledger (`usage_reports`), tenants' customers, and the day's usage to report."""
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+
+from rp9_pipelines.catalog.tables import plans, stripe_objects, tenants, usage, usage_reports
+from rp9_pipelines.domain.billing import LedgerEntry
+
+STRIPE = "stripe"
+
+
+def stripe_id(connection: sa.Connection, kind: str, lookup_key: str) -> str | None:
+    query = sa.select(stripe_objects.c.stripe_id).where(
+        stripe_objects.c.kind == kind, stripe_objects.c.lookup_key == lookup_key
+    )
+    value: str | None = connection.execute(query).scalar()
+    return value
+
+
+def remember(connection: sa.Connection, kind: str, lookup_key: str, ident: str) -> None:
+    statement = insert(stripe_objects).values(kind=kind, lookup_key=lookup_key, stripe_id=ident)
+    connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=["kind", "lookup_key"], set_={"stripe_id": statement.excluded.stripe_id}
+        )
+    )
+
+
+def lookup_keys_of(connection: sa.Connection, kind: str, ids: list[str]) -> dict[str, str]:
+    """Stripe id → lookup key, for the given ids that the platform created."""
+    query = sa.select(stripe_objects.c.stripe_id, stripe_objects.c.lookup_key).where(
+        stripe_objects.c.kind == kind, stripe_objects.c.stripe_id.in_(ids)
+    )
+    return {row.stripe_id: row.lookup_key for row in connection.execute(query)}
+
+
+def plan_rows(connection: sa.Connection) -> list[dict[str, Any]]:
+    return [dict(row._mapping) for row in connection.execute(sa.select(plans))]
+
+
+def set_plan_stripe_ids(
+    connection: sa.Connection, plan: str, product_id: str, price_id: str
+) -> None:
+    connection.execute(
+        sa.update(plans)
+        .where(plans.c.name == plan)
+        .values(stripe_product_id=product_id, stripe_price_id=price_id)
+    )
+
+
+def customer_of(connection: sa.Connection, tenant_id: uuid.UUID) -> str | None:
+    query = sa.select(tenants.c.stripe_customer_id).where(tenants.c.id == tenant_id)
+    value: str | None = connection.execute(query).scalar()
+    return value
+
+
+def set_customer(connection: sa.Connection, tenant_id: uuid.UUID, customer_id: str) -> None:
+    connection.execute(
+        sa.update(tenants)
+        .where(tenants.c.id == tenant_id, tenants.c.stripe_customer_id.is_(None))
+        .values(stripe_customer_id=customer_id, updated_at=sa.func.now())
+    )
+
+
+def tenant_by_customer(connection: sa.Connection, customer_id: str) -> sa.Row[Any] | None:
+    query = sa.select(tenants).where(tenants.c.stripe_customer_id == customer_id)
+    return connection.execute(query).first()
+
+
+def tenants_with_customers(connection: sa.Connection) -> list[sa.Row[Any]]:
+    query = sa.select(tenants).where(
+        tenants.c.stripe_customer_id.is_not(None), tenants.c.status != "deleted"
+    )
+    return list(connection.execute(query.order_by(tenants.c.slug)))
+
+
+def executions_on(connection: sa.Connection, tenant_id: uuid.UUID, day: dt.date) -> int | None:
+    """The day's executions from `usage`; None when the day was never collected."""
+    query = sa.select(usage.c.executions).where(usage.c.tenant_id == tenant_id, usage.c.day == day)
+    value = connection.execute(query).scalar()
+    return None if value is None else int(value)
+
+
+def ledger(
+    connection: sa.Connection, tenant_id: uuid.UUID, day: dt.date, destination: str = STRIPE
+) -> list[LedgerEntry]:
+    query = (
+        sa.select(usage_reports)
+        .where(
+            usage_reports.c.tenant_id == tenant_id,
+            usage_reports.c.day == day,
+            usage_reports.c.destination == destination,
+        )
+        .order_by(usage_reports.c.created_at, usage_reports.c.identifier)
+    )
+    return [
+        LedgerEntry(row.identifier, row.metric, int(row.quantity), row.status, row.sent_at)
+        for row in connection.execute(query)
+    ]
+
+
+def write_pending(
+    connection: sa.Connection, tenant_id: uuid.UUID, day: dt.date, metric: str,
+    identifier: str, quantity: int,
+) -> None:  # fmt: skip
+    """Before the call: a crash after it leaves the report in doubt, never forgotten."""
+    statement = insert(usage_reports).values(
+        tenant_id=tenant_id, day=day, destination=STRIPE, metric=metric,
+        identifier=identifier, quantity=quantity, status="pending",
+    )  # fmt: skip
+    connection.execute(statement.on_conflict_do_nothing(constraint="uq_usage_reports_identifier"))
+
+
+def mark(
+    connection: sa.Connection, identifier: str, status: str, error: str | None = None,
+    *, receipt_known: bool = True,
+) -> None:  # fmt: skip
+    """`sent_at` is when Stripe received the report; unknown (NULL) when Stripe answered that
+    it already held it, which keeps the event out of any later cancellation."""
+    values: dict[str, Any] = {"status": status, "error": error}
+    if status == "sent":
+        values["sent_at"] = sa.func.now() if receipt_known else None
+    connection.execute(
+        sa.update(usage_reports)
+        .where(usage_reports.c.destination == STRIPE, usage_reports.c.identifier == identifier)
+        .values(**values)
+    )

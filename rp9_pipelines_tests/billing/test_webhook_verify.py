@@ -1,0 +1,52 @@
+"""Stripe's signature scheme as the webhook checks it, with the SDK's own verifier: the stable
+codes for each way a request can fail to be Stripe's."""
+
+import hashlib
+import hmac
+import json
+import time
+
+import pytest
+
+from rp9_pipelines.api.errors import ApiError
+from rp9_pipelines.api.routes.stripe_webhook import verify
+
+SECRET = "whsec_" + "a1b2c3d4" * 4
+BODY = json.dumps({"id": "evt_1", "object": "event", "type": "invoice.paid",
+                   "data": {"object": {}}}).encode()  # fmt: skip
+
+
+def signature(body: bytes, secret: str = SECRET, at: int | None = None) -> str:
+    t = int(time.time()) if at is None else at
+    digest = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={digest}"
+
+
+def test_a_genuine_signature_gives_the_event() -> None:
+    event = verify(BODY, signature(BODY), SECRET, 300)
+    assert event.id == "evt_1"
+    # Stripe may sign with several secrets during a rotation: any matching v1 passes.
+    rotated = f"{signature(BODY, 'whsec_' + 'f' * 32)},v1={signature(BODY).split('v1=')[1]}"
+    assert verify(BODY, rotated, SECRET, 300).id == "evt_1"
+
+
+@pytest.mark.parametrize(
+    ("header", "body", "secret", "status", "code"),
+    [
+        (None, BODY, SECRET, 400, "signature_required"),
+        ("", BODY, SECRET, 400, "signature_required"),
+        (signature(BODY, "whsec_" + "0" * 32), BODY, SECRET, 400, "invalid_signature"),
+        (signature(BODY), BODY.replace(b"evt_1", b"evt_2"), SECRET, 400, "invalid_signature"),
+        (signature(BODY, at=int(time.time()) - 301), BODY, SECRET, 400, "stale_timestamp"),
+        ("v1=deadbeef", BODY, SECRET, 400, "invalid_signature"),
+        (signature(b"not json"), b"not json", SECRET, 400, "invalid_payload"),
+        (signature(BODY, ""), BODY, "", 503, "webhook_not_configured"),
+        (signature(BODY, "whsec_xxx"), BODY, "whsec_xxx", 503, "webhook_not_configured"),
+    ],
+)
+def test_anything_else_is_refused_with_a_stable_code(
+    header: str | None, body: bytes, secret: str, status: int, code: str
+) -> None:
+    with pytest.raises(ApiError) as refused:
+        verify(body, header, secret, 300)
+    assert (refused.value.status_code, refused.value.code) == (status, code)
