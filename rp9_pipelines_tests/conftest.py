@@ -116,14 +116,22 @@ def serve(
 
 
 @pytest.fixture(scope="session")
+def enforcement_webhook_port() -> int:
+    """Where the session's Dagster sends enforcement warnings (ENFORCEMENT_WEBHOOK_URL): a
+    test that checks them listens there (rp9_pipelines_tests/enforcement/receiver.py)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
 def dagster_webserver(
-    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory, enforcement_webhook_port: int
 ) -> Iterator[Served]:
     """`dagster dev` (webserver + daemon) on the project's dev instance config, as `make dev`."""
     home = tmp_path_factory.mktemp("dagster_home")
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    webhook = f"http://127.0.0.1:{enforcement_webhook_port}/enforcement"
+    env = {**os.environ, "DAGSTER_HOME": str(home), "ENFORCEMENT_WEBHOOK_URL": webhook}
     command = [
         str(BIN / "dagster"),
         "dev",
@@ -160,7 +168,9 @@ def api_server(
         str(port),
     ]
     log = tmp_path_factory.mktemp("api") / "api.log"
-    env = {**os.environ, "DAGSTER_GRAPHQL_URL": f"{dagster_webserver.url}/graphql"}
+    # ORCH_PORT: the URL Traefik's fallback route reaches this API at (tenant_fallback.py).
+    env = {**os.environ, "DAGSTER_GRAPHQL_URL": f"{dagster_webserver.url}/graphql",
+           "ORCH_PORT": str(port)}  # fmt: skip
     with serve(
         command,
         url=f"http://127.0.0.1:{port}",

@@ -10,7 +10,16 @@ from rp9_pipelines.api.errors import (
     http_error_handler,
     validation_error_handler,
 )
-from rp9_pipelines.api.routes import backups, health, metrics, runs, tenants
+from rp9_pipelines.api.routes import (
+    backups,
+    enforcement,
+    health,
+    metrics,
+    runs,
+    stripe_webhook,
+    tenant_fallback,
+    tenants,
+)
 
 
 def create_app() -> FastAPI:
@@ -23,6 +32,9 @@ def create_app() -> FastAPI:
     app.include_router(runs.router)
     app.include_router(metrics.router)
     app.include_router(backups.router)
+    app.include_router(stripe_webhook.router)
+    app.include_router(enforcement.router)
+    app.include_router(tenant_fallback.router)
     return app
 
 

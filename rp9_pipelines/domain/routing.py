@@ -1,8 +1,17 @@
-"""Traefik routing for tenants, as Docker labels (Traefik's Docker and Swarm providers)."""
+"""Traefik routing for tenants, as Docker labels (Traefik's Docker and Swarm providers), and the
+fallback route that answers for a tenant whose containers are not serving (file provider)."""
 
+import datetime as dt
 import re
+from dataclasses import dataclass
+from typing import Any
 
 MANAGED_LABEL = "io.rp9.managed"
+# Explicit priorities: a tenant's own router always beats the catch-all fallback, which only
+# answers for hosts that no running container claims (a suspended tenant, an unknown host).
+TENANT_ROUTER_PRIORITY = 1000
+FALLBACK_ROUTER_PRIORITY = 1
+FALLBACK_PATH = "/_rp9/fallback"
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
 
@@ -23,6 +32,7 @@ def traefik_labels(
     entrypoint: str,
     network: str | None = None,
     cert_resolver: str = "",
+    priority: int = TENANT_ROUTER_PRIORITY,
 ) -> dict[str, str]:
     """Labels that route `hosts` on `entrypoint` to the container's `port`.
 
@@ -38,6 +48,7 @@ def traefik_labels(
         f"{prefix}.rule": host_rule(hosts),
         f"{prefix}.entrypoints": entrypoint,
         f"{prefix}.service": router,
+        f"{prefix}.priority": str(priority),
         f"traefik.http.services.{router}.loadbalancer.server.port": str(port),
     }
     if network:
@@ -46,3 +57,64 @@ def traefik_labels(
         labels[f"{prefix}.tls"] = "true"
         labels[f"{prefix}.tls.certresolver"] = cert_resolver
     return labels
+
+
+def fallback_config(*, name: str, url: str, entrypoint: str, tls: bool = False) -> dict[str, Any]:
+    """Traefik dynamic configuration (file provider) of the catch-all route to the control
+    plane's fallback endpoint at `url`.
+
+    Every path is rewritten to `FALLBACK_PATH`, so nothing but that one public endpoint of the
+    control plane is reachable through a tenant's host. Traefik passes the original `Host`.
+    """
+    router: dict[str, Any] = {
+        "rule": "PathPrefix(`/`)",
+        "entryPoints": [entrypoint],
+        "priority": FALLBACK_ROUTER_PRIORITY,
+        "service": name,
+        "middlewares": [name],
+    }
+    if tls:
+        # No resolver: a catch-all rule names no domain to get a certificate for; the tenant's
+        # own certificate (still in Traefik's store) or the default one is served.
+        router["tls"] = {}
+    return {
+        "http": {
+            "routers": {name: router},
+            "middlewares": {name: {"replacePath": {"path": FALLBACK_PATH}}},
+            "services": {name: {"loadBalancer": {"servers": [{"url": url}]}}},
+        }
+    }
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """What the fallback answers for a host whose tenant is not serving."""
+
+    status_code: int
+    code: str
+    message: str
+    retry_after_s: int | None
+
+
+def unavailable(
+    slug: str | None,
+    status: str | None,
+    suspension_reason: str | None,
+    now: dt.datetime,
+    resumes_at: dt.datetime | None,
+) -> Unavailable:
+    """The answer for a host: unknown or deleted → 404; suspended → 503 `tenant_suspended`
+    (Retry-After: when enforcement resumes it, the next period, if it was enforcement); being
+    created or changed, or not answering → 503 `tenant_unavailable`."""
+    if slug is None or status in (None, "deleted", "deleting"):
+        return Unavailable(404, "tenant_not_found", "no n8n is served at this address", None)
+    if status == "suspended":
+        if suspension_reason == "enforcement" and resumes_at is not None:
+            wait = max(60, int((resumes_at - now).total_seconds()))
+            why = "it reached its plan's execution limit for this month"
+            return Unavailable(503, "tenant_suspended", f"{slug} is suspended: {why}", wait)
+        return Unavailable(503, "tenant_suspended", f"{slug} is suspended by its operator", 3600)
+    retry = {"provisioning": 30, "upgrading": 30, "promoting": 30}.get(status, 10)
+    return Unavailable(
+        503, "tenant_unavailable", f"{slug} is temporarily unavailable ({status})", retry
+    )

@@ -59,6 +59,9 @@ class TenantStack:
     memory_mb: int
     worker_concurrency: int
     color: str = "blue"
+    # The tenant's concurrency quota: production executions main may run at once when it runs
+    # them itself (no workers); in queue mode each worker's `--concurrency` is the limit.
+    concurrency: int | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,10 @@ def desired_containers(stack: TenantStack, config: StackConfig) -> list[Containe
         "N8N_INSTANCE_OWNER_EMAIL": stack.owner_email,
         "N8N_INSTANCE_OWNER_PASSWORD_HASH_FILE": f"{SECRETS_MOUNT}/{OWNER_PASSWORD_HASH_FILE}",
     }
+    if not stack.workers and stack.concurrency is not None:
+        # Main runs executions itself only without workers; with workers, n8n ignores this
+        # limit and each worker's `--concurrency` is what bounds the tenant's executions.
+        main_env["N8N_CONCURRENCY_PRODUCTION_LIMIT"] = str(stack.concurrency)
     route = traefik_labels(
         router=names.router,
         hosts=names.hosts(config.base_domain, stack.custom_domain),

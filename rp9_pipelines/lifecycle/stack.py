@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.catalog.tenants import Tenant
+from rp9_pipelines.domain.autoscaling import worker_concurrency
 from rp9_pipelines.domain.stack import (
     LABEL_COLOR,
     OWNER_PASSWORD_HASH_FILE,
@@ -110,7 +111,8 @@ def desired(r: StackResources, tenant: Tenant, connection: sa.Connection) -> lis
         workers=tenant.workers,
         cpu=limits.cpu,
         memory_mb=limits.memory_mb,
-        worker_concurrency=max(1, min(limits.concurrency, 10)),
+        worker_concurrency=worker_concurrency(limits.concurrency),
+        concurrency=limits.concurrency,
     )
     return desired_containers(stack, r.platform.stack_config())
 
@@ -206,6 +208,24 @@ def stop_all(r: StackResources, tenant: Tenant, log: Log) -> None:
         r.docker_runtime.stop(state.name)
     with r.catalog.begin() as connection:
         catalog.set_instances_state(connection, tenant.id, "stopped")
+
+
+def suspend(r: StackResources, tenant: Tenant, reason: str, log: Log) -> None:
+    """Stop the stack and mark the tenant suspended, recording who suspended it (enforcement
+    resumes only what enforcement suspended). The reason is written first, so a suspension cut
+    short is still known for what it was."""
+    set_status(r, tenant, suspension_reason=reason)
+    stop_all(r, tenant, log)
+    set_status(r, tenant, status="suspended", suspension_reason=reason)
+
+
+def resume(r: StackResources, tenant: Tenant, log: Log) -> list[str]:
+    """Start a suspended tenant's stack again on its data; it is active, for no reason, once
+    every container is healthy."""
+    prepare_secrets(r, tenant)
+    changes = start(r, tenant, log)
+    set_status(r, tenant, status="active", suspension_reason=None, last_error=None)
+    return changes
 
 
 def remove_all(r: StackResources, tenant: Tenant, log: Log) -> None:

@@ -1,4 +1,5 @@
 import concurrent.futures
+import datetime as dt
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from rp9_pipelines.domain.template import (
     TEMPLATE_ROLE,
 )
 from rp9_pipelines.domain.tenants import SHARED_DATABASE, TenantNames
+from rp9_pipelines.domain.usage import ExecutionDay, day_bounds
 from rp9_pipelines.settings import sqlalchemy_url
 
 _PSQL_META = re.compile(r"^\\(un)?restrict ")
@@ -384,6 +386,101 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                     errors[futures[future]] = f"{type(error).__name__}: {first_line}"[:300]
         return ExecutionWindows(windows, errors)
 
+    def executions_by_day(
+        self, tenants: Sequence[TenantNames], since: dt.datetime, *, parallel: int = 4
+    ) -> tuple[dict[str, dict[dt.date, int]], dict[str, str]]:
+        """Production executions (every mode but `manual`, the editor's test runs) created since
+        `since`, per tenant slug and UTC day, read like `execution_windows`: one connection per
+        database, one statement per hundred schemas. Returns the counts and, by database, the
+        errors of those that could not be read."""
+        by_database: dict[str, list[TenantNames]] = {}
+        for names in tenants:
+            by_database.setdefault(names.db_name, []).append(names)
+
+        def read(database: str) -> dict[str, dict[dt.date, int]]:
+            members = by_database[database]
+            counts: dict[str, dict[dt.date, int]] = {}
+            with self._connect(database) as connection:
+                connection.execute(sa.text("SET TIME ZONE 'UTC'"))
+                present = set(
+                    connection.execute(
+                        sa.text(
+                            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n"
+                            " ON n.oid = c.relnamespace WHERE c.relname = 'execution_entity'"
+                            " AND c.relkind IN ('r', 'p') AND n.nspname = ANY(:schemas)"
+                        ),
+                        {"schemas": [m.db_schema for m in members]},
+                    ).scalars()
+                )
+                ready = [m for m in members if m.db_schema in present]
+                raw = connection.connection.dbapi_connection
+                assert raw is not None
+                for start in range(0, len(ready), 100):
+                    parts = [
+                        sql.SQL(
+                            '(SELECT {slug}, "createdAt"::date, count(*) FROM {table}'
+                            " WHERE \"createdAt\" >= {since} AND mode <> 'manual' GROUP BY 2)"
+                        ).format(
+                            slug=sql.Literal(m.slug),
+                            table=sql.SQL("{}.execution_entity").format(
+                                sql.Identifier(m.db_schema)
+                            ),
+                            since=sql.Literal(since),
+                        )
+                        for m in ready[start : start + 100]
+                    ]
+                    with raw.cursor() as cursor:  # type: ignore[attr-defined]
+                        cursor.execute(sql.SQL(" UNION ALL ").join(parts))
+                        for slug, day, count in cursor.fetchall():
+                            counts.setdefault(slug, {})[day] = int(count)
+                for m in ready:
+                    counts.setdefault(m.slug, {})
+            return counts
+
+        found: dict[str, dict[dt.date, int]] = {}
+        errors: dict[str, str] = {}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+            futures = {pool.submit(read, database): database for database in by_database}
+            for future in concurrent.futures.as_completed(futures):
+                try:
+                    found.update(future.result())
+                except Exception as error:
+                    first_line = (str(error).splitlines() or [""])[0]
+                    errors[futures[future]] = f"{type(error).__name__}: {first_line}"[:300]
+        return found, errors
+
+    def execution_day(self, names: TenantNames, day: dt.date) -> ExecutionDay | None:
+        """What the tenant's n8n recorded for its production executions (every mode but
+        `manual`) created on `day` (UTC); None when its n8n has no tables (never started, or
+        purged), which is not the same as a day without executions."""
+        return self.execution_day_in(names.db_name, names.db_schema, day)
+
+    def execution_day_in(self, database: str, schema: str, day: dt.date) -> ExecutionDay | None:
+        """`execution_day` of the `execution_entity` in `database`.`schema`."""
+        start, end = day_bounds(day)
+        with self._connect(database) as connection:
+            connection.execute(sa.text("SET TIME ZONE 'UTC'"))
+            exists = connection.execute(
+                sa.text("SELECT to_regclass(:t)"), {"t": f"{schema}.execution_entity"}
+            ).scalar()
+            if not exists:
+                return None
+            raw = connection.connection.dbapi_connection
+            assert raw is not None
+            with raw.cursor() as cursor:  # type: ignore[attr-defined]
+                cursor.execute(
+                    _EXECUTION_DAY.format(table=sql.SQL("{}.execution_entity").format(
+                        sql.Identifier(schema))), (start, end),
+                )  # fmt: skip
+                total, failed, duration_ms, latency, wait = cursor.fetchone()
+        return ExecutionDay(
+            executions=int(total),
+            failures=int(failed),
+            duration_ms_sum=int(duration_ms),
+            latency_p95_ms=float(latency) if latency is not None else None,
+            queue_wait_p95_ms=float(wait) if wait is not None else None,
+        )
+
 
 _WINDOW_OF_ONE = sql.SQL(
     """
@@ -405,3 +502,20 @@ class ExecutionWindows:
 
     windows: dict[str, ExecutionWindow]
     errors: dict[str, str]
+
+
+# A tenant's day, as `usage` counts it: production executions by the day they were created
+# (as enforcement counts them), their durations and waits once they have them.
+_EXECUTION_DAY = sql.SQL(
+    """
+    SELECT count(*),
+           count(*) FILTER (WHERE status IN ('error', 'crashed')),
+           coalesce(round(sum(extract(epoch FROM "stoppedAt" - "startedAt") * 1000)), 0),
+           percentile_cont(0.95) WITHIN GROUP (
+               ORDER BY extract(epoch FROM "stoppedAt" - "startedAt") * 1000),
+           percentile_cont(0.95) WITHIN GROUP (
+               ORDER BY extract(epoch FROM "startedAt" - "createdAt") * 1000)
+    FROM {table}
+    WHERE "createdAt" >= %s AND "createdAt" < %s AND mode <> 'manual'
+    """
+)

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from rp9_pipelines.catalog import autoscaling as autoscaling_catalog
 from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.domain.autoscaling import EVENT_TAG as AUTOSCALING_EVENT_TAG
+from rp9_pipelines.domain.enforcement import OPERATOR
 from rp9_pipelines.domain.tenants import TENANT_ID_TAG
 from rp9_pipelines.lifecycle import stack
 from rp9_pipelines.lifecycle.stack import StackResources
@@ -184,8 +185,7 @@ def stop_stack(context: dg.OpExecutionContext, config: TenantRef) -> None:
     """Stop every container gracefully; data, secrets and the catalog entry stay."""
     r = _r(context)
     tenant = stack.load(r, config.tenant_id)
-    stack.stop_all(r, tenant, context.log.info)
-    stack.set_status(r, tenant, status="suspended")
+    stack.suspend(r, tenant, OPERATOR, context.log.info)
 
 
 @dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
@@ -196,11 +196,10 @@ def suspend_tenant() -> None:
 
 @dg.op(required_resource_keys=RESOURCES)
 def restart_stack(context: dg.OpExecutionContext, config: TenantRef) -> None:
+    """Start the stack again and clear the suspension, whoever suspended it."""
     r = _r(context)
     tenant = stack.load(r, config.tenant_id)
-    stack.prepare_secrets(r, tenant)
-    stack.start(r, tenant, context.log.info)
-    stack.set_status(r, tenant, status="active", last_error=None)
+    stack.resume(r, tenant, context.log.info)
 
 
 @dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)

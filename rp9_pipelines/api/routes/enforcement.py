@@ -1,0 +1,130 @@
+"""Plan enforcement on demand: `POST /enforcement/run` launches the `enforce_limits` job (the
+same the 5-minute schedule runs), for every tenant or for the ones named."""
+
+import uuid
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from rp9_pipelines.api.deps import DagsterDep, EngineDep, require_caller
+from rp9_pipelines.api.errors import ApiError
+from rp9_pipelines.api.idempotency import idempotent
+from rp9_pipelines.catalog.tables import enforcement_events, tenants
+
+router = APIRouter(tags=["enforcement"], dependencies=[Depends(require_caller)])
+
+JOB, OP = "enforce_limits", "enforce_quotas"
+MAX_TENANTS = 1000
+
+
+class RunEnforcement(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenants: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_TENANTS,
+        description="tenant ids or slugs; default: every tenant",
+    )
+
+
+async def _raw_body(request: Request) -> bytes:
+    return await request.body()
+
+
+def _key(ref: str) -> str:
+    try:
+        return str(uuid.UUID(ref))
+    except ValueError:
+        return ref
+
+
+def _resolve(connection: sa.Connection, refs: list[str]) -> list[str]:
+    """The tenants' ids, in the order given, once each; 404 naming every one not found."""
+    ids = [_key(ref) for ref in refs if _is_uuid(ref)]
+    query = sa.select(tenants.c.id, tenants.c.slug).where(
+        sa.or_(tenants.c.id.in_(ids), tenants.c.slug.in_(refs)), tenants.c.status != "deleted"
+    )
+    by_ref: dict[str, str] = {}
+    for row in connection.execute(query):
+        by_ref[str(row.id)] = by_ref[row.slug] = str(row.id)
+    missing = [ref for ref in refs if _key(ref) not in by_ref]
+    if missing:
+        raise ApiError(404, "tenant_not_found", f"no tenant {', '.join(map(repr, missing))}")
+    return list(dict.fromkeys(by_ref[_key(ref)] for ref in refs))
+
+
+def _is_uuid(ref: str) -> bool:
+    try:
+        uuid.UUID(ref)
+    except ValueError:
+        return False
+    return True
+
+
+@router.post("/enforcement/run", status_code=202)
+def run_enforcement(
+    body: RunEnforcement,
+    raw: Annotated[bytes, Depends(_raw_body)],
+    engine: EngineDep,
+    dagster: DagsterDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
+    """Apply plan limits now (warn at 80 % and 100 %, suspend or allow overage, resume) → 202
+    with the run id; events land in `enforcement_events` and go to the warnings webhook."""
+    with idempotent(engine, idempotency_key, "POST /enforcement/run", raw) as slot:
+        if slot.replay:
+            status_code, replayed = slot.replay
+            return JSONResponse(replayed, status_code, headers={"Idempotent-Replayed": "true"})
+        scope: list[str] = []
+        if body.tenants is not None:
+            with engine.connect() as connection:
+                scope = _resolve(connection, body.tenants)
+        run_id = dagster.launch(
+            JOB,
+            {"ops": {OP: {"config": {"tenants": scope}}}},
+            {"rp9/requested_by": "api"},
+        )
+        result: dict[str, Any] = {"run_id": run_id, "tenants": scope or "all"}
+        slot.store(202, result)
+    return JSONResponse(result, status_code=202)
+
+
+@router.get("/enforcement/events")
+def list_events(
+    engine: EngineDep,
+    tenant: Annotated[str | None, Query(description="a tenant id or slug")] = None,
+    period: Annotated[str | None, Query(pattern=r"^[0-9]{4}-[0-9]{2}$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Enforcement events, newest first: threshold, action, usage against the limit, and
+    whether the warnings webhook acknowledged each."""
+    query = (
+        sa.select(enforcement_events, tenants.c.slug)
+        .join(tenants, tenants.c.id == enforcement_events.c.tenant_id)
+        .order_by(enforcement_events.c.created_at.desc(), enforcement_events.c.threshold.desc())
+        .limit(limit)
+    )
+    with engine.connect() as connection:
+        if tenant is not None:
+            (tenant_id,) = _resolve(connection, [tenant])
+            query = query.where(enforcement_events.c.tenant_id == uuid.UUID(tenant_id))
+        if period is not None:
+            query = query.where(enforcement_events.c.period == period)
+        rows = connection.execute(query).all()
+    return {
+        "events": [
+            {
+                "id": str(row.id), "tenant_id": str(row.tenant_id), "slug": row.slug,
+                "period": row.period, "metric": row.metric, "value": row.value,
+                "limit": row.limit_value, "threshold": row.threshold, "action": row.action,
+                "run_id": row.run_id, "created_at": row.created_at.isoformat(),
+                "notified_at": row.notified_at.isoformat() if row.notified_at else None,
+                "notify_error": row.notify_error,
+            }
+            for row in rows
+        ]
+    }  # fmt: skip

@@ -1,0 +1,161 @@
+"""The public answer for a tenant's address when no container serves it.
+
+Traefik's file provider carries a catch-all router (lowest priority, every host on the tenant
+entry point) to `FALLBACK_PATH` here; a tenant's own router (Docker labels, higher priority)
+wins whenever its n8n runs. So a suspended tenant answers 503 `tenant_suspended` instead of
+Traefik's 404, a tenant being created or changed 503 `tenant_unavailable`, and an unknown
+host 404 `tenant_not_found`. No Bearer token: this is what the tenant's users see.
+
+The API writes that router at startup (`TRAEFIK_DYNAMIC_DIR`, one file per API instance,
+pointing at `ORCH_PUBLIC_URL`, default `http://127.0.0.1:$ORCH_PORT`) and removes it at
+shutdown; files of instances that no longer answer are removed by the next one to start.
+"""
+
+import contextlib
+import datetime as dt
+import html
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import sqlalchemy as sa
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rp9_pipelines.api.deps import EngineDep, SettingsDep
+from rp9_pipelines.api.errors import error_body
+from rp9_pipelines.catalog.tables import tenants
+from rp9_pipelines.domain.enforcement import next_period_start, period_of
+from rp9_pipelines.domain.routing import FALLBACK_PATH, fallback_config, unavailable
+from rp9_pipelines.resources.traefik_dynamic import TraefikDynamicResource
+from rp9_pipelines.settings import get_settings
+
+FILE_PREFIX = "rp9-fallback-"
+log = logging.getLogger(__name__)
+
+
+class FallbackSettings(BaseSettings):
+    """Where Traefik's dynamic configuration lives and how Traefik reaches this API."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, env_parse_none_str="")
+
+    traefik_dynamic_dir: str = ""
+    orch_public_url: str = ""
+
+
+def host_of(request: Request) -> str:
+    """The tenant address asked for, lowercase, without a port."""
+    host = request.headers.get("host", "").strip().lower()
+    return host.rsplit(":", 1)[0] if not host.endswith("]") else host
+
+
+def _lookup(connection: sa.Connection, host: str, base_domain: str) -> Any:
+    condition = tenants.c.custom_domain == host
+    suffix = "." + base_domain
+    if host.endswith(suffix) and "." not in host[: -len(suffix)]:
+        condition = sa.or_(condition, tenants.c.slug == host[: -len(suffix)])
+    query = (
+        sa.select(tenants.c.slug, tenants.c.status, tenants.c.suspension_reason)
+        .where(condition)
+        .order_by((tenants.c.status == "deleted").asc())
+        .limit(1)
+    )
+    return connection.execute(query).first()
+
+
+def _page(title: str, message: str) -> str:
+    title, message = html.escape(title), html.escape(message)
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<title>{title}</title></head><body style="font-family:sans-serif;max-width:40em;'
+        f'margin:4em auto"><h1>{title}</h1><p>{message}</p></body></html>'
+    )
+
+
+async def _answers(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            return (await client.get(url.rstrip("/") + "/healthz")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def _prune(files: TraefikDynamicResource, keep: str) -> None:
+    """Remove the fallback routes of API instances that no longer answer (killed, not
+    stopped): Traefik would send suspended tenants' visitors to a dead address."""
+    for other in files.names(FILE_PREFIX):
+        if other == keep:
+            continue
+        config = files.read(other) or {}
+        service = config.get("http", {}).get("services", {}).get(other, {})
+        url = (service.get("loadBalancer", {}).get("servers") or [{}])[0].get("url", "")
+        if not (url and await _answers(url)):
+            files.remove(other)
+            log.info("removed the fallback route of %s, which no longer answers", other)
+
+
+@contextlib.asynccontextmanager
+async def publish_fallback(_: FastAPI) -> AsyncIterator[None]:
+    """Write this instance's fallback router for Traefik; remove it at shutdown."""
+    fallback, settings = FallbackSettings(), get_settings()
+    if not fallback.traefik_dynamic_dir:
+        log.warning("TRAEFIK_DYNAMIC_DIR is not set: suspended tenants answer Traefik's 404")
+        yield
+        return
+    files = TraefikDynamicResource(directory=fallback.traefik_dynamic_dir)
+    url = fallback.orch_public_url or f"http://127.0.0.1:{settings.orch_port}"
+    name = FILE_PREFIX + (urlsplit(url).netloc or url).replace(":", "-").replace(".", "-")
+    config = fallback_config(
+        name=name,
+        url=url,
+        entrypoint=settings.traefik_entrypoint,
+        tls=bool(settings.traefik_cert_resolver),
+    )
+    try:
+        await _prune(files, name)
+        files.write(name, config)
+    except OSError as error:
+        # The API still serves its callers; only the suspended page is missing.
+        log.error("cannot publish the fallback route in %s: %s", files.directory, error)
+        yield
+        return
+    log.info("fallback route %s → %s%s", name, url, FALLBACK_PATH)
+    try:
+        yield
+    finally:
+        files.remove(name)
+
+
+router = APIRouter(tags=["fallback"], include_in_schema=False, lifespan=publish_fallback)
+
+
+@router.api_route(
+    FALLBACK_PATH, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+)
+def tenant_fallback(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
+    """Why this tenant address has no n8n behind it right now."""
+    host = host_of(request)
+    with engine.connect() as connection:
+        row = _lookup(connection, host, settings.base_domain)
+    now = dt.datetime.now(dt.UTC)
+    answer = unavailable(
+        row.slug if row else None,
+        row.status if row else None,
+        row.suspension_reason if row else None,
+        now,
+        next_period_start(period_of(now)),
+    )
+    headers = {"Cache-Control": "no-store"}
+    if answer.retry_after_s is not None:
+        headers["Retry-After"] = str(answer.retry_after_s)
+    if "text/html" in request.headers.get("accept", ""):
+        titles = {"tenant_suspended": "Suspended", "tenant_unavailable": "Unavailable"}
+        page = _page(titles.get(answer.code, "Not found"), answer.message)
+        return HTMLResponse(page, status_code=answer.status_code, headers=headers)
+    body: dict[str, Any] = error_body(answer.code, answer.message)
+    if row is not None:
+        body["tenant"] = row.slug
+    return JSONResponse(body, status_code=answer.status_code, headers=headers)

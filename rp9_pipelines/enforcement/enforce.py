@@ -1,0 +1,210 @@
+"""The enforcement shell: gather month-to-date executions and quotas, decide per tenant
+(`domain.enforcement`), record the events, suspend or resume, then deliver the events to the
+warnings webhook."""
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from rp9_pipelines.catalog import tenants as tenant_catalog
+from rp9_pipelines.domain.autoscaling import worker_concurrency
+from rp9_pipelines.domain.enforcement import (
+    ENFORCEMENT,
+    Decision,
+    Situation,
+    concurrency_drift,
+    decide,
+    month_to_date,
+    period_of,
+    period_start,
+)
+from rp9_pipelines.domain.stack import LABEL_MANAGED, LABEL_ROLE, LABEL_TENANT
+from rp9_pipelines.enforcement import notify, store
+from rp9_pipelines.enforcement.settings import EnforcementSettings
+from rp9_pipelines.enforcement.store import Subject
+from rp9_pipelines.lifecycle import stack
+from rp9_pipelines.lifecycle.stack import StackResources
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Judged:
+    subject: Subject
+    executions: int
+    decision: Decision
+
+
+@dataclass
+class Outcome:
+    period: str
+    judged: list[Judged] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    suspended: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    # Tenants whose workers were recreated because their concurrency quota changed.
+    reconciled: list[str] = field(default_factory=list)
+    # Tenants with a run in flight: another flow is changing them; judged again next time.
+    deferred: list[str] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    delivery: notify.Delivery | None = None
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "period": self.period,
+            "judged": len(self.judged),
+            "events": self.events,
+            "suspended": self.suspended,
+            "resumed": self.resumed,
+            "reconciled": self.reconciled,
+            "deferred": self.deferred,
+            "unreadable": self.unreadable,
+            "failed": self.failed,
+            "delivered": self.delivery.delivered if self.delivery else 0,
+            "delivery_error": self.delivery.error if self.delivery else None,
+        }
+
+
+def judge(
+    r: StackResources, settings: EnforcementSettings, refs: Sequence[str], now: dt.datetime
+) -> tuple[str, list[Judged], dict[str, str]]:
+    """Every judged tenant's situation and decision: three catalog queries and one read per
+    tenant database for the whole fleet. Tenants whose executions cannot be read are left out
+    (returned by database with the error) rather than judged on a wrong count."""
+    period = period_of(now)
+    since = period_start(period)
+    with r.catalog.begin() as connection:
+        subjects = store.subjects(connection, settings.tenants, refs)
+        ids = [s.id for s in subjects]
+        events = store.recorded(connection, ids, period)
+        collected = store.collected_usage(connection, ids, since.date())
+    live, errors = r.tenant_db.executions_by_day([s.names for s in subjects], since)
+    judged = []
+    for subject in subjects:
+        if subject.names.db_name in errors:
+            continue
+        executions = month_to_date(live.get(subject.slug, {}), collected.get(subject.id, {}))
+        situation = Situation(
+            period=period,
+            status=subject.status,
+            suspension_reason=subject.suspension_reason,
+            executions=executions,
+            limit=subject.limits.executions_per_month,
+            overage_allowed=subject.limits.overage_allowed,
+            recorded=events.get(subject.id, {}),
+        )
+        judged.append(Judged(subject, executions, decide(situation)))
+    return period, judged, errors
+
+
+def enforce(
+    r: StackResources,
+    settings: EnforcementSettings,
+    *,
+    refs: Sequence[str],
+    now: dt.datetime,
+    in_flight: set[str],
+    run_id: str | None,
+    log: Log,
+) -> Outcome:
+    """Judge and act on every tenant; one tenant's failure does not stop the others (it is
+    reported in `failed`), and the webhook is served last, whatever happened before."""
+    period, judged, errors = judge(r, settings, refs, now)
+    outcome = Outcome(period=period, judged=judged, unreadable=errors)
+    for database, error in errors.items():
+        log(f"executions of {database} unreadable, its tenants are not judged: {error}")
+    for item in judged:
+        subject, decision = item.subject, item.decision
+        defer = decision.act != "none" and str(subject.id) in in_flight
+        if defer:
+            outcome.deferred.append(subject.slug)
+            log(f"{subject.slug}: {decision.act} deferred, a run is changing it")
+        try:
+            _apply(r, subject, item, period, run_id, outcome, log, defer=defer)
+        except Exception as error:
+            first_line = (str(error).splitlines() or [""])[0]
+            outcome.failed[subject.slug] = f"{type(error).__name__}: {first_line}"[:500]
+            log(f"{subject.slug}: {decision.act} failed: {outcome.failed[subject.slug]}")
+    acted = {*outcome.suspended, *outcome.resumed, *outcome.deferred, *outcome.failed}
+    running = [
+        item.subject
+        for item in judged
+        if item.subject.status == "active" and item.decision.act == "none"
+        and item.subject.slug not in acted and str(item.subject.id) not in in_flight
+    ]  # fmt: skip
+    reconcile_concurrency(r, running, outcome, log)
+    # A run scoped to some tenants delivers only their events.
+    scope = [item.subject.id for item in judged] if refs else None
+    outcome.delivery = notify.deliver(r.catalog, settings, now, log, scope)
+    return outcome
+
+
+def _apply(
+    r: StackResources, subject: Subject, item: Judged, period: str, run_id: str | None,
+    outcome: Outcome, log: Log, *, defer: bool,
+) -> None:  # fmt: skip
+    decision = item.decision
+    # A deferred action records its warnings now, and its own event with the action itself
+    # (next time): a suspend event without the suspension would read as an operator's resume.
+    events = decision.events
+    if defer:
+        events = tuple(e for e in events if e.key.action in {"warn", "overage"})
+    if not events and (decision.act == "none" or defer):
+        return
+    # Events and the reason are written before the containers are touched, so an interrupted
+    # suspension is finished (not mistaken for an operator's resume) by the next run.
+    with r.catalog.begin() as connection:
+        for event in events:
+            if store.record(connection, subject.id, period, event, run_id) is not None:
+                key = event.key
+                outcome.events.append(f"{subject.slug}: {key.action} {key.threshold} %")
+        if decision.act == "suspend" and not defer:
+            tenant_catalog.update_tenant(connection, subject.id, suspension_reason=ENFORCEMENT)
+    if events or decision.act != "none":
+        log(f"{subject.slug}: {decision.act}, {len(events)} event(s): {decision.reason}")
+    if decision.act == "none" or defer:
+        return
+    tenant = stack.load(r, str(subject.id))
+    if decision.act == "suspend":
+        stack.suspend(r, tenant, ENFORCEMENT, log)
+        outcome.suspended.append(subject.slug)
+    else:
+        stack.resume(r, tenant, log)
+        outcome.resumed.append(subject.slug)
+
+
+def worker_commands(r: StackResources) -> dict[str, list[str]]:
+    """Every managed worker's command line, by tenant slug: one Engine call for the fleet."""
+    found: dict[str, list[str]] = {}
+    containers = r.docker_runtime.client().containers.list(
+        all=True, sparse=True, filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_ROLE}=worker"]}
+    )
+    for container in containers:
+        labels = container.attrs.get("Labels") or {}
+        found.setdefault(labels.get(LABEL_TENANT, ""), []).append(
+            str(container.attrs.get("Command", ""))
+        )
+    return found
+
+
+def reconcile_concurrency(
+    r: StackResources, subjects: Sequence[Subject], outcome: Outcome, log: Log
+) -> None:
+    """The concurrency quota reaches n8n: workers running with another `--concurrency` than the
+    tenant's quota (an entitlement or a manual quota changed it) are recreated with it."""
+    if not subjects:
+        return
+    commands = worker_commands(r)
+    for subject in subjects:
+        wanted = worker_concurrency(subject.limits.concurrency)
+        drift = concurrency_drift(wanted, commands.get(subject.slug, []))
+        if not drift:
+            continue
+        log(f"{subject.slug}: workers run with concurrency {drift}, the quota says {wanted}")
+        try:
+            stack.converge(r, stack.load(r, str(subject.id)), log, roles={"worker"})
+            outcome.reconciled.append(subject.slug)
+        except Exception as error:
+            first_line = (str(error).splitlines() or [""])[0]
+            outcome.failed[subject.slug] = f"{type(error).__name__}: {first_line}"[:500]

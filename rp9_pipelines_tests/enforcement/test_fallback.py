@@ -1,0 +1,100 @@
+"""The fallback route: the API publishes it to Traefik's file provider for as long as it runs,
+and answers by `Host`, without a token, for tenants that no container serves."""
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from rp9_pipelines.catalog import tenants as catalog
+from rp9_pipelines.catalog.tables import quotas, tenants
+from rp9_pipelines.domain.routing import FALLBACK_PATH
+from rp9_pipelines.settings import Settings, sqlalchemy_url
+from rp9_pipelines_tests.conftest import Served, free_port, serve
+from rp9_pipelines_tests.waiting import wait_until
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+def tenant_row(settings: Settings) -> Iterator[tuple[str, sa.Engine]]:
+    """A catalog row only (no containers): a tenant whose provisioning has not started."""
+    engine = sa.create_engine(sqlalchemy_url(settings.database_url))
+    slug, tenant_id = f"fb-{uuid.uuid4().hex[:8]}", uuid.uuid4()
+    with engine.begin() as connection:
+        connection.execute(sa.insert(tenants).values(
+            id=tenant_id, slug=slug, name="fallback", plan="starter", status="provisioning",
+            n8n_version="2.20.12", custom_domain=f"{slug}.example.org"))  # fmt: skip
+    yield slug, engine
+    with engine.begin() as connection:
+        connection.execute(sa.delete(quotas).where(quotas.c.tenant_id == tenant_id))
+        connection.execute(sa.delete(tenants).where(tenants.c.id == tenant_id))
+    engine.dispose()
+
+
+def ask(settings: Settings, host: str) -> httpx.Response:
+    """Through Traefik, as a tenant's user would."""
+    return httpx.get(f"{settings.traefik_url}/any/path?x=1", headers={"Host": host}, timeout=10)
+
+
+def test_the_fallback_answers_by_host_through_traefik_without_a_token(
+    settings: Settings, api_server: Served, tenant_row: tuple[str, sa.Engine]
+) -> None:
+    slug, engine = tenant_row
+    host = f"{slug}.{settings.base_domain}"
+
+    def unavailable() -> httpx.Response | None:
+        response = ask(settings, host)
+        return response if response.status_code == 503 else None
+
+    answer = wait_until(unavailable, timeout_s=30, what="the fallback route in Traefik")
+    assert answer.json()["error"]["code"] == "tenant_unavailable"
+    assert answer.headers["Retry-After"] == "30"
+    # The custom domain is the same tenant.
+    assert ask(settings, f"{slug}.example.org").json()["tenant"] == slug
+    # Suspended by an operator.
+    with engine.begin() as connection:
+        row = catalog.get_tenant(connection, slug)
+        assert row is not None
+        catalog.update_tenant(connection, row.id, status="suspended", suspension_reason="operator")
+    suspended = ask(settings, host)
+    assert (suspended.status_code, suspended.json()["error"]["code"]) == (503, "tenant_suspended")
+    assert "operator" in suspended.json()["error"]["message"]
+    # Unknown hosts, and names under the platform's domain that are not a tenant's.
+    for other in (f"no-{slug}.{settings.base_domain}", f"a.{slug}.{settings.base_domain}",
+                  "example.net"):  # fmt: skip
+        unknown = ask(settings, other)
+        assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "tenant_not_found")
+    # Directly on the API, too: no Bearer token needed for this one path only.
+    direct = httpx.get(f"{api_server.url}{FALLBACK_PATH}", headers={"Host": host}, timeout=10)
+    assert direct.status_code == 503
+    assert httpx.get(f"{api_server.url}/tenants", timeout=10).status_code == 401
+
+
+def test_each_api_publishes_its_route_while_it_runs_and_prunes_dead_ones(
+    settings: Settings, tmp_path: Path
+) -> None:
+    directory = Path(os.environ["TRAEFIK_DYNAMIC_DIR"])
+    dead = directory / "rp9-fallback-127-0-0-1-1.yml"
+    dead.write_text(yaml.safe_dump({"http": {"services": {"rp9-fallback-127-0-0-1-1": {
+        "loadBalancer": {"servers": [{"url": "http://127.0.0.1:1"}]}}}}}))  # fmt: skip
+    port = free_port()
+    mine = directory / f"rp9-fallback-127-0-0-1-{port}.yml"
+    command = [str(Path(sys.executable).parent / "uvicorn"), "rp9_pipelines.api.main:app",
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    env = {**os.environ, "ORCH_PORT": str(port)}
+    with serve(command, url=f"http://127.0.0.1:{port}", ready_path="/healthz",
+               log=tmp_path / "api.log", env=env, timeout_s=60):  # fmt: skip
+        published = yaml.safe_load(mine.read_text())
+        router = published["http"]["routers"][mine.stem]
+        assert router["entryPoints"] == [settings.traefik_entrypoint]
+        servers = published["http"]["services"][mine.stem]["loadBalancer"]["servers"]
+        assert servers == [{"url": f"http://127.0.0.1:{port}"}]
+        assert not dead.exists()
+    assert not mine.exists()
