@@ -80,6 +80,9 @@ class Settings(BaseSettings):
             secret = getattr(self, name)
             if secret is not None and is_placeholder(secret.get_secret_value()):
                 raise ValueError(f"{name.upper()} is a placeholder; set a real value")
+        stripe_key = self.stripe_secret_key.get_secret_value()
+        if stripe_key and is_placeholder(stripe_key):
+            raise ValueError("STRIPE_SECRET_KEY is a placeholder; set a real key or leave it empty")
         if "__PASS__" in self.database_url:
             raise ValueError("DATABASE_URL still holds the __PASS__ placeholder")
         return self

@@ -62,6 +62,15 @@ def test_production_refuses_the_database_password_placeholder(
         )
 
 
+def test_production_refuses_the_example_stripe_key_but_not_an_empty_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ValidationError, match="STRIPE_SECRET_KEY"):
+        make(monkeypatch, RP9_ENV="production", ORCH_TOKEN=STRONG, STRIPE_SECRET_KEY="sk_test_xxx")
+    settings = make(monkeypatch, RP9_ENV="production", ORCH_TOKEN=STRONG)
+    assert settings.stripe_secret_key.get_secret_value() == ""
+
+
 def test_missing_required_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ORCH_TOKEN", raising=False)
     with pytest.raises(ValidationError, match="orch_token"):

@@ -18,8 +18,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# The platform as operators run it: the autoscaler on (tests start their own Dagster without it).
+# The platform as operators run it: the autoscaler, the container sampler and plan enforcement
+# on (tests start their own Dagster without them).
 export AUTOSCALE_ENABLED=${AUTOSCALE_ENABLED:-true}
+export USAGE_SAMPLING_ENABLED=${USAGE_SAMPLING_ENABLED:-true}
+export ENFORCEMENT_ENABLED=${ENFORCEMENT_ENABLED:-true}
 setsid "$bin/dagster" dev -h 127.0.0.1 -p 3000 -w "$root/workspace.yaml" \
   >"$root/.stack/logs/dagster.log" 2>&1 &
 pids+=($!)

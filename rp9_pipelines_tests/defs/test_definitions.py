@@ -10,6 +10,8 @@ from rp9_pipelines.definitions import defs
 EXPECTED_JOBS = {
     "migrate_catalog", "platform_health", "provision_tenant", "scale_tenant", "suspend_tenant",
     "resume_tenant", "delete_tenant", "backup_tenant", "backup_retention", "restore_drill",
+    "sync_stripe_catalog", "sync_entitlements", "report_usage_to_stripe", "usage_daily",
+    "monthly_chargeback", "sample_resources_job", "enforce_limits", "__ASSET_JOB",
 }  # fmt: skip
 EXPECTED_SCHEDULES = {
     "platform_health_every_5_minutes": "platform_health",
@@ -17,11 +19,17 @@ EXPECTED_SCHEDULES = {
     "weekly_backups": "backup_tenant",
     "backup_retention_daily": "backup_retention",
     "quarterly_restore_drills": "restore_drill",
+    "sync_stripe_catalog_daily": "sync_stripe_catalog",
+    "sync_entitlements_every_15_minutes": "sync_entitlements",
+    "usage_daily_schedule": "usage_daily",
+    "resource_sampling": "sample_resources_job",
+    "monthly_chargeback_schedule": "monthly_chargeback",
+    "enforce_limits_every_5_minutes": "enforce_limits",
 }
-EXPECTED_SENSORS = {"autoscale_workers"}
+EXPECTED_SENSORS = {"autoscale_workers", "stripe_meter_after_usage", "register_tenant_partitions"}
 EXPECTED_RESOURCES = {
     "catalog", "docker_runtime", "redis", "vault", "s3", "traefik", "prometheus", "platform",
-    "secret_files", "tenant_db", "n8n",
+    "secret_files", "tenant_db", "n8n", "stripe", "supabase",
 }  # fmt: skip
 
 
