@@ -325,7 +325,7 @@ print(f"{header}.{payload}.{signature}")
 PY
 }
 
-pg_super() { PGPASSWORD=$(secret postgres) psql -h 127.0.0.1 -p $pg_port -U rp9 -v ON_ERROR_STOP=1 -qAt "$@"; }
+pg_super() { PGOPTIONS="-c client_min_messages=warning" PGPASSWORD=$(secret postgres) psql -h 127.0.0.1 -p $pg_port -U rp9 -v ON_ERROR_STOP=1 -qAt "$@"; }
 
 # The `supabase` database with Supabase's roles: PostgREST logs in as `authenticator` and switches
 # to the role named in the request's JWT (`anon`, `authenticated` or `service_role`).

@@ -4,9 +4,10 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
@@ -322,84 +323,24 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             table = f'"{names.db_schema}".execution_entity'
             return int(connection.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
 
-    def execution_windows(
-        self, tenants: Sequence[TenantNames], window_s: int, *, parallel: int = 4
-    ) -> "ExecutionWindows":
-        """`execution_window` of many tenants at once: one connection per database and one
-        statement per hundred schemas in it (the shared database holds every shared tenant),
-        the databases read in parallel. Tenants whose n8n has no tables yet are left out; a
-        database that cannot be read is reported, not raised, so the others still count."""
+    def _each_schema(
+        self,
+        tenants: Sequence[TenantNames],
+        statement: Callable[[TenantNames], sql.Composable],
+        parallel: int,
+    ) -> tuple[dict[str, list[tuple[Any, ...]]], dict[str, str]]:
+        """Run `statement(names)` (a parenthesised SELECT whose first column is the slug) for
+        many tenants: one connection per database (in UTC), one UNION ALL per hundred schemas
+        (the shared database holds every shared tenant), the databases read in parallel.
+        Returns the rows of each tenant whose n8n has tables (possibly none; tenants without
+        tables are left out) and, by database, the errors of those that could not be read:
+        reported, not raised, so the others still count."""
         by_database: dict[str, list[TenantNames]] = {}
         for names in tenants:
             by_database.setdefault(names.db_name, []).append(names)
 
-        def read(database: str) -> dict[str, ExecutionWindow]:
+        def read(database: str) -> dict[str, list[tuple[Any, ...]]]:
             members = by_database[database]
-            found: dict[str, ExecutionWindow] = {}
-            with self._connect(database) as connection:
-                present = set(
-                    connection.execute(
-                        sa.text(
-                            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n"
-                            " ON n.oid = c.relnamespace WHERE c.relname = 'execution_entity'"
-                            " AND c.relkind IN ('r', 'p') AND n.nspname = ANY(:schemas)"
-                        ),
-                        {"schemas": [m.db_schema for m in members]},
-                    ).scalars()
-                )
-                ready = [m for m in members if m.db_schema in present]
-                raw = connection.connection.dbapi_connection
-                assert raw is not None
-                for start in range(0, len(ready), 100):
-                    parts = [
-                        _WINDOW_OF_ONE.format(
-                            slug=sql.Literal(m.slug),
-                            table=sql.SQL("{}.execution_entity").format(
-                                sql.Identifier(m.db_schema)
-                            ),
-                            window=sql.Literal(window_s),
-                        )
-                        for m in ready[start : start + 100]
-                    ]
-                    with raw.cursor() as cursor:  # type: ignore[attr-defined]
-                        cursor.execute(sql.SQL(" UNION ALL ").join(parts))
-                        for slug, total, failed, latency, wait in cursor.fetchall():
-                            found[slug] = ExecutionWindow(
-                                window_s=window_s,
-                                total=int(total),
-                                failed=int(failed),
-                                per_minute=round(total / (window_s / 60), 3),
-                                latency_p95_ms=round(latency, 1) if latency is not None else None,
-                                queue_wait_p95_ms=round(wait, 1) if wait is not None else None,
-                            )
-            return found
-
-        windows: dict[str, ExecutionWindow] = {}
-        errors: dict[str, str] = {}
-        with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-            futures = {pool.submit(read, database): database for database in by_database}
-            for future in concurrent.futures.as_completed(futures):
-                try:
-                    windows.update(future.result())
-                except Exception as error:
-                    first_line = (str(error).splitlines() or [""])[0]
-                    errors[futures[future]] = f"{type(error).__name__}: {first_line}"[:300]
-        return ExecutionWindows(windows, errors)
-
-    def executions_by_day(
-        self, tenants: Sequence[TenantNames], since: dt.datetime, *, parallel: int = 4
-    ) -> tuple[dict[str, dict[dt.date, int]], dict[str, str]]:
-        """Production executions (every mode but `manual`, the editor's test runs) created since
-        `since`, per tenant slug and UTC day, read like `execution_windows`: one connection per
-        database, one statement per hundred schemas. Returns the counts and, by database, the
-        errors of those that could not be read."""
-        by_database: dict[str, list[TenantNames]] = {}
-        for names in tenants:
-            by_database.setdefault(names.db_name, []).append(names)
-
-        def read(database: str) -> dict[str, dict[dt.date, int]]:
-            members = by_database[database]
-            counts: dict[str, dict[dt.date, int]] = {}
             with self._connect(database) as connection:
                 connection.execute(sa.text("SET TIME ZONE 'UTC'"))
                 present = set(
@@ -413,31 +354,18 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                     ).scalars()
                 )
                 ready = [m for m in members if m.db_schema in present]
+                rows: dict[str, list[tuple[Any, ...]]] = {m.slug: [] for m in ready}
                 raw = connection.connection.dbapi_connection
                 assert raw is not None
                 for start in range(0, len(ready), 100):
-                    parts = [
-                        sql.SQL(
-                            '(SELECT {slug}, "createdAt"::date, count(*) FROM {table}'
-                            " WHERE \"createdAt\" >= {since} AND mode <> 'manual' GROUP BY 2)"
-                        ).format(
-                            slug=sql.Literal(m.slug),
-                            table=sql.SQL("{}.execution_entity").format(
-                                sql.Identifier(m.db_schema)
-                            ),
-                            since=sql.Literal(since),
-                        )
-                        for m in ready[start : start + 100]
-                    ]
+                    parts = [statement(m) for m in ready[start : start + 100]]
                     with raw.cursor() as cursor:  # type: ignore[attr-defined]
                         cursor.execute(sql.SQL(" UNION ALL ").join(parts))
-                        for slug, day, count in cursor.fetchall():
-                            counts.setdefault(slug, {})[day] = int(count)
-                for m in ready:
-                    counts.setdefault(m.slug, {})
-            return counts
+                        for row in cursor.fetchall():
+                            rows[row[0]].append(tuple(row))
+            return rows
 
-        found: dict[str, dict[dt.date, int]] = {}
+        found: dict[str, list[tuple[Any, ...]]] = {}
         errors: dict[str, str] = {}
         with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
             futures = {pool.submit(read, database): database for database in by_database}
@@ -448,6 +376,54 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                     first_line = (str(error).splitlines() or [""])[0]
                     errors[futures[future]] = f"{type(error).__name__}: {first_line}"[:300]
         return found, errors
+
+    def execution_windows(
+        self, tenants: Sequence[TenantNames], window_s: int, *, parallel: int = 4
+    ) -> "ExecutionWindows":
+        """`execution_window` of many tenants at once (see `_each_schema`). Tenants whose n8n
+        has no tables yet are left out."""
+
+        def statement(m: TenantNames) -> sql.Composable:
+            return _WINDOW_OF_ONE.format(
+                slug=sql.Literal(m.slug),
+                table=sql.SQL("{}.execution_entity").format(sql.Identifier(m.db_schema)),
+                window=sql.Literal(window_s),
+            )
+
+        rows, errors = self._each_schema(tenants, statement, parallel)
+        windows: dict[str, ExecutionWindow] = {}
+        for slug, found in rows.items():
+            for _, total, failed, latency, wait in found:
+                windows[slug] = ExecutionWindow(
+                    window_s=window_s,
+                    total=int(total),
+                    failed=int(failed),
+                    per_minute=round(total / (window_s / 60), 3),
+                    latency_p95_ms=round(latency, 1) if latency is not None else None,
+                    queue_wait_p95_ms=round(wait, 1) if wait is not None else None,
+                )
+        return ExecutionWindows(windows, errors)
+
+    def executions_by_day(
+        self, tenants: Sequence[TenantNames], since: dt.datetime, *, parallel: int = 4
+    ) -> tuple[dict[str, dict[dt.date, int]], dict[str, str]]:
+        """Production executions (every mode but `manual`, the editor's test runs) created since
+        `since`, per tenant slug and UTC day (see `_each_schema`). Returns the counts and, by
+        database, the errors of those that could not be read."""
+
+        def statement(m: TenantNames) -> sql.Composable:
+            return sql.SQL(
+                '(SELECT {slug}, "createdAt"::date, count(*) FROM {table}'
+                " WHERE \"createdAt\" >= {since} AND mode <> 'manual' GROUP BY 2)"
+            ).format(
+                slug=sql.Literal(m.slug),
+                table=sql.SQL("{}.execution_entity").format(sql.Identifier(m.db_schema)),
+                since=sql.Literal(since),
+            )
+
+        rows, errors = self._each_schema(tenants, statement, parallel)
+        counts = {slug: {day: int(n) for _, day, n in found} for slug, found in rows.items()}
+        return counts, errors
 
     def execution_day(self, names: TenantNames, day: dt.date) -> ExecutionDay | None:
         """What the tenant's n8n recorded for its production executions (every mode but

@@ -67,7 +67,7 @@ def test_platform_health_job_runs_green_against_the_real_stack() -> None:
     services = result.output_for_node("probe_platform_services")
     assert services == {
         "postgres": True, "docker": True, "redis": True, "vault": True, "s3": True,
-        "traefik": True, "prometheus": True,
+        "traefik": True, "prometheus": True, "stripe": True, "supabase": True,
     }  # fmt: skip
 
 

@@ -1,10 +1,12 @@
 import dagster as dg
 
+from rp9_pipelines.billing.stripe_client import StripeResource
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.resources.http_service import HttpServiceResource
 from rp9_pipelines.resources.redis_queue import RedisResource
 from rp9_pipelines.resources.s3 import S3Resource
+from rp9_pipelines.resources.supabase import SupabaseResource
 from rp9_pipelines.resources.vault import VaultResource
 
 
@@ -18,9 +20,12 @@ def probe_platform_services(
     s3: S3Resource,
     traefik: HttpServiceResource,
     prometheus: HttpServiceResource,
+    stripe: StripeResource,
+    supabase: SupabaseResource,
 ) -> dict[str, bool]:
     """Probe every system the control plane depends on; fail the run if any is down."""
-    answers = [r.ping() for r in (catalog, docker_runtime, redis, vault, s3, traefik, prometheus)]
+    resources = (catalog, docker_runtime, redis, vault, s3, traefik, prometheus, stripe, supabase)
+    answers = [r.ping() for r in resources]
     for health in answers:
         state = "up" if health.ok else "DOWN"
         context.log.info(f"{health.service}: {state} ({health.detail}, {health.latency_ms} ms)")
@@ -35,7 +40,7 @@ def probe_platform_services(
 
 @dg.job(tags={"rp9/kind": "platform"})
 def platform_health() -> None:
-    """Probe Postgres, Docker, Redis, Vault, S3, Traefik and Prometheus."""
+    """Probe Postgres, Docker, Redis, Vault, S3, Traefik, Prometheus, Stripe and Supabase."""
     probe_platform_services()
 
 
