@@ -48,6 +48,8 @@ rp9 is up (Ctrl-C stops Dagster and the API; \`make stack-down\` stops the stack
   Traefik          http://127.0.0.1:8088  (tenants at http://<slug>.localhost:8088)
   Traefik admin    http://127.0.0.1:8089/dashboard/
   Prometheus       http://127.0.0.1:59090
+  Stripe (double)  http://127.0.0.1:12111  (the project's Stripe-compatible server)
+  Supabase REST    http://127.0.0.1:54321/rest/v1
   API token        in .stack/env (ORCH_TOKEN)
 MSG
 "$bin/python" "$root/deploy/local/demo_tenant.py" || echo "the demo tenant could not be provisioned; see the Dagster UI" >&2
