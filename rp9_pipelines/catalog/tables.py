@@ -56,13 +56,14 @@ def _id() -> sa.Column[object]:
     )
 
 
-def _tenant_fk(*, nullable: bool = False) -> sa.Column[object]:
+def _tenant_fk(*, nullable: bool = False, index: bool = True) -> sa.Column[object]:
+    # index=False where a composite index or unique constraint already leads with tenant_id.
     return sa.Column(
         "tenant_id",
         UUID(as_uuid=True),
         sa.ForeignKey("tenants.id", ondelete="RESTRICT"),
         nullable=nullable,
-        index=True,
+        index=index,
     )
 
 
@@ -368,7 +369,7 @@ resource_samples = sa.Table(
     "resource_samples",
     metadata,
     sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
-    _tenant_fk(),
+    _tenant_fk(index=False),
     sa.Column("container_name", sa.String(128), nullable=False),
     sa.Column("sampled_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("cpu_total_ns", sa.BigInteger, nullable=False),
@@ -394,7 +395,7 @@ chargeback = sa.Table(
     "chargeback",
     metadata,
     _id(),
-    _tenant_fk(),
+    _tenant_fk(index=False),
     sa.Column("month", sa.String(7), nullable=False),
     sa.Column("executions", sa.BigInteger, nullable=False),
     sa.Column("duration_hours", sa.Float, nullable=False),

@@ -49,9 +49,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("container_name", "sampled_at", name="uq_resource_samples_sample"),
     )
     op.create_index(
-        op.f("ix_resource_samples_tenant_id"), "resource_samples", ["tenant_id"], unique=False
-    )
-    op.create_index(
         "ix_resource_samples_tenant_time",
         "resource_samples",
         ["tenant_id", "sampled_at"],
@@ -107,15 +104,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_chargeback")),
         sa.UniqueConstraint("tenant_id", "month", name="uq_chargeback_tenant_month"),
     )
-    op.create_index(op.f("ix_chargeback_tenant_id"), "chargeback", ["tenant_id"], unique=False)
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_chargeback_tenant_id"), table_name="chargeback")
     op.drop_table("chargeback")
     op.drop_table("stripe_objects")
     op.drop_index("ix_resource_samples_tenant_time", table_name="resource_samples")
-    op.drop_index(op.f("ix_resource_samples_tenant_id"), table_name="resource_samples")
     op.drop_table("resource_samples")
     op.drop_column("enforcement_events", "notify_error")
     op.drop_column("enforcement_events", "notified_at")
