@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     traefik_url: str = "http://127.0.0.1:8088"
     traefik_api_url: str = "http://127.0.0.1:8089"
     traefik_cert_resolver: str = ""
+    # Traefik's file-provider directory, where the API publishes the tenant fallback router
+    # (empty: none), and how Traefik reaches this API (empty: http://127.0.0.1:$ORCH_PORT).
+    traefik_dynamic_dir: str = ""
+    orch_public_url: str = ""
     # Tenants' secret files, mounted read-only into their containers at /run/secrets.
     secrets_dir: str = "/var/lib/rp9/secrets"
     s3_endpoint_url: str = ""

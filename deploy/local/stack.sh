@@ -95,6 +95,12 @@ pg_bin=/usr/lib/postgresql/15/bin
 # anywhere), so its data lives outside the tree, keyed by the checkout's path.
 pg_dir=${RP9_PG_DIR:-/var/lib/rp9/postgres-$(printf %s "$root" | md5sum | cut -c1-8)}
 
+pg_super() { PGOPTIONS="-c client_min_messages=warning" PGPASSWORD=$(secret postgres) psql -h 127.0.0.1 -p $pg_port -U rp9 -v ON_ERROR_STOP=1 -qAt "$@"; }
+ensure_database() {
+  pg_super -d postgres -c "SELECT 1 FROM pg_database WHERE datname='$1'" | grep -q 1 \
+    || pg_super -d postgres -c "CREATE DATABASE $1"
+}
+
 install_packages() {
   apt_install docker.io:dockerd debootstrap:debootstrap redis-server:redis-server \
     postgresql:$pg_bin/postgres prometheus:prometheus iptables:iptables iproute2:ip curl:curl \
@@ -167,10 +173,7 @@ CONF
   runuser -u postgres -- "$pg_bin/pg_ctl" -D "$data" -l "$pg_dir/postgres.log" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1,$bridge_ip" start >/dev/null
   echo "$bridge_ip" >"$pg_dir/bridge_ip"
-  PGPASSWORD=$(secret postgres) psql -h 127.0.0.1 -p $pg_port -U rp9 -d postgres -tAc \
-    "SELECT 1 FROM pg_database WHERE datname='rp9_platform'" | grep -q 1 \
-    || PGPASSWORD=$(secret postgres) psql -h 127.0.0.1 -p $pg_port -U rp9 -d postgres -qc \
-      "CREATE DATABASE rp9_platform"
+  ensure_database rp9_platform
 }
 
 start_redis() {
@@ -325,13 +328,10 @@ print(f"{header}.{payload}.{signature}")
 PY
 }
 
-pg_super() { PGOPTIONS="-c client_min_messages=warning" PGPASSWORD=$(secret postgres) psql -h 127.0.0.1 -p $pg_port -U rp9 -v ON_ERROR_STOP=1 -qAt "$@"; }
-
 # The `supabase` database with Supabase's roles: PostgREST logs in as `authenticator` and switches
 # to the role named in the request's JWT (`anon`, `authenticated` or `service_role`).
 setup_supabase_db() {
-  pg_super -d postgres -c "SELECT 1 FROM pg_database WHERE datname='supabase'" | grep -q 1 \
-    || pg_super -d postgres -c "CREATE DATABASE supabase"
+  ensure_database supabase
   # The password travels on stdin, never on a command line.
   pg_super -d supabase <<SQL
 DO \$\$

@@ -29,6 +29,11 @@ def get_dagster(settings: SettingsDep) -> DagsterClient:
     return DagsterClient(settings.dagster_graphql_url)
 
 
+async def raw_body(request: Request) -> bytes:
+    """The request's bytes as sent: what an idempotency key or a signature is checked against."""
+    return await request.body()
+
+
 async def require_caller(request: Request, settings: SettingsDep) -> None:
     await authenticate(request, settings)
 
@@ -50,6 +55,7 @@ def get_tenant_db(settings: SettingsDep) -> TenantDatabaseResource:
     return TenantDatabaseResource(admin_url=settings.database_url)
 
 
+RawBodyDep = Annotated[bytes, Depends(raw_body)]
 EngineDep = Annotated[sa.Engine, Depends(get_engine)]
 DagsterDep = Annotated[DagsterClient, Depends(get_dagster)]
 DockerDep = Annotated[DockerRuntimeResource, Depends(get_docker)]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from fastapi.responses import JSONResponse
 from sqlalchemy.dialects.postgresql import insert
 
 from rp9_pipelines.api.errors import ApiError
@@ -24,6 +25,12 @@ class Slot:
 
     def store(self, status_code: int, body: dict[str, Any]) -> None:
         self.stored = (status_code, body)
+
+
+def replayed(replay: tuple[int, dict[str, Any]]) -> JSONResponse:
+    """The response kept for the key, marked as a replay."""
+    status_code, body = replay
+    return JSONResponse(body, status_code=status_code, headers={"Idempotent-Replayed": "true"})
 
 
 @contextmanager

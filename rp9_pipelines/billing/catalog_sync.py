@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 import stripe
 
-from rp9_pipelines.billing import store
+from rp9_pipelines.catalog import billing as billing_catalog
 from rp9_pipelines.domain.billing import (
     CUSTOMER_PAYLOAD_KEY,
     METER_EVENT_NAME,
@@ -49,7 +49,7 @@ class CatalogSync:
 
     def _remembered(self, kind: str, lookup_key: str, fetch: Callable[[str], Any]) -> Any:
         with self.engine.begin() as connection:
-            ident = store.stripe_id(connection, kind, lookup_key)
+            ident = billing_catalog.stripe_id(connection, kind, lookup_key)
         if ident is None:
             return None
         try:
@@ -62,7 +62,7 @@ class CatalogSync:
 
     def _keep(self, kind: str, lookup_key: str, obj: Any, created: bool) -> str:
         with self.engine.begin() as connection:
-            store.remember(connection, kind, lookup_key, obj.id)
+            billing_catalog.remember(connection, kind, lookup_key, obj.id)
         (self.outcome.created if created else self.outcome.found).append(f"{kind}:{lookup_key}")
         if created:
             self.log(f"created {kind} {lookup_key}: {obj.id}")
@@ -146,7 +146,7 @@ class CatalogSync:
         }  # fmt: skip
         wanted = set(feature_ids.values())
         with self.engine.begin() as connection:
-            ours = store.lookup_keys_of(connection, "feature", list(attached))
+            ours = billing_catalog.lookup_keys_of(connection, "feature", list(attached))
         for feature_id, link_id in attached.items():
             if feature_id in ours and feature_id not in wanted:
                 v1.products.features.delete(product_id, link_id)
@@ -181,7 +181,7 @@ class CatalogSync:
 
     def run(self) -> SyncOutcome:
         with self.engine.begin() as connection:
-            specs = plan_catalog(store.plan_rows(connection))
+            specs = plan_catalog(billing_catalog.plan_rows(connection))
         meter_id = self.meter()
         features = {
             key: self.feature(key) for key in sorted({f for s in specs for f in s.features})
@@ -201,7 +201,7 @@ class CatalogSync:
                 "nickname": f"{spec.name} per execution",
             })  # fmt: skip
             with self.engine.begin() as connection:
-                store.set_plan_stripe_ids(connection, spec.name, product_id, base)
+                billing_catalog.set_plan_stripe_ids(connection, spec.name, product_id, base)
             self.outcome.plans[spec.name] = {"product": product_id, "base_price": base,
                                              "metered_price": metered}  # fmt: skip
         return self.outcome

@@ -6,6 +6,7 @@ customer changed, and the state is read back from Stripe, so events arriving lat
 order can never roll a tenant back to an older state."""
 
 import uuid
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 import stripe
 
-from rp9_pipelines.billing import store
+from rp9_pipelines.catalog import billing as billing_catalog
 from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.domain.billing import plan_of_price_keys, quotas_from_entitlements
 
@@ -43,34 +44,40 @@ def _features(client: stripe.StripeClient, customer: str) -> list[str]:
     return sorted(e.lookup_key for e in listed.auto_paging_iter())
 
 
-def _subscription_prices(client: stripe.StripeClient, customer: str) -> list[str]:
-    listed = client.v1.subscriptions.list(params={"customer": customer, "limit": 100})
-    return [
-        item.price.id
-        for sub in listed.auto_paging_iter()
-        if sub.status in LIVE_SUBSCRIPTION
-        for item in sub["items"].data
-    ]
+def _subscription_prices(
+    client: stripe.StripeClient, customer: str | None = None
+) -> dict[str, list[str]]:
+    """The prices of live subscriptions by customer: one customer's, or (one listing for a
+    whole run) every customer's."""
+    params: Any = {"limit": 100, **({"customer": customer} if customer else {})}
+    prices: dict[str, list[str]] = defaultdict(list)
+    for sub in client.v1.subscriptions.list(params=params).auto_paging_iter():
+        if sub.status in LIVE_SUBSCRIPTION:
+            prices[str(sub.customer)].extend(item.price.id for item in sub["items"].data)
+    return prices
 
 
 def sync_customer(
-    client: stripe.StripeClient, engine: sa.Engine, customer: str, log: Callable[[str], None]
-) -> CustomerSync | None:
-    """None when no tenant has this customer (logged, nothing changed)."""
+    client: stripe.StripeClient, engine: sa.Engine, customer: str, log: Callable[[str], None],
+    prices: list[str] | None = None,
+) -> CustomerSync | None:  # fmt: skip
+    """None when no tenant has this customer (logged, nothing changed). `prices`: the
+    customer's live subscription prices when the caller listed them already."""
     with engine.begin() as connection:
-        row = store.tenant_by_customer(connection, customer)
+        row = billing_catalog.tenant_by_customer(connection, customer)
     if row is None:
         log(f"customer {customer} belongs to no tenant; ignored")
         return None
     features = _features(client, customer)
-    prices = _subscription_prices(client, customer)
+    if prices is None:
+        prices = _subscription_prices(client, customer)[customer]
     with engine.begin() as connection:
         tenant_id = uuid.UUID(str(row.id))
         ranking = {
             str(plan["name"]): int(plan["executions_per_month"])
-            for plan in store.plan_rows(connection)
+            for plan in billing_catalog.plan_rows(connection)
         }
-        price_keys = store.lookup_keys_of(connection, "price", prices)
+        price_keys = billing_catalog.lookup_keys_of(connection, "price", prices)
         plan_after = plan_of_price_keys(price_keys.values(), ranking) or row.plan
         plan_limits = tenant_catalog.plan_limits(connection, plan_after) or {}
         entitled = quotas_from_entitlements(features, plan_limits.get("min_workers"))
@@ -94,5 +101,7 @@ def sync_all(
     client: stripe.StripeClient, engine: sa.Engine, log: Callable[[str], None]
 ) -> list[CustomerSync]:
     with engine.begin() as connection:
-        customers = [row.stripe_customer_id for row in store.tenants_with_customers(connection)]
-    return [s for c in customers if (s := sync_customer(client, engine, c, log)) is not None]
+        customers = billing_catalog.customer_ids(connection)
+    prices = _subscription_prices(client)
+    synced = (sync_customer(client, engine, c, log, prices[c]) for c in customers)
+    return [s for s in synced if s is not None]

@@ -10,12 +10,13 @@ from typing import Any
 import sqlalchemy as sa
 import stripe
 
-from rp9_pipelines.billing import store
 from rp9_pipelines.billing.catalog_sync import CatalogSync
 from rp9_pipelines.billing.stripe_client import is_duplicate_identifier
+from rp9_pipelines.catalog import billing as billing_catalog
 from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.billing import (
+    CANCEL_PREFIX,
     CANCEL_SUFFIX,
     CUSTOMER_PAYLOAD_KEY,
     EXECUTIONS_METRIC,
@@ -39,7 +40,7 @@ def ensure_customer(client: stripe.StripeClient, engine: sa.Engine, tenant: Tena
     """The tenant's customer, created once: the idempotency key is the tenant's id, so two
     racing calls (or a retry after a lost answer) get the same customer."""
     with engine.begin() as connection:
-        known = store.customer_of(connection, tenant.id)
+        known = billing_catalog.customer_of(connection, tenant.id)
     if known:
         return known
     customer = client.v1.customers.create(
@@ -50,8 +51,8 @@ def ensure_customer(client: stripe.StripeClient, engine: sa.Engine, tenant: Tena
         options={"idempotency_key": customer_idempotency_key(str(tenant.id))},
     )
     with engine.begin() as connection:
-        store.set_customer(connection, tenant.id, customer.id)
-        recorded = store.customer_of(connection, tenant.id)
+        billing_catalog.set_customer(connection, tenant.id, customer.id)
+        recorded = billing_catalog.customer_of(connection, tenant.id)
     return recorded or customer.id
 
 
@@ -65,7 +66,6 @@ class DayReport:
     duplicates: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
-    rounds: int = 0
 
     @property
     def ok(self) -> bool:
@@ -115,11 +115,11 @@ class MeterReporter:
             report.duplicates.append(identifier)
             self.log(f"{identifier}: Stripe already holds it, counted as sent")
             with self.engine.begin() as connection:
-                store.mark(connection, identifier, "sent", receipt_known=False)
+                billing_catalog.mark(connection, identifier, "sent", receipt_known=False)
             return
         report.sent.append(identifier)
         with self.engine.begin() as connection:
-            store.mark(connection, identifier, "sent")
+            billing_catalog.mark(connection, identifier, "sent")
 
     def _cancel(self, report: DayReport, ledger_identifier: str, target: str) -> None:
         try:
@@ -136,14 +136,14 @@ class MeterReporter:
             return
         report.cancelled.append(target)
         with self.engine.begin() as connection:
-            store.mark(connection, ledger_identifier, "sent")
+            billing_catalog.mark(connection, ledger_identifier, "sent")
 
     def _failed(self, report: DayReport, identifier: str, error: stripe.StripeError) -> None:
         message = f"{type(error).__name__} {error.http_status}: {error.user_message or error}"
         report.failed[identifier] = message
         self.log(f"{identifier}: {message}")
         with self.engine.begin() as connection:
-            store.mark(connection, identifier, "failed", message[:2000])
+            billing_catalog.mark(connection, identifier, "failed", message[:2000])
 
     def _act(self, report: DayReport, customer: str, decision: ReportDecision) -> None:
         tenant_id = uuid.UUID(report.tenant_id)
@@ -160,7 +160,7 @@ class MeterReporter:
 
     def _retry(self, report: DayReport, customer: str, entry: LedgerEntry) -> None:
         if entry.is_cancel:
-            self._cancel(report, entry.identifier, entry.identifier.removeprefix("cancel:"))
+            self._cancel(report, entry.identifier, entry.identifier.removeprefix(CANCEL_PREFIX))
         else:
             self._send(report, customer, entry.identifier, entry.quantity)
 
@@ -168,30 +168,29 @@ class MeterReporter:
         identifier = what.ledger_identifier if isinstance(what, Cancel) else what.identifier
         quantity = -what.quantity if isinstance(what, Cancel) else what.quantity
         with self.engine.begin() as connection:
-            store.write_pending(connection, tenant_id, day, metric, identifier, quantity)
+            billing_catalog.write_pending(connection, tenant_id, day, metric, identifier, quantity)
 
     def report_day(self, tenant: Tenant, day: dt.date) -> DayReport:
         """Bring Stripe's meter in line with `usage` for one tenant and day. Rounds repeat
         while they make progress (a retry, then what is still missing), at most three."""
         with self.engine.begin() as connection:
-            executions = store.executions_on(connection, tenant.id, day)
+            executions = billing_catalog.executions_on(connection, tenant.id, day)
         report = DayReport(str(tenant.id), day, executions)
         if executions is None:
             self.log(f"{tenant.slug} {day}: no usage row; nothing to report")
             return report
         customer = ensure_customer(self.client, self.engine, tenant)
         with self.engine.begin() as connection:
-            meter = store.stripe_id(connection, "meter", METER_LOOKUP_KEY)
+            meter = billing_catalog.stripe_id(connection, "meter", METER_LOOKUP_KEY)
         if meter is None:  # a fresh platform: the meter before its first event
             CatalogSync(self.client, self.engine, self.log).meter()
         for _ in range(3):
             with self.engine.begin() as connection:
-                entries = store.ledger(connection, tenant.id, day)
+                entries = billing_catalog.ledger(connection, tenant.id, day)
             decision = decide_report(str(tenant.id), day, executions, entries, self.now())
             report.decision = decision
             if decision.is_noop or report.failed:
                 break
-            report.rounds += 1
             self.log(f"{tenant.slug} {day}: {decision.reason} (target {executions}, "
                      f"reported {decision.reported})")  # fmt: skip
             self._act(report, customer, decision)
@@ -202,24 +201,14 @@ class MeterReporter:
         return report
 
 
-def report_tenant_day(
-    client: stripe.StripeClient, engine: sa.Engine, tenant_ref: str, day: dt.date, log: Log
-) -> DayReport:
-    with engine.begin() as connection:
-        tenant = tenant_catalog.get_tenant(connection, tenant_ref)
-    if tenant is None:
-        raise LookupError(f"tenant {tenant_ref!r} is not in the catalog")
-    return MeterReporter(client, engine, log).report_day(tenant, day)
-
-
 def meter_summary(
     client: stripe.StripeClient, engine: sa.Engine, tenant_ref: str, day: dt.date
 ) -> float:
     """What Stripe's meter holds for a tenant's day (its event summary over the UTC day)."""
     with engine.begin() as connection:
         tenant = tenant_catalog.get_tenant(connection, tenant_ref)
-        meter_id = store.stripe_id(connection, "meter", METER_LOOKUP_KEY)
-        customer = store.customer_of(connection, tenant.id) if tenant else None
+        meter_id = billing_catalog.stripe_id(connection, "meter", METER_LOOKUP_KEY)
+        customer = billing_catalog.customer_of(connection, tenant.id) if tenant else None
     if tenant is None or meter_id is None or customer is None:
         raise LookupError(f"no tenant, meter or customer for {tenant_ref!r}")
     start, end = day_window(day)

@@ -72,6 +72,14 @@ def get_tenant(connection: sa.Connection, ref: str | uuid.UUID) -> Tenant | None
     return _tenant(row) if row else None
 
 
+def require_tenant(connection: sa.Connection, ref: str | uuid.UUID) -> Tenant:
+    """`get_tenant`, for callers that cannot go on without it."""
+    tenant = get_tenant(connection, ref)
+    if tenant is None:
+        raise LookupError(f"tenant {ref} is not in the catalog")
+    return tenant
+
+
 def list_tenants(connection: sa.Connection, include_deleted: bool = False) -> list[Tenant]:
     query = sa.select(tenants).order_by(tenants.c.created_at)
     if not include_deleted:

@@ -3,6 +3,8 @@ config shown in the UI names the variable, never its value."""
 
 import dagster as dg
 
+from rp9_pipelines.billing.config import StripeSettings
+from rp9_pipelines.billing.stripe_client import StripeResource
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.resources.http_service import HttpServiceResource
@@ -12,12 +14,14 @@ from rp9_pipelines.resources.prometheus import PrometheusResource
 from rp9_pipelines.resources.redis_queue import RedisResource
 from rp9_pipelines.resources.s3 import S3Resource
 from rp9_pipelines.resources.secret_files import SecretFilesResource
+from rp9_pipelines.resources.supabase import SupabaseResource
 from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.resources.vault import VaultResource
 
 
 @dg.definitions
 def resources() -> dg.Definitions:
+    stripe_settings = StripeSettings()
     return dg.Definitions(
         resources={
             "catalog": CatalogResource(database_url=dg.EnvVar("DATABASE_URL")),
@@ -50,5 +54,16 @@ def resources() -> dg.Definitions:
             "secret_files": SecretFilesResource(root=dg.EnvVar("SECRETS_DIR")),
             "tenant_db": TenantDatabaseResource(admin_url=dg.EnvVar("DATABASE_URL")),
             "n8n": N8nResource(traefik_url=dg.EnvVar("TRAEFIK_URL")),
+            "stripe": StripeResource(
+                api_key=dg.EnvVar("STRIPE_SECRET_KEY"),
+                api_base=dg.EnvVar("STRIPE_API_BASE"),
+                # Not secrets, with working defaults: read when the code location loads.
+                max_network_retries=stripe_settings.max_network_retries,
+                timeout_s=stripe_settings.timeout_s,
+            ),
+            "supabase": SupabaseResource(
+                url=dg.EnvVar("SUPABASE_URL"),
+                service_role_key=dg.EnvVar("SUPABASE_SERVICE_ROLE_KEY"),
+            ),
         }
     )

@@ -37,6 +37,8 @@ CUSTOMER_PAYLOAD_KEY = "stripe_customer_id"
 VALUE_PAYLOAD_KEY = "value"
 EXECUTIONS_METRIC = "executions"
 CANCEL_SUFFIX = ":cancel"
+# A cancellation's ledger identifier: this prefix on the identifier of the event it cancels.
+CANCEL_PREFIX = "cancel:"
 IDENTIFIER_MAX = 100
 # Stripe: an event may be cancelled within 24 h of receipt; its timestamp must be within the
 # past 35 days. Margins keep a decision valid for the seconds it takes to act on it.
@@ -195,8 +197,6 @@ def quotas_from_entitlements(
     return EntitledQuotas(values, tuple(ignored))
 
 
-# Meter reporting -----------------------------------------------------------------------------
-
 LedgerStatus = Literal["pending", "sent", "failed"]
 
 
@@ -230,7 +230,7 @@ class Cancel:
 
     @property
     def ledger_identifier(self) -> str:
-        return f"cancel:{self.identifier}"
+        return CANCEL_PREFIX + self.identifier
 
 
 @dataclass(frozen=True)
@@ -303,7 +303,7 @@ def decide_report(
             send=(Send(meter_identifier(tenant_id, day, metric, epoch, reported, target),
                        target - reported),),
         )  # fmt: skip
-    cancelled = {e.identifier.removeprefix("cancel:") for e in mine if e.is_cancel}
+    cancelled = {e.identifier.removeprefix(CANCEL_PREFIX) for e in mine if e.is_cancel}
     live = [e for e in mine if not e.is_cancel and e.identifier not in cancelled]
     if all(e.sent_at is not None and now - e.sent_at < CANCEL_WINDOW for e in live):
         resend = (Send(meter_identifier(tenant_id, day, metric, epoch + len(live), 0, target),

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from rp9_pipelines.domain.enforcement import ENFORCEMENT
+
 MANAGED_LABEL = "io.rp9.managed"
 # Explicit priorities: a tenant's own router always beats the catch-all fallback, which only
 # answers for hosts that no running container claims (a suspended tenant, an unknown host).
@@ -109,7 +111,7 @@ def unavailable(
     if slug is None or status in (None, "deleted", "deleting"):
         return Unavailable(404, "tenant_not_found", "no n8n is served at this address", None)
     if status == "suspended":
-        if suspension_reason == "enforcement" and resumes_at is not None:
+        if suspension_reason == ENFORCEMENT and resumes_at is not None:
             wait = max(60, int((resumes_at - now).total_seconds()))
             why = "it reached its plan's execution limit for this month"
             return Unavailable(503, "tenant_suspended", f"{slug} is suspended: {why}", wait)

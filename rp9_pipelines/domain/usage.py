@@ -19,7 +19,7 @@ import datetime as dt
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 NS_PER_S = 1_000_000_000
@@ -70,15 +70,7 @@ class DayUsage:
     memory_gb_hours: float
 
     def as_row(self) -> dict[str, Any]:
-        return {
-            "executions": self.executions,
-            "failures": self.failures,
-            "duration_ms_sum": self.duration_ms_sum,
-            "latency_p95_ms": self.latency_p95_ms,
-            "queue_wait_p95_ms": self.queue_wait_p95_ms,
-            "cpu_seconds": self.cpu_seconds,
-            "memory_gb_hours": self.memory_gb_hours,
-        }
+        return asdict(self)
 
 
 def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:

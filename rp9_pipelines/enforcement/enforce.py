@@ -6,7 +6,9 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from rp9_pipelines.catalog import enforcement as store
 from rp9_pipelines.catalog import tenants as tenant_catalog
+from rp9_pipelines.catalog.enforcement import Subject
 from rp9_pipelines.domain.autoscaling import worker_concurrency
 from rp9_pipelines.domain.enforcement import (
     ENFORCEMENT,
@@ -19,9 +21,8 @@ from rp9_pipelines.domain.enforcement import (
     period_start,
 )
 from rp9_pipelines.domain.stack import LABEL_MANAGED, LABEL_ROLE, LABEL_TENANT
-from rp9_pipelines.enforcement import notify, store
+from rp9_pipelines.enforcement import notify
 from rp9_pipelines.enforcement.settings import EnforcementSettings
-from rp9_pipelines.enforcement.store import Subject
 from rp9_pipelines.lifecycle import stack
 from rp9_pipelines.lifecycle.stack import StackResources
 
@@ -123,8 +124,7 @@ def enforce(
         try:
             _apply(r, subject, item, period, run_id, outcome, log, defer=defer)
         except Exception as error:
-            first_line = (str(error).splitlines() or [""])[0]
-            outcome.failed[subject.slug] = f"{type(error).__name__}: {first_line}"[:500]
+            outcome.failed[subject.slug] = _failure(error)
             log(f"{subject.slug}: {decision.act} failed: {outcome.failed[subject.slug]}")
     acted = {*outcome.suspended, *outcome.resumed, *outcome.deferred, *outcome.failed}
     running = [
@@ -206,5 +206,9 @@ def reconcile_concurrency(
             stack.converge(r, stack.load(r, str(subject.id)), log, roles={"worker"})
             outcome.reconciled.append(subject.slug)
         except Exception as error:
-            first_line = (str(error).splitlines() or [""])[0]
-            outcome.failed[subject.slug] = f"{type(error).__name__}: {first_line}"[:500]
+            outcome.failed[subject.slug] = _failure(error)
+
+
+def _failure(error: Exception) -> str:
+    first_line = (str(error).splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line}"[:500]

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from rp9_pipelines.enforcement import store
+from rp9_pipelines.catalog import enforcement as store
 from rp9_pipelines.enforcement.settings import EnforcementSettings
 from rp9_pipelines.resources.catalog import CatalogResource
 

@@ -48,10 +48,7 @@ def owner_email(r: StackResources, tenant: Tenant) -> str:
 
 def load(r: StackResources, tenant_id: str) -> Tenant:
     with r.catalog.begin() as connection:
-        tenant = catalog.get_tenant(connection, tenant_id)
-    if tenant is None:
-        raise LookupError(f"tenant {tenant_id} is not in the catalog")
-    return tenant
+        return catalog.require_tenant(connection, tenant_id)
 
 
 def set_status(r: StackResources, tenant: Tenant, **values: object) -> None:

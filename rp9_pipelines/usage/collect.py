@@ -12,6 +12,7 @@ import pandas as pd
 import stripe
 
 from rp9_pipelines.catalog import tenants as tenant_catalog
+from rp9_pipelines.catalog import usage as usage_catalog
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain import chargeback as chargeback_math
 from rp9_pipelines.domain.billing import base_price_key, metered_price_key
@@ -28,7 +29,6 @@ from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.s3 import SERVER_SIDE_ENCRYPTION, S3Resource
 from rp9_pipelines.resources.supabase import SupabaseResource
 from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
-from rp9_pipelines.usage import store
 from rp9_pipelines.usage.sampling import read_all, rows_for
 from rp9_pipelines.usage.settings import ChargebackSettings
 
@@ -39,14 +39,6 @@ CHARGEBACK_TABLE = "chargeback_monthly"
 CHARGEBACK_KEY = "tenant_id,month"
 
 Log = Callable[[str], None]
-
-
-def tenant_by_slug(catalog: CatalogResource, slug: str) -> Tenant:
-    with catalog.begin() as connection:
-        tenant = tenant_catalog.get_tenant(connection, slug)
-    if tenant is None:
-        raise LookupError(f"tenant {slug!r} is not in the catalog")
-    return tenant
 
 
 # Daily usage ----------------------------------------------------------------------------
@@ -72,17 +64,17 @@ def collect_day(
     executions = tenant_db.execution_day(tenant.names, day)
     start, end = day_bounds(day)
     with catalog.begin() as connection:
-        samples = store.samples_framing(connection, tenant.id, start, end)
-        existing = store.get_usage(connection, tenant.id, day)
+        samples = usage_catalog.samples_framing(connection, tenant.id, start, end)
+        existing = usage_catalog.get_usage(connection, tenant.id, day)
         if executions is None and existing is not None:
             # Purged data must not erase what was measured (and billed) while it existed.
-            kept = DayUsage(**{name: existing[name] for name in store.USAGE_FIELDS})
+            kept = DayUsage(**{name: existing[name] for name in usage_catalog.USAGE_FIELDS})
             return Collected(kept, changed=False, samples=len(samples), kept_existing=True)
         figures = day_usage(
             executions or ExecutionDay(0, 0, 0, None, None),
             resource_use(samples, start, end, max_gap),
         )
-        changed = store.upsert_usage(connection, tenant.id, day, figures)
+        changed = usage_catalog.upsert_usage(connection, tenant.id, day, figures)
     return Collected(figures, changed, len(samples))
 
 
@@ -100,23 +92,26 @@ def push_business_metrics(
 ) -> Pushed:
     """Upsert the tenant's day into Supabase, with a ledger row (pending → sent | failed)."""
     with catalog.begin() as connection:
-        figures = store.get_usage(connection, tenant.id, day)
+        figures = usage_catalog.get_usage(connection, tenant.id, day)
     if figures is None:
         raise LookupError(f"no usage for {tenant.slug} on {day}: materialise tenant_usage_daily")
     row = business_metrics_row(str(tenant.id), tenant.slug, tenant.plan, day, figures)
     row["updated_at"] = dt.datetime.now(dt.UTC).isoformat()
     identifier = supabase_identifier(str(tenant.id), day)
     with catalog.begin() as connection:
-        store.ledger_pending(connection, tenant.id, day, identifier, BUSINESS_METRICS_METRIC,
-                             int(row["executions"]))  # fmt: skip
+        usage_catalog.ledger_pending(
+            connection, tenant.id, day, identifier, BUSINESS_METRICS_METRIC, int(row["executions"])
+        )
     try:
         supabase.upsert(BUSINESS_METRICS_TABLE, [row], on_conflict=BUSINESS_METRICS_KEY)
     except Exception as error:
         with catalog.begin() as connection:
-            store.ledger_done(connection, identifier, error=f"{type(error).__name__}: {error}")
+            usage_catalog.ledger_done(
+                connection, identifier, error=f"{type(error).__name__}: {error}"
+            )
         raise
     with catalog.begin() as connection:
-        store.ledger_done(connection, identifier)
+        usage_catalog.ledger_done(connection, identifier)
     return Pushed(row, identifier)
 
 
@@ -138,9 +133,11 @@ def sample_resources(
     with catalog.begin() as connection:
         known = {t.slug: t.id for t in tenant_catalog.list_tenants(connection)}
         rows = rows_for(readings, known)
-        recorded = store.insert_samples(connection, rows)
+        recorded = usage_catalog.insert_samples(connection, rows)
         pruned = (
-            store.prune_samples(connection, dt.datetime.now(dt.UTC) - retention) if prune else 0
+            usage_catalog.prune_samples(connection, dt.datetime.now(dt.UTC) - retention)
+            if prune
+            else 0
         )
     unknown = sorted({r.tenant for r in readings if r.tenant not in known})
     return Sampled(len(readings), recorded, pruned, unknown)
@@ -171,7 +168,7 @@ def plan_prices(
     if stripe_client is None:
         return {}
     with catalog.begin() as connection:
-        ids = store.stripe_ids(
+        ids = usage_catalog.stripe_ids(
             connection,
             "price",
             [k for p in plans for k in (base_price_key(p), metered_price_key(p))],
@@ -212,7 +209,7 @@ def compute_month(
     log: Log,
 ) -> tuple[chargeback_math.Chargeback, pd.DataFrame, list[str]]:
     with catalog.begin() as connection:
-        usage = store.month_usage(connection, month)
+        usage = usage_catalog.month_usage(connection, month)
     tenants = usage.groupby("tenant_id", sort=True)[["slug", "plan"]].last()
     plans = sorted(set(tenants["plan"]))
     prices = plan_prices(catalog, stripe_client, plans, settings.currency, log)
@@ -246,7 +243,7 @@ def chargeback_month(
     ]
     catalog_rows = [{**row, "tenant_id": uuid.UUID(str(row["tenant_id"]))} for row in rows]
     with catalog.begin() as connection:
-        store.upsert_chargeback(connection, month, catalog_rows, settings.currency)
+        usage_catalog.upsert_chargeback(connection, month, catalog_rows, settings.currency)
     csv_key = None
     if s3 is not None:
         csv_key = f"{settings.s3_prefix.strip('/')}/{month}.csv"

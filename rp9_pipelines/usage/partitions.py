@@ -1,5 +1,7 @@
 """The partitions of per-tenant daily usage: one key per (UTC day, tenant slug)."""
 
+import datetime as dt
+
 import dagster as dg
 
 TENANTS_PARTITION = "tenants"
@@ -18,3 +20,12 @@ tenant_day_partitions = dg.MultiPartitionsDefinition(
 def tenant_day_key(day: str, slug: str) -> dg.MultiPartitionKey:
     """The partition key of one tenant's day (`day` as YYYY-MM-DD)."""
     return dg.MultiPartitionKey({DAY_DIMENSION: day, TENANT_DIMENSION: slug})
+
+
+def tenant_day(context: dg.AssetExecutionContext) -> tuple[str, dt.date]:
+    """The (tenant slug, day) of the partition being materialised."""
+    key = context.partition_key
+    if not isinstance(key, dg.MultiPartitionKey):
+        raise dg.Failure(f"expected a (day, tenant) partition, got {key!r}")
+    keys = key.keys_by_dimension
+    return keys[TENANT_DIMENSION], dt.date.fromisoformat(keys[DAY_DIMENSION])

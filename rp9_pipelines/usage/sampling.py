@@ -12,8 +12,8 @@ import docker
 from docker.errors import APIError, NotFound
 from docker.models.containers import Container
 
+from rp9_pipelines.catalog.usage import SampleRow
 from rp9_pipelines.domain.stack import LABEL_MANAGED, LABEL_TENANT
-from rp9_pipelines.usage.store import SampleRow
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import stripe
 
 from rp9_pipelines.billing.stripe_client import make_client
 from rp9_pipelines.catalog import tenants as tenant_catalog
-from rp9_pipelines.catalog.tables import quotas, tenants, usage, usage_reports
+from rp9_pipelines.catalog.tables import usage, usage_reports
 from rp9_pipelines.settings import Settings, sqlalchemy_url
 
 STRIPE_ENV = ("STRIPE_SECRET_KEY", "STRIPE_API_BASE", "STRIPE_WEBHOOK_SECRET")
@@ -64,9 +64,9 @@ def catalog_engine(settings: Settings) -> Iterator[sa.Engine]:
 
 def forget(engine: sa.Engine, tenant_id: uuid.UUID) -> None:
     with engine.begin() as connection:
-        for table in (usage_reports, usage, quotas):
+        for table in (usage_reports, usage):
             connection.execute(sa.delete(table).where(table.c.tenant_id == tenant_id))
-        connection.execute(sa.delete(tenants).where(tenants.c.id == tenant_id))
+        tenant_catalog.forget_tenant(connection, tenant_id)
 
 
 @pytest.fixture

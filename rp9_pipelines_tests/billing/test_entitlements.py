@@ -16,10 +16,10 @@ import sqlalchemy as sa
 import stripe
 
 from rp9_pipelines.billing.catalog_sync import sync_catalog
-from rp9_pipelines.billing.entitlements import sync_customer
+from rp9_pipelines.billing.entitlements import sync_all, sync_customer
 from rp9_pipelines.billing.metering import ensure_customer
-from rp9_pipelines.billing.store import stripe_id
 from rp9_pipelines.catalog import tenants as tenant_catalog
+from rp9_pipelines.catalog.billing import stripe_id
 from rp9_pipelines.catalog.tables import idempotency_keys, quotas
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.settings import Settings
@@ -117,6 +117,24 @@ def test_active_entitlements_become_stripe_quotas_and_the_subscription_the_plan(
         tenant_catalog.set_quota(connection, billing_tenant.id, "manual",
                                  {"executions_per_month": 5})  # fmt: skip
         assert tenant_catalog.limits_for(connection, billing_tenant.id).executions_per_month == 5
+
+
+def test_the_scheduled_sync_agrees_with_the_per_customer_sync(
+    stripe_double: StripeDouble, catalog_engine: sa.Engine, billing_tenant: Tenant
+) -> None:
+    """`sync_all` lists every subscription once per run instead of once per customer."""
+    customer = ensure_customer(stripe_double.client(), catalog_engine, billing_tenant)
+    subscribe(stripe_double, catalog_engine, customer, "pro")
+    synced = {s.customer: s for s in sync_all(stripe_double.client(), catalog_engine, print)}
+    assert synced[customer].plan_before == "starter"
+    assert synced[customer].plan_after == "pro"
+    assert synced[customer].features == [
+        "quota:concurrency:20", "quota:executions_per_month:100000", "quota:max_workers:4"
+    ]  # fmt: skip
+    assert state(catalog_engine, billing_tenant)["plan"] == "pro"
+    again = sync_customer(stripe_double.client(), catalog_engine, customer, print)
+    assert again is not None
+    assert (again.plan_after, again.features) == ("pro", synced[customer].features)
 
 
 def test_a_customer_that_is_no_tenants_is_ignored(

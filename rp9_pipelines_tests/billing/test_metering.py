@@ -11,6 +11,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from rp9_pipelines.billing.catalog_sync import sync_catalog
 from rp9_pipelines.billing.metering import MeterReporter, ensure_customer, meter_summary
+from rp9_pipelines.catalog import billing as billing_catalog
 from rp9_pipelines.catalog.tables import usage, usage_reports
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.billing import (
@@ -100,10 +101,9 @@ def test_a_corrected_day_reports_only_the_difference(
 
 def customer(tenant: Tenant, engine: sa.Engine) -> str:
     with engine.connect() as connection:
-        value = connection.execute(
-            sa.text("SELECT stripe_customer_id FROM tenants WHERE id = :id"), {"id": tenant.id}
-        ).scalar_one()
-    return str(value)
+        value = billing_catalog.customer_of(connection, tenant.id)
+    assert value is not None
+    return value
 
 
 def test_a_day_corrected_downwards_within_24_hours_is_cancelled_and_resent(

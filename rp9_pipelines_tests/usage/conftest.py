@@ -1,6 +1,7 @@
+import datetime as dt
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dagster as dg
@@ -11,26 +12,21 @@ from rp9_pipelines.catalog.tables import chargeback, resource_samples, tenants, 
 from rp9_pipelines.catalog.tenants import Tenant, get_tenant
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.supabase import SupabaseResource
-from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.settings import Settings
 from rp9_pipelines.usage.collect import BUSINESS_METRICS_TABLE, CHARGEBACK_TABLE
+from rp9_pipelines.usage.partitions import TENANTS_PARTITION, tenant_day_key
 from rp9_pipelines.usage.supabase_migrate import migrate
 
-# The tenant fixtures (an API client, Vault, a provisioned shared-tier tenant) are shared with
-# the lifecycle tests.
-from rp9_pipelines_tests.tenants.conftest import api, shared_tenant, vault
+# The tenant fixtures (an API client, Vault, the tenant databases, a provisioned shared-tier
+# tenant) are shared with the lifecycle tests.
+from rp9_pipelines_tests.tenants.conftest import api, shared_tenant, tenant_db, vault
 
-__all__ = ["api", "shared_tenant", "vault"]
+__all__ = ["api", "shared_tenant", "tenant_db", "vault"]
 
 
 @pytest.fixture(scope="session")
 def catalog(settings: Settings) -> CatalogResource:
     return CatalogResource(database_url=settings.database_url)
-
-
-@pytest.fixture(scope="session")
-def tenant_db(settings: Settings) -> TenantDatabaseResource:
-    return TenantDatabaseResource(admin_url=settings.database_url)
 
 
 @pytest.fixture(scope="session")
@@ -55,10 +51,25 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield ephemeral
 
 
-def usage_resources(
-    catalog: CatalogResource, tenant_db: TenantDatabaseResource, supabase: SupabaseResource
-) -> dict[str, Any]:
-    return {"catalog": catalog, "tenant_db": tenant_db, "supabase": supabase}
+def materialize_day(
+    instance: dg.DagsterInstance,
+    assets: Sequence[dg.AssetsDefinition],
+    slug: str,
+    day: dt.date,
+    resources: dict[str, Any],
+    *,
+    raise_on_error: bool = True,
+) -> dg.ExecuteInProcessResult:
+    """Materialise a tenant's day of `assets`, its partition key registered first."""
+    if slug not in instance.get_dynamic_partitions(TENANTS_PARTITION):
+        instance.add_dynamic_partitions(TENANTS_PARTITION, [slug])
+    return dg.materialize(
+        list(assets),
+        partition_key=tenant_day_key(day.isoformat(), slug),
+        resources=resources,
+        instance=instance,
+        raise_on_error=raise_on_error,
+    )
 
 
 def forget_usage(

@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from rp9_pipelines.billing.stripe_client import StripeResource
+from rp9_pipelines.catalog import usage as store
 from rp9_pipelines.catalog.tables import chargeback, plans, stripe_objects, tenants
 from rp9_pipelines.defs.usage.assets import tenant_chargeback
 from rp9_pipelines.domain.billing import base_price_key, metered_price_key
@@ -22,7 +23,6 @@ from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.s3 import S3Resource
 from rp9_pipelines.resources.supabase import SupabaseResource
 from rp9_pipelines.settings import Settings
-from rp9_pipelines.usage import store
 from rp9_pipelines.usage.collect import CHARGEBACK_TABLE
 from rp9_pipelines_tests.usage.conftest import forget_usage
 

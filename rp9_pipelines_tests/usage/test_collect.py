@@ -8,14 +8,14 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from rp9_pipelines.catalog import usage as store
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.defs.usage.assets import tenant_usage_daily
 from rp9_pipelines.domain.usage import BYTES_PER_GB, NS_PER_S, percentile_cont
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.settings import sqlalchemy_url
-from rp9_pipelines.usage import store
-from rp9_pipelines.usage.partitions import TENANTS_PARTITION, tenant_day_key
+from rp9_pipelines_tests.usage.conftest import materialize_day
 
 pytestmark = pytest.mark.stack
 
@@ -108,13 +108,8 @@ def _materialize(
     instance: dg.DagsterInstance, tenant: Tenant, catalog: CatalogResource,
     tenant_db: TenantDatabaseResource,
 ) -> dg.ExecuteInProcessResult:  # fmt: skip
-    instance.add_dynamic_partitions(TENANTS_PARTITION, [tenant.slug])
-    return dg.materialize(
-        [tenant_usage_daily],
-        partition_key=tenant_day_key(DAY.isoformat(), tenant.slug),
-        resources={"catalog": catalog, "tenant_db": tenant_db},
-        instance=instance,
-    )
+    resources = {"catalog": catalog, "tenant_db": tenant_db}
+    return materialize_day(instance, [tenant_usage_daily], tenant.slug, DAY, resources)
 
 
 def test_usage_from_samples_is_an_idempotent_upsert(

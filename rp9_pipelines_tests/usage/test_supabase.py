@@ -11,16 +11,16 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from rp9_pipelines.catalog import usage as store
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.defs.usage.assets import supabase_business_metrics
 from rp9_pipelines.domain.usage import DayUsage, supabase_identifier
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.supabase import SupabaseResource
 from rp9_pipelines.settings import Settings, sqlalchemy_url
-from rp9_pipelines.usage import store
 from rp9_pipelines.usage.collect import BUSINESS_METRICS_TABLE
-from rp9_pipelines.usage.partitions import TENANTS_PARTITION, tenant_day_key
 from rp9_pipelines.usage.supabase_migrate import MIGRATIONS, migrate
+from rp9_pipelines_tests.usage.conftest import materialize_day
 
 pytestmark = pytest.mark.stack
 
@@ -60,13 +60,9 @@ def _materialize(
     instance: dg.DagsterInstance, tenant: Tenant, catalog: CatalogResource,
     supabase: SupabaseResource,
 ) -> dg.ExecuteInProcessResult:  # fmt: skip
-    instance.add_dynamic_partitions(TENANTS_PARTITION, [tenant.slug])
-    return dg.materialize(
-        [supabase_business_metrics],
-        partition_key=tenant_day_key(DAY.isoformat(), tenant.slug),
-        resources={"catalog": catalog, "supabase": supabase},
-        instance=instance,
-        raise_on_error=False,
+    resources = {"catalog": catalog, "supabase": supabase}
+    return materialize_day(
+        instance, [supabase_business_metrics], tenant.slug, DAY, resources, raise_on_error=False
     )
 
 

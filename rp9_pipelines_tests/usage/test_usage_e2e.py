@@ -6,7 +6,6 @@ through the real SDK); materialising again leaves all three at N."""
 import datetime as dt
 import os
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
@@ -15,6 +14,7 @@ import sqlalchemy as sa
 
 from rp9_pipelines.billing.metering import meter_summary
 from rp9_pipelines.billing.stripe_client import StripeResource
+from rp9_pipelines.catalog import usage as store
 from rp9_pipelines.catalog.tables import resource_samples, usage
 from rp9_pipelines.defs.billing.stripe import stripe_meter_events
 from rp9_pipelines.defs.usage.assets import supabase_business_metrics, tenant_usage_daily
@@ -27,38 +27,17 @@ from rp9_pipelines.resources.supabase import SupabaseResource
 from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.resources.vault import VaultResource
 from rp9_pipelines.settings import Settings
-from rp9_pipelines.usage import store
 from rp9_pipelines.usage.collect import BUSINESS_METRICS_TABLE
-from rp9_pipelines.usage.partitions import TENANTS_PARTITION, tenant_day_key
 from rp9_pipelines_tests.tenants.conftest import TenantN8n
-from rp9_pipelines_tests.usage.conftest import forget_usage
+from rp9_pipelines_tests.usage.conftest import forget_usage, materialize_day
 from rp9_pipelines_tests.waiting import wait_until
 
 pytestmark = pytest.mark.stack
 
+# A tenant's day: usage, then what is downstream of it (Supabase, Stripe).
+DAY_ASSETS = (tenant_usage_daily, supabase_business_metrics, stripe_meter_events)
+
 N = 5
-
-
-def materialize_day(
-    slug: str,
-    day: dt.date,
-    resources: dict[str, Any],
-    instance: dg.DagsterInstance,
-    assets: Sequence[dg.AssetsDefinition] = (
-        tenant_usage_daily,
-        supabase_business_metrics,
-        stripe_meter_events,
-    ),
-) -> dg.ExecuteInProcessResult:
-    """Materialise a tenant's day: usage, then what is downstream of it (Supabase, Stripe)."""
-    if slug not in instance.get_dynamic_partitions(TENANTS_PARTITION):
-        instance.add_dynamic_partitions(TENANTS_PARTITION, [slug])
-    return dg.materialize(
-        list(assets),
-        partition_key=tenant_day_key(day.isoformat(), slug),
-        resources=resources,
-        instance=instance,
-    )
 
 
 def test_n_executions_reach_usage_supabase_and_stripe_once(
@@ -120,7 +99,7 @@ def test_n_executions_reach_usage_supabase_and_stripe_once(
         }
         rows = []
         for _ in range(2):  # materialising again leaves everything at N
-            result = materialize_day(slug, today, resources, instance)
+            result = materialize_day(instance, DAY_ASSETS, slug, today, resources)
             assert result.success
             with catalog.begin() as connection:
                 rows.append(store.get_usage(connection, tenant_id, today))

@@ -9,13 +9,13 @@ import uuid
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from rp9_pipelines.api.deps import DagsterDep, EngineDep, require_caller
+from rp9_pipelines.api.deps import DagsterDep, EngineDep, RawBodyDep, require_caller
 from rp9_pipelines.api.errors import ApiError
-from rp9_pipelines.api.idempotency import idempotent
+from rp9_pipelines.api.idempotency import idempotent, replayed
 from rp9_pipelines.catalog import backups as catalog
 from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.catalog.tenants import Tenant
@@ -39,10 +39,6 @@ class DrillRequest(BaseModel):
     backup_id: uuid.UUID | None = Field(
         default=None, description="default: a random ok backup of the last 30 days"
     )
-
-
-async def _raw_body(request: Request) -> bytes:
-    return await request.body()
 
 
 def _tenant(connection: sa.Connection, ref: str) -> Tenant:
@@ -78,7 +74,7 @@ def list_drills(
 def start_drill(
     ref: str,
     body: DrillRequest,
-    raw: Annotated[bytes, Depends(_raw_body)],
+    raw: RawBodyDep,
     engine: EngineDep,
     dagster: DagsterDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
@@ -90,8 +86,7 @@ def start_drill(
     route = f"POST /tenants/{tenant.id}/restore-drills"
     with idempotent(engine, idempotency_key, route, raw) as slot:
         if slot.replay:
-            status_code, replayed = slot.replay
-            return JSONResponse(replayed, status_code, headers={"Idempotent-Replayed": "true"})
+            return replayed(slot.replay)
         if tenant.status not in DRILL_STATES:
             raise ApiError(409, "invalid_state", f"cannot drill a tenant that is {tenant.status}")
         with engine.connect() as connection:

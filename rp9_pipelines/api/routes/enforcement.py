@@ -5,13 +5,13 @@ import uuid
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from rp9_pipelines.api.deps import DagsterDep, EngineDep, require_caller
+from rp9_pipelines.api.deps import DagsterDep, EngineDep, RawBodyDep, require_caller
 from rp9_pipelines.api.errors import ApiError
-from rp9_pipelines.api.idempotency import idempotent
+from rp9_pipelines.api.idempotency import idempotent, replayed
 from rp9_pipelines.catalog.tables import enforcement_events, tenants
 
 router = APIRouter(tags=["enforcement"], dependencies=[Depends(require_caller)])
@@ -29,10 +29,6 @@ class RunEnforcement(BaseModel):
         max_length=MAX_TENANTS,
         description="tenant ids or slugs; default: every tenant",
     )
-
-
-async def _raw_body(request: Request) -> bytes:
-    return await request.body()
 
 
 def _key(ref: str) -> str:
@@ -68,7 +64,7 @@ def _is_uuid(ref: str) -> bool:
 @router.post("/enforcement/run", status_code=202)
 def run_enforcement(
     body: RunEnforcement,
-    raw: Annotated[bytes, Depends(_raw_body)],
+    raw: RawBodyDep,
     engine: EngineDep,
     dagster: DagsterDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
@@ -77,8 +73,7 @@ def run_enforcement(
     with the run id; events land in `enforcement_events` and go to the warnings webhook."""
     with idempotent(engine, idempotency_key, "POST /enforcement/run", raw) as slot:
         if slot.replay:
-            status_code, replayed = slot.replay
-            return JSONResponse(replayed, status_code, headers={"Idempotent-Replayed": "true"})
+            return replayed(slot.replay)
         scope: list[str] = []
         if body.tenants is not None:
             with engine.connect() as connection:

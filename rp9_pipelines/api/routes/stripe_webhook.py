@@ -18,7 +18,7 @@ import stripe
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy.dialects.postgresql import insert
 
-from rp9_pipelines.api.deps import EngineDep, SettingsDep
+from rp9_pipelines.api.deps import EngineDep, RawBodyDep, SettingsDep
 from rp9_pipelines.api.errors import ApiError
 from rp9_pipelines.billing.config import StripeSettings, get_stripe_settings
 from rp9_pipelines.billing.entitlements import sync_customer
@@ -40,10 +40,6 @@ HANDLED = frozenset(
 )
 
 StripeSettingsDep = Annotated[StripeSettings, Depends(get_stripe_settings)]
-
-
-async def _raw_body(request: Request) -> bytes:
-    return await request.body()
 
 
 @lru_cache(maxsize=4)
@@ -92,7 +88,7 @@ def _record(engine: sa.Engine, event_id: str, raw: bytes, response: dict[str, An
 
 @router.post("/stripe/webhook")
 def stripe_webhook(
-    raw: Annotated[bytes, Depends(_raw_body)],
+    raw: RawBodyDep,
     request: Request,
     engine: EngineDep,
     settings: SettingsDep,

@@ -23,7 +23,6 @@ import httpx
 import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rp9_pipelines.api.deps import EngineDep, SettingsDep
 from rp9_pipelines.api.errors import error_body
@@ -35,15 +34,6 @@ from rp9_pipelines.settings import get_settings
 
 FILE_PREFIX = "rp9-fallback-"
 log = logging.getLogger(__name__)
-
-
-class FallbackSettings(BaseSettings):
-    """Where Traefik's dynamic configuration lives and how Traefik reaches this API."""
-
-    model_config = SettingsConfigDict(extra="ignore", frozen=True, env_parse_none_str="")
-
-    traefik_dynamic_dir: str = ""
-    orch_public_url: str = ""
 
 
 def host_of(request: Request) -> str:
@@ -100,13 +90,13 @@ async def _prune(files: TraefikDynamicResource, keep: str) -> None:
 @contextlib.asynccontextmanager
 async def publish_fallback(_: FastAPI) -> AsyncIterator[None]:
     """Write this instance's fallback router for Traefik; remove it at shutdown."""
-    fallback, settings = FallbackSettings(), get_settings()
-    if not fallback.traefik_dynamic_dir:
+    settings = get_settings()
+    if not settings.traefik_dynamic_dir:
         log.warning("TRAEFIK_DYNAMIC_DIR is not set: suspended tenants answer Traefik's 404")
         yield
         return
-    files = TraefikDynamicResource(directory=fallback.traefik_dynamic_dir)
-    url = fallback.orch_public_url or f"http://127.0.0.1:{settings.orch_port}"
+    files = TraefikDynamicResource(directory=settings.traefik_dynamic_dir)
+    url = settings.orch_public_url or f"http://127.0.0.1:{settings.orch_port}"
     name = FILE_PREFIX + (urlsplit(url).netloc or url).replace(":", "-").replace(".", "-")
     config = fallback_config(
         name=name,

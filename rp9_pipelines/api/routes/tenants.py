@@ -3,14 +3,20 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from rp9_pipelines.api.dagster_client import DagsterClient
-from rp9_pipelines.api.deps import DagsterDep, EngineDep, SettingsDep, require_caller
+from rp9_pipelines.api.deps import (
+    DagsterDep,
+    EngineDep,
+    RawBodyDep,
+    SettingsDep,
+    require_caller,
+)
 from rp9_pipelines.api.errors import ApiError
-from rp9_pipelines.api.idempotency import idempotent
+from rp9_pipelines.api.idempotency import idempotent, replayed
 from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.tenants import (
@@ -27,13 +33,6 @@ from rp9_pipelines.domain.tenants import (
 router = APIRouter(tags=["tenants"], dependencies=[Depends(require_caller)])
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
-
-
-async def raw_body(request: Request) -> bytes:
-    return await request.body()
-
-
-RawBody = Annotated[bytes, Depends(raw_body)]
 
 
 class CreateTenant(BaseModel):
@@ -79,15 +78,10 @@ def _launch(
     )
 
 
-def _replayed(slot_replay: tuple[int, dict[str, Any]]) -> JSONResponse:
-    status_code, body = slot_replay
-    return JSONResponse(body, status_code=status_code, headers={"Idempotent-Replayed": "true"})
-
-
 @router.post("/tenants", status_code=202)
 def create_tenant(
     body: CreateTenant,
-    raw: RawBody,
+    raw: RawBodyDep,
     engine: EngineDep,
     dagster: DagsterDep,
     settings: SettingsDep,
@@ -96,7 +90,7 @@ def create_tenant(
     """Create a tenant: catalog row, then a provisioning run. 202 with the tenant and run ids."""
     with idempotent(engine, idempotency_key, "POST /tenants", raw) as slot:
         if slot.replay:
-            return _replayed(slot.replay)
+            return replayed(slot.replay)
         try:
             check_slug(body.slug)
             check_custom_domain(body.custom_domain, settings.base_domain)
@@ -237,7 +231,7 @@ def _change(
         tenant = _tenant_or_404(connection, ref)
     with idempotent(engine, key, f"POST /tenants/{tenant.id}/{action.name}", raw) as slot:
         if slot.replay:
-            return _replayed(slot.replay)
+            return replayed(slot.replay)
         if tenant.status not in action.allowed:
             raise ApiError(
                 409, "invalid_state", f"cannot {action.name} a tenant that is {tenant.status}"
@@ -253,7 +247,7 @@ def _change(
 
 @router.post("/tenants/{ref}/scale", status_code=202, summary=SCALE.summary)
 def scale_tenant(
-    ref: str, body: ScaleTenant, raw: RawBody, engine: EngineDep, dagster: DagsterDep,
+    ref: str, body: ScaleTenant, raw: RawBodyDep, engine: EngineDep, dagster: DagsterDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:  # fmt: skip
     def validate(connection: sa.Connection, tenant: Tenant) -> None:
@@ -281,7 +275,7 @@ def scale_tenant(
 
 @router.delete("/tenants/{ref}", status_code=202, summary=DELETE.summary)
 def delete_tenant(
-    ref: str, raw: RawBody, engine: EngineDep, dagster: DagsterDep,
+    ref: str, raw: RawBodyDep, engine: EngineDep, dagster: DagsterDep,
     purge: Annotated[bool, Query(description="also delete the tenant's data")] = False,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:  # fmt: skip
@@ -290,7 +284,7 @@ def delete_tenant(
 
 def _plain_route(action: Action) -> Callable[..., JSONResponse]:
     def route(
-        ref: str, raw: RawBody, engine: EngineDep, dagster: DagsterDep,
+        ref: str, raw: RawBodyDep, engine: EngineDep, dagster: DagsterDep,
         idempotency_key: IdempotencyKey = None,
     ) -> JSONResponse:  # fmt: skip
         return _change(ref, raw, engine, dagster, idempotency_key, action, {})

@@ -11,12 +11,12 @@ from rp9_pipelines.backups.retention import apply_retention
 from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.backups import RETENTION, SCHEDULED_KINDS, scheduled_runs
-from rp9_pipelines.domain.tenants import TENANT_ID_TAG, TENANT_TAG
+from rp9_pipelines.domain.tenants import KIND_TAG, TENANT_ID_TAG, TENANT_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 
 BACKUP_KIND_TAG = "rp9/backup_kind"
 # What `dagster.yaml` limits: how many backups run at once across tenants.
-KIND_TAG, BACKUP_RUN_KIND = "rp9/kind", "backup"
+BACKUP_RUN_KIND = "backup"
 
 
 class BackupRequest(dg.Config):
@@ -30,10 +30,7 @@ class RetentionRequest(dg.Config):
 
 def load_tenant(catalog_db: CatalogResource, tenant_id: str) -> Tenant:
     with catalog_db.begin() as connection:
-        tenant = tenant_catalog.get_tenant(connection, tenant_id)
-    if tenant is None:
-        raise LookupError(f"tenant {tenant_id} is not in the catalog")
-    return tenant
+        return tenant_catalog.require_tenant(connection, tenant_id)
 
 
 @dg.op(required_resource_keys={"catalog", "tenant_db", "s3"})

@@ -1,8 +1,6 @@
 """Stripe: the catalog (plans → meter, products, prices, features) and customers, executions
 reported to the Billing Meter per tenant and day, and entitlements synced back into quotas."""
 
-import datetime as dt
-
 import dagster as dg
 
 from rp9_pipelines.billing.catalog_sync import sync_catalog
@@ -10,14 +8,16 @@ from rp9_pipelines.billing.entitlements import sync_all
 from rp9_pipelines.billing.metering import MeterReporter, ensure_customer
 from rp9_pipelines.billing.stripe_client import StripeResource
 from rp9_pipelines.catalog import tenants as tenant_catalog
-from rp9_pipelines.domain.tenants import TENANT_TAG
+from rp9_pipelines.domain.tenants import KIND_TAG, TENANT_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
-from rp9_pipelines.usage.partitions import DAY_DIMENSION, TENANT_DIMENSION, tenant_day_partitions
+from rp9_pipelines.usage.partitions import (
+    tenant_day,
+    tenant_day_partitions,
+)
 
 USAGE_ASSET = dg.AssetKey("tenant_usage_daily")
 METER_ASSET = dg.AssetKey("stripe_meter_events")
 BILLABLE = frozenset({"active", "suspended"})
-KIND_TAG = "rp9/kind"
 # How many usage materializations one sensor tick turns into meter runs.
 SENSOR_BATCH = 200
 
@@ -35,14 +35,9 @@ def stripe_meter_events(
     """The tenant's executions of the day as reported to Stripe's `rp9_executions` meter:
     only the difference between `usage` and the `usage_reports` ledger is sent, under
     deterministic identifiers, so a re-materialisation or a retry never bills twice."""
-    partition = context.partition_key
-    assert isinstance(partition, dg.MultiPartitionKey)
-    keys = partition.keys_by_dimension
-    day = dt.date.fromisoformat(keys[DAY_DIMENSION])
+    slug, day = tenant_day(context)
     with catalog.begin() as connection:
-        tenant = tenant_catalog.get_tenant(connection, keys[TENANT_DIMENSION])
-    if tenant is None:
-        raise dg.Failure(f"tenant {keys[TENANT_DIMENSION]!r} is not in the catalog")
+        tenant = tenant_catalog.require_tenant(connection, slug)
     report = MeterReporter(stripe.client, catalog.engine, context.log.info).report_day(tenant, day)
     if report.failed:
         raise dg.Failure(

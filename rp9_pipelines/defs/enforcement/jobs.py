@@ -10,11 +10,12 @@ from pydantic import Field
 
 from rp9_pipelines.defs.autoscaling.sensor import IN_FLIGHT, tenants_in_flight
 from rp9_pipelines.defs.tenants.jobs import RESOURCES
+from rp9_pipelines.domain.tenants import KIND_TAG
 from rp9_pipelines.enforcement.enforce import enforce
 from rp9_pipelines.enforcement.settings import EnforcementSettings
 from rp9_pipelines.lifecycle.stack import StackResources
 
-KIND_TAG, ENFORCEMENT_RUN_KIND = "rp9/kind", "enforcement"
+ENFORCEMENT_RUN_KIND = "enforcement"
 SCHEDULE_NAME = "enforce_limits_every_5_minutes"
 
 

@@ -1,6 +1,7 @@
 import dagster as dg
 
 from rp9_pipelines.catalog import migrate
+from rp9_pipelines.domain.tenants import KIND_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 
 
@@ -13,7 +14,7 @@ def upgrade_catalog(context: dg.OpExecutionContext, catalog: CatalogResource) ->
     return revision
 
 
-@dg.job(tags={"rp9/kind": "platform"})
+@dg.job(tags={KIND_TAG: "platform"})
 def migrate_catalog() -> None:
     """Bring the platform catalog schema to the latest migration."""
     upgrade_catalog()

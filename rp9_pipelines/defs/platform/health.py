@@ -1,6 +1,7 @@
 import dagster as dg
 
 from rp9_pipelines.billing.stripe_client import StripeResource
+from rp9_pipelines.domain.tenants import KIND_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.resources.http_service import HttpServiceResource
@@ -38,7 +39,7 @@ def probe_platform_services(
     return {h.service: h.ok for h in answers}
 
 
-@dg.job(tags={"rp9/kind": "platform"})
+@dg.job(tags={KIND_TAG: "platform"})
 def platform_health() -> None:
     """Probe Postgres, Docker, Redis, Vault, S3, Traefik, Prometheus, Stripe and Supabase."""
     probe_platform_services()

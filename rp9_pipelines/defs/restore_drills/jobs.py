@@ -12,14 +12,14 @@ from rp9_pipelines.backups.backup import describe
 from rp9_pipelines.backups.drill import DrillResources, run_drill, sweep_sandboxes
 from rp9_pipelines.catalog import backups as backup_catalog
 from rp9_pipelines.catalog import tenants as tenant_catalog
-from rp9_pipelines.defs.backups.jobs import KIND_TAG, load_tenant
+from rp9_pipelines.defs.backups.jobs import load_tenant
 from rp9_pipelines.domain.backups import (
     DRILL_TENANT_TAG,
     SandboxNames,
     choose_drill_backup,
     scheduled_runs,
 )
-from rp9_pipelines.domain.tenants import TENANT_ID_TAG
+from rp9_pipelines.domain.tenants import KIND_TAG, TENANT_ID_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 
 DRILL_RUN_KIND = "restore_drill"

@@ -10,7 +10,7 @@ from rp9_pipelines.catalog import autoscaling as autoscaling_catalog
 from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.domain.autoscaling import EVENT_TAG as AUTOSCALING_EVENT_TAG
 from rp9_pipelines.domain.enforcement import OPERATOR
-from rp9_pipelines.domain.tenants import TENANT_ID_TAG
+from rp9_pipelines.domain.tenants import KIND_TAG, TENANT_ID_TAG
 from rp9_pipelines.lifecycle import stack
 from rp9_pipelines.lifecycle.stack import StackResources
 from rp9_pipelines.resources.n8n import N8nResource
@@ -135,7 +135,7 @@ def activate(context: dg.OpExecutionContext, tenant_id: str) -> None:
     context.log.info("tenant active")
 
 
-@dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
+@dg.job(tags={KIND_TAG: "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
 def provision_tenant() -> None:
     """Create a tenant's secrets, database, n8n stack and route, then mark it active."""
     activate(bootstrap_api_key(start_stack(create_database(register_secrets()))))
@@ -171,7 +171,7 @@ def apply_scale(context: dg.OpExecutionContext, config: ScaleRequest) -> str:
     return config.tenant_id
 
 
-@dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
+@dg.job(tags={KIND_TAG: "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
 def scale_tenant() -> None:
     """Change a tenant's plan, CPU/memory and number of workers; removed workers drain first."""
     apply_scale()
@@ -188,7 +188,7 @@ def stop_stack(context: dg.OpExecutionContext, config: TenantRef) -> None:
     stack.suspend(r, tenant, OPERATOR, context.log.info)
 
 
-@dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
+@dg.job(tags={KIND_TAG: "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
 def suspend_tenant() -> None:
     """Stop a tenant's n8n (its route disappears with it); nothing is deleted."""
     stop_stack()
@@ -202,7 +202,7 @@ def restart_stack(context: dg.OpExecutionContext, config: TenantRef) -> None:
     stack.resume(r, tenant, context.log.info)
 
 
-@dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
+@dg.job(tags={KIND_TAG: "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
 def resume_tenant() -> None:
     """Start a suspended tenant's n8n again, with its data."""
     restart_stack()
@@ -225,7 +225,7 @@ def remove_tenant(context: dg.OpExecutionContext, config: DeleteRequest) -> None
     stack.set_status(r, tenant, status="deleted", deleted_at=sa.func.now())
 
 
-@dg.job(tags={"rp9/kind": "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
+@dg.job(tags={KIND_TAG: "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
 def delete_tenant() -> None:
     """Take a tenant off the platform (data kept unless `purge`)."""
     remove_tenant()

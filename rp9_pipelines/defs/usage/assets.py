@@ -7,35 +7,22 @@ from typing import Any
 import dagster as dg
 
 from rp9_pipelines.billing.stripe_client import StripeResource
+from rp9_pipelines.defs.backups.jobs import load_tenant
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.s3 import S3Resource
 from rp9_pipelines.resources.supabase import SupabaseResource
 from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
-from rp9_pipelines.usage.collect import (
-    chargeback_month,
-    collect_day,
-    push_business_metrics,
-    tenant_by_slug,
-)
+from rp9_pipelines.usage.collect import chargeback_month, collect_day, push_business_metrics
 from rp9_pipelines.usage.partitions import (
     DAY_DIMENSION,
     FIRST_DAY,
-    TENANT_DIMENSION,
+    tenant_day,
     tenant_day_partitions,
 )
 from rp9_pipelines.usage.settings import ChargebackSettings, UsageSettings
 
 USAGE_GROUP = "usage"
 monthly_partitions = dg.MonthlyPartitionsDefinition(start_date=FIRST_DAY)
-
-
-def tenant_day(context: dg.AssetExecutionContext) -> tuple[str, dt.date]:
-    """The (tenant slug, day) of the partition being materialised."""
-    key = context.partition_key
-    if not isinstance(key, dg.MultiPartitionKey):
-        raise dg.Failure(f"expected a (day, tenant) partition, got {key!r}")
-    keys = key.keys_by_dimension
-    return keys[TENANT_DIMENSION], dt.date.fromisoformat(keys[DAY_DIMENSION])
 
 
 def _present(values: dict[str, Any]) -> dict[str, Any]:
@@ -53,7 +40,7 @@ def tenant_usage_daily(
     `execution_entity`; CPU-seconds and memory GB-hours from the container samples. An upsert:
     materialising the partition again gives the same row."""
     slug, day = tenant_day(context)
-    tenant = tenant_by_slug(catalog, slug)
+    tenant = load_tenant(catalog, slug)
     max_gap = dt.timedelta(seconds=UsageSettings().sample_max_gap_s)
     collected = collect_day(catalog, tenant_db, tenant, day, max_gap)
     if collected.kept_existing:
@@ -83,7 +70,7 @@ def supabase_business_metrics(
     """The tenant's day in Supabase's `business_metrics_daily` (upsert on tenant and day),
     recorded in the `usage_reports` ledger (destination `supabase`)."""
     slug, day = tenant_day(context)
-    tenant = tenant_by_slug(catalog, slug)
+    tenant = load_tenant(catalog, slug)
     pushed = push_business_metrics(catalog, supabase, tenant, day)
     return dg.MaterializeResult(
         metadata={

@@ -13,6 +13,7 @@ from rp9_pipelines.defs.usage.assets import (
     tenant_chargeback,
     tenant_usage_daily,
 )
+from rp9_pipelines.domain.tenants import KIND_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.usage.collect import sample_resources
@@ -21,7 +22,6 @@ from rp9_pipelines.usage.settings import UsageSettings
 
 # Tenants whose day is measured: suspended ones ran executions before they were suspended.
 MEASURED = frozenset({"active", "suspended"})
-KIND_TAG = "rp9/kind"
 
 usage_daily_job = dg.define_asset_job(
     "usage_daily",

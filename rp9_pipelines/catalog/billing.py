@@ -1,4 +1,4 @@
-"""Billing's SQL on the platform catalog: Stripe ids by lookup key (`stripe_objects`), the
+"""Catalog queries for billing: Stripe ids by lookup key (`stripe_objects`), the
 report ledger (`usage_reports`), tenants' customers, and the day's usage to report."""
 
 import datetime as dt
@@ -72,11 +72,12 @@ def tenant_by_customer(connection: sa.Connection, customer_id: str) -> sa.Row[An
     return connection.execute(query).first()
 
 
-def tenants_with_customers(connection: sa.Connection) -> list[sa.Row[Any]]:
-    query = sa.select(tenants).where(
+def customer_ids(connection: sa.Connection) -> list[str]:
+    """The Stripe customers of the tenants that are not deleted, by slug."""
+    query = sa.select(tenants.c.stripe_customer_id).where(
         tenants.c.stripe_customer_id.is_not(None), tenants.c.status != "deleted"
     )
-    return list(connection.execute(query.order_by(tenants.c.slug)))
+    return list(connection.execute(query.order_by(tenants.c.slug)).scalars())
 
 
 def executions_on(connection: sa.Connection, tenant_id: uuid.UUID, day: dt.date) -> int | None:

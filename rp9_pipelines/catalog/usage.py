@@ -1,6 +1,7 @@
-"""The catalog's side of usage: container samples, the `usage` rows, the Supabase ledger
+"""Catalog queries about usage: container samples, the `usage` rows, the Supabase ledger
 entries in `usage_reports`, the monthly `chargeback`, and the Stripe prices known to it."""
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Sequence
@@ -19,12 +20,10 @@ from rp9_pipelines.catalog.tables import (
     usage,
     usage_reports,
 )
+from rp9_pipelines.domain.chargeback import RESULT_COLUMNS
 from rp9_pipelines.domain.usage import DayUsage, Sample
 
-USAGE_FIELDS = (
-    "executions", "failures", "duration_ms_sum", "latency_p95_ms", "queue_wait_p95_ms",
-    "cpu_seconds", "memory_gb_hours",
-)  # fmt: skip
+USAGE_FIELDS = tuple(field.name for field in dataclasses.fields(DayUsage))
 # How far back (and ahead) of a window to look for the samples that frame it.
 SAMPLE_FRAME = dt.timedelta(days=2)
 
@@ -133,12 +132,8 @@ def month_usage(connection: sa.Connection, month: str) -> pd.DataFrame:
         .where(usage.c.day >= first, usage.c.day < following)
         .order_by(usage.c.tenant_id, usage.c.day)
     )
-    rows = connection.execute(query).all()
-    frame = pd.DataFrame(
-        [tuple(row) for row in rows],
-        columns=["tenant_id", "slug", "plan", "day", "executions", "duration_ms_sum",
-                 "cpu_seconds", "memory_gb_hours"],
-    )  # fmt: skip
+    result = connection.execute(query)
+    frame = pd.DataFrame([tuple(row) for row in result], columns=list(result.keys()))
     frame["tenant_id"] = frame["tenant_id"].astype(str)
     return frame
 
@@ -150,10 +145,7 @@ def upsert_chargeback(
     if not values:
         return 0
     statement = insert(chargeback).values(values)
-    fields = (
-        "executions", "duration_hours", "cpu_core_hours", "memory_gb_hours", "usage_cost",
-        "idle_cost", "total_cost", "revenue", "margin", "currency",
-    )  # fmt: skip
+    fields = [*(name for name in RESULT_COLUMNS if name != "tenant_id"), "currency"]
     statement = statement.on_conflict_do_update(
         constraint="uq_chargeback_tenant_month",
         set_={**{name: statement.excluded[name] for name in fields},
