@@ -217,7 +217,9 @@ def assert_sources_agree(
     assert lower < theirs.latency_p95_s <= upper, (p95, theirs.latency_p95_s)
 
     # n8n's queue gauge (main, refreshed every 20 s, scraped every 15 s) against what Redis
-    # showed in the 40 s before each Prometheus sample.
+    # showed in the 40 s before each Prometheus sample. The gauge was read at one moment of
+    # those 40 s, possibly between two of the watch's samples, so the samples just outside the
+    # span bracket it too (the queue moves one way between two samples).
     end = watch.samples[-1].at
     series = httpx.get(
         f"{settings.prometheus_url}/api/v1/query_range",
@@ -234,6 +236,8 @@ def assert_sources_agree(
     assert max(v for _, v in values) > 0  # it saw the backlog
     for at, value in values:
         seen = [s.waiting for s in watch.samples if at - 40 <= s.at <= at]
+        seen += [s.waiting for s in watch.samples if s.at < at - 40][-1:]
+        seen += [s.waiting for s in watch.samples if s.at > at][:1]
         if at - 40 < watch.samples[0].at:
             seen.append(0)  # the queue was empty before the load
         assert min(seen) <= value <= max(seen), (at, value, min(seen), max(seen))
