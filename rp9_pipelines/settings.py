@@ -97,6 +97,16 @@ def get_settings() -> Settings:
     return Settings()  # fields not given here come from the environment
 
 
+class TenantStackSettings(BaseSettings):
+    """Tenant containers (`TENANT_*`), with working defaults: read when the code location loads."""
+
+    model_config = SettingsConfigDict(env_prefix="TENANT_", extra="ignore", frozen=True)
+
+    # CPUs a tenant's container may use while n8n starts, before its plan's limit applies
+    # (0: no boost); see domain.stack.startup_cpu.
+    startup_cpu: float = 2.0
+
+
 class AutoscalingSettings(BaseSettings):
     """The worker autoscaler (`AUTOSCALE_*`). Every field has a working default, because the
     sensor is defined when the code location loads, where no secret may be required."""

@@ -42,21 +42,23 @@ class Api:
     def get(self, path: str) -> httpx.Response:
         return self.request("GET", path)
 
-    def wait_run(self, run_id: str, timeout_s: float = 300) -> dict[str, Any]:
+    def wait_run(
+        self, run_id: str, timeout_s: float = 300, interval_s: float = 1
+    ) -> dict[str, Any]:
         def done() -> dict[str, Any] | None:
             run: dict[str, Any] = self.get(f"/runs/{run_id}").json()
             return run if run.get("status") in FINAL else None
 
         run: dict[str, Any] = wait_until(
-            done, timeout_s=timeout_s, what=f"run {run_id} to finish", interval_s=1
+            done, timeout_s=timeout_s, what=f"run {run_id} to finish", interval_s=interval_s
         )
         return run
 
-    def create_tenant(self, **fields: Any) -> dict[str, Any]:
+    def create_tenant(self, poll_s: float = 1, **fields: Any) -> dict[str, Any]:
         response = self.post("/tenants", fields, **{"Idempotency-Key": str(uuid.uuid4())})
         assert response.status_code == 202, response.text
         created: dict[str, Any] = response.json()
-        run = self.wait_run(created["run_id"])
+        run = self.wait_run(created["run_id"], interval_s=poll_s)
         tenant: dict[str, Any] = self.get(f"/tenants/{created['tenant_id']}").json()
         assert run["status"] == "SUCCESS", f"provision of {fields['slug']} ended {run}: {tenant}"
         return tenant

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from rp9_pipelines.settings import Settings, is_placeholder, sqlalchemy_url
+from rp9_pipelines.settings import Settings, TenantStackSettings, is_placeholder, sqlalchemy_url
 
 ROOT = Path(__file__).parent.parent
 STRONG = "a" * 16 + "b" * 16 + "c" * 8
@@ -110,3 +110,8 @@ def test_env_example_lists_every_setting_and_nothing_else() -> None:
     }  # fmt: skip
     assert spec <= fields
     assert fields <= names, f"missing from .env.example: {sorted(fields - names)}"
+
+
+def test_tenant_stack_settings_are_in_env_example() -> None:
+    names = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M))
+    assert {f"TENANT_{name.upper()}" for name in TenantStackSettings.model_fields} <= names

@@ -17,6 +17,7 @@ from rp9_pipelines.resources.secret_files import SecretFilesResource
 from rp9_pipelines.resources.supabase import SupabaseResource
 from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.resources.vault import VaultResource
+from rp9_pipelines.settings import TenantStackSettings
 
 
 @dg.definitions
@@ -50,6 +51,7 @@ def resources() -> dg.Definitions:
                 traefik_url=dg.EnvVar("TRAEFIK_URL"),
                 traefik_entrypoint=dg.EnvVar("TRAEFIK_ENTRYPOINT"),
                 traefik_cert_resolver=dg.EnvVar("TRAEFIK_CERT_RESOLVER"),
+                startup_cpu=TenantStackSettings().startup_cpu,
             ),
             "secret_files": SecretFilesResource(root=dg.EnvVar("SECRETS_DIR")),
             "tenant_db": TenantDatabaseResource(admin_url=dg.EnvVar("DATABASE_URL")),
@@ -57,7 +59,8 @@ def resources() -> dg.Definitions:
             "stripe": StripeResource(
                 api_key=dg.EnvVar("STRIPE_SECRET_KEY"),
                 api_base=dg.EnvVar("STRIPE_API_BASE"),
-                # Not secrets, with working defaults: read when the code location loads.
+                # Not secrets, with working defaults (as startup_cpu): read when the code
+                # location loads.
                 max_network_retries=stripe_settings.max_network_retries,
                 timeout_s=stripe_settings.timeout_s,
             ),

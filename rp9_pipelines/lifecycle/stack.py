@@ -1,11 +1,13 @@
 """The shells that make a tenant's stack match the catalog: gather, decide (domain.stack), act."""
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from docker.errors import NotFound
 
 from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.catalog.tenants import Tenant
@@ -18,6 +20,7 @@ from rp9_pipelines.domain.stack import (
     TenantStack,
     desired_containers,
     plan_reconcile,
+    startup_cpu,
 )
 from rp9_pipelines.domain.template import TEMPLATE_SECRET_FILES, builder_container, template_schema
 from rp9_pipelines.resources.catalog import CatalogResource
@@ -143,27 +146,48 @@ def converge(r: StackResources, tenant: Tenant, log: Log, *, roles: set[str]) ->
         with r.catalog.begin() as connection:
             catalog.set_instances_state(connection, tenant.id, "removed", [name])
         done.append(f"removed {name}")
-    for spec in plan.create + plan.recreate:
-        verb = "recreating" if spec in plan.recreate else "creating"
-        log(f"{verb} {spec.name} ({spec.cpu} CPU, {spec.memory_mb} MiB)")
-        if spec in plan.recreate:
-            r.docker_runtime.remove(spec.name, graceful=True)
-        container_id = r.docker_runtime.create(spec, r.platform.image, secrets_dir)
-        _record(r, tenant, spec, container_id, "running")
-        done.append(f"{verb} {spec.name}")
-    for spec in plan.update_limits:
-        log(f"updating limits of {spec.name} to {spec.cpu} CPU, {spec.memory_mb} MiB")
-        r.docker_runtime.update_limits(spec.name, spec.cpu, spec.memory_mb)
-        _record(r, tenant, spec, None, "running")
-        done.append(f"resized {spec.name}")
-    for spec in plan.start:
-        log(f"starting {spec.name}")
-        r.docker_runtime.start(spec.name)
-        with r.catalog.begin() as connection:
-            catalog.set_instances_state(connection, tenant.id, "running", [spec.name])
-        done.append(f"started {spec.name}")
-    wait_healthy(r, [s.name for s in specs])
+    boosted: list[ContainerSpec] = []
+    try:
+        for spec in plan.create + plan.recreate:
+            verb = "recreating" if spec in plan.recreate else "creating"
+            log(f"{verb} {spec.name} ({spec.cpu} CPU, {spec.memory_mb} MiB)")
+            if spec in plan.recreate:
+                r.docker_runtime.remove(spec.name, graceful=True)
+            cpu = _startup_cpu(r, spec, boosted)
+            container_id = r.docker_runtime.create(spec, r.platform.image, secrets_dir, cpu=cpu)
+            _record(r, tenant, spec, container_id, "running")
+            done.append(f"{verb} {spec.name}")
+        for spec in plan.update_limits:
+            log(f"updating limits of {spec.name} to {spec.cpu} CPU, {spec.memory_mb} MiB")
+            r.docker_runtime.update_limits(spec.name, spec.cpu, spec.memory_mb)
+            _record(r, tenant, spec, None, "running")
+            done.append(f"resized {spec.name}")
+        for spec in plan.start:
+            log(f"starting {spec.name}")
+            cpu = _startup_cpu(r, spec, boosted)
+            if cpu != spec.cpu:
+                r.docker_runtime.update_limits(spec.name, cpu, spec.memory_mb)
+            r.docker_runtime.start(spec.name)
+            with r.catalog.begin() as connection:
+                catalog.set_instances_state(connection, tenant.id, "running", [spec.name])
+            done.append(f"started {spec.name}")
+        wait_healthy(r, [s.name for s in specs])
+    finally:
+        # Healthy or not, a boosted container goes back to its plan's CPU (a container that is
+        # gone by now is found by the next converge, which compares the limits too).
+        for spec in boosted:
+            with contextlib.suppress(NotFound):
+                r.docker_runtime.update_limits(spec.name, spec.cpu, spec.memory_mb)
+        if boosted:
+            log(f"startup CPU boost over for {', '.join(s.name for s in boosted)}")
     return done
+
+
+def _startup_cpu(r: StackResources, spec: ContainerSpec, boosted: list[ContainerSpec]) -> float:
+    cpu = startup_cpu(spec.cpu, r.platform.startup_cpu, r.docker_runtime.host_cpus())
+    if cpu != spec.cpu:
+        boosted.append(spec)
+    return cpu
 
 
 def _record(
@@ -194,7 +218,7 @@ def wait_healthy(r: StackResources, names: list[str]) -> None:
                 f"not healthy after {r.platform.ready_timeout_s} s: {sorted(pending)}"
             )
         if pending:
-            time.sleep(0.5)
+            time.sleep(0.2)
 
 
 def stop_all(r: StackResources, tenant: Tenant, log: Log) -> None:

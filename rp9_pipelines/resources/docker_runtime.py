@@ -55,6 +55,7 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     pids_limit: int = 1024
 
     _client: docker.DockerClient | None = PrivateAttr(default=None)
+    _host_cpus: int | None = PrivateAttr(default=None)
 
     def client(self) -> docker.DockerClient:
         if self._client is None:
@@ -117,8 +118,16 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         except NotFound:
             return None
 
-    def create(self, spec: ContainerSpec, image: str, secrets_dir: Path) -> str:
-        """Create and start one container; an existing one of the same name is replaced."""
+    def host_cpus(self) -> int:
+        if self._host_cpus is None:
+            self._host_cpus = int(self.client().info()["NCPU"])
+        return self._host_cpus
+
+    def create(
+        self, spec: ContainerSpec, image: str, secrets_dir: Path, *, cpu: float | None = None
+    ) -> str:
+        """Create and start one container; an existing one of the same name is replaced. `cpu`
+        overrides the spec's limit (a startup boost, lowered again by `update_limits`)."""
         client = self.client()
         self._remove(client, spec.name, graceful=False)
         interval_ns = int(spec.healthcheck_interval_s * NANO)
@@ -131,7 +140,7 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             environment=spec.env,
             labels={**spec.labels, LABEL_CONFIG: spec.config_hash},
             network=spec.network,
-            nano_cpus=int(spec.cpu * NANO),
+            nano_cpus=int((spec.cpu if cpu is None else cpu) * NANO),
             mem_limit=spec.memory_mb * MIB,
             memswap_limit=spec.memory_mb * MIB,
             pids_limit=self.pids_limit,

@@ -18,6 +18,8 @@ class PlatformResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     traefik_entrypoint: str = "web"
     traefik_cert_resolver: str = ""
     healthcheck_interval_s: float = 1.0
+    # CPU a tenant's container gets while n8n starts (0: none); see domain.stack.startup_cpu.
+    startup_cpu: float = 2.0
     ready_timeout_s: float = 240.0
 
     @property

@@ -8,6 +8,7 @@ from rp9_pipelines.domain.stack import (
     desired_containers,
     plan_reconcile,
     public_url,
+    startup_cpu,
 )
 from rp9_pipelines.domain.tenants import TenantNames
 
@@ -113,3 +114,17 @@ def test_stopped_containers_are_started() -> None:
 def test_container_names_are_unique_and_hostnames_follow(workers: int) -> None:
     specs = desired_containers(stack(workers=workers), CONFIG)
     assert len({s.name for s in specs}) == workers + 1
+
+
+@pytest.mark.parametrize(
+    ("steady", "boost", "host_cpus", "expected"),
+    [
+        (1.0, 2.0, 2, 2.0),  # a 1-CPU tenant starts on two
+        (1.0, 4.0, 2, 2.0),  # never above what the host has
+        (1.0, 0.0, 8, 1.0),  # boost off
+        (4.0, 2.0, 8, 4.0),  # never below the plan's own limit
+        (0.5, 1.0, 1, 1.0),
+    ],
+)
+def test_startup_cpu_boost(steady: float, boost: float, host_cpus: int, expected: float) -> None:
+    assert startup_cpu(steady, boost, host_cpus) == expected

@@ -1,0 +1,164 @@
+"""A process that has already imported the code location and forks one child per run.
+
+Dagster's default launcher asks the code server to *spawn* a fresh interpreter for every run,
+which imports dagster and the whole code location again: about two seconds before the first op
+of an interactive job (a tenant's provision) can start. This server pays that once: it imports
+the code pointers it is given, builds their definitions, then waits on a Unix socket. For each
+run it forks a child that executes the run exactly as `dagster api execute_run` would
+(`_execute_run_command_body`: the "Started process" engine event, the run's events, the exit
+code), from a copy of memory that already holds everything.
+
+Protocol: one JSON line per connection, `{"run_id", "instance_ref"}` (the serialized
+`InstanceRef`); the answer is `{"pid": N}`, or `{"stale": true}` when a preloaded source file
+changed since it was loaded (the server then exits, and the launcher starts a fresh one), or
+`{"error": "..."}`.
+
+The server forks from a single thread with no open connection, so the child inherits no lock
+or socket it could trip on. It reaps its children, and exits when the process that started it
+is gone; runs in flight carry on without it.
+"""
+
+import importlib
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+POLL_S = 1.0
+
+
+def preload(pointers: list[str]) -> dict[str, float]:
+    """Import each `module:attribute` pointer and call the attribute when it builds definitions
+    (a `@dg.definitions` function imports every module under `defs/`); returns the modification
+    time of every source file of the pointers' top-level packages, to detect a later edit."""
+    for pointer in pointers:
+        module_name, _, attribute = pointer.partition(":")
+        module = importlib.import_module(module_name)
+        target = getattr(module, attribute) if attribute else None
+        if callable(target):
+            target()
+    packages = {pointer.partition(":")[0].split(".")[0] for pointer in pointers}
+    return source_mtimes(packages)
+
+
+def source_mtimes(packages: set[str]) -> dict[str, float]:
+    mtimes: dict[str, float] = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if path and name.split(".")[0] in packages:
+            try:
+                mtimes[path] = os.stat(path).st_mtime
+            except OSError:
+                mtimes[path] = -1.0
+    return mtimes
+
+
+def changed(mtimes: dict[str, float]) -> bool:
+    for path, mtime in mtimes.items():
+        try:
+            if os.stat(path).st_mtime != mtime:
+                return True
+        except OSError:
+            return True
+    return False
+
+
+def execute_run(run_id: str, serialized_instance_ref: str) -> int:
+    """In the forked child: run it as `dagster api execute_run` does; returns the exit code."""
+    from dagster._cli.api import _execute_run_command_body
+    from dagster._cli.utils import get_instance_for_cli
+    from dagster._core.instance.ref import InstanceRef
+    from dagster._serdes import deserialize_value
+    from dagster._utils.interrupts import capture_interrupts
+
+    instance_ref = deserialize_value(serialized_instance_ref, InstanceRef)
+    with capture_interrupts(), get_instance_for_cli(instance_ref=instance_ref) as instance:
+        return _execute_run_command_body(
+            run_id, instance, lambda _event: None, set_exit_code_on_failure=True
+        )
+
+
+def fork_run(request: dict[str, Any], listener: socket.socket, connection: socket.socket) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    # The child: nothing of the server's survives but the loaded modules.
+    code = 1
+    try:
+        listener.close()
+        connection.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        code = execute_run(request["run_id"], request["instance_ref"])
+    except BaseException as error:
+        print(f"run {request.get('run_id')}: {type(error).__name__}: {error}", file=sys.stderr)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return -1  # unreachable
+
+
+def reap() -> None:
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def handle(
+    connection: socket.socket, listener: socket.socket, is_stale: Callable[[], bool]
+) -> bool:
+    """Serve one request; returns False when the server should exit."""
+    with connection, connection.makefile("rwb") as stream:
+        line = stream.readline()
+        try:
+            request = json.loads(line)
+            if is_stale():
+                stream.write(b'{"stale": true}\n')
+                stream.flush()
+                return False
+            answer: dict[str, Any] = {"pid": fork_run(request, listener, connection)}
+        except (ValueError, KeyError, OSError) as error:
+            answer = {"error": f"{type(error).__name__}: {error}"}
+        stream.write(json.dumps(answer).encode() + b"\n")
+        stream.flush()
+    return True
+
+
+def serve(socket_path: str, pointers: list[str]) -> None:
+    parent = os.getppid()
+    # Ctrl-C of the process that started us reaches the runs themselves; the server goes when
+    # its parent does.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    mtimes = preload(pointers)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    os.chmod(socket_path, 0o600)
+    listener.listen(16)
+    listener.settimeout(POLL_S)
+    print(f"ready {os.getpid()}", flush=True)
+    try:
+        while os.getppid() == parent:
+            reap()
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            connection.settimeout(30)
+            if not handle(connection, listener, lambda: changed(mtimes)):
+                break
+    finally:
+        listener.close()
+        Path(socket_path).unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], sys.argv[2:])

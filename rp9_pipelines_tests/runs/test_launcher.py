@@ -1,0 +1,158 @@
+"""The preloaded run launcher on a real Dagster instance: runs execute in forks of the run
+server, terminate cancels them, run monitoring sees a dead run process, and an edited source file
+makes the next launch load the code again."""
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._core.launcher import WorkerStatus
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.test_utils import instance_for_test
+
+from rp9_pipelines.runs.launcher import PID_TAG, PreloadedRunLauncher
+from rp9_pipelines_tests.conftest import ROOT
+from rp9_pipelines_tests.runs import sample_jobs
+from rp9_pipelines_tests.waiting import wait_until
+
+MODULE = "rp9_pipelines_tests.runs.sample_jobs"
+
+
+@pytest.fixture(scope="module")
+def instance() -> Iterator[DagsterInstance]:
+    overrides = {
+        "run_launcher": {
+            "module": "rp9_pipelines.runs.launcher",
+            "class": "PreloadedRunLauncher",
+            "config": {"preload": [f"{MODULE}:defs"]},
+        }
+    }
+    with instance_for_test(overrides=overrides) as instance:
+        yield instance
+        instance.run_launcher.dispose()
+
+
+OPS = {"hello": "write_pid", "long_running": "wait_for_file"}
+
+
+def launch(instance: DagsterInstance, job: str, marker: Path) -> DagsterRun:
+    repository = ReconstructableRepository.for_module(MODULE, "defs", working_directory=str(ROOT))
+    recon_job = repository.get_reconstructable_job(job)
+    run = instance.create_run_for_job(
+        job_def=recon_job.get_definition(),
+        run_config={"ops": {OPS[job]: {"config": {"path": str(marker)}}}},
+        job_code_origin=recon_job.get_python_origin(),
+    )
+    instance.launch_run(run.run_id, workspace=None)  # type: ignore[arg-type]
+    return run
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+def finished(instance: DagsterInstance, run_id: str) -> DagsterRun | None:
+    run = instance.get_run_by_id(run_id)
+    return run if run is not None and run.is_finished else None
+
+
+def reloaded(instance: DagsterInstance, run_id: str) -> DagsterRun:
+    run = instance.get_run_by_id(run_id)
+    assert run is not None
+    return run
+
+
+def launcher(instance: DagsterInstance) -> PreloadedRunLauncher:
+    run_launcher: Any = instance.run_launcher
+    assert isinstance(run_launcher, PreloadedRunLauncher)
+    return run_launcher
+
+
+def server_pid(instance: DagsterInstance) -> int:
+    server = launcher(instance)._server
+    assert server is not None
+    assert server.process is not None
+    return server.process.pid
+
+
+def test_a_run_executes_in_a_fork_of_the_run_server(
+    instance: DagsterInstance, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pid"
+    run = launch(instance, "hello", marker)
+    done = wait_until(lambda: finished(instance, run.run_id), timeout_s=60, what="the run")
+    assert done.status == DagsterRunStatus.SUCCESS
+    pid = int(marker.read_text())
+    assert pid == int(done.tags[PID_TAG])
+    assert pid not in {os.getpid(), server_pid(instance)}
+    messages = [e.message for e in instance.all_logs(run.run_id)]
+    assert any("Forked from the preloaded run server" in m for m in messages), messages
+    assert any(f"Started process for run (pid: {pid})" in m for m in messages), messages
+
+
+def test_terminate_cancels_the_run_and_monitoring_sees_its_process(
+    instance: DagsterInstance, tmp_path: Path
+) -> None:
+    run = launch(instance, "long_running", tmp_path / "never")
+    wait_until(
+        lambda: reloaded(instance, run.run_id).status == DagsterRunStatus.STARTED,
+        timeout_s=60, what="the run to start",
+    )  # fmt: skip
+    started = reloaded(instance, run.run_id)
+    assert launcher(instance).check_run_worker_health(started).status == WorkerStatus.RUNNING
+
+    assert launcher(instance).terminate(run.run_id)
+    done = wait_until(lambda: finished(instance, run.run_id), timeout_s=60, what="cancel")
+    assert done.status == DagsterRunStatus.CANCELED
+    pid = int(done.tags[PID_TAG])
+    wait_until(
+        lambda: (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        ),
+        timeout_s=30,
+        what="the run process to exit",
+    )
+    assert launcher(instance).check_run_worker_health(done).status == WorkerStatus.FAILED
+    assert not launcher(instance).terminate(run.run_id)  # finished: nothing to terminate
+
+
+def test_a_killed_run_process_is_reported_failed(instance: DagsterInstance, tmp_path: Path) -> None:
+    run = launch(instance, "long_running", tmp_path / "never")
+    wait_until(
+        lambda: reloaded(instance, run.run_id).status == DagsterRunStatus.STARTED,
+        timeout_s=60, what="the run to start",
+    )  # fmt: skip
+    os.kill(int(reloaded(instance, run.run_id).tags[PID_TAG]), signal.SIGKILL)
+    wait_until(
+        lambda: launcher(instance).check_run_worker_health(reloaded(instance, run.run_id)).status
+        == WorkerStatus.FAILED,
+        timeout_s=30, what="the dead run process to be seen",
+    )  # fmt: skip
+
+
+def test_an_edited_source_file_loads_the_code_again(
+    instance: DagsterInstance, tmp_path: Path
+) -> None:
+    first = launch(instance, "hello", tmp_path / "first")
+    wait_until(lambda: finished(instance, first.run_id), timeout_s=60, what="the first run")
+    before = server_pid(instance)
+    source = Path(sample_jobs.__file__)
+    stat = source.stat()
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    try:
+        second = launch(instance, "hello", tmp_path / "second")
+        done = wait_until(lambda: finished(instance, second.run_id), timeout_s=120, what="run")
+    finally:
+        os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert done.status == DagsterRunStatus.SUCCESS
+    assert server_pid(instance) != before
