@@ -234,6 +234,9 @@ entryPoints:
   supabase:
     address: "127.0.0.1:$supabase_port"
 providers:
+  # A tenant's main is routed once Docker calls it healthy; with the default 2 s throttle that
+  # event could wait up to 2 s behind the previous reload (its worker's, a moment earlier).
+  providersThrottleDuration: "200ms"
   docker:
     endpoint: "unix:///var/run/docker.sock"
     exposedByDefault: false

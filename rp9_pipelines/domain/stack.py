@@ -20,7 +20,17 @@ OWNER_PASSWORD_HASH_FILE = "owner_password_hash"  # noqa: S105 (a file name)
 GRACEFUL_SHUTDOWN_S = 30
 # wget is in the official image (busybox) and in the local one; it costs a few milliseconds,
 # where a Node probe costs tens, which matters at a short interval on many containers.
-HEALTHCHECK = ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:5678/healthz/readiness"]
+# Docker runs a check `interval` after the previous one ended and, before Engine 25's
+# `start_interval`, at that pace during startup too: a plain probe every second leaves a new
+# container unrouted (Traefik waits for "healthy") for half a second on average after n8n is
+# ready. So each check polls readiness every 0.1 s for up to ~2 s and answers at the first 200;
+# once healthy, a check is one probe per second as before.
+READINESS_URL = "http://127.0.0.1:5678/healthz/readiness"
+HEALTHCHECK = [
+    "CMD-SHELL",
+    "for _ in $(seq 20); do wget -q -T 1 -O /dev/null " + READINESS_URL + " && exit 0;"
+    " sleep 0.1; done; exit 1",
+]
 
 LABEL_MANAGED = "io.rp9.managed"
 LABEL_TENANT = "io.rp9.tenant"

@@ -29,18 +29,33 @@ from pathlib import Path
 from typing import Any
 
 POLL_S = 1.0
+# Imported by every run (Dagster defers them until first use): loaded here, not in each fork.
+RUN_MODULES = [
+    "dagster._cli.api",
+    "dagster._cli.utils",
+    "dagster._core.execution.api",
+    "dagster._utils.interrupts",
+    "dagster_postgres",
+]
 
 
 def preload(pointers: list[str]) -> dict[str, float]:
-    """Import each `module:attribute` pointer and call the attribute when it builds definitions
-    (a `@dg.definitions` function imports every module under `defs/`); returns the modification
-    time of every source file of the pointers' top-level packages, to detect a later edit."""
+    """Import what executing a run needs and build each `module:attribute` pointer's repository
+    once (importing every module under `defs/`, warming Dagster's own caches); returns the
+    modification time of every source file of the pointers' top-level packages, to detect a
+    later edit."""
+    for module_name in RUN_MODULES:
+        importlib.import_module(module_name)
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
     for pointer in pointers:
         module_name, _, attribute = pointer.partition(":")
-        module = importlib.import_module(module_name)
-        target = getattr(module, attribute) if attribute else None
-        if callable(target):
-            target()
+        if attribute:
+            ReconstructableRepository.for_module(
+                module_name, attribute, working_directory=os.getcwd()
+            ).get_definition()
+        else:
+            importlib.import_module(module_name)
     packages = {pointer.partition(":")[0].split(".")[0] for pointer in pointers}
     return source_mtimes(packages)
 

@@ -50,6 +50,19 @@ def test_shared_tenant_serves_a_webhook_through_traefik(
     assert set(metrics["queue"]) == {"waiting", "active", "delayed"}
 
 
+def test_the_startup_cpu_boost_ends_at_the_plans_limit(
+    settings: Settings, docker_client: docker.DockerClient, shared_tenant: dict[str, Any]
+) -> None:
+    """Containers start with TENANT_STARTUP_CPU (2 here); once healthy they run on the plan's
+    CPU (starter: 1), which is what the engine enforces from then on."""
+    containers = docker_client.containers.list(
+        filters={"label": f"io.rp9.tenant={shared_tenant['slug']}"}
+    )
+    assert sorted(c.labels["io.rp9.role"] for c in containers) == ["main", "worker"]
+    for container in containers:
+        assert container.attrs["HostConfig"]["NanoCpus"] == 1_000_000_000, container.name
+
+
 def test_secrets_stay_out_of_the_catalog_and_the_container_environment(
     settings: Settings,
     vault: VaultResource,
@@ -126,7 +139,8 @@ def test_dedicated_tenant_runs_executions_on_workers_and_scales(
     assert main["HostConfig"]["PidsLimit"] > 0
     assert main["HostConfig"]["SecurityOpt"] == ["no-new-privileges"]
     assert main["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
-    assert main["Config"]["Healthcheck"]["Test"][:2] == ["CMD", "wget"]
+    assert main["Config"]["Healthcheck"]["Test"][0] == "CMD-SHELL"
+    assert "wget" in main["Config"]["Healthcheck"]["Test"][1]
     # Still serving after the scale-down.
     assert n8n.call("work", {"i": 99}).status_code == 200
 
