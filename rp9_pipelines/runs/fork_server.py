@@ -160,6 +160,9 @@ def serve(socket_path: str, pointers: list[str]) -> None:
     listener.listen(16)
     listener.settimeout(POLL_S)
     print(f"ready {os.getpid()}", flush=True)
+    # Stdout was the pipe that carried "ready": nobody reads it from now on, so a run printing
+    # to it would block once the pipe is full. Runs inherit the launcher's stderr instead.
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     try:
         while os.getppid() == parent:
             reap()

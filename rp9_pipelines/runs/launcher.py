@@ -67,6 +67,7 @@ class RunServer:
         # "ready <pid>" once the code location is loaded and the socket listens; nothing if
         # loading failed (its traceback goes to our stderr).
         line = self.process.stdout.readline().decode().strip()
+        self.process.stdout.close()
         if not line.startswith("ready"):
             code = self.process.wait(timeout=SERVER_START_TIMEOUT_S)
             raise RunServerError(f"the run server did not start (exit code {code})")
