@@ -13,6 +13,7 @@ monitoring can tell a run whose process died.
 
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -63,14 +64,25 @@ class RunServer:
             [sys.executable, "-m", SERVER_MODULE, str(self.socket_path), *self.preload],
             stdout=subprocess.PIPE,
         )
-        assert self.process.stdout is not None
+        stdout = self.process.stdout
+        assert stdout is not None
         # "ready <pid>" once the code location is loaded and the socket listens; nothing if
         # loading failed (its traceback goes to our stderr).
-        line = self.process.stdout.readline().decode().strip()
-        self.process.stdout.close()
+        readable, _, _ = select.select([stdout], [], [], SERVER_START_TIMEOUT_S)
+        line = stdout.readline().decode().strip() if readable else ""
+        stdout.close()
         if not line.startswith("ready"):
-            code = self.process.wait(timeout=SERVER_START_TIMEOUT_S)
-            raise RunServerError(f"the run server did not start (exit code {code})")
+            try:  # an end of file means it is exiting: take its exit code
+                code: int | None = self.process.wait(timeout=10 if readable else 0)
+            except subprocess.TimeoutExpired:
+                code = None
+            self.stop()
+            why = (
+                f"exited with code {code} while loading {', '.join(self.preload)}"
+                if code is not None
+                else f"was not ready after {SERVER_START_TIMEOUT_S:.0f} s"
+            )
+            raise RunServerError(f"the run server {why}; its traceback is in the daemon's log")
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -15,7 +15,7 @@ from dagster._core.launcher import WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.test_utils import instance_for_test
 
-from rp9_pipelines.runs.launcher import PID_TAG, PreloadedRunLauncher
+from rp9_pipelines.runs.launcher import PID_TAG, PreloadedRunLauncher, RunServerError
 from rp9_pipelines_tests.conftest import ROOT
 from rp9_pipelines_tests.runs import sample_jobs
 from rp9_pipelines_tests.waiting import wait_until
@@ -156,3 +156,23 @@ def test_an_edited_source_file_loads_the_code_again(
         os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert done.status == DagsterRunStatus.SUCCESS
     assert server_pid(instance) != before
+
+
+def test_a_code_location_that_cannot_load_fails_the_run_with_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    overrides = {
+        "run_launcher": {
+            "module": "rp9_pipelines.runs.launcher",
+            "class": "PreloadedRunLauncher",
+            "config": {"preload": ["rp9_pipelines_tests.runs.no_such_module:defs"]},
+        }
+    }
+    with instance_for_test(overrides=overrides) as broken:
+        with pytest.raises(RunServerError, match="exited with code 1 while loading"):
+            launch(broken, "hello", tmp_path / "pid")
+        [run] = broken.get_runs()
+        assert run.status == DagsterRunStatus.FAILURE
+        messages = [e.message for e in broken.all_logs(run.run_id)]
+        assert any("the run server exited with code 1" in m for m in messages), messages
+        assert not (tmp_path / "pid").exists()
