@@ -171,8 +171,11 @@ def serve(socket_path: str, pointers: list[str]) -> None:
             except TimeoutError:
                 continue
             connection.settimeout(30)
-            if not handle(connection, listener, lambda: changed(mtimes)):
-                break
+            try:
+                if not handle(connection, listener, lambda: changed(mtimes)):
+                    break
+            except OSError as error:  # a launcher that went away mid-request
+                print(f"run server: request dropped: {error}", file=sys.stderr, flush=True)
     finally:
         listener.close()
         Path(socket_path).unlink(missing_ok=True)

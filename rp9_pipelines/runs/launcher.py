@@ -91,7 +91,11 @@ class RunServer:
         request = json.dumps({"run_id": run_id, "instance_ref": instance_ref}).encode() + b"\n"
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.settimeout(30)
-            connection.connect(str(self.socket_path))
+            try:
+                connection.connect(str(self.socket_path))
+            except (ConnectionRefusedError, FileNotFoundError):
+                return {"stale": True}  # nobody listens any more: another server is needed
+            # From here an error is not retried: the run may have been forked already.
             connection.sendall(request)
             with connection.makefile("rb") as stream:
                 answer: dict[str, Any] = json.loads(stream.readline() or b"{}")
@@ -145,13 +149,13 @@ class PreloadedRunLauncher(RunLauncher, ConfigurableClass):
                 started = time.monotonic()
                 try:
                     answer = self._server.fork(run_id, instance_ref)
-                except OSError:
-                    answer = {"stale": True}  # the server went away: start another once
+                except OSError as error:
+                    raise RunServerError(f"run {run_id}: no answer from the run server") from error
                 if "pid" in answer:
                     return int(answer["pid"]), time.monotonic() - started
                 if not answer.get("stale"):
                     raise RunServerError(f"the run server refused run {run_id}: {answer}")
-                # Its code changed on disk (or it died): a fresh server loads the new code.
+                # Its code changed on disk, or it is gone: a fresh server loads the code.
                 self._server.stop()
                 self._server = None
         raise RunServerError(f"no run server could start run {run_id}")

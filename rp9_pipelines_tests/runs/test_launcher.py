@@ -176,3 +176,16 @@ def test_a_code_location_that_cannot_load_fails_the_run_with_a_clear_error(
         messages = [e.message for e in broken.all_logs(run.run_id)]
         assert any("the run server exited with code 1" in m for m in messages), messages
         assert not (tmp_path / "pid").exists()
+
+
+def test_a_dead_run_server_is_replaced_at_the_next_launch(
+    instance: DagsterInstance, tmp_path: Path
+) -> None:
+    first = launch(instance, "hello", tmp_path / "first")
+    wait_until(lambda: finished(instance, first.run_id), timeout_s=60, what="the first run")
+    before = server_pid(instance)
+    os.kill(before, signal.SIGKILL)
+    second = launch(instance, "hello", tmp_path / "second")
+    done = wait_until(lambda: finished(instance, second.run_id), timeout_s=120, what="run")
+    assert done.status == DagsterRunStatus.SUCCESS
+    assert server_pid(instance) != before
