@@ -8,6 +8,9 @@ run it forks a child that executes the run exactly as `dagster api execute_run` 
 (`_execute_run_command_body`: the "Started process" engine event, the run's events, the exit
 code), from a copy of memory that already holds everything.
 
+Started as `python -m rp9_pipelines.runs.fork_server SOCKET READY_FD POINTER...`; it writes
+"ready <pid>" to READY_FD once the pointers are loaded and the socket listens.
+
 Protocol: one JSON line per connection, `{"run_id", "instance_ref"}` (the serialized
 `InstanceRef`); the answer is `{"pid": N}`, or `{"stale": true}` when a preloaded source file
 changed since it was loaded (the server then exits, and the launcher starts a fresh one), or
@@ -29,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 POLL_S = 1.0
+PID_TAG = "rp9/run_pid"
+HOST_TAG = "rp9/run_host"
+STARTED_TAG = "rp9/run_process_started"
 # Imported by every run (Dagster defers them until first use): loaded here, not in each fork.
 RUN_MODULES = [
     "dagster._cli.api",
@@ -82,8 +88,20 @@ def changed(mtimes: dict[str, float]) -> bool:
     return False
 
 
+def process_start_time(pid: int | str) -> str:
+    """The kernel's start time of a process (clock ticks since boot): with the pid, it tells a
+    process apart from a later one that got the same pid."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
 def execute_run(run_id: str, serialized_instance_ref: str) -> int:
-    """In the forked child: run it as `dagster api execute_run` does; returns the exit code."""
+    """In the forked child: record which process runs it, then run it as `dagster api
+    execute_run` does; returns the exit code.
+
+    The tags are written here, before the run's first status event, and not by the launcher:
+    Dagster rewrites the whole stored run on a status event, so a tag written concurrently from
+    another process could be lost."""
     from dagster._cli.api import _execute_run_command_body
     from dagster._cli.utils import get_instance_for_cli
     from dagster._core.instance.ref import InstanceRef
@@ -92,6 +110,15 @@ def execute_run(run_id: str, serialized_instance_ref: str) -> int:
 
     instance_ref = deserialize_value(serialized_instance_ref, InstanceRef)
     with capture_interrupts(), get_instance_for_cli(instance_ref=instance_ref) as instance:
+        pid = os.getpid()
+        instance.add_run_tags(
+            run_id,
+            {
+                PID_TAG: str(pid),
+                HOST_TAG: socket.gethostname(),
+                STARTED_TAG: process_start_time(pid),
+            },
+        )
         return _execute_run_command_body(
             run_id, instance, lambda _event: None, set_exit_code_on_failure=True
         )
@@ -105,7 +132,8 @@ def fork_run(request: dict[str, Any], listener: socket.socket, connection: socke
     code = 1
     try:
         listener.close()
-        connection.close()
+        # The accepted connection: its makefile() keeps socket.close() from closing the fd.
+        os.close(connection.fileno())
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         code = execute_run(request["run_id"], request["instance_ref"])
@@ -148,7 +176,7 @@ def handle(
     return True
 
 
-def serve(socket_path: str, pointers: list[str]) -> None:
+def serve(socket_path: str, ready_fd: int, pointers: list[str]) -> None:
     parent = os.getppid()
     # Ctrl-C of the process that started us reaches the runs themselves; the server goes when
     # its parent does.
@@ -159,10 +187,9 @@ def serve(socket_path: str, pointers: list[str]) -> None:
     os.chmod(socket_path, 0o600)
     listener.listen(16)
     listener.settimeout(POLL_S)
-    print(f"ready {os.getpid()}", flush=True)
-    # Stdout was the pipe that carried "ready": nobody reads it from now on, so a run printing
-    # to it would block once the pipe is full. Runs inherit the launcher's stderr instead.
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    # "ready" on a pipe of its own: whatever the code location prints goes to stdout as usual.
+    os.write(ready_fd, f"ready {os.getpid()}\n".encode())
+    os.close(ready_fd)
     try:
         while os.getppid() == parent:
             reap()
@@ -182,4 +209,4 @@ def serve(socket_path: str, pointers: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], sys.argv[2:])
+    serve(sys.argv[1], int(sys.argv[2]), sys.argv[3:])

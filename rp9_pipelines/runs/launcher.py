@@ -38,8 +38,8 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._serdes import ConfigurableClass, serialize_value
 from dagster._serdes.config_class import ConfigurableClassData
 
-PID_TAG = "rp9/run_pid"
-HOST_TAG = "rp9/run_host"
+from rp9_pipelines.runs.fork_server import HOST_TAG, PID_TAG, STARTED_TAG
+
 SERVER_MODULE = "rp9_pipelines.runs.fork_server"
 DEFAULT_PRELOAD = ["rp9_pipelines.definitions:defs"]
 SERVER_START_TIMEOUT_S = 120.0
@@ -60,17 +60,20 @@ class RunServer:
 
     def start(self) -> None:
         self.socket_path.unlink(missing_ok=True)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", SERVER_MODULE, str(self.socket_path), *self.preload],
-            stdout=subprocess.PIPE,
-        )
-        stdout = self.process.stdout
-        assert stdout is not None
-        # "ready <pid>" once the code location is loaded and the socket listens; nothing if
-        # loading failed (its traceback goes to our stderr).
-        readable, _, _ = select.select([stdout], [], [], SERVER_START_TIMEOUT_S)
-        line = stdout.readline().decode().strip() if readable else ""
-        stdout.close()
+        ready_r, ready_w = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", SERVER_MODULE, str(self.socket_path), str(ready_w),
+                 *self.preload],
+                pass_fds=(ready_w,),
+            )  # fmt: skip
+        finally:
+            os.close(ready_w)
+        # "ready <pid>" once the code location is loaded and the socket listens; an end of file
+        # if loading failed (its traceback goes to our stderr).
+        with os.fdopen(ready_r, "rb") as ready:
+            readable, _, _ = select.select([ready], [], [], SERVER_START_TIMEOUT_S)
+            line = ready.readline().decode().strip() if readable else ""
         if not line.startswith("ready"):
             try:  # an end of file means it is exiting: take its exit code
                 code: int | None = self.process.wait(timeout=10 if readable else 0)
@@ -163,8 +166,8 @@ class PreloadedRunLauncher(RunLauncher, ConfigurableClass):
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
         check.invariant(run.job_code_origin is not None, f"run {run.run_id} has no code origin")
+        # The run's process records its own pid tags (fork_server.execute_run).
         pid, seconds = self._fork(run.run_id)
-        self._instance.add_run_tags(run.run_id, {PID_TAG: str(pid), HOST_TAG: socket.gethostname()})
         self._instance.report_engine_event(
             f"Forked from the preloaded run server as pid {pid} in {1000 * seconds:.0f} ms.",
             run,
@@ -172,18 +175,19 @@ class PreloadedRunLauncher(RunLauncher, ConfigurableClass):
         )
 
     def _local_pid(self, run: DagsterRun) -> int | None:
-        """The run's process when it runs on this host and is one of the run server's forks."""
+        """The run's process when it runs on this host and is still the process that started
+        the run (same pid and kernel start time: not a later process that reused the pid)."""
         pid = run.tags.get(PID_TAG)
         if not pid or run.tags.get(HOST_TAG) != socket.gethostname():
             return None
         try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             return None
-        if SERVER_MODULE.encode() not in cmdline or state == "Z":
+        if stat[0] == "Z" or stat[19] != run.tags.get(STARTED_TAG):
             return None
-        return int(pid)
+        return int(pid) if SERVER_MODULE.encode() in cmdline else None
 
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id)
@@ -206,8 +210,12 @@ class PreloadedRunLauncher(RunLauncher, ConfigurableClass):
         return True
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
-        if run.tags.get(PID_TAG) is None or run.tags.get(HOST_TAG) != socket.gethostname():
-            return CheckRunHealthResult(WorkerStatus.UNKNOWN, "launched elsewhere")
+        # Run monitoring fails a started run on anything but RUNNING or SUCCESS: a run this
+        # launcher cannot judge (started by another launcher or on another host) stays alone.
+        if PID_TAG not in run.tags or run.tags.get(HOST_TAG) != socket.gethostname():
+            return CheckRunHealthResult(
+                WorkerStatus.RUNNING, "not a process of this host's run server"
+            )
         if self._local_pid(run) is None:
             return CheckRunHealthResult(
                 WorkerStatus.FAILED, f"run process {run.tags[PID_TAG]} is gone"

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import dagster as dg
 
+# Output while the code location loads must not disturb the run server's start.
+print("sample jobs loading")
+
 
 class Marker(dg.Config):
     path: str

@@ -4,6 +4,7 @@ makes the next launch load the code again."""
 
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from dagster._core.launcher import WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.test_utils import instance_for_test
 
-from rp9_pipelines.runs.launcher import PID_TAG, PreloadedRunLauncher, RunServerError
+from rp9_pipelines.runs.fork_server import HOST_TAG, PID_TAG, STARTED_TAG
+from rp9_pipelines.runs.launcher import PreloadedRunLauncher, RunServerError
 from rp9_pipelines_tests.conftest import ROOT
 from rp9_pipelines_tests.runs import sample_jobs
 from rp9_pipelines_tests.waiting import wait_until
@@ -189,3 +191,19 @@ def test_a_dead_run_server_is_replaced_at_the_next_launch(
     done = wait_until(lambda: finished(instance, second.run_id), timeout_s=120, what="run")
     assert done.status == DagsterRunStatus.SUCCESS
     assert server_pid(instance) != before
+
+
+def test_monitoring_judges_only_this_hosts_run_processes(instance: DagsterInstance) -> None:
+    me = launcher(instance)
+    here = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    started = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]
+
+    def health(tags: dict[str, str]) -> WorkerStatus:
+        return me.check_run_worker_health(DagsterRun(job_name="hello", tags=tags)).status
+
+    # Started by another launcher, or on another host: not judged (monitoring would fail it).
+    assert health({}) == WorkerStatus.RUNNING
+    assert health({**here, HOST_TAG: "elsewhere", STARTED_TAG: started}) == WorkerStatus.RUNNING
+    # A live process that is not a fork of the run server, or a pid reused by a later process.
+    assert health({**here, STARTED_TAG: started}) == WorkerStatus.FAILED
+    assert health({**here, STARTED_TAG: "1"}) == WorkerStatus.FAILED
