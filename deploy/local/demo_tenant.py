@@ -6,9 +6,20 @@ import time
 import httpx
 
 from rp9_pipelines.api.auth import sign
-from rp9_pipelines.settings import get_settings
+from rp9_pipelines.settings import Settings, get_settings
 
 SLUG = "demo"
+
+
+def answers(settings: Settings) -> bool:
+    host = f"{SLUG}.{settings.base_domain}"
+    try:
+        ready = httpx.get(
+            f"{settings.traefik_url}/healthz/readiness", headers={"Host": host}, timeout=5
+        )
+    except httpx.HTTPError:
+        return False
+    return ready.status_code == 200
 
 
 def main() -> int:
@@ -24,10 +35,13 @@ def main() -> int:
             headers |= {"X-Timestamp": stamp, "X-Signature": sign(secret, stamp, body)}
         return httpx.request(method, api + path, content=body, headers=headers, timeout=60)
 
+    port = settings.traefik_url.rsplit(":", 1)[1]
     existing = call("GET", f"/tenants/{SLUG}")
-    if existing.status_code == 200 and existing.json()["status"] == "active":
+    if existing.status_code == 200 and existing.json()["status"] == "active" and answers(settings):
         run_id = None
     else:
+        # New, failed, or active in the catalog without a stack that answers (its containers
+        # were removed since): provisioning converges it.
         body = b'{"slug": "demo", "name": "Demo tenant", "plan": "starter"}'
         created = call("POST", "/tenants", body) if existing.status_code == 404 else None
         if created is None:
@@ -46,7 +60,6 @@ def main() -> int:
                 return 1
             break
         time.sleep(1)
-    port = settings.traefik_url.rsplit(":", 1)[1]
     print(f"  demo tenant n8n   http://{SLUG}.{settings.base_domain}:{port}/")
     print("  its owner login   `make demo-credentials`")
     return 0

@@ -62,5 +62,13 @@ def test_interrupted_provision_converges_on_rerun(
     n8n.install_echo("after-crash")
     assert n8n.call("after-crash", {"x": 1}).status_code == 200
 
+    # An active tenant whose main was removed by hand is repaired by provisioning it again.
+    docker_client.containers.get(f"rp9-{slug}-blue-main").remove(force=True)
+    repaired = api.post(f"/tenants/{slug}/provision")
+    assert repaired.status_code == 202, repaired.text
+    assert api.wait_run(repaired.json()["run_id"])["status"] == "SUCCESS"
+    assert api.get(f"/tenants/{slug}").json()["status"] == "active"
+    assert n8n.call("after-crash", {"x": 2}).status_code == 200
+
     response = api.request("DELETE", f"/tenants/{slug}?purge=true")
     assert api.wait_run(response.json()["run_id"])["status"] == "SUCCESS"

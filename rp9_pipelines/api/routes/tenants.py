@@ -204,9 +204,11 @@ DELETE = Action(
 )  # fmt: skip
 PLAIN_ACTIONS = [
     Action(
-        "provision", frozenset({"provisioning", "failed"}), "provision_tenant", "register_secrets",
-        "Run provisioning again for a tenant whose run failed or was interrupted; every step "
-        "converges, so it finishes the work without a second stack.",
+        "provision", frozenset({"provisioning", "failed", "active"}), "provision_tenant",
+        "register_secrets",
+        "Run provisioning again: for a tenant whose run failed or was interrupted, or to repair an "
+        "active tenant whose containers were removed or changed by hand; every step converges, "
+        "so it finishes the work without a second stack.",
     ),
     Action(
         "suspend", frozenset({"active", "failed"}), "suspend_tenant", "stop_stack",
