@@ -25,16 +25,19 @@ from rp9_pipelines_tests.waiting import wait_until
 MODULE = "rp9_pipelines_tests.runs.sample_jobs"
 
 
-@pytest.fixture(scope="module")
-def instance() -> Iterator[DagsterInstance]:
-    overrides = {
+def preloading(pointer: str) -> dict[str, Any]:
+    return {
         "run_launcher": {
             "module": "rp9_pipelines.runs.launcher",
             "class": "PreloadedRunLauncher",
-            "config": {"preload": [f"{MODULE}:defs"]},
+            "config": {"preload": [pointer]},
         }
     }
-    with instance_for_test(overrides=overrides) as instance:
+
+
+@pytest.fixture(scope="module")
+def instance() -> Iterator[DagsterInstance]:
+    with instance_for_test(overrides=preloading(f"{MODULE}:defs")) as instance:
         yield instance
         instance.run_launcher.dispose()
 
@@ -52,6 +55,11 @@ def launch(instance: DagsterInstance, job: str, marker: Path) -> DagsterRun:
     )
     instance.launch_run(run.run_id, workspace=None)  # type: ignore[arg-type]
     return run
+
+
+def run_to_end(instance: DagsterInstance, job: str, marker: Path) -> DagsterRun:
+    run = launch(instance, job, marker)
+    return wait_until(lambda: finished(instance, run.run_id), timeout_s=120, what=f"run {job}")
 
 
 def process_gone(pid: int) -> bool:
@@ -90,13 +98,12 @@ def test_a_run_executes_in_a_fork_of_the_run_server(
     instance: DagsterInstance, tmp_path: Path
 ) -> None:
     marker = tmp_path / "pid"
-    run = launch(instance, "hello", marker)
-    done = wait_until(lambda: finished(instance, run.run_id), timeout_s=60, what="the run")
+    done = run_to_end(instance, "hello", marker)
     assert done.status == DagsterRunStatus.SUCCESS
     pid = int(marker.read_text())
     assert pid == int(done.tags[PID_TAG])
     assert pid not in {os.getpid(), server_pid(instance)}
-    messages = [e.message for e in instance.all_logs(run.run_id)]
+    messages = [e.message for e in instance.all_logs(done.run_id)]
     assert any("Forked from the preloaded run server" in m for m in messages), messages
     assert any(f"Started process for run (pid: {pid})" in m for m in messages), messages
 
@@ -145,15 +152,13 @@ def test_a_killed_run_process_is_reported_failed(instance: DagsterInstance, tmp_
 def test_an_edited_source_file_loads_the_code_again(
     instance: DagsterInstance, tmp_path: Path
 ) -> None:
-    first = launch(instance, "hello", tmp_path / "first")
-    wait_until(lambda: finished(instance, first.run_id), timeout_s=60, what="the first run")
+    run_to_end(instance, "hello", tmp_path / "first")
     before = server_pid(instance)
     source = Path(sample_jobs.__file__)
     stat = source.stat()
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     try:
-        second = launch(instance, "hello", tmp_path / "second")
-        done = wait_until(lambda: finished(instance, second.run_id), timeout_s=120, what="run")
+        done = run_to_end(instance, "hello", tmp_path / "second")
     finally:
         os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert done.status == DagsterRunStatus.SUCCESS
@@ -163,14 +168,7 @@ def test_an_edited_source_file_loads_the_code_again(
 def test_a_code_location_that_cannot_load_fails_the_run_with_a_clear_error(
     tmp_path: Path,
 ) -> None:
-    overrides = {
-        "run_launcher": {
-            "module": "rp9_pipelines.runs.launcher",
-            "class": "PreloadedRunLauncher",
-            "config": {"preload": ["rp9_pipelines_tests.runs.no_such_module:defs"]},
-        }
-    }
-    with instance_for_test(overrides=overrides) as broken:
+    with instance_for_test(overrides=preloading(f"{MODULE}_that_does_not_exist:defs")) as broken:
         with pytest.raises(RunServerError, match="exited with code 1 while loading"):
             launch(broken, "hello", tmp_path / "pid")
         [run] = broken.get_runs()
@@ -183,12 +181,10 @@ def test_a_code_location_that_cannot_load_fails_the_run_with_a_clear_error(
 def test_a_dead_run_server_is_replaced_at_the_next_launch(
     instance: DagsterInstance, tmp_path: Path
 ) -> None:
-    first = launch(instance, "hello", tmp_path / "first")
-    wait_until(lambda: finished(instance, first.run_id), timeout_s=60, what="the first run")
+    run_to_end(instance, "hello", tmp_path / "first")
     before = server_pid(instance)
     os.kill(before, signal.SIGKILL)
-    second = launch(instance, "hello", tmp_path / "second")
-    done = wait_until(lambda: finished(instance, second.run_id), timeout_s=120, what="run")
+    done = run_to_end(instance, "hello", tmp_path / "second")
     assert done.status == DagsterRunStatus.SUCCESS
     assert server_pid(instance) != before
 
