@@ -124,7 +124,9 @@ def execute_run(run_id: str, serialized_instance_ref: str) -> int:
         )
 
 
-def fork_run(request: dict[str, Any], listener: socket.socket, connection: socket.socket) -> int:
+def fork_run(
+    run_id: str, instance_ref: str, listener: socket.socket, connection: socket.socket
+) -> int:
     pid = os.fork()
     if pid:
         return pid
@@ -136,9 +138,9 @@ def fork_run(request: dict[str, Any], listener: socket.socket, connection: socke
         os.close(connection.fileno())
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        code = execute_run(request["run_id"], request["instance_ref"])
+        code = execute_run(run_id, instance_ref)
     except BaseException as error:
-        print(f"run {request.get('run_id')}: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"run {run_id}: {type(error).__name__}: {error}", file=sys.stderr)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -164,11 +166,12 @@ def handle(
         line = stream.readline()
         try:
             request = json.loads(line)
+            run_id, instance_ref = str(request["run_id"]), str(request["instance_ref"])
             if is_stale():
                 stream.write(b'{"stale": true}\n')
                 stream.flush()
                 return False
-            answer: dict[str, Any] = {"pid": fork_run(request, listener, connection)}
+            answer: dict[str, Any] = {"pid": fork_run(run_id, instance_ref, listener, connection)}
         except (ValueError, KeyError, OSError) as error:
             answer = {"error": f"{type(error).__name__}: {error}"}
         stream.write(json.dumps(answer).encode() + b"\n")

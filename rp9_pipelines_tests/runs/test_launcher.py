@@ -2,6 +2,7 @@
 server, terminate cancels them, run monitoring sees a dead run process, and an edited source file
 makes the next launch load the code again."""
 
+import json
 import os
 import signal
 import socket
@@ -17,7 +18,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.test_utils import instance_for_test
 
 from rp9_pipelines.runs.fork_server import HOST_TAG, PID_TAG, STARTED_TAG
-from rp9_pipelines.runs.launcher import PreloadedRunLauncher, RunServerError
+from rp9_pipelines.runs.launcher import PreloadedRunLauncher, RunServer, RunServerError
 from rp9_pipelines_tests.conftest import ROOT
 from rp9_pipelines_tests.runs import sample_jobs
 from rp9_pipelines_tests.waiting import wait_until
@@ -203,3 +204,20 @@ def test_monitoring_judges_only_this_hosts_run_processes(instance: DagsterInstan
     # A live process that is not a fork of the run server, or a pid reused by a later process.
     assert health({**here, STARTED_TAG: started}) == WorkerStatus.FAILED
     assert health({**here, STARTED_TAG: "1"}) == WorkerStatus.FAILED
+
+
+def test_a_malformed_request_is_refused_and_the_server_keeps_serving() -> None:
+    server = RunServer([f"{MODULE}:defs"])
+    server.start()
+    try:
+        for request in (b"not json\n", b'{"run_id": "r1"}\n'):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+                connection.settimeout(30)
+                connection.connect(str(server.socket_path))
+                connection.sendall(request)
+                answer = json.loads(connection.makefile("rb").readline())
+            assert "error" in answer, answer
+            assert "pid" not in answer
+        assert server.alive()
+    finally:
+        server.stop()
