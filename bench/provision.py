@@ -29,6 +29,7 @@ import httpx
 from rp9_pipelines.domain.stack import startup_cpu
 from rp9_pipelines.domain.template import template_schema
 from rp9_pipelines.domain.tenants import TenantNames
+from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.resources.tenant_db import Template, TenantDatabaseResource
 from rp9_pipelines.resources.vault import VaultResource
 from rp9_pipelines.settings import Settings, TenantStackSettings
@@ -149,7 +150,7 @@ def main() -> None:
     template = tenant_db.template(template_schema(settings.n8n_version))
     print(f"bare docker run to readiness on a copy of the template, {args.tenants} times:")
     bare_t = bare(settings, tenant_db, args.tenants, template)
-    host_cpus = int(docker.DockerClient(base_url=settings.docker_host).info()["NCPU"])
+    host_cpus = DockerRuntimeResource(docker_host=settings.docker_host).host_cpus()
     boost = startup_cpu(1.0, TenantStackSettings().startup_cpu, host_cpus)
     print(f"the same with the tenants' startup boost ({boost:g} CPU), {args.tenants} times:")
     bare_b = bare(settings, tenant_db, args.tenants, template, cpu=boost)

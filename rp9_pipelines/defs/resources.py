@@ -51,6 +51,7 @@ def resources() -> dg.Definitions:
                 traefik_url=dg.EnvVar("TRAEFIK_URL"),
                 traefik_entrypoint=dg.EnvVar("TRAEFIK_ENTRYPOINT"),
                 traefik_cert_resolver=dg.EnvVar("TRAEFIK_CERT_RESOLVER"),
+                # Not a secret, with a working default: read when the code location loads.
                 startup_cpu=TenantStackSettings().startup_cpu,
             ),
             "secret_files": SecretFilesResource(root=dg.EnvVar("SECRETS_DIR")),
@@ -59,8 +60,7 @@ def resources() -> dg.Definitions:
             "stripe": StripeResource(
                 api_key=dg.EnvVar("STRIPE_SECRET_KEY"),
                 api_base=dg.EnvVar("STRIPE_API_BASE"),
-                # Not secrets, with working defaults (as startup_cpu): read when the code
-                # location loads.
+                # Not secrets, with working defaults: read when the code location loads.
                 max_network_retries=stripe_settings.max_network_retries,
                 timeout_s=stripe_settings.timeout_s,
             ),

@@ -146,15 +146,20 @@ def converge(r: StackResources, tenant: Tenant, log: Log, *, roles: set[str]) ->
         with r.catalog.begin() as connection:
             catalog.set_instances_state(connection, tenant.id, "removed", [name])
         done.append(f"removed {name}")
-    boosted: list[ContainerSpec] = []
+
+    def boot_cpu(spec: ContainerSpec) -> float:  # the engine is asked once, when needed
+        return startup_cpu(spec.cpu, r.platform.startup_cpu, r.docker_runtime.host_cpus())
+
+    boosted = [s for s in plan.create + plan.recreate + plan.start if boot_cpu(s) != s.cpu]
     try:
         for spec in plan.create + plan.recreate:
             verb = "recreating" if spec in plan.recreate else "creating"
             log(f"{verb} {spec.name} ({spec.cpu} CPU, {spec.memory_mb} MiB)")
             if spec in plan.recreate:
                 r.docker_runtime.remove(spec.name, graceful=True)
-            cpu = _startup_cpu(r, spec, boosted)
-            container_id = r.docker_runtime.create(spec, r.platform.image, secrets_dir, cpu=cpu)
+            container_id = r.docker_runtime.create(
+                spec, r.platform.image, secrets_dir, cpu=boot_cpu(spec)
+            )
             _record(r, tenant, spec, container_id, "running")
             done.append(f"{verb} {spec.name}")
         for spec in plan.update_limits:
@@ -164,30 +169,22 @@ def converge(r: StackResources, tenant: Tenant, log: Log, *, roles: set[str]) ->
             done.append(f"resized {spec.name}")
         for spec in plan.start:
             log(f"starting {spec.name}")
-            cpu = _startup_cpu(r, spec, boosted)
-            if cpu != spec.cpu:
-                r.docker_runtime.update_limits(spec.name, cpu, spec.memory_mb)
+            if spec in boosted:
+                r.docker_runtime.update_limits(spec.name, boot_cpu(spec), spec.memory_mb)
             r.docker_runtime.start(spec.name)
             with r.catalog.begin() as connection:
                 catalog.set_instances_state(connection, tenant.id, "running", [spec.name])
             done.append(f"started {spec.name}")
         wait_healthy(r, [s.name for s in specs])
     finally:
-        # Healthy or not, a boosted container goes back to its plan's CPU (a container that is
-        # gone by now is found by the next converge, which compares the limits too).
+        # Healthy or not, a boosted container goes back to its plan's CPU (one not created, or
+        # gone by now, is found by the next converge, which compares the limits too).
         for spec in boosted:
             with contextlib.suppress(NotFound):
                 r.docker_runtime.update_limits(spec.name, spec.cpu, spec.memory_mb)
         if boosted:
             log(f"startup CPU boost over for {', '.join(s.name for s in boosted)}")
     return done
-
-
-def _startup_cpu(r: StackResources, spec: ContainerSpec, boosted: list[ContainerSpec]) -> float:
-    cpu = startup_cpu(spec.cpu, r.platform.startup_cpu, r.docker_runtime.host_cpus())
-    if cpu != spec.cpu:
-        boosted.append(spec)
-    return cpu
 
 
 def _record(

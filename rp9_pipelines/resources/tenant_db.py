@@ -45,6 +45,20 @@ class ExecutionWindow:
     latency_p95_ms: float | None
     queue_wait_p95_ms: float | None
 
+    @classmethod
+    def from_row(
+        cls, window_s: int, total: int, failed: int, latency: float | None, wait: float | None
+    ) -> "ExecutionWindow":
+        """From the window query's aggregates (count, failures, p95s in milliseconds)."""
+        return cls(
+            window_s=window_s,
+            total=int(total),
+            failed=int(failed),
+            per_minute=round(total / (window_s / 60), 3),
+            latency_p95_ms=round(latency, 1) if latency is not None else None,
+            queue_wait_p95_ms=round(wait, 1) if wait is not None else None,
+        )
+
 
 class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     """Administers the tenants' databases on the platform's Postgres server: the shared database
@@ -308,15 +322,7 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 with raw.cursor() as cursor:  # type: ignore[attr-defined]
                     cursor.execute(query, (window_s,))
                     row = cursor.fetchone()
-        total, failed, latency, wait = row
-        return ExecutionWindow(
-            window_s=window_s,
-            total=int(total),
-            failed=int(failed),
-            per_minute=round(total / (window_s / 60), 3),
-            latency_p95_ms=round(latency, 1) if latency is not None else None,
-            queue_wait_p95_ms=round(wait, 1) if wait is not None else None,
-        )
+        return ExecutionWindow.from_row(window_s, *row)
 
     def count_executions(self, names: TenantNames) -> int:
         with self._connect(names.db_name) as connection:
@@ -393,15 +399,8 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         rows, errors = self._each_schema(tenants, statement, parallel)
         windows: dict[str, ExecutionWindow] = {}
         for slug, found in rows.items():
-            for _, total, failed, latency, wait in found:
-                windows[slug] = ExecutionWindow(
-                    window_s=window_s,
-                    total=int(total),
-                    failed=int(failed),
-                    per_minute=round(total / (window_s / 60), 3),
-                    latency_p95_ms=round(latency, 1) if latency is not None else None,
-                    queue_wait_p95_ms=round(wait, 1) if wait is not None else None,
-                )
+            for _, *aggregates in found:
+                windows[slug] = ExecutionWindow.from_row(window_s, *aggregates)
         return ExecutionWindows(windows, errors)
 
     def executions_by_day(
