@@ -43,12 +43,12 @@ stack-status:
 
 migrate: stack-up
 	$(WITH_ENV) $(BIN)/python -m rp9_pipelines.catalog.migrate up
-	$(WITH_ENV) $(BIN)/python -m rp9_pipelines.usage.supabase_migrate
+	$(WITH_ENV) $(BIN)/python -m rp9_pipelines.catalog.supabase_migrate
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy rp9_pipelines rp9_pipelines_tests bench
+	$(BIN)/mypy rp9_pipelines rp9_run_launcher rp9_pipelines_tests bench testing
 
 format: install
 	$(BIN)/ruff format .

@@ -29,12 +29,12 @@ from rp9_pipelines.catalog import autoscaling as autoscaling_catalog
 from rp9_pipelines.catalog import migrate
 from rp9_pipelines.defs.autoscaling.sensor import build_autoscaler
 from rp9_pipelines.domain.tenants import SHARED_DATABASE
-from rp9_pipelines.lifecycle.autoscaling import evaluate
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.prometheus import PrometheusResource
 from rp9_pipelines.resources.redis_queue import RedisResource
 from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.resources.vault import VaultResource
+from rp9_pipelines.services.autoscaling import evaluate
 from rp9_pipelines.settings import AutoscalingSettings, Settings, sqlalchemy_url
 from rp9_pipelines_tests.api_client import Api
 from rp9_pipelines_tests.autoscaling import load

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from rp9_pipelines.backups.backup import BackupOutcome, take_backup
-from rp9_pipelines.backups.postgres import PgServer
 from rp9_pipelines.catalog import backups as backup_catalog
 from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.definitions import defs
 from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.postgres_dump import PgServer
 from rp9_pipelines.resources.s3 import S3Resource
 from rp9_pipelines.resources.vault import VaultResource
+from rp9_pipelines.services.backups import BackupOutcome, take_backup
 from rp9_pipelines.settings import Settings, sqlalchemy_url
 from rp9_pipelines_tests.tenants.conftest import TenantN8n
 

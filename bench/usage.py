@@ -29,8 +29,7 @@ from psycopg import sql
 
 from rp9_pipelines.domain import chargeback
 from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
-from rp9_pipelines.settings import Settings, sqlalchemy_url
-from rp9_pipelines.usage.settings import ChargebackSettings
+from rp9_pipelines.settings import ChargebackSettings, Settings, sqlalchemy_url
 
 FIRST_DAY = dt.date(2026, 11, 1)
 

@@ -1,4 +1,4 @@
-"""The one settings object, read from the environment only (see `.env.example`)."""
+"""The one settings module, read from the environment only (see `.env.example`)."""
 
 from functools import lru_cache
 from typing import Literal
@@ -7,6 +7,7 @@ from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rp9_pipelines.domain.autoscaling import Policy
+from rp9_pipelines.domain.chargeback import Capacity, Rates
 
 Environment = Literal["development", "test", "production"]
 
@@ -150,3 +151,95 @@ def sqlalchemy_url(database_url: str) -> str:
         if database_url.startswith(prefix):
             return "postgresql+psycopg://" + database_url[len(prefix) :]
     return database_url
+
+
+class UsageSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="USAGE_", extra="ignore", frozen=True, env_parse_none_str=""
+    )
+
+    # The container sampler runs every minute; off by default so that a development or test
+    # Dagster does not launch a run a minute on its own (production and `make dev` turn it on).
+    sampling_enabled: bool = False
+    # A silence longer than this between two samples of a container means it was not running:
+    # no memory is charged for it (a few missed ticks are not a stop).
+    sample_max_gap_s: int = 300
+    # Samples older than this are deleted by the sampler (usage keeps the daily figures).
+    sample_retention_days: int = 40
+    # The daily schedule materialises yesterday's partitions of every active tenant.
+    daily_cron: str = "15 0 * * *"
+
+
+class ChargebackSettings(BaseSettings):
+    """Rates in the currency per unit, and the capacity the platform offers its tenants.
+    CPU and memory default to OpenCost's on-premises list prices."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CHARGEBACK_", extra="ignore", frozen=True, env_parse_none_str=""
+    )
+
+    currency: str = "usd"
+    rate_per_execution: float = 0.0002
+    rate_per_duration_hour: float = 0.01
+    rate_per_cpu_core_hour: float = 0.031611
+    rate_per_memory_gb_hour: float = 0.004237
+    capacity_cpu_cores: float = 2.0
+    capacity_memory_gb: float = 24.0
+    # Where the monthly CSV goes in the S3 bucket: <prefix>/<YYYY-MM>.csv
+    s3_prefix: str = "chargeback"
+
+    def rates(self) -> Rates:
+        return Rates(
+            per_execution=self.rate_per_execution,
+            per_duration_hour=self.rate_per_duration_hour,
+            per_cpu_core_hour=self.rate_per_cpu_core_hour,
+            per_memory_gb_hour=self.rate_per_memory_gb_hour,
+        )
+
+    def capacity(self) -> Capacity:
+        return Capacity(cpu_cores=self.capacity_cpu_cores, memory_gb=self.capacity_memory_gb)
+
+
+class EnforcementSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ENFORCEMENT_", extra="ignore", frozen=True, env_parse_none_str=""
+    )
+
+    # The 5-minute schedule ships stopped, so that a development or test Dagster never suspends
+    # tenants on its own; production (and `make dev`) turn it on.
+    enabled: bool = False
+    # Which tenants it judges, by slug (shell-style pattern).
+    tenants: str = "*"
+    # Where warnings (and suspensions, overages, resumptions) are POSTed as JSON; empty: nowhere,
+    # and events wait undelivered until a URL is set (within `notify_window_days`).
+    webhook_url: str = ""
+    # Signs each delivery (`X-Rp9-Signature: sha256=<HMAC(secret, "<timestamp>.<body>")>`).
+    webhook_secret: SecretStr | None = None
+    # Short: a dead receiver must never hold enforcement up.
+    webhook_timeout_s: float = 3.0
+    # Undelivered events older than this are not retried any more.
+    notify_window_days: int = 7
+
+
+STRIPE_API = "https://api.stripe.com"
+
+
+class StripeSettings(BaseSettings):
+    """`STRIPE_*`. Defaults work without any variable so that definitions load anywhere; a
+    webhook without `STRIPE_WEBHOOK_SECRET` is refused, never accepted unsigned."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STRIPE_", extra="ignore", frozen=True, env_parse_none_str=""
+    )
+
+    # Stripe itself in production; the project's Stripe-compatible server in development.
+    api_base: str = STRIPE_API
+    webhook_secret: SecretStr = SecretStr("")
+    webhook_tolerance_s: int = 300
+    max_network_retries: int = 2
+    timeout_s: float = 20.0
+
+
+@lru_cache(maxsize=1)
+def get_stripe_settings() -> StripeSettings:
+    return StripeSettings()

@@ -281,12 +281,12 @@ start_traefik() {
 
 start_stripe() {
   if running stripe; then return 0; fi
-  [ -f "$root/deploy/stripe_double/server.py" ] || die "deploy/stripe_double/server.py is missing"
+  [ -f "$root/testing/stripe_double/server.py" ] || die "testing/stripe_double/server.py is missing"
   claim_port stripe $stripe_port
   log "starting the Stripe-compatible server on 127.0.0.1:$stripe_port"
   mkdir -p "$state/stripe"
   (
-    cd "$root/deploy/stripe_double"
+    cd "$root/testing/stripe_double"
     STRIPE_DOUBLE_DB="$state/stripe/double.sqlite3" \
       STRIPE_DOUBLE_API_KEY="sk_test_$(secret stripe)" \
       STRIPE_DOUBLE_WEBHOOK_SECRET="whsec_$(secret stripe-webhook)" \

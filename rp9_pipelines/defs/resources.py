@@ -3,8 +3,6 @@ config shown in the UI names the variable, never its value."""
 
 import dagster as dg
 
-from rp9_pipelines.billing.config import StripeSettings
-from rp9_pipelines.billing.stripe_client import StripeResource
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.resources.http_service import HttpServiceResource
@@ -14,10 +12,11 @@ from rp9_pipelines.resources.prometheus import PrometheusResource
 from rp9_pipelines.resources.redis_queue import RedisResource
 from rp9_pipelines.resources.s3 import S3Resource
 from rp9_pipelines.resources.secret_files import SecretFilesResource
+from rp9_pipelines.resources.stripe import StripeResource
 from rp9_pipelines.resources.supabase import SupabaseResource
 from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.resources.vault import VaultResource
-from rp9_pipelines.settings import TenantStackSettings
+from rp9_pipelines.settings import StripeSettings, TenantStackSettings
 
 
 @dg.definitions

@@ -11,7 +11,9 @@ import pytest
 import sqlalchemy as sa
 from botocore.exceptions import ClientError
 
-from rp9_pipelines.backups.postgres import (
+from rp9_pipelines.domain.backups import MIB, Manifest, SandboxNames, workflow_digest
+from rp9_pipelines.domain.tenants import TenantNames
+from rp9_pipelines.resources.postgres_dump import (
     DumpProcess,
     PgServer,
     PgToolError,
@@ -22,8 +24,6 @@ from rp9_pipelines.backups.postgres import (
     restored_counts,
     sandbox_leftovers,
 )
-from rp9_pipelines.domain.backups import MIB, Manifest, SandboxNames, workflow_digest
-from rp9_pipelines.domain.tenants import TenantNames
 from rp9_pipelines.resources.s3 import S3Resource
 from rp9_pipelines.settings import Settings
 

@@ -13,9 +13,9 @@ import pytest
 import sqlalchemy as sa
 import stripe
 
-from rp9_pipelines.billing.stripe_client import make_client
 from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.catalog.tables import usage, usage_reports
+from rp9_pipelines.resources.stripe import make_client
 from rp9_pipelines.settings import Settings, sqlalchemy_url
 
 STRIPE_ENV = ("STRIPE_SECRET_KEY", "STRIPE_API_BASE", "STRIPE_WEBHOOK_SECRET")

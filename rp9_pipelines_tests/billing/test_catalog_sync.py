@@ -10,17 +10,16 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from rp9_pipelines.billing.catalog_sync import sync_catalog
-from rp9_pipelines.billing.metering import meter_summary
-from rp9_pipelines.billing.stripe_client import StripeResource
 from rp9_pipelines.catalog import migrate
 from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.catalog.tables import plans, stripe_objects, usage
 from rp9_pipelines.defs.billing.stripe import stripe_meter_events, sync_stripe_catalog
+from rp9_pipelines.defs.partitions import TENANTS_PARTITION, tenant_day_key
 from rp9_pipelines.domain.billing import METER_EVENT_NAME, PLAN_PRICES, plan_catalog
 from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.stripe import StripeResource
+from rp9_pipelines.services.billing import meter_summary, sync_catalog
 from rp9_pipelines.settings import sqlalchemy_url
-from rp9_pipelines.usage.partitions import TENANTS_PARTITION, tenant_day_key
 from rp9_pipelines_tests.billing.conftest import StripeDouble
 
 pytestmark = pytest.mark.stack

@@ -15,13 +15,11 @@ import pytest
 import sqlalchemy as sa
 import stripe
 
-from rp9_pipelines.billing.catalog_sync import sync_catalog
-from rp9_pipelines.billing.entitlements import sync_all, sync_customer
-from rp9_pipelines.billing.metering import ensure_customer
 from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.catalog.billing import stripe_id
 from rp9_pipelines.catalog.tables import idempotency_keys, quotas
 from rp9_pipelines.catalog.tenants import Tenant
+from rp9_pipelines.services.billing import ensure_customer, sync_all, sync_catalog, sync_customer
 from rp9_pipelines.settings import Settings
 from rp9_pipelines_tests.billing.conftest import StripeDouble
 from rp9_pipelines_tests.conftest import BIN, Served, free_port, serve

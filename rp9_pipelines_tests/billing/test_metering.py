@@ -9,8 +9,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
-from rp9_pipelines.billing.catalog_sync import sync_catalog
-from rp9_pipelines.billing.metering import MeterReporter, ensure_customer, meter_summary
 from rp9_pipelines.catalog import billing as billing_catalog
 from rp9_pipelines.catalog.tables import usage, usage_reports
 from rp9_pipelines.catalog.tenants import Tenant
@@ -19,6 +17,12 @@ from rp9_pipelines.domain.billing import (
     METER_EVENT_NAME,
     VALUE_PAYLOAD_KEY,
     meter_identifier,
+)
+from rp9_pipelines.services.billing import (
+    MeterReporter,
+    ensure_customer,
+    meter_summary,
+    sync_catalog,
 )
 from rp9_pipelines_tests.billing.conftest import StripeDouble
 

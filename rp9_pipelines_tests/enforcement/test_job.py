@@ -17,10 +17,9 @@ from rp9_pipelines.catalog.tables import enforcement_events, quotas, tenants, us
 from rp9_pipelines.definitions import defs
 from rp9_pipelines.domain.enforcement import period_of
 from rp9_pipelines.domain.tenants import SHARED_DATABASE, TENANT_ID_TAG, TenantNames
-from rp9_pipelines.enforcement import notify
-from rp9_pipelines.enforcement.settings import EnforcementSettings
 from rp9_pipelines.resources.catalog import CatalogResource
-from rp9_pipelines.settings import Settings, sqlalchemy_url
+from rp9_pipelines.services import enforcement as notify
+from rp9_pipelines.settings import EnforcementSettings, Settings, sqlalchemy_url
 from rp9_pipelines_tests.enforcement.receiver import Receiver, receiving
 
 pytestmark = pytest.mark.stack
@@ -202,6 +201,22 @@ def test_a_failing_webhook_is_recorded_and_retried_without_failing_enforcement(
     assert [b["id"] for b in receiver.bodies()] == [str(event["id"])]
 
 
+def test_a_run_judging_a_later_period_still_delivers_what_was_recorded_today(
+    fleet: Fleet, receiver: Receiver
+) -> None:
+    # The delivery window is a retry horizon on the wall clock, as `created_at` is; a run whose
+    # enforcement clock is next month (a drill, a test) must not skip today's events.
+    t = fleet.tenant(limit=5)
+    fleet.execute(t, 4)
+    receiver.mode = "fail"
+    assert enforce(t.slug)["delivered"] == 0
+    receiver.mode = "ok"
+    next_month = (dt.datetime.now(dt.UTC).replace(day=1) + dt.timedelta(days=32)).replace(day=2)
+    summary = enforce(t.slug, as_of=next_month.isoformat())
+    assert (summary["events"], summary["delivered"]) == ([], 1)
+    assert [(b["action"], b["threshold"]) for b in receiver.bodies()] == [("warn", 80)]
+
+
 def test_a_hanging_webhook_costs_one_short_timeout(
     fleet: Fleet, settings: Settings, receiver: Receiver
 ) -> None:
@@ -214,8 +229,7 @@ def test_a_hanging_webhook_costs_one_short_timeout(
     patient = EnforcementSettings(webhook_url=receiver.url, webhook_timeout_s=1.0)
     started = time.monotonic()
     delivery = notify.deliver(
-        CatalogResource(database_url=settings.database_url), patient,
-        dt.datetime.now(dt.UTC), lambda _: None, [t.id],
+        CatalogResource(database_url=settings.database_url), patient, lambda _: None, [t.id],
     )  # fmt: skip
     assert time.monotonic() - started < 3.0
     assert (delivery.delivered, delivery.failed, delivery.pending) == (0, 1, 2)

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import stripe
 
-from rp9_pipelines.billing.stripe_client import is_duplicate_identifier, make_client
+from rp9_pipelines.resources.stripe import is_duplicate_identifier, make_client
 from rp9_pipelines_tests.conftest import ROOT, free_port, serve
 from rp9_pipelines_tests.waiting import wait_until
 

@@ -10,17 +10,17 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from rp9_pipelines.backups.postgres import (
+from rp9_pipelines.catalog.tables import backups, restore_drills
+from rp9_pipelines.definitions import defs
+from rp9_pipelines.domain.backups import DRILL_CHECKS, SandboxNames
+from rp9_pipelines.domain.tenants import TenantNames
+from rp9_pipelines.resources.postgres_dump import (
     PgServer,
     create_sandbox,
     drop_sandbox,
     restore_stream,
     sandbox_leftovers,
 )
-from rp9_pipelines.catalog.tables import backups, restore_drills
-from rp9_pipelines.definitions import defs
-from rp9_pipelines.domain.backups import DRILL_CHECKS, SandboxNames
-from rp9_pipelines.domain.tenants import TenantNames
 from rp9_pipelines.resources.s3 import S3Resource
 from rp9_pipelines.resources.vault import VaultResource
 from rp9_pipelines.settings import Settings, sqlalchemy_url

@@ -8,14 +8,15 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from rp9_pipelines.catalog.supabase_migrate import migrate
 from rp9_pipelines.catalog.tables import chargeback, resource_samples, tenants, usage, usage_reports
 from rp9_pipelines.catalog.tenants import Tenant, get_tenant
+from rp9_pipelines.defs.partitions import TENANTS_PARTITION, tenant_day_key
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.supabase import SupabaseResource
+from rp9_pipelines.services.chargeback import CHARGEBACK_TABLE
+from rp9_pipelines.services.usage import BUSINESS_METRICS_TABLE
 from rp9_pipelines.settings import Settings
-from rp9_pipelines.usage.collect import BUSINESS_METRICS_TABLE, CHARGEBACK_TABLE
-from rp9_pipelines.usage.partitions import TENANTS_PARTITION, tenant_day_key
-from rp9_pipelines.usage.supabase_migrate import migrate
 
 # The tenant fixtures (an API client, Vault, the tenant databases, a provisioned shared-tier
 # tenant) are shared with the lifecycle tests.

@@ -13,7 +13,6 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from rp9_pipelines.billing.stripe_client import StripeResource
 from rp9_pipelines.catalog import usage as store
 from rp9_pipelines.catalog.tables import chargeback, plans, stripe_objects, tenants
 from rp9_pipelines.defs.usage.assets import tenant_chargeback
@@ -21,9 +20,10 @@ from rp9_pipelines.domain.billing import base_price_key, metered_price_key
 from rp9_pipelines.domain.usage import DayUsage
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.s3 import S3Resource
+from rp9_pipelines.resources.stripe import StripeResource
 from rp9_pipelines.resources.supabase import SupabaseResource
+from rp9_pipelines.services.chargeback import CHARGEBACK_TABLE
 from rp9_pipelines.settings import Settings
-from rp9_pipelines.usage.collect import CHARGEBACK_TABLE
 from rp9_pipelines_tests.usage.conftest import forget_usage
 
 pytestmark = pytest.mark.stack

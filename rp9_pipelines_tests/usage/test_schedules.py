@@ -9,9 +9,9 @@ import sqlalchemy as sa
 
 from rp9_pipelines.catalog import migrate
 from rp9_pipelines.definitions import defs
+from rp9_pipelines.defs.partitions import TENANTS_PARTITION, tenant_day_key
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.settings import sqlalchemy_url
-from rp9_pipelines.usage.partitions import TENANTS_PARTITION, tenant_day_key
 
 pytestmark = pytest.mark.stack
 

@@ -12,14 +12,14 @@ import pytest
 import sqlalchemy as sa
 
 from rp9_pipelines.catalog import usage as store
+from rp9_pipelines.catalog.supabase_migrate import MIGRATIONS, migrate
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.defs.usage.assets import supabase_business_metrics
 from rp9_pipelines.domain.usage import DayUsage, supabase_identifier
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.supabase import SupabaseResource
+from rp9_pipelines.services.usage import BUSINESS_METRICS_TABLE
 from rp9_pipelines.settings import Settings, sqlalchemy_url
-from rp9_pipelines.usage.collect import BUSINESS_METRICS_TABLE
-from rp9_pipelines.usage.supabase_migrate import MIGRATIONS, migrate
 from rp9_pipelines_tests.usage.conftest import materialize_day
 
 pytestmark = pytest.mark.stack

@@ -12,8 +12,6 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from rp9_pipelines.billing.metering import meter_summary
-from rp9_pipelines.billing.stripe_client import StripeResource
 from rp9_pipelines.catalog import usage as store
 from rp9_pipelines.catalog.tables import resource_samples, usage
 from rp9_pipelines.defs.billing.stripe import stripe_meter_events
@@ -23,11 +21,13 @@ from rp9_pipelines.domain.tenants import TenantNames
 from rp9_pipelines.domain.usage import supabase_identifier
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
+from rp9_pipelines.resources.stripe import StripeResource
 from rp9_pipelines.resources.supabase import SupabaseResource
 from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.resources.vault import VaultResource
+from rp9_pipelines.services.billing import meter_summary
+from rp9_pipelines.services.usage import BUSINESS_METRICS_TABLE
 from rp9_pipelines.settings import Settings
-from rp9_pipelines.usage.collect import BUSINESS_METRICS_TABLE
 from rp9_pipelines_tests.tenants.conftest import TenantN8n
 from rp9_pipelines_tests.usage.conftest import forget_usage, materialize_day
 from rp9_pipelines_tests.waiting import wait_until

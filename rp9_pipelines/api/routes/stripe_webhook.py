@@ -20,11 +20,10 @@ from sqlalchemy.dialects.postgresql import insert
 
 from rp9_pipelines.api.deps import EngineDep, RawBodyDep, SettingsDep
 from rp9_pipelines.api.errors import ApiError
-from rp9_pipelines.billing.config import StripeSettings, get_stripe_settings
-from rp9_pipelines.billing.entitlements import sync_customer
-from rp9_pipelines.billing.stripe_client import make_client
 from rp9_pipelines.catalog.tables import idempotency_keys
-from rp9_pipelines.settings import is_placeholder
+from rp9_pipelines.resources.stripe import make_client
+from rp9_pipelines.services.billing import sync_customer
+from rp9_pipelines.settings import StripeSettings, get_stripe_settings, is_placeholder
 
 router = APIRouter(tags=["stripe"])
 log = logging.getLogger("rp9.stripe_webhook")

@@ -17,11 +17,11 @@ from rp9_pipelines.domain.autoscaling import (
     run_key,
 )
 from rp9_pipelines.domain.tenants import TENANT_ID_TAG, TENANT_TAG
-from rp9_pipelines.lifecycle.autoscaling import Judged, Tick, evaluate
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.prometheus import PrometheusResource
 from rp9_pipelines.resources.redis_queue import RedisResource
 from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
+from rp9_pipelines.services.autoscaling import Judged, Tick, evaluate
 from rp9_pipelines.settings import AutoscalingSettings
 
 SENSOR_NAME = "autoscale_workers"

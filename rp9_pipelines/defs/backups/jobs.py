@@ -6,13 +6,12 @@ from typing import Any
 
 import dagster as dg
 
-from rp9_pipelines.backups.backup import take_backup
-from rp9_pipelines.backups.retention import apply_retention
 from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.backups import RETENTION, SCHEDULED_KINDS, scheduled_runs
 from rp9_pipelines.domain.tenants import KIND_TAG, TENANT_ID_TAG, TENANT_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.services.backups import apply_retention, take_backup
 
 BACKUP_KIND_TAG = "rp9/backup_kind"
 # What `dagster.yaml` limits: how many backups run at once across tenants.

@@ -3,17 +3,15 @@ reported to the Billing Meter per tenant and day, and entitlements synced back i
 
 import dagster as dg
 
-from rp9_pipelines.billing.catalog_sync import sync_catalog
-from rp9_pipelines.billing.entitlements import sync_all
-from rp9_pipelines.billing.metering import MeterReporter, ensure_customer
-from rp9_pipelines.billing.stripe_client import StripeResource
 from rp9_pipelines.catalog import tenants as tenant_catalog
-from rp9_pipelines.domain.tenants import KIND_TAG, TENANT_TAG
-from rp9_pipelines.resources.catalog import CatalogResource
-from rp9_pipelines.usage.partitions import (
+from rp9_pipelines.defs.partitions import (
     tenant_day,
     tenant_day_partitions,
 )
+from rp9_pipelines.domain.tenants import KIND_TAG, TENANT_TAG
+from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.stripe import StripeResource
+from rp9_pipelines.services.billing import MeterReporter, ensure_customer, sync_all, sync_catalog
 
 USAGE_ASSET = dg.AssetKey("tenant_usage_daily")
 METER_ASSET = dg.AssetKey("stripe_meter_events")

@@ -11,9 +11,9 @@ from pydantic import Field
 from rp9_pipelines.defs.autoscaling.sensor import IN_FLIGHT, tenants_in_flight
 from rp9_pipelines.defs.tenants.jobs import RESOURCES
 from rp9_pipelines.domain.tenants import KIND_TAG
-from rp9_pipelines.enforcement.enforce import enforce
-from rp9_pipelines.enforcement.settings import EnforcementSettings
-from rp9_pipelines.lifecycle.stack import StackResources
+from rp9_pipelines.services.enforcement import enforce
+from rp9_pipelines.services.tenants import StackResources
+from rp9_pipelines.settings import EnforcementSettings
 
 ENFORCEMENT_RUN_KIND = "enforcement"
 SCHEDULE_NAME = "enforce_limits_every_5_minutes"

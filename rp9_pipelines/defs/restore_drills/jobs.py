@@ -8,8 +8,6 @@ from typing import Any
 
 import dagster as dg
 
-from rp9_pipelines.backups.backup import describe
-from rp9_pipelines.backups.drill import DrillResources, run_drill, sweep_sandboxes
 from rp9_pipelines.catalog import backups as backup_catalog
 from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.defs.backups.jobs import load_tenant
@@ -21,6 +19,8 @@ from rp9_pipelines.domain.backups import (
 )
 from rp9_pipelines.domain.tenants import KIND_TAG, TENANT_ID_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.services.backups import describe
+from rp9_pipelines.services.restore_drills import DrillResources, run_drill, sweep_sandboxes
 
 DRILL_RUN_KIND = "restore_drill"
 RESOURCES = {"catalog", "tenant_db", "s3", "docker_runtime", "platform", "secret_files", "vault"}

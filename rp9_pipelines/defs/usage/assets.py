@@ -6,20 +6,21 @@ from typing import Any
 
 import dagster as dg
 
-from rp9_pipelines.billing.stripe_client import StripeResource
 from rp9_pipelines.defs.backups.jobs import load_tenant
-from rp9_pipelines.resources.catalog import CatalogResource
-from rp9_pipelines.resources.s3 import S3Resource
-from rp9_pipelines.resources.supabase import SupabaseResource
-from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
-from rp9_pipelines.usage.collect import chargeback_month, collect_day, push_business_metrics
-from rp9_pipelines.usage.partitions import (
+from rp9_pipelines.defs.partitions import (
     DAY_DIMENSION,
     FIRST_DAY,
     tenant_day,
     tenant_day_partitions,
 )
-from rp9_pipelines.usage.settings import ChargebackSettings, UsageSettings
+from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.s3 import S3Resource
+from rp9_pipelines.resources.stripe import StripeResource
+from rp9_pipelines.resources.supabase import SupabaseResource
+from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
+from rp9_pipelines.services.chargeback import chargeback_month
+from rp9_pipelines.services.usage import collect_day, push_business_metrics
+from rp9_pipelines.settings import ChargebackSettings, UsageSettings
 
 USAGE_GROUP = "usage"
 monthly_partitions = dg.MonthlyPartitionsDefinition(start_date=FIRST_DAY)

@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 
 from rp9_pipelines.catalog import tenants as tenant_catalog
+from rp9_pipelines.defs.partitions import TENANTS_PARTITION, tenant_day_key, tenant_partitions
 from rp9_pipelines.defs.usage.assets import (
     supabase_business_metrics,
     tenant_chargeback,
@@ -16,9 +17,8 @@ from rp9_pipelines.defs.usage.assets import (
 from rp9_pipelines.domain.tenants import KIND_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
-from rp9_pipelines.usage.collect import sample_resources
-from rp9_pipelines.usage.partitions import TENANTS_PARTITION, tenant_day_key, tenant_partitions
-from rp9_pipelines.usage.settings import UsageSettings
+from rp9_pipelines.services.usage import sample_resources
+from rp9_pipelines.settings import UsageSettings
 
 # Tenants whose day is measured: suspended ones ran executions before they were suspended.
 MEASURED = frozenset({"active", "suspended"})

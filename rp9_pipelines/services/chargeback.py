@@ -1,149 +1,28 @@
-"""The usage shells: gather, call the pure functions of `domain.usage` and
-`domain.chargeback`, write the results (catalog, Supabase, S3)."""
+"""The chargeback shell: gather the month's usage and prices, compute with
+`domain.chargeback` (pandas), write the rows to the catalog, the CSV to S3 and Supabase."""
 
 import datetime as dt
 import io
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import stripe
 
-from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.catalog import usage as usage_catalog
-from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain import chargeback as chargeback_math
 from rp9_pipelines.domain.billing import base_price_key, metered_price_key
-from rp9_pipelines.domain.usage import (
-    DayUsage,
-    ExecutionDay,
-    business_metrics_row,
-    day_bounds,
-    day_usage,
-    resource_use,
-    supabase_identifier,
-)
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.s3 import SERVER_SIDE_ENCRYPTION, S3Resource
 from rp9_pipelines.resources.supabase import SupabaseResource
-from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
-from rp9_pipelines.usage.sampling import read_all, rows_for
-from rp9_pipelines.usage.settings import ChargebackSettings
+from rp9_pipelines.settings import ChargebackSettings
 
-BUSINESS_METRICS_TABLE = "business_metrics_daily"
-BUSINESS_METRICS_KEY = "tenant_id,day"
-BUSINESS_METRICS_METRIC = "business_metrics"
 CHARGEBACK_TABLE = "chargeback_monthly"
 CHARGEBACK_KEY = "tenant_id,month"
 
 Log = Callable[[str], None]
-
-
-# Daily usage ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Collected:
-    usage: DayUsage
-    changed: bool
-    samples: int
-    # The tenant's n8n tables are gone (purged) while a row exists: the row was kept.
-    kept_existing: bool = False
-
-
-def collect_day(
-    catalog: CatalogResource,
-    tenant_db: TenantDatabaseResource,
-    tenant: Tenant,
-    day: dt.date,
-    max_gap: dt.timedelta,
-) -> Collected:
-    """Measure the tenant's day and upsert it into `usage` (idempotent)."""
-    executions = tenant_db.execution_day(tenant.names, day)
-    start, end = day_bounds(day)
-    with catalog.begin() as connection:
-        samples = usage_catalog.samples_framing(connection, tenant.id, start, end)
-        existing = usage_catalog.get_usage(connection, tenant.id, day)
-        if executions is None and existing is not None:
-            # Purged data must not erase what was measured (and billed) while it existed.
-            kept = DayUsage(**{name: existing[name] for name in usage_catalog.USAGE_FIELDS})
-            return Collected(kept, changed=False, samples=len(samples), kept_existing=True)
-        figures = day_usage(
-            executions or ExecutionDay(0, 0, 0, None, None),
-            resource_use(samples, start, end, max_gap),
-        )
-        changed = usage_catalog.upsert_usage(connection, tenant.id, day, figures)
-    return Collected(figures, changed, len(samples))
-
-
-# Supabase -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pushed:
-    row: dict[str, Any]
-    identifier: str
-
-
-def push_business_metrics(
-    catalog: CatalogResource, supabase: SupabaseResource, tenant: Tenant, day: dt.date
-) -> Pushed:
-    """Upsert the tenant's day into Supabase, with a ledger row (pending → sent | failed)."""
-    with catalog.begin() as connection:
-        figures = usage_catalog.get_usage(connection, tenant.id, day)
-    if figures is None:
-        raise LookupError(f"no usage for {tenant.slug} on {day}: materialise tenant_usage_daily")
-    row = business_metrics_row(str(tenant.id), tenant.slug, tenant.plan, day, figures)
-    row["updated_at"] = dt.datetime.now(dt.UTC).isoformat()
-    identifier = supabase_identifier(str(tenant.id), day)
-    with catalog.begin() as connection:
-        usage_catalog.ledger_pending(
-            connection, tenant.id, day, identifier, BUSINESS_METRICS_METRIC, int(row["executions"])
-        )
-    try:
-        supabase.upsert(BUSINESS_METRICS_TABLE, [row], on_conflict=BUSINESS_METRICS_KEY)
-    except Exception as error:
-        with catalog.begin() as connection:
-            usage_catalog.ledger_done(
-                connection, identifier, error=f"{type(error).__name__}: {error}"
-            )
-        raise
-    with catalog.begin() as connection:
-        usage_catalog.ledger_done(connection, identifier)
-    return Pushed(row, identifier)
-
-
-# Sampling -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sampled:
-    containers: int
-    recorded: int
-    pruned: int
-    unknown_tenants: list[str] = field(default_factory=list)
-
-
-def sample_resources(
-    catalog: CatalogResource, docker_client: Any, retention: dt.timedelta, prune: bool
-) -> Sampled:
-    readings = read_all(docker_client)
-    with catalog.begin() as connection:
-        known = {t.slug: t.id for t in tenant_catalog.list_tenants(connection)}
-        rows = rows_for(readings, known)
-        recorded = usage_catalog.insert_samples(connection, rows)
-        pruned = (
-            usage_catalog.prune_samples(connection, dt.datetime.now(dt.UTC) - retention)
-            if prune
-            else 0
-        )
-    unknown = sorted({r.tenant for r in readings if r.tenant not in known})
-    return Sampled(len(readings), recorded, pruned, unknown)
-
-
-# Chargeback -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

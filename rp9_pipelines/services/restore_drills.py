@@ -17,16 +17,6 @@ from typing import Any
 
 import httpx
 
-from rp9_pipelines.backups.backup import describe
-from rp9_pipelines.backups.postgres import (
-    PgServer,
-    create_sandbox,
-    deactivate_workflows,
-    drop_sandbox,
-    restore_stream,
-    restored_counts,
-    sandbox_leftovers,
-)
 from rp9_pipelines.catalog import backups as catalog
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.backups import (
@@ -48,9 +38,19 @@ from rp9_pipelines.domain.backups import (
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.resources.platform import PlatformResource
+from rp9_pipelines.resources.postgres_dump import (
+    PgServer,
+    create_sandbox,
+    deactivate_workflows,
+    drop_sandbox,
+    restore_stream,
+    restored_counts,
+    sandbox_leftovers,
+)
 from rp9_pipelines.resources.s3 import S3Resource
 from rp9_pipelines.resources.secret_files import SecretFilesResource
 from rp9_pipelines.resources.vault import VaultResource
+from rp9_pipelines.services.backups import describe
 
 Log = Callable[[str], None]
 # A drill takes minutes; one still `running` after this lost its run.

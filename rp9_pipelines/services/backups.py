@@ -1,5 +1,6 @@
 """Take one backup of a tenant: dump its snapshot straight into S3, read the object back, and
-only then call it `ok`. Any failure leaves the row `failed` with the reason."""
+only then call it `ok` (any failure leaves the row `failed` with the reason); retention deletes
+what the policy says is expired, from S3 first and then in the catalog."""
 
 import datetime as dt
 import time
@@ -8,11 +9,17 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 
-from rp9_pipelines.backups.postgres import DumpProcess, PgServer, exported_snapshot
 from rp9_pipelines.catalog import backups as catalog
 from rp9_pipelines.catalog.tenants import Tenant
-from rp9_pipelines.domain.backups import Manifest, expires_at, object_key
+from rp9_pipelines.domain.backups import (
+    BackupRecord,
+    Manifest,
+    expires_at,
+    object_key,
+    plan_retention,
+)
 from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.postgres_dump import DumpProcess, PgServer, exported_snapshot
 from rp9_pipelines.resources.s3 import SERVER_SIDE_ENCRYPTION, S3Resource, StoredObject
 
 Log = Callable[[str], None]
@@ -116,3 +123,28 @@ def _dump_and_verify(
         parts=stored.parts, manifest=manifest, dump_seconds=dumped - started,
         verify_seconds=time.monotonic() - dumped,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RetentionOutcome:
+    expired: tuple[BackupRecord, ...]
+    kept_last_ok: tuple[BackupRecord, ...]
+
+
+def apply_retention(
+    catalog_db: CatalogResource, s3: S3Resource, now: dt.datetime, log: Log
+) -> RetentionOutcome:
+    """The object goes before the row says `expired`: if the run dies in between, the next run
+    deletes (idempotently) again, and no row ever claims an object is gone while it is not."""
+    with catalog_db.begin() as connection:
+        plan = plan_retention(catalog.backup_records(connection), now)
+    for backup in plan.kept_last_ok:
+        log(f"keeping {backup.key}: expired, but its tenant's last ok backup")
+    for backup in plan.expire:
+        s3.delete(backup.key, backup.bucket)
+        if s3.head(backup.key, backup.bucket) is not None:
+            raise RuntimeError(f"{backup.key} is still stored after its deletion")
+        with catalog_db.begin() as connection:
+            catalog.mark_expired(connection, backup.id)
+        log(f"expired {backup.key} ({backup.kind}, {backup.status}, due {backup.expires_at})")
+    return RetentionOutcome(plan.expire, plan.kept_last_ok)

@@ -4,7 +4,7 @@ to the Supabase database, each once, in its own transaction, recorded with its s
 content changed is refused: migrations are append-only. PostgREST is then told to reload its
 schema cache, so the new tables answer at once.
 
-    python -m rp9_pipelines.usage.supabase_migrate [--dir DIR]     # SUPABASE_DB_URL
+    python -m rp9_pipelines.catalog.supabase_migrate [--dir DIR]     # SUPABASE_DB_URL
 """
 
 import argparse

@@ -8,7 +8,7 @@ run it forks a child that executes the run exactly as `dagster api execute_run` 
 (`_execute_run_command_body`: the "Started process" engine event, the run's events, the exit
 code), from a copy of memory that already holds everything.
 
-Started as `python -m rp9_pipelines.runs.fork_server SOCKET READY_FD POINTER...`; it writes
+Started as `python -m rp9_run_launcher.fork_server SOCKET READY_FD POINTER...`; it writes
 "ready <pid>" to READY_FD once the pointers are loaded and the socket listens.
 
 Protocol: one JSON line per connection, `{"run_id", "instance_ref"}` (the serialized

@@ -154,7 +154,8 @@ def parse_form(raw: str) -> dict[str, Any]:
                 node[name] = value
             else:
                 node = node.setdefault(name, {})
-    return _listify(root)
+    listed: dict[str, Any] = _listify(root)
+    return listed
 
 
 def _listify(node: Any) -> Any:

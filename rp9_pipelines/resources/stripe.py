@@ -8,8 +8,8 @@ import dagster as dg
 import stripe
 from pydantic import PrivateAttr
 
-from rp9_pipelines.billing.config import STRIPE_API
 from rp9_pipelines.resources.health import Health, probe
+from rp9_pipelines.settings import STRIPE_API
 
 
 def make_client(

@@ -17,19 +17,25 @@ from dagster._core.launcher import WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.test_utils import instance_for_test
 
-from rp9_pipelines.runs.fork_server import HOST_TAG, PID_TAG, STARTED_TAG
-from rp9_pipelines.runs.launcher import PreloadedRunLauncher, RunServer, RunServerError
 from rp9_pipelines_tests.conftest import ROOT
-from rp9_pipelines_tests.runs import sample_jobs
+from rp9_pipelines_tests.run_launcher import sample_jobs
 from rp9_pipelines_tests.waiting import wait_until
+from rp9_run_launcher.fork_server import HOST_TAG, PID_TAG, STARTED_TAG
+from rp9_run_launcher.launcher import (
+    PreloadedRunLauncher,
+    RunServer,
+    RunServerError,
+    UnsupportedDagsterVersion,
+    check_dagster_version,
+)
 
-MODULE = "rp9_pipelines_tests.runs.sample_jobs"
+MODULE = "rp9_pipelines_tests.run_launcher.sample_jobs"
 
 
 def preloading(pointer: str) -> dict[str, Any]:
     return {
         "run_launcher": {
-            "module": "rp9_pipelines.runs.launcher",
+            "module": "rp9_run_launcher.launcher",
             "class": "PreloadedRunLauncher",
             "config": {"preload": [pointer]},
         }
@@ -221,3 +227,9 @@ def test_a_malformed_request_is_refused_and_the_server_keeps_serving() -> None:
         assert server.alive()
     finally:
         server.stop()
+
+
+def test_an_untested_dagster_version_is_refused_with_the_way_out() -> None:
+    check_dagster_version("1.13.27")
+    with pytest.raises(UnsupportedDagsterVersion, match="remove `run_launcher`"):
+        check_dagster_version("1.14.0")

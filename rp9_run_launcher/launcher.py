@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
+from dagster import __version__ as dagster_version
 from dagster import _check as check
 from dagster._config.config_schema import UserConfigSchema
 from dagster._core.launcher.base import (
@@ -38,15 +39,33 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._serdes import ConfigurableClass, serialize_value
 from dagster._serdes.config_class import ConfigurableClassData
 
-from rp9_pipelines.runs.fork_server import HOST_TAG, PID_TAG, STARTED_TAG
+from rp9_run_launcher.fork_server import HOST_TAG, PID_TAG, STARTED_TAG
 
-SERVER_MODULE = "rp9_pipelines.runs.fork_server"
+SERVER_MODULE = "rp9_run_launcher.fork_server"
+# The launcher executes runs through Dagster's private `_execute_run_command_body` (what
+# `dagster api execute_run` calls): only the versions it was tested on are accepted.
+SUPPORTED_DAGSTER_VERSIONS = frozenset({"1.13.27"})
 DEFAULT_PRELOAD = ["rp9_pipelines.definitions:defs"]
 SERVER_START_TIMEOUT_S = 120.0
 
 
 class RunServerError(RuntimeError):
     pass
+
+
+class UnsupportedDagsterVersion(RuntimeError):
+    pass
+
+
+def check_dagster_version(version: str) -> None:
+    """Refuse a Dagster this launcher was not tested on: its private run-execution API may have
+    changed, and a run that fails half-way is worse than an instance that does not start."""
+    if version not in SUPPORTED_DAGSTER_VERSIONS:
+        supported = ", ".join(sorted(SUPPORTED_DAGSTER_VERSIONS))
+        raise UnsupportedDagsterVersion(
+            f"rp9_run_launcher supports Dagster {supported}, not {version}: remove `run_launcher`"
+            " from dagster.yaml (Dagster's default launcher works) or test this one on it"
+        )
 
 
 class RunServer:
@@ -119,6 +138,7 @@ class PreloadedRunLauncher(RunLauncher, ConfigurableClass):
     def __init__(
         self, inst_data: ConfigurableClassData | None = None, preload: list[str] | None = None
     ) -> None:
+        check_dagster_version(dagster_version)
         self._inst_data = inst_data
         self._preload = list(preload or DEFAULT_PRELOAD)
         self._server: RunServer | None = None
