@@ -13,10 +13,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# Tags of the scale runs the autoscaler requests.
-REQUESTED_BY_TAG = "rp9/requested_by"
-AUTOSCALER = "autoscaler"
-EVENT_TAG = "rp9/autoscaling_event"
 # Scale runs and their events are named from the decision, so one decision never gives two.
 _EVENT_NAMESPACE = uuid.UUID("6f1d2c8e-3b7a-4d0e-9a61-2f9e5b7c4a10")
 # Absorbs float noise such as 3 * (10 / 10) = 3.0000000000000004 before a ceiling.

@@ -32,9 +32,6 @@ RETENTION: Mapping[str, dt.timedelta] = {
 }
 # A drill restores a backup taken within this window, unless it is given one.
 DRILL_WINDOW = dt.timedelta(days=30)
-# A drill's run tag. Not `rp9/tenant`: a drill reads a backup and builds its own sandbox, it
-# changes nothing of the tenant, so it must not hold up the tenant's changes.
-DRILL_TENANT_TAG = "rp9/drill_tenant"
 # Tenants whose data changes; a suspended or deleted tenant keeps its last good backup.
 BACKED_UP_STATUSES = frozenset({"active"})
 

@@ -7,11 +7,6 @@ from typing import Literal
 from rp9_pipelines.domain.routing import is_valid_hostname
 
 Tier = Literal["shared", "dedicated"]
-# Run tags: Dagster's queue lets one run per distinct `rp9/tenant` value execute at a time.
-TENANT_TAG = "rp9/tenant"
-TENANT_ID_TAG = "rp9/tenant_id"
-# What a run does (`dagster.yaml` limits some kinds across tenants: backups, drills, enforcement).
-KIND_TAG = "rp9/kind"
 SHARED_DATABASE = "n8n_shared"
 SLUG_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{1,38})[a-z0-9]$")
 # Names the platform itself may route under BASE_DOMAIN.

@@ -16,7 +16,7 @@ from rp9_pipelines.catalog import migrate
 from rp9_pipelines.defs.autoscaling.sensor import build_autoscaler
 from rp9_pipelines.defs.tenants.jobs import scale_tenant
 from rp9_pipelines.domain.autoscaling import load_histories
-from rp9_pipelines.domain.tenants import TENANT_ID_TAG
+from rp9_pipelines.launches import TENANT_ID_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.prometheus import PrometheusResource
 from rp9_pipelines.resources.redis_queue import RedisResource

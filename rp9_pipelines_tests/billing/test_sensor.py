@@ -5,7 +5,7 @@ import dagster as dg
 
 from rp9_pipelines.defs.billing.stripe import USAGE_ASSET, stripe_meter_after_usage
 from rp9_pipelines.defs.partitions import tenant_day_key
-from rp9_pipelines.domain.tenants import TENANT_TAG
+from rp9_pipelines.launches import TENANT_TAG
 
 
 def usage_materialised(instance: dg.DagsterInstance, day: str, slug: str) -> None:

@@ -16,7 +16,8 @@ from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.catalog.tables import enforcement_events, quotas, tenants, usage
 from rp9_pipelines.definitions import defs
 from rp9_pipelines.domain.enforcement import period_of
-from rp9_pipelines.domain.tenants import SHARED_DATABASE, TENANT_ID_TAG, TenantNames
+from rp9_pipelines.domain.tenants import SHARED_DATABASE, TenantNames
+from rp9_pipelines.launches import TENANT_ID_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.services import enforcement as notify
 from rp9_pipelines.settings import EnforcementSettings, Settings, sqlalchemy_url

@@ -19,12 +19,8 @@ from rp9_pipelines.api.idempotency import idempotent, replayed
 from rp9_pipelines.catalog import backups as catalog
 from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.catalog.tenants import Tenant
-from rp9_pipelines.domain.backups import (
-    DRILL_TENANT_TAG,
-    NoRestorableBackup,
-    choose_drill_backup,
-)
-from rp9_pipelines.domain.tenants import TENANT_ID_TAG
+from rp9_pipelines.domain.backups import NoRestorableBackup, choose_drill_backup
+from rp9_pipelines.launches import DRILL_TENANT_TAG, TENANT_ID_TAG
 
 router = APIRouter(tags=["backups"], dependencies=[Depends(require_caller)])
 

@@ -20,8 +20,6 @@ from rp9_pipelines.api.idempotency import idempotent, replayed
 from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.tenants import (
-    TENANT_ID_TAG,
-    TENANT_TAG,
     InvalidRequest,
     check_custom_domain,
     check_resources,
@@ -29,6 +27,7 @@ from rp9_pipelines.domain.tenants import (
     check_workers,
     effective_limits,
 )
+from rp9_pipelines.launches import TENANT_ID_TAG, TENANT_TAG
 
 router = APIRouter(tags=["tenants"], dependencies=[Depends(require_caller)])
 

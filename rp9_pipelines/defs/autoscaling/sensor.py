@@ -7,16 +7,14 @@ import dagster as dg
 
 from rp9_pipelines.catalog import autoscaling as autoscaling_catalog
 from rp9_pipelines.defs.tenants.jobs import scale_tenant
-from rp9_pipelines.domain.autoscaling import (
+from rp9_pipelines.domain.autoscaling import dump_histories, event_id, load_histories, run_key
+from rp9_pipelines.launches import (
     AUTOSCALER,
-    EVENT_TAG,
+    AUTOSCALING_EVENT_TAG,
     REQUESTED_BY_TAG,
-    dump_histories,
-    event_id,
-    load_histories,
-    run_key,
+    TENANT_ID_TAG,
+    TENANT_TAG,
 )
-from rp9_pipelines.domain.tenants import TENANT_ID_TAG, TENANT_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.prometheus import PrometheusResource
 from rp9_pipelines.resources.redis_queue import RedisResource
@@ -50,7 +48,7 @@ def scale_request(judged: Judged, key: str) -> dg.RunRequest:
             TENANT_TAG: candidate.slug,
             TENANT_ID_TAG: str(candidate.id),
             REQUESTED_BY_TAG: AUTOSCALER,
-            EVENT_TAG: str(event_id(key)),
+            AUTOSCALING_EVENT_TAG: str(event_id(key)),
         },
     )
 

@@ -9,7 +9,7 @@ import dagster as dg
 from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.backups import RETENTION, SCHEDULED_KINDS, scheduled_runs
-from rp9_pipelines.domain.tenants import KIND_TAG, TENANT_ID_TAG, TENANT_TAG
+from rp9_pipelines.launches import KIND_TAG, TENANT_ID_TAG, TENANT_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.services.backups import apply_retention, take_backup
 

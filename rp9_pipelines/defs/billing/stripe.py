@@ -8,7 +8,7 @@ from rp9_pipelines.defs.partitions import (
     tenant_day,
     tenant_day_partitions,
 )
-from rp9_pipelines.domain.tenants import KIND_TAG, TENANT_TAG
+from rp9_pipelines.launches import KIND_TAG, TENANT_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.stripe import StripeResource
 from rp9_pipelines.services.billing import MeterReporter, ensure_customer, sync_all, sync_catalog

@@ -8,9 +8,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from rp9_pipelines.defs.autoscaling.sensor import IN_FLIGHT, tenants_in_flight
 from rp9_pipelines.defs.tenants.jobs import RESOURCES
-from rp9_pipelines.domain.tenants import KIND_TAG
+from rp9_pipelines.launches import IN_FLIGHT, KIND_TAG, tenants_in_flight
 from rp9_pipelines.services.enforcement import enforce
 from rp9_pipelines.services.tenants import StackResources
 from rp9_pipelines.settings import EnforcementSettings

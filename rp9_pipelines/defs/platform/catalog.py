@@ -1,7 +1,7 @@
 import dagster as dg
 
 from rp9_pipelines.catalog import migrate
-from rp9_pipelines.domain.tenants import KIND_TAG
+from rp9_pipelines.launches import KIND_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 
 

@@ -1,6 +1,6 @@
 import dagster as dg
 
-from rp9_pipelines.domain.tenants import KIND_TAG
+from rp9_pipelines.launches import KIND_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.resources.http_service import HttpServiceResource

@@ -11,13 +11,8 @@ import dagster as dg
 from rp9_pipelines.catalog import backups as backup_catalog
 from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.defs.backups.jobs import load_tenant
-from rp9_pipelines.domain.backups import (
-    DRILL_TENANT_TAG,
-    SandboxNames,
-    choose_drill_backup,
-    scheduled_runs,
-)
-from rp9_pipelines.domain.tenants import KIND_TAG, TENANT_ID_TAG
+from rp9_pipelines.domain.backups import SandboxNames, choose_drill_backup, scheduled_runs
+from rp9_pipelines.launches import DRILL_TENANT_TAG, KIND_TAG, TENANT_ID_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.services.backups import describe
 from rp9_pipelines.services.restore_drills import DrillResources, run_drill, sweep_sandboxes

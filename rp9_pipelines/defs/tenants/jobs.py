@@ -8,9 +8,8 @@ import sqlalchemy as sa
 
 from rp9_pipelines.catalog import autoscaling as autoscaling_catalog
 from rp9_pipelines.catalog import tenants as catalog
-from rp9_pipelines.domain.autoscaling import EVENT_TAG as AUTOSCALING_EVENT_TAG
 from rp9_pipelines.domain.enforcement import OPERATOR
-from rp9_pipelines.domain.tenants import KIND_TAG, TENANT_ID_TAG
+from rp9_pipelines.launches import AUTOSCALING_EVENT_TAG, KIND_TAG, TENANT_ID_TAG
 from rp9_pipelines.resources.n8n import N8nResource
 from rp9_pipelines.services import tenants as stack
 from rp9_pipelines.services.tenants import StackResources

@@ -14,7 +14,7 @@ from rp9_pipelines.defs.usage.assets import (
     tenant_chargeback,
     tenant_usage_daily,
 )
-from rp9_pipelines.domain.tenants import KIND_TAG
+from rp9_pipelines.launches import KIND_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.services.usage import sample_resources
