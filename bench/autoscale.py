@@ -105,9 +105,16 @@ def fleet_ticks(settings: Settings, count: int, busy_share: float, ticks: int) -
             candidates = autoscaling_catalog.candidates(connection, f"{tag}-*")
         # The same tick again, through its phases, for the breakdown.
         tick = evaluate(
-            candidates, {}, [], redis=redis_resource, tenant_db=tenant_db, prometheus=prometheus,
-            policy=knobs.policy(), signal_window_s=knobs.signal_window_s, now=time.time(),
-        )  # fmt: skip
+            candidates,
+            {},
+            [],
+            redis=redis_resource,
+            tenant_db=tenant_db,
+            prometheus=prometheus,
+            policy=knobs.policy(),
+            signal_window_s=knobs.signal_window_s,
+            now=time.time(),
+        )
         instance.dispose()
         print(
             f"  {count:>5} tenants ({len(loaded)} with a backlog, {requested} scale requests): "
@@ -150,8 +157,14 @@ def end_to_end(settings: Settings) -> None:
         dagster = stack.enter_context(load.dagster_with_autoscaler(slug))
         api_port = free_port()
         api_env = {**os.environ, "DAGSTER_GRAPHQL_URL": f"{dagster.url}/graphql"}
-        api_cmd = [str(BIN / "uvicorn"), "rp9_pipelines.api.main:app", "--host", "127.0.0.1",
-                   "--port", str(api_port)]  # fmt: skip
+        api_cmd = [
+            str(BIN / "uvicorn"),
+            "rp9_pipelines.api.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(api_port),
+        ]
         api_server = stack.enter_context(
             serve(
                 api_cmd,
@@ -170,11 +183,16 @@ def end_to_end(settings: Settings) -> None:
 
             print("with the autoscaler (defaults: tick every 30 s):", flush=True)
             load.start_autoscaler(dagster)
-            first = wait_until(lambda: load.last_tick(dagster), timeout_s=120,
-                               what="the autoscaler's first tick")  # fmt: skip
+            first = wait_until(
+                lambda: load.last_tick(dagster), timeout_s=120, what="the autoscaler's first tick"
+            )
             # Start the backlog just after a tick: the next one is a full interval away.
-            wait_until(lambda: (load.last_tick(dagster) or 0) > first, timeout_s=120,
-                       what="the autoscaler's second tick", interval_s=0.2)  # fmt: skip
+            wait_until(
+                lambda: (load.last_tick(dagster) or 0) > first,
+                timeout_s=120,
+                what="the autoscaler's second tick",
+                interval_s=0.2,
+            )
             watch = load.Watch(settings, n8n.names)
             with watch.running():
                 began, drained = drain(settings, n8n, workflow, 0)
@@ -209,11 +227,15 @@ def end_to_end(settings: Settings) -> None:
             # A backlog starts at a random point of the 30 s interval: 15 s from a tick on average.
             average = 15 + second - decided
             print()
-            print(f"time to the second worker serving: {second - began:.1f} s (goal: <= 45 s) "
-                  f"with the backlog starting just after a tick (worst case); {average:.1f} s "
-                  "when it starts half-way through the interval")  # fmt: skip
-            print(f"drain of {EXECUTIONS} executions: {scaled:.1f} s autoscaled vs {fixed:.1f} s "
-                  f"at 1 worker: {fixed / scaled:.2f}x faster")  # fmt: skip
+            print(
+                f"time to the second worker serving: {second - began:.1f} s (goal: <= 45 s) "
+                f"with the backlog starting just after a tick (worst case); {average:.1f} s "
+                "when it starts half-way through the interval"
+            )
+            print(
+                f"drain of {EXECUTIONS} executions: {scaled:.1f} s autoscaled vs {fixed:.1f} s "
+                f"at 1 worker: {fixed / scaled:.2f}x faster"
+            )
         finally:
             response = api.request("DELETE", f"/tenants/{slug}?purge=true")
             api.wait_run(response.json()["run_id"])

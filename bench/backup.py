@@ -62,9 +62,15 @@ def provision(settings: Settings, slug: str) -> Tenant:
     with engine.begin() as connection:
         tenant_id = catalog.insert_tenant(
             connection,
-            {"slug": slug, "name": "Bench backup", "plan": "pro", "tier": "dedicated",
-             "workers": 1, "n8n_version": settings.n8n_version},
-        )  # fmt: skip
+            {
+                "slug": slug,
+                "name": "Bench backup",
+                "plan": "pro",
+                "tier": "dedicated",
+                "workers": 1,
+                "n8n_version": settings.n8n_version,
+            },
+        )
         catalog.set_quota(
             connection, tenant_id, "plan", catalog.plan_limits(connection, "pro") or {}
         )
@@ -110,8 +116,9 @@ def local_dump(server: PgServer, database: str, target: Path) -> tuple[float, in
     started = time.monotonic()
     subprocess.run(
         [server.tool("pg_dump"), "--format=custom", "--no-password", f"--file={target}"],
-        env=server.env(database), check=True,
-    )  # fmt: skip
+        env=server.env(database),
+        check=True,
+    )
     return time.monotonic() - started, target.stat().st_size
 
 
@@ -126,10 +133,12 @@ def main() -> None:
     )
     catalog_db = CatalogResource(database_url=settings.database_url)
     s3 = S3Resource(
-        endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
-        bucket=settings.s3_bucket, access_key_id=settings.s3_access_key_id,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        bucket=settings.s3_bucket,
+        access_key_id=settings.s3_access_key_id,
         secret_access_key=settings.s3_secret_access_key.get_secret_value(),
-    )  # fmt: skip
+    )
     server = PgServer.from_url(settings.database_url)
     slug = f"bench-bk-{uuid.uuid4().hex[:6]}"
     outcomes: list[BackupOutcome] = []
@@ -139,10 +148,14 @@ def main() -> None:
         tenant = provision(settings, slug)
         n8n = TenantN8n(settings, vault, {"slug": slug, "tier": "dedicated"})
         workflow_id = n8n.install_echo("bench")
-        credential = n8n.http.post("/api/v1/credentials", json={
-            "name": "bench", "type": "httpHeaderAuth",
-            "data": {"name": "X-Token", "value": uuid.uuid4().hex},
-        })  # fmt: skip
+        credential = n8n.http.post(
+            "/api/v1/credentials",
+            json={
+                "name": "bench",
+                "type": "httpHeaderAuth",
+                "data": {"name": "X-Token", "value": uuid.uuid4().hex},
+            },
+        )
         assert credential.status_code == 200, credential.text
         started = time.monotonic()
         size = fill(settings, tenant, workflow_id, args.mb)
@@ -153,22 +166,38 @@ def main() -> None:
             for round_ in range(1, args.rounds + 1):
                 seconds, local_size = local_dump(server, tenant.names.db_name, Path(scratch) / "x")
                 local_s.append(seconds)
-                outcome = take_backup(catalog_db, settings.database_url, s3, tenant, "on_demand",
-                                      None, lambda _: None)  # fmt: skip
+                outcome = take_backup(
+                    catalog_db, settings.database_url, s3, tenant, "on_demand", None, lambda _: None
+                )
                 outcomes.append(outcome)
                 s3_s.append(outcome.dump_seconds)
                 s3_total_s.append(outcome.dump_seconds + outcome.verify_seconds)
-                print(f"  round {round_}: pg_dump -Fc → file {seconds:.1f} s ({local_size / MB:.0f}"
-                      f" MB); → S3 {outcome.dump_seconds:.1f} s ({outcome.size / MB:.0f} MB, "
-                      f"{outcome.parts} parts) + verify {outcome.verify_seconds:.1f} s",
-                      flush=True)  # fmt: skip
+                print(
+                    f"  round {round_}: pg_dump -Fc → file {seconds:.1f} s ({local_size / MB:.0f}"
+                    f" MB); → S3 {outcome.dump_seconds:.1f} s ({outcome.size / MB:.0f} MB, "
+                    f"{outcome.parts} parts) + verify {outcome.verify_seconds:.1f} s",
+                    flush=True,
+                )
 
         print("restore drill of the last backup ...", flush=True)
-        drill = defs().get_job_def("restore_drill").execute_in_process(
-            run_config={"ops": {"run_restore_drill": {"config": {
-                "tenant_id": str(tenant.id), "backup_id": str(outcomes[-1].backup_id)}}}} | QUIET,
-            raise_on_error=False,
-        )  # fmt: skip
+        drill = (
+            defs()
+            .get_job_def("restore_drill")
+            .execute_in_process(
+                run_config={
+                    "ops": {
+                        "run_restore_drill": {
+                            "config": {
+                                "tenant_id": str(tenant.id),
+                                "backup_id": str(outcomes[-1].backup_id),
+                            }
+                        }
+                    }
+                }
+                | QUIET,
+                raise_on_error=False,
+            )
+        )
         output = drill.output_for_node("run_restore_drill") if drill.success else None
 
         local_m, s3_m, total_m = (statistics.median(x) for x in (local_s, s3_s, s3_total_s))
@@ -179,8 +208,10 @@ def main() -> None:
         print(f"{'pg_dump -Fc → local file':28} {local_m:8.1f} {size / MB / local_m:8.1f}")
         print(f"{'backup → S3 (stored)':28} {s3_m:8.1f} {size / MB / s3_m:8.1f}")
         print(f"{'backup → S3 (+ read-back)':28} {total_m:8.1f} {size / MB / total_m:8.1f}")
-        print(f"throughput ratio S3 / local file: {local_m / s3_m:.2f} stored, "
-              f"{local_m / total_m:.2f} verified (goal: at least 0.8)")  # fmt: skip
+        print(
+            f"throughput ratio S3 / local file: {local_m / s3_m:.2f} stored, "
+            f"{local_m / total_m:.2f} verified (goal: at least 0.8)"
+        )
         if output:
             print(f"restore drill: passed, RTO {output['rto_seconds']:.1f} s")
             for name, detail in output["checks"].items():
@@ -196,10 +227,14 @@ def main() -> None:
                 backup_catalog.mark_expired(connection, outcome.backup_id)
         if tenant is not None:
             defs().get_job_def("delete_tenant").execute_in_process(
-                run_config={"ops": {"remove_tenant": {"config": {
-                    "tenant_id": str(tenant.id), "purge": True}}}} | QUIET,
+                run_config={
+                    "ops": {
+                        "remove_tenant": {"config": {"tenant_id": str(tenant.id), "purge": True}}
+                    }
+                }
+                | QUIET,
                 tags={"rp9/tenant": slug, "rp9/tenant_id": str(tenant.id)},
-            )  # fmt: skip
+            )
 
 
 if __name__ == "__main__":

@@ -95,17 +95,23 @@ def bare(
         port = free_port()
         started = time.monotonic()
         container = client.containers.run(
-            settings.image, detach=True, name=f"rp9-{names.slug}",
+            settings.image,
+            detach=True,
+            name=f"rp9-{names.slug}",
             ports={"5678/tcp": ("127.0.0.1", port)},
             extra_hosts={"host.docker.internal": "host-gateway"},
-            nano_cpus=int(cpu * 1_000_000_000), mem_limit="1g",
+            nano_cpus=int(cpu * 1_000_000_000),
+            mem_limit="1g",
             environment={
-                "DB_TYPE": "postgresdb", "DB_POSTGRESDB_HOST": "host.docker.internal",
+                "DB_TYPE": "postgresdb",
+                "DB_POSTGRESDB_HOST": "host.docker.internal",
                 "DB_POSTGRESDB_PORT": str(urlsplit(settings.database_url).port or 5432),
-                "DB_POSTGRESDB_DATABASE": names.db_name, "DB_POSTGRESDB_SCHEMA": names.db_schema,
-                "DB_POSTGRESDB_USER": names.db_role, "DB_POSTGRESDB_PASSWORD": "bare-password-1",
+                "DB_POSTGRESDB_DATABASE": names.db_name,
+                "DB_POSTGRESDB_SCHEMA": names.db_schema,
+                "DB_POSTGRESDB_USER": names.db_role,
+                "DB_POSTGRESDB_PASSWORD": "bare-password-1",
             },
-        )  # fmt: skip
+        )
         try:
             url = f"http://127.0.0.1:{port}/healthz/readiness"
             wait_until(partial(ready, url), timeout_s=180, what="bare readiness", interval_s=POLL_S)
@@ -134,15 +140,41 @@ def main() -> None:
     (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     dagster_port, api_port = free_port(), free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home)}
-    dagster_cmd = [str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(dagster_port),
-                   "-w", str(ROOT / "workspace.yaml")]  # fmt: skip
-    with serve(dagster_cmd, url=f"http://127.0.0.1:{dagster_port}", ready_path="/server_info",
-               log=home / "dagster.log", env=env, timeout_s=180):  # fmt: skip
+    dagster_cmd = [
+        str(BIN / "dagster"),
+        "dev",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(dagster_port),
+        "-w",
+        str(ROOT / "workspace.yaml"),
+    ]
+    with serve(
+        dagster_cmd,
+        url=f"http://127.0.0.1:{dagster_port}",
+        ready_path="/server_info",
+        log=home / "dagster.log",
+        env=env,
+        timeout_s=180,
+    ):
         api_env = {**env, "DAGSTER_GRAPHQL_URL": f"http://127.0.0.1:{dagster_port}/graphql"}
-        api_cmd = [str(BIN / "uvicorn"), "rp9_pipelines.api.main:app", "--host", "127.0.0.1",
-                   "--port", str(api_port)]  # fmt: skip
-        with serve(api_cmd, url=f"http://127.0.0.1:{api_port}", ready_path="/healthz",
-                   log=home / "api.log", env=api_env, timeout_s=60) as api_server:  # fmt: skip
+        api_cmd = [
+            str(BIN / "uvicorn"),
+            "rp9_pipelines.api.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(api_port),
+        ]
+        with serve(
+            api_cmd,
+            url=f"http://127.0.0.1:{api_port}",
+            ready_path="/healthz",
+            log=home / "api.log",
+            env=api_env,
+            timeout_s=60,
+        ) as api_server:
             api = Api(api_server.url, settings)
             print(f"POST /tenants → first webhook through Traefik, {args.tenants} tenants:")
             ours = orchestrated(api, settings, vault, args.tenants)

@@ -113,8 +113,11 @@ def aggregate(
     """Every (tenant, day) partition through the asset's call; returns the wall time, each
     call's duration and the executions counted."""
     tenant_db = TenantDatabaseResource(admin_url=admin_url)
-    work = [(schema_of(i), FIRST_DAY + dt.timedelta(days=d)) for i in range(tenants)
-            for d in range(days)]  # fmt: skip
+    work = [
+        (schema_of(i), FIRST_DAY + dt.timedelta(days=d))
+        for i in range(tenants)
+        for d in range(days)
+    ]
 
     def one(item: tuple[str, dt.date]) -> tuple[float, int]:
         began = time.perf_counter()

@@ -169,8 +169,11 @@ def api_server(
     ]
     log = tmp_path_factory.mktemp("api") / "api.log"
     # ORCH_PORT: the URL Traefik's fallback route reaches this API at (tenant_fallback.py).
-    env = {**os.environ, "DAGSTER_GRAPHQL_URL": f"{dagster_webserver.url}/graphql",
-           "ORCH_PORT": str(port)}  # fmt: skip
+    env = {
+        **os.environ,
+        "DAGSTER_GRAPHQL_URL": f"{dagster_webserver.url}/graphql",
+        "ORCH_PORT": str(port),
+    }
     with serve(
         command,
         url=f"http://127.0.0.1:{port}",

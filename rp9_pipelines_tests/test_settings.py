@@ -104,10 +104,18 @@ def test_env_example_lists_every_setting_and_nothing_else() -> None:
     names = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M))
     fields = {name.upper() for name in Settings.model_fields}
     spec = {
-        "ORCH_PORT", "ORCH_TOKEN", "BASE_DOMAIN", "ACME_EMAIL", "DATABASE_URL", "REDIS_URL",
-        "STRIPE_SECRET_KEY", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "VAULT_ADDR",
+        "ORCH_PORT",
+        "ORCH_TOKEN",
+        "BASE_DOMAIN",
+        "ACME_EMAIL",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "STRIPE_SECRET_KEY",
+        "SUPABASE_URL",
+        "SUPABASE_SERVICE_ROLE_KEY",
+        "VAULT_ADDR",
         "VAULT_TOKEN",
-    }  # fmt: skip
+    }
     assert spec <= fields
     assert fields <= names, f"missing from .env.example: {sorted(fields - names)}"
 

@@ -82,10 +82,16 @@ class RunServer:
         ready_r, ready_w = os.pipe()
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", SERVER_MODULE, str(self.socket_path), str(ready_w),
-                 *self.preload],
+                [
+                    sys.executable,
+                    "-m",
+                    SERVER_MODULE,
+                    str(self.socket_path),
+                    str(ready_w),
+                    *self.preload,
+                ],
                 pass_fds=(ready_w,),
-            )  # fmt: skip
+            )
         finally:
             os.close(ready_w)
         # "ready <pid>" once the code location is loaded and the socket listens; an end of file
@@ -217,9 +223,10 @@ class PreloadedRunLauncher(RunLauncher, ConfigurableClass):
         pid = self._local_pid(run)
         if pid is None:
             self._instance.report_engine_event(
-                "No running process of this run on this host to interrupt.", run,
+                "No running process of this run on this host to interrupt.",
+                run,
                 cls=self.__class__,
-            )  # fmt: skip
+            )
             return False
         # Dagster's interrupt: the run stops at the next safe point and is marked canceled.
         os.kill(pid, signal.SIGINT)

@@ -11,9 +11,17 @@ from rp9_pipelines.domain.backups import BackupRecord, Check, Manifest
 
 
 def insert_backup(
-    connection: sa.Connection, *, backup_id: uuid.UUID, tenant_id: uuid.UUID, kind: str,
-    bucket: str, key: str, run_id: str | None, started_at: dt.datetime, expires_at: dt.datetime,
-) -> None:  # fmt: skip
+    connection: sa.Connection,
+    *,
+    backup_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    kind: str,
+    bucket: str,
+    key: str,
+    run_id: str | None,
+    started_at: dt.datetime,
+    expires_at: dt.datetime,
+) -> None:
     connection.execute(
         sa.insert(backups).values(
             id=backup_id,
@@ -65,10 +73,16 @@ def mark_expired(connection: sa.Connection, backup_id: uuid.UUID) -> None:
 
 def _record(row: sa.Row[Any]) -> BackupRecord:
     return BackupRecord(
-        id=row.id, tenant_id=row.tenant_id, kind=row.kind, status=row.status,
-        bucket=row.bucket, key=row.key, started_at=row.started_at, finished_at=row.finished_at,
+        id=row.id,
+        tenant_id=row.tenant_id,
+        kind=row.kind,
+        status=row.status,
+        bucket=row.bucket,
+        key=row.key,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
         expires_at=row.expires_at,
-    )  # fmt: skip
+    )
 
 
 def backup_records(
@@ -93,13 +107,21 @@ def public_backup(row: dict[str, Any]) -> dict[str, Any]:
         return value.isoformat() if value else None
 
     return {
-        "id": str(row["id"]), "tenant_id": str(row["tenant_id"]), "kind": row["kind"],
-        "status": row["status"], "bucket": row["bucket"], "key": row["key"],
-        "size_bytes": row["size_bytes"], "sha256": row["sha256"], "manifest": row["manifest"],
-        "run_id": row["run_id"], "started_at": iso(row["started_at"]),
-        "finished_at": iso(row["finished_at"]), "expires_at": iso(row["expires_at"]),
+        "id": str(row["id"]),
+        "tenant_id": str(row["tenant_id"]),
+        "kind": row["kind"],
+        "status": row["status"],
+        "bucket": row["bucket"],
+        "key": row["key"],
+        "size_bytes": row["size_bytes"],
+        "sha256": row["sha256"],
+        "manifest": row["manifest"],
+        "run_id": row["run_id"],
+        "started_at": iso(row["started_at"]),
+        "finished_at": iso(row["finished_at"]),
+        "expires_at": iso(row["expires_at"]),
         "error": row["error"],
-    }  # fmt: skip
+    }
 
 
 def list_backups(
@@ -118,9 +140,14 @@ def list_backups(
 
 
 def insert_drill(
-    connection: sa.Connection, *, drill_id: uuid.UUID, tenant_id: uuid.UUID,
-    backup_id: uuid.UUID, sandbox: str, run_id: str | None,
-) -> None:  # fmt: skip
+    connection: sa.Connection,
+    *,
+    drill_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    backup_id: uuid.UUID,
+    sandbox: str,
+    run_id: str | None,
+) -> None:
     connection.execute(
         sa.insert(restore_drills).values(
             id=drill_id,
@@ -134,9 +161,14 @@ def insert_drill(
 
 
 def finish_drill(
-    connection: sa.Connection, drill_id: uuid.UUID, *, passed: bool, checks: list[Check],
-    rto_seconds: float | None, error: str | None,
-) -> None:  # fmt: skip
+    connection: sa.Connection,
+    drill_id: uuid.UUID,
+    *,
+    passed: bool,
+    checks: list[Check],
+    rto_seconds: float | None,
+    error: str | None,
+) -> None:
     connection.execute(
         sa.update(restore_drills)
         .where(restore_drills.c.id == drill_id)
@@ -181,12 +213,18 @@ def public_drill(row: dict[str, Any]) -> dict[str, Any]:
         return value.isoformat() if value else None
 
     return {
-        "id": str(row["id"]), "tenant_id": str(row["tenant_id"]),
-        "backup_id": str(row["backup_id"]), "sandbox": row["sandbox"], "status": row["status"],
-        "run_id": row["run_id"], "started_at": iso(row["started_at"]),
-        "finished_at": iso(row["finished_at"]), "rto_seconds": row["rto_seconds"],
-        "checks": row["checks"], "error": row["error"],
-    }  # fmt: skip
+        "id": str(row["id"]),
+        "tenant_id": str(row["tenant_id"]),
+        "backup_id": str(row["backup_id"]),
+        "sandbox": row["sandbox"],
+        "status": row["status"],
+        "run_id": row["run_id"],
+        "started_at": iso(row["started_at"]),
+        "finished_at": iso(row["finished_at"]),
+        "rto_seconds": row["rto_seconds"],
+        "checks": row["checks"],
+        "error": row["error"],
+    }
 
 
 def list_drills(

@@ -106,21 +106,34 @@ def ledger(
 
 
 def write_pending(
-    connection: sa.Connection, tenant_id: uuid.UUID, day: dt.date, metric: str,
-    identifier: str, quantity: int,
-) -> None:  # fmt: skip
+    connection: sa.Connection,
+    tenant_id: uuid.UUID,
+    day: dt.date,
+    metric: str,
+    identifier: str,
+    quantity: int,
+) -> None:
     """Before the call: a crash after it leaves the report in doubt, never forgotten."""
     statement = insert(usage_reports).values(
-        tenant_id=tenant_id, day=day, destination=STRIPE, metric=metric,
-        identifier=identifier, quantity=quantity, status="pending",
-    )  # fmt: skip
+        tenant_id=tenant_id,
+        day=day,
+        destination=STRIPE,
+        metric=metric,
+        identifier=identifier,
+        quantity=quantity,
+        status="pending",
+    )
     connection.execute(statement.on_conflict_do_nothing(constraint="uq_usage_reports_identifier"))
 
 
 def mark(
-    connection: sa.Connection, identifier: str, status: str, error: str | None = None,
-    *, receipt_known: bool = True,
-) -> None:  # fmt: skip
+    connection: sa.Connection,
+    identifier: str,
+    status: str,
+    error: str | None = None,
+    *,
+    receipt_known: bool = True,
+) -> None:
     """`sent_at` is when Stripe received the report; unknown (NULL) when Stripe answered that
     it already held it, which keeps the event out of any later cancellation."""
     values: dict[str, Any] = {"status": status, "error": error}

@@ -37,11 +37,16 @@ def subjects(connection: sa.Connection, pattern: str, refs: Sequence[str] = ()) 
     """Active and suspended tenants whose slug matches `pattern` (and, when `refs` are given,
     whose slug or id is one of them), with their merged quotas: two queries in all."""
     query = (
-        sa.select(tenants.c.id, tenants.c.slug, tenants.c.tier, tenants.c.status,
-                  tenants.c.suspension_reason)
+        sa.select(
+            tenants.c.id,
+            tenants.c.slug,
+            tenants.c.tier,
+            tenants.c.status,
+            tenants.c.suspension_reason,
+        )
         .where(tenants.c.status.in_(sorted(JUDGED_STATUSES)))
         .order_by(tenants.c.slug)
-    )  # fmt: skip
+    )
     wanted = set(refs)
     rows = [
         row
@@ -105,20 +110,29 @@ def record(
     """Insert the event; a concurrent run that recorded it first wins (None). A replacement
     takes the place of the period's earlier event of that key and is delivered again."""
     values = {
-        "tenant_id": tenant_id, "period": period, "metric": event.key.metric,
-        "threshold": event.key.threshold, "action": event.key.action, "value": event.value,
-        "limit_value": event.limit, "run_id": run_id,
-    }  # fmt: skip
+        "tenant_id": tenant_id,
+        "period": period,
+        "metric": event.key.metric,
+        "threshold": event.key.threshold,
+        "action": event.key.action,
+        "value": event.value,
+        "limit_value": event.limit,
+        "run_id": run_id,
+    }
     statement = insert(enforcement_events).values(**values)
     unique = ["tenant_id", "period", "metric", "threshold", "action"]
     if event.replaces:
         statement = statement.on_conflict_do_update(
             index_elements=unique,
             set_={
-                "value": event.value, "limit_value": event.limit, "run_id": run_id,
-                "created_at": sa.func.now(), "notified_at": None, "notify_error": None,
+                "value": event.value,
+                "limit_value": event.limit,
+                "run_id": run_id,
+                "created_at": sa.func.now(),
+                "notified_at": None,
+                "notify_error": None,
             },
-        )  # fmt: skip
+        )
     else:
         statement = statement.on_conflict_do_nothing(index_elements=unique)
     event_id: uuid.UUID | None = connection.execute(

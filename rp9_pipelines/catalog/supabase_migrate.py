@@ -43,17 +43,20 @@ def migrate(database_url: str, directory: Path = MIGRATIONS) -> Outcome:
     try:
         with engine.begin() as connection:
             connection.execute(sa.text("CREATE SCHEMA IF NOT EXISTS rp9_meta"))
-            connection.execute(sa.text(
-                f"CREATE TABLE IF NOT EXISTS {LEDGER} (name text PRIMARY KEY,"
-                " sha256 text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-            ))  # fmt: skip
+            connection.execute(
+                sa.text(
+                    f"CREATE TABLE IF NOT EXISTS {LEDGER} (name text PRIMARY KEY,"
+                    " sha256 text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+            )
         for path in _files(directory):
             body = path.read_text()
             digest = hashlib.sha256(body.encode()).hexdigest()
             with engine.begin() as connection:
                 # One migrator at a time; the ledger row and the migration commit together.
-                connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
-                                   {"k": LEDGER})  # fmt: skip
+                connection.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": LEDGER}
+                )
                 recorded = connection.execute(
                     sa.text(f"SELECT sha256 FROM {LEDGER} WHERE name = :n"), {"n": path.name}
                 ).scalar()

@@ -148,15 +148,31 @@ def update_tenant(connection: sa.Connection, tenant_id: uuid.UUID, **values: Any
 
 
 def record_instance(
-    connection: sa.Connection, tenant: Tenant, *, name: str, role: str, color: str,
-    container_id: str | None, image: str, cpu: float, memory_mb: int, state: str,
-) -> None:  # fmt: skip
+    connection: sa.Connection,
+    tenant: Tenant,
+    *,
+    name: str,
+    role: str,
+    color: str,
+    container_id: str | None,
+    image: str,
+    cpu: float,
+    memory_mb: int,
+    state: str,
+) -> None:
     row = {
-        "tenant_id": tenant.id, "role": role, "color": color, "container_name": name,
-        "container_id": container_id, "image": image, "cpu_limit": cpu,
-        "memory_limit_mb": memory_mb, "db_name": tenant.names.db_name,
-        "db_schema": tenant.names.db_schema, "state": state,
-    }  # fmt: skip
+        "tenant_id": tenant.id,
+        "role": role,
+        "color": color,
+        "container_name": name,
+        "container_id": container_id,
+        "image": image,
+        "cpu_limit": cpu,
+        "memory_limit_mb": memory_mb,
+        "db_name": tenant.names.db_name,
+        "db_schema": tenant.names.db_schema,
+        "state": state,
+    }
     statement = sa.dialects.postgresql.insert(tenant_instances).values(**row)
     updated: dict[str, Any] = {
         k: statement.excluded[k] for k in row if k not in {"tenant_id", "container_name"}

@@ -102,14 +102,17 @@ def upsert_usage(
     figures leaves the row, its `collected_at` included, as it was)."""
     values = figures.as_row()
     statement = insert(usage).values(tenant_id=tenant_id, day=day, **values)
-    changed = sa.or_(*(usage.c[name].is_distinct_from(statement.excluded[name])
-                       for name in USAGE_FIELDS))  # fmt: skip
+    changed = sa.or_(
+        *(usage.c[name].is_distinct_from(statement.excluded[name]) for name in USAGE_FIELDS)
+    )
     statement = statement.on_conflict_do_update(
         constraint="uq_usage_tenant_day",
-        set_={**{name: statement.excluded[name] for name in USAGE_FIELDS},
-              "collected_at": sa.func.now()},
+        set_={
+            **{name: statement.excluded[name] for name in USAGE_FIELDS},
+            "collected_at": sa.func.now(),
+        },
         where=changed,
-    )  # fmt: skip
+    )
     return bool(connection.execute(statement).rowcount)
 
 
@@ -148,9 +151,8 @@ def upsert_chargeback(
     fields = [*(name for name in RESULT_COLUMNS if name != "tenant_id"), "currency"]
     statement = statement.on_conflict_do_update(
         constraint="uq_chargeback_tenant_month",
-        set_={**{name: statement.excluded[name] for name in fields},
-              "computed_at": sa.func.now()},
-    )  # fmt: skip
+        set_={**{name: statement.excluded[name] for name in fields}, "computed_at": sa.func.now()},
+    )
     connection.execute(statement)
     return len(values)
 
@@ -172,14 +174,23 @@ def stripe_ids(connection: sa.Connection, kind: str, lookup_keys: Iterable[str])
 
 
 def ledger_pending(
-    connection: sa.Connection, tenant_id: uuid.UUID, day: dt.date, identifier: str,
-    metric: str, quantity: int,
-) -> None:  # fmt: skip
+    connection: sa.Connection,
+    tenant_id: uuid.UUID,
+    day: dt.date,
+    identifier: str,
+    metric: str,
+    quantity: int,
+) -> None:
     """Before the push: the row says what is about to be sent (`pending`)."""
     statement = insert(usage_reports).values(
-        tenant_id=tenant_id, day=day, destination="supabase", metric=metric,
-        identifier=identifier, quantity=quantity, status="pending",
-    )  # fmt: skip
+        tenant_id=tenant_id,
+        day=day,
+        destination="supabase",
+        metric=metric,
+        identifier=identifier,
+        quantity=quantity,
+        status="pending",
+    )
     connection.execute(
         statement.on_conflict_do_update(
             constraint="uq_usage_reports_identifier",
@@ -191,9 +202,10 @@ def ledger_pending(
 def ledger_done(connection: sa.Connection, identifier: str, *, error: str | None = None) -> None:
     """After the push: `sent` (with when) or `failed` (with why)."""
     values: dict[str, Any] = (
-        {"status": "failed", "error": error[:2000]} if error is not None
+        {"status": "failed", "error": error[:2000]}
+        if error is not None
         else {"status": "sent", "error": None, "sent_at": sa.func.now()}
-    )  # fmt: skip
+    )
     connection.execute(
         sa.update(usage_reports)
         .where(usage_reports.c.destination == "supabase", usage_reports.c.identifier == identifier)

@@ -285,38 +285,54 @@ def decide_report(
     reported = sum(e.quantity for e in mine if e.status == "sent")
     in_doubt = tuple(e for e in mine if e.status != "sent")
     if in_doubt:
-        return ReportDecision("retry in-doubt reports", retry=in_doubt, reported=reported,
-                              target=target)  # fmt: skip
+        return ReportDecision(
+            "retry in-doubt reports", retry=in_doubt, reported=reported, target=target
+        )
     if target == reported:
         return ReportDecision("already reported", reported=reported, target=target)
     epoch = sum(1 for e in mine if e.is_cancel)
     day_end = dt.datetime.combine(day, dt.time(23, 59, 59), tzinfo=dt.UTC)
     if now - day_end > EVENT_MAX_AGE:
         return ReportDecision(
-            "too old for Stripe (35 days)", reported=reported, target=target,
+            "too old for Stripe (35 days)",
+            reported=reported,
+            target=target,
             over_reported=max(reported - target, 0),
             extra={"unreported": max(target - reported, 0)},
-        )  # fmt: skip
+        )
     if target > reported:
         return ReportDecision(
-            "report the difference", reported=reported, target=target,
-            send=(Send(meter_identifier(tenant_id, day, metric, epoch, reported, target),
-                       target - reported),),
-        )  # fmt: skip
+            "report the difference",
+            reported=reported,
+            target=target,
+            send=(
+                Send(
+                    meter_identifier(tenant_id, day, metric, epoch, reported, target),
+                    target - reported,
+                ),
+            ),
+        )
     cancelled = {e.identifier.removeprefix(CANCEL_PREFIX) for e in mine if e.is_cancel}
     live = [e for e in mine if not e.is_cancel and e.identifier not in cancelled]
     if all(e.sent_at is not None and now - e.sent_at < CANCEL_WINDOW for e in live):
-        resend = (Send(meter_identifier(tenant_id, day, metric, epoch + len(live), 0, target),
-                       target),) if target else ()  # fmt: skip
+        resend = (
+            (Send(meter_identifier(tenant_id, day, metric, epoch + len(live), 0, target), target),)
+            if target
+            else ()
+        )
         return ReportDecision(
             "corrected down: cancel the day's events and report the new total",
-            cancel=tuple(Cancel(e.identifier, e.quantity) for e in live), send=resend,
-            reported=reported, target=target,
-        )  # fmt: skip
+            cancel=tuple(Cancel(e.identifier, e.quantity) for e in live),
+            send=resend,
+            reported=reported,
+            target=target,
+        )
     return ReportDecision(
         "corrected down past Stripe's 24 h cancellation window: nothing sent, over-reported",
-        reported=reported, target=target, over_reported=reported - target,
-    )  # fmt: skip
+        reported=reported,
+        target=target,
+        over_reported=reported - target,
+    )
 
 
 def day_window(day: dt.date) -> tuple[int, int]:

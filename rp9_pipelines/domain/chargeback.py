@@ -25,9 +25,17 @@ UNIT = 10_000  # money is counted in 1/10,000 of the currency
 MS_PER_HOUR = 3_600_000
 USAGE_COLUMNS = ("tenant_id", "executions", "duration_ms_sum", "cpu_seconds", "memory_gb_hours")
 RESULT_COLUMNS = (
-    "tenant_id", "executions", "duration_hours", "cpu_core_hours", "memory_gb_hours",
-    "usage_cost", "idle_cost", "total_cost", "revenue", "margin",
-)  # fmt: skip
+    "tenant_id",
+    "executions",
+    "duration_hours",
+    "cpu_core_hours",
+    "memory_gb_hours",
+    "usage_cost",
+    "idle_cost",
+    "total_cost",
+    "revenue",
+    "margin",
+)
 
 
 @dataclass(frozen=True)
@@ -38,8 +46,15 @@ class Rates:
     per_memory_gb_hour: float
 
     def __post_init__(self) -> None:
-        if min(self.per_execution, self.per_duration_hour, self.per_cpu_core_hour,
-               self.per_memory_gb_hour) < 0:  # fmt: skip
+        if (
+            min(
+                self.per_execution,
+                self.per_duration_hour,
+                self.per_cpu_core_hour,
+                self.per_memory_gb_hour,
+            )
+            < 0
+        ):
             raise ValueError(f"rates cannot be negative: {self}")
 
 
@@ -90,9 +105,9 @@ def _units(values: "pd.Series[float]") -> "np.ndarray[tuple[int], np.dtype[np.in
     return np.rint(values.to_numpy(dtype="float64") * UNIT).astype("int64")
 
 
-def share_out(total_units: int, weights: "np.ndarray[tuple[int], np.dtype[np.float64]]") -> (
-    "np.ndarray[tuple[int], np.dtype[np.int64]]"
-):  # fmt: skip
+def share_out(
+    total_units: int, weights: "np.ndarray[tuple[int], np.dtype[np.float64]]"
+) -> "np.ndarray[tuple[int], np.dtype[np.int64]]":
     """Divide `total_units` (an integer) in proportion to `weights` by largest remainders: the
     parts are integers and add up to the total exactly. All-zero weights share equally."""
     count = len(weights)
@@ -125,9 +140,13 @@ def compute(
     if missing:
         raise ValueError(f"usage lacks columns {sorted(missing)}")
     numbers = usage.loc[:, list(USAGE_COLUMNS)].astype(
-        {"executions": "int64", "duration_ms_sum": "int64", "cpu_seconds": "float64",
-         "memory_gb_hours": "float64"}
-    )  # fmt: skip
+        {
+            "executions": "int64",
+            "duration_ms_sum": "int64",
+            "cpu_seconds": "float64",
+            "memory_gb_hours": "float64",
+        }
+    )
     numbers["tenant_id"] = numbers["tenant_id"].astype(str)
     grouped = numbers.groupby("tenant_id", sort=True).sum()
     frame = pd.DataFrame(index=grouped.index)

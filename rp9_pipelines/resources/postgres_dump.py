@@ -70,10 +70,15 @@ class PgServer:
 
     def connect(self, database: str, *, autocommit: bool = False) -> psycopg.Connection:
         return psycopg.connect(
-            host=self.host, port=self.port, user=self.user, password=self.password,
-            dbname=database, autocommit=autocommit, connect_timeout=self.connect_timeout_s,
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=database,
+            autocommit=autocommit,
+            connect_timeout=self.connect_timeout_s,
             application_name="rp9-backups",
-        )  # fmt: skip
+        )
 
     def tool(self, name: str) -> str:
         """The client binary of the server's major version (pg_dump refuses older servers'
@@ -147,8 +152,12 @@ class DumpProcess:
     as of `snapshot`, writing to a pipe; killed if the block is left before it ends."""
 
     def __init__(self, server: PgServer, names: TenantNames, snapshot: str) -> None:
-        command = [server.tool("pg_dump"), "--format=custom", f"--snapshot={snapshot}",
-                   "--no-password"]  # fmt: skip
+        command = [
+            server.tool("pg_dump"),
+            "--format=custom",
+            f"--snapshot={snapshot}",
+            "--no-password",
+        ]
         if names.tier == "shared":
             command.append(f"--schema={names.db_schema}")
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__)
@@ -188,14 +197,24 @@ def restore_stream(server: PgServer, database: str, role: str, chunks: Iterable[
     """Feed a custom-format dump to `pg_restore` into `database`, its objects owned by `role`,
     hashing every byte on the way. The whole stream is read even when pg_restore stops early,
     so the hash always describes the complete stored object."""
-    command = [server.tool("pg_restore"), "--no-owner", "--no-privileges", f"--role={role}",
-               "--exit-on-error", "--no-password", f"--dbname={database}"]  # fmt: skip
+    command = [
+        server.tool("pg_restore"),
+        "--no-owner",
+        "--no-privileges",
+        f"--role={role}",
+        "--exit-on-error",
+        "--no-password",
+        f"--dbname={database}",
+    ]
     digest, size = hashlib.sha256(), 0
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
             env=server.env(database),
-        )  # fmt: skip
+        )
         assert process.stdin is not None
         feeding = True
         try:
@@ -225,9 +244,12 @@ def create_sandbox(server: PgServer, sandbox: SandboxNames, password: str) -> No
     """A login role and an empty database it owns, reachable by nobody else."""
     role, database = sql.Identifier(sandbox.role), sql.Identifier(sandbox.database)
     with server.connect("postgres", autocommit=True) as connection:
-        _execute(connection, sql.SQL(
-            "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}"
-        ).format(role, sql.Literal(password)))  # fmt: skip
+        _execute(
+            connection,
+            sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                role, sql.Literal(password)
+            ),
+        )
         _execute(connection, sql.SQL("CREATE DATABASE {} OWNER {}").format(database, role))
         _execute(connection, sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(database))
         _execute(connection, sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, role))
@@ -237,8 +259,10 @@ def drop_sandbox(server: PgServer, name: str) -> None:
     """Drop a sandbox's database (closing its sessions) and its role of the same name; either
     may be missing already."""
     with server.connect("postgres", autocommit=True) as connection:
-        _execute(connection, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))  # fmt: skip
+        _execute(
+            connection,
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)),
+        )
         _execute(connection, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 

@@ -49,10 +49,22 @@ class RedisResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         """Create or reset the tenant's ACL user, and persist the ACL file."""
         with self.client() as client:
             client.execute_command(
-                "ACL", "SETUSER", username, "reset", "on", f">{password}",
-                f"~{prefix}:*", f"&{prefix}:*", "+@all", "-@admin", "-@dangerous",
-                "+info", "+client|setname", "+client|getname", "+client|id",
-            )  # fmt: skip
+                "ACL",
+                "SETUSER",
+                username,
+                "reset",
+                "on",
+                f">{password}",
+                f"~{prefix}:*",
+                f"&{prefix}:*",
+                "+@all",
+                "-@admin",
+                "-@dangerous",
+                "+info",
+                "+client|setname",
+                "+client|getname",
+                "+client|id",
+            )
             client.execute_command("ACL", "SAVE")
 
     def drop_tenant(self, username: str, prefix: str) -> None:

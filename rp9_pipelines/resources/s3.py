@@ -44,9 +44,15 @@ class MultipartUpload:
     """
 
     def __init__(
-        self, client: Any, bucket: str, key: str, *, base_part_size: int, max_in_flight: int,
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        *,
+        base_part_size: int,
+        max_in_flight: int,
         metadata: dict[str, str],
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.client, self.bucket, self.key = client, bucket, key
         self.base_part_size, self.max_in_flight = base_part_size, max_in_flight
         self.metadata = metadata
@@ -58,9 +64,12 @@ class MultipartUpload:
 
     def __enter__(self) -> "MultipartUpload":
         created = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=self.key, ServerSideEncryption=SERVER_SIDE_ENCRYPTION,
-            Metadata=self.metadata, ContentType="application/octet-stream",
-        )  # fmt: skip
+            Bucket=self.bucket,
+            Key=self.key,
+            ServerSideEncryption=SERVER_SIDE_ENCRYPTION,
+            Metadata=self.metadata,
+            ContentType="application/octet-stream",
+        )
         self.upload_id = str(created["UploadId"])
         return self
 
@@ -81,9 +90,12 @@ class MultipartUpload:
 
     def _send(self, number: int, body: bytes) -> str:
         answer = self.client.upload_part(
-            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number,
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
             Body=body,
-        )  # fmt: skip
+        )
         return str(answer["ETag"])
 
     def pump(self, source: IO[bytes]) -> None:
@@ -124,9 +136,11 @@ class MultipartUpload:
             for number, future in sorted(self._parts.items())
         ]
         self.client.complete_multipart_upload(
-            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
             MultipartUpload={"Parts": parts},
-        )  # fmt: skip
+        )
         self._completed = StoredObject(self.key, self.size, self._sha256.hexdigest(), len(parts))
         return self._completed
 
@@ -172,16 +186,22 @@ class S3Resource(dg.ConfigurableResource):  # type: ignore[type-arg]
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") not in {"404", "NoSuchBucket"}:
                 raise
-            where = {} if self.region == "us-east-1" else {
-                "CreateBucketConfiguration": {"LocationConstraint": self.region}
-            }  # fmt: skip
+            where = (
+                {}
+                if self.region == "us-east-1"
+                else {"CreateBucketConfiguration": {"LocationConstraint": self.region}}
+            )
             client.create_bucket(Bucket=self.bucket, **where)
 
     def multipart(self, key: str, metadata: dict[str, str]) -> MultipartUpload:
         return MultipartUpload(
-            self.client(), self.bucket, key, base_part_size=self.part_size_mb * MIB,
-            max_in_flight=self.max_in_flight, metadata=metadata,
-        )  # fmt: skip
+            self.client(),
+            self.bucket,
+            key,
+            base_part_size=self.part_size_mb * MIB,
+            max_in_flight=self.max_in_flight,
+            metadata=metadata,
+        )
 
     def head(self, key: str, bucket: str | None = None) -> ObjectHead | None:
         try:

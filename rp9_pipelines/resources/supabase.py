@@ -85,10 +85,12 @@ class SupabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         def check() -> str:
             answer = httpx.get(
                 f"{self.url.rstrip('/')}/rest/v1/",
-                headers={"apikey": self.service_role_key,
-                         "Authorization": f"Bearer {self.service_role_key}"},
+                headers={
+                    "apikey": self.service_role_key,
+                    "Authorization": f"Bearer {self.service_role_key}",
+                },
                 timeout=self.timeout_s,
-            )  # fmt: skip
+            )
             answer.raise_for_status()
             return f"Supabase REST at {self.url}"
 

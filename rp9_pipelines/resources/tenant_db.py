@@ -139,8 +139,12 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 self._exec(shared, sql.SQL("REVOKE ALL ON SCHEMA public FROM PUBLIC"))
                 # n8n's driver runs `CREATE SCHEMA IF NOT EXISTS` on every connection, and
                 # Postgres checks the database privilege before it sees that the schema exists.
-                self._exec(shared, sql.SQL("GRANT CONNECT, CREATE ON DATABASE {} TO {}").format(
-                    sql.Identifier(SHARED_DATABASE), role))  # fmt: skip
+                self._exec(
+                    shared,
+                    sql.SQL("GRANT CONNECT, CREATE ON DATABASE {} TO {}").format(
+                        sql.Identifier(SHARED_DATABASE), role
+                    ),
+                )
         with self._connect(names.db_name) as database:
             if self._has_tables(database, names.db_schema):
                 return True
@@ -149,8 +153,10 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 return True
             if names.tier == "shared":
                 schema, role = sql.Identifier(names.db_schema), sql.Identifier(names.db_role)
-                self._exec(database, sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}")
-                           .format(schema, role))  # fmt: skip
+                self._exec(
+                    database,
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(schema, role),
+                )
                 self._exec(database, sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(schema))
         return False
 
@@ -226,37 +232,70 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             self._ensure_role(server, TEMPLATE_ROLE, password)
             owner = server.execute(sa.text("SELECT current_user")).scalar_one()
             self._ensure_database(server, TEMPLATE_DATABASE, owner)
-            self._exec(server, sql.SQL("GRANT CONNECT, CREATE ON DATABASE {} TO {}").format(
-                sql.Identifier(TEMPLATE_DATABASE), sql.Identifier(TEMPLATE_ROLE)))  # fmt: skip
+            self._exec(
+                server,
+                sql.SQL("GRANT CONNECT, CREATE ON DATABASE {} TO {}").format(
+                    sql.Identifier(TEMPLATE_DATABASE), sql.Identifier(TEMPLATE_ROLE)
+                ),
+            )
         with self._connect(TEMPLATE_DATABASE) as templates:
-            self._exec(templates, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-                sql.Identifier(schema)))  # fmt: skip
-            self._exec(templates, sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
-                sql.Identifier(schema), sql.Identifier(TEMPLATE_ROLE)))  # fmt: skip
+            self._exec(
+                templates,
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)),
+            )
+            self._exec(
+                templates,
+                sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
+                    sql.Identifier(schema), sql.Identifier(TEMPLATE_ROLE)
+                ),
+            )
 
     def seal_template(self, schema: str) -> None:
         """Remove what the builder's n8n wrote about itself, mark the template ready, and take
         the builder role's login away."""
         with self._connect(TEMPLATE_DATABASE) as templates:
             for table in INSTANCE_TABLES:
-                self._exec(templates, sql.SQL("DELETE FROM {}.{}").format(
-                    sql.Identifier(schema), sql.Identifier(table)))  # fmt: skip
-            self._exec(templates, sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
-                sql.Identifier(schema), sql.Literal(READY_COMMENT)))  # fmt: skip
+                self._exec(
+                    templates,
+                    sql.SQL("DELETE FROM {}.{}").format(
+                        sql.Identifier(schema), sql.Identifier(table)
+                    ),
+                )
+            self._exec(
+                templates,
+                sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
+                    sql.Identifier(schema), sql.Literal(READY_COMMENT)
+                ),
+            )
         with self._connect("postgres") as server:
-            self._exec(server, sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(
-                sql.Identifier(TEMPLATE_ROLE)))  # fmt: skip
+            self._exec(
+                server,
+                sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(
+                    sql.Identifier(TEMPLATE_ROLE)
+                ),
+            )
 
     def template(self, schema: str) -> Template:
         """The template as SQL, from `pg_dump` (objects unowned, no grants, no comments)."""
         url = self._url(TEMPLATE_DATABASE)
         pg_dump = shutil.which("pg_dump") or "/usr/lib/postgresql/15/bin/pg_dump"
         command = [
-            pg_dump, "--schema", schema, "--no-owner", "--no-privileges", "--no-comments",
-            "--rows-per-insert=1000", "--host", url.host or "127.0.0.1",
-            "--port", str(url.port or 5432), "--username", url.username or "postgres",
-            "--dbname", TEMPLATE_DATABASE,
-        ]  # fmt: skip
+            pg_dump,
+            "--schema",
+            schema,
+            "--no-owner",
+            "--no-privileges",
+            "--no-comments",
+            "--rows-per-insert=1000",
+            "--host",
+            url.host or "127.0.0.1",
+            "--port",
+            str(url.port or 5432),
+            "--username",
+            url.username or "postgres",
+            "--dbname",
+            TEMPLATE_DATABASE,
+        ]
         env = {**os.environ, "PGPASSWORD": url.password or "", "PGCONNECT_TIMEOUT": "10"}
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
@@ -274,12 +313,20 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": names.db_role}
             ).scalar()
             if names.tier == "dedicated":
-                self._exec(server, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(names.db_name)))  # fmt: skip
+                self._exec(
+                    server,
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(names.db_name)
+                    ),
+                )
         if names.tier == "shared" and role_exists:
             with self._connect(SHARED_DATABASE) as shared:
-                self._exec(shared, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-                    sql.Identifier(names.db_schema)))  # fmt: skip
+                self._exec(
+                    shared,
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                        sql.Identifier(names.db_schema)
+                    ),
+                )
                 self._exec(shared, sql.SQL("DROP OWNED BY {}").format(role))
         if role_exists:
             with self._connect("postgres") as server:
@@ -444,9 +491,11 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             assert raw is not None
             with raw.cursor() as cursor:  # type: ignore[attr-defined]
                 cursor.execute(
-                    _EXECUTION_DAY.format(table=sql.SQL("{}.execution_entity").format(
-                        sql.Identifier(schema))), (start, end),
-                )  # fmt: skip
+                    _EXECUTION_DAY.format(
+                        table=sql.SQL("{}.execution_entity").format(sql.Identifier(schema))
+                    ),
+                    (start, end),
+                )
                 total, failed, duration_ms, latency, wait = cursor.fetchone()
         return ExecutionDay(
             executions=int(total),

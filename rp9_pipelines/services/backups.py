@@ -67,17 +67,29 @@ def verify_object(s3: S3Resource, stored: StoredObject) -> None:
 
 
 def take_backup(
-    catalog_db: CatalogResource, admin_url: str, s3: S3Resource, tenant: Tenant, kind: str,
-    run_id: str | None, log: Log,
-) -> BackupOutcome:  # fmt: skip
+    catalog_db: CatalogResource,
+    admin_url: str,
+    s3: S3Resource,
+    tenant: Tenant,
+    kind: str,
+    run_id: str | None,
+    log: Log,
+) -> BackupOutcome:
     backup_id = uuid.uuid4()
     started = dt.datetime.now(dt.UTC)
     key = object_key(tenant.slug, kind, started, backup_id)
     with catalog_db.begin() as connection:
         catalog.insert_backup(
-            connection, backup_id=backup_id, tenant_id=tenant.id, kind=kind, bucket=s3.bucket,
-            key=key, run_id=run_id, started_at=started, expires_at=expires_at(kind, started),
-        )  # fmt: skip
+            connection,
+            backup_id=backup_id,
+            tenant_id=tenant.id,
+            kind=kind,
+            bucket=s3.bucket,
+            key=key,
+            run_id=run_id,
+            started_at=started,
+            expires_at=expires_at(kind, started),
+        )
     log(f"backup {backup_id} ({kind}) of {tenant.slug} → s3://{s3.bucket}/{key}")
     try:
         outcome = _dump_and_verify(PgServer.from_url(admin_url), s3, tenant, key, backup_id, kind)
@@ -90,9 +102,12 @@ def take_backup(
         raise
     with catalog_db.begin() as connection:
         catalog.finish_backup(
-            connection, backup_id, size=outcome.size, sha256=outcome.sha256,
+            connection,
+            backup_id,
+            size=outcome.size,
+            sha256=outcome.sha256,
             manifest=outcome.manifest,
-        )  # fmt: skip
+        )
     megabytes = outcome.size / 1e6
     log(
         f"backup {backup_id} ok: {megabytes:.1f} MB in {outcome.parts} part(s), "
@@ -119,10 +134,16 @@ def _dump_and_verify(
     dumped = time.monotonic()
     verify_object(s3, stored)
     return BackupOutcome(
-        backup_id=backup_id, bucket=s3.bucket, key=key, size=stored.size, sha256=stored.sha256,
-        parts=stored.parts, manifest=manifest, dump_seconds=dumped - started,
+        backup_id=backup_id,
+        bucket=s3.bucket,
+        key=key,
+        size=stored.size,
+        sha256=stored.sha256,
+        parts=stored.parts,
+        manifest=manifest,
+        dump_seconds=dumped - started,
         verify_seconds=time.monotonic() - dumped,
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)

@@ -101,11 +101,12 @@ class CatalogSync:
         if found is not None:
             return self._keep("meter", METER_LOOKUP_KEY, found, created=False)
         params: Any = {
-            "display_name": "n8n executions", "event_name": METER_EVENT_NAME,
+            "display_name": "n8n executions",
+            "event_name": METER_EVENT_NAME,
             "default_aggregation": {"formula": "sum"},
             "customer_mapping": {"event_payload_key": CUSTOMER_PAYLOAD_KEY, "type": "by_id"},
             "value_settings": {"event_payload_key": VALUE_PAYLOAD_KEY},
-        }  # fmt: skip
+        }
         created = v1.billing.meters.create(
             params=params, options={"idempotency_key": _key("meter", METER_LOOKUP_KEY, params)}
         )
@@ -163,9 +164,10 @@ class CatalogSync:
         v1 = self.client.v1
         attached = {
             pf.entitlement_feature.id: pf.id
-            for pf in v1.products.features.list(product_id, params={"limit": 100})
-            .auto_paging_iter()
-        }  # fmt: skip
+            for pf in v1.products.features.list(
+                product_id, params={"limit": 100}
+            ).auto_paging_iter()
+        }
         wanted = set(feature_ids.values())
         with self.engine.begin() as connection:
             ours = billing_catalog.lookup_keys_of(connection, "feature", list(attached))
@@ -177,9 +179,10 @@ class CatalogSync:
             if feature_id in attached:
                 continue
             v1.products.features.create(
-                product_id, params={"entitlement_feature": feature_id},
+                product_id,
+                params={"entitlement_feature": feature_id},
                 options={"idempotency_key": f"rp9-attach-{product_id}-{feature_id}"},
-            )  # fmt: skip
+            )
             self.outcome.attached.append(f"{product_id}:{lookup_key}")
 
     def price(self, lookup_key: str, params: dict[str, Any]) -> str:
@@ -211,21 +214,33 @@ class CatalogSync:
         for spec in specs:
             product_id = self.product(spec)
             self.attach_features(product_id, {key: features[key] for key in spec.features})
-            base = self.price(spec.base_price_key, {
-                "product": product_id, "currency": spec.currency, "unit_amount": spec.base_amount,
-                "recurring": {"interval": "month", "usage_type": "licensed"},
-                "nickname": f"{spec.name} monthly",
-            })  # fmt: skip
-            metered = self.price(spec.metered_price_key, {
-                "product": product_id, "currency": spec.currency,
-                "unit_amount_decimal": spec.per_execution_amount,
-                "recurring": {"interval": "month", "usage_type": "metered", "meter": meter_id},
-                "nickname": f"{spec.name} per execution",
-            })  # fmt: skip
+            base = self.price(
+                spec.base_price_key,
+                {
+                    "product": product_id,
+                    "currency": spec.currency,
+                    "unit_amount": spec.base_amount,
+                    "recurring": {"interval": "month", "usage_type": "licensed"},
+                    "nickname": f"{spec.name} monthly",
+                },
+            )
+            metered = self.price(
+                spec.metered_price_key,
+                {
+                    "product": product_id,
+                    "currency": spec.currency,
+                    "unit_amount_decimal": spec.per_execution_amount,
+                    "recurring": {"interval": "month", "usage_type": "metered", "meter": meter_id},
+                    "nickname": f"{spec.name} per execution",
+                },
+            )
             with self.engine.begin() as connection:
                 billing_catalog.set_plan_stripe_ids(connection, spec.name, product_id, base)
-            self.outcome.plans[spec.name] = {"product": product_id, "base_price": base,
-                                             "metered_price": metered}  # fmt: skip
+            self.outcome.plans[spec.name] = {
+                "product": product_id,
+                "base_price": base,
+                "metered_price": metered,
+            }
         return self.outcome
 
 
@@ -290,9 +305,12 @@ def _subscription_prices(
 
 
 def sync_customer(
-    client: stripe.StripeClient, engine: sa.Engine, customer: str, log: Callable[[str], None],
+    client: stripe.StripeClient,
+    engine: sa.Engine,
+    customer: str,
+    log: Callable[[str], None],
     prices: list[str] | None = None,
-) -> CustomerSync | None:  # fmt: skip
+) -> CustomerSync | None:
     """None when no tenant has this customer (logged, nothing changed). `prices`: the
     customer's live subscription prices when the caller listed them already."""
     with engine.begin() as connection:
@@ -318,10 +336,15 @@ def sync_customer(
             tenant_catalog.set_quota(connection, tenant_id, "plan", plan_limits)
             tenant_catalog.update_tenant(connection, tenant_id, plan=plan_after)
     synced = CustomerSync(
-        str(tenant_id), row.slug, customer, features,
-        {k: v for k, v in entitled.values.items() if v is not None}, row.plan, plan_after,
+        str(tenant_id),
+        row.slug,
+        customer,
+        features,
+        {k: v for k, v in entitled.values.items() if v is not None},
+        row.plan,
+        plan_after,
         list(entitled.ignored),
-    )  # fmt: skip
+    )
     log(
         f"{row.slug}: entitlements {features or 'none'} → stripe quotas {synced.quotas}"
         + (f"; plan {row.plan} → {plan_after}" if synced.plan_changed else "")
@@ -393,9 +416,12 @@ class DayReport:
 
 class MeterReporter:
     def __init__(
-        self, client: stripe.StripeClient, engine: sa.Engine, log: Log,
+        self,
+        client: stripe.StripeClient,
+        engine: sa.Engine,
+        log: Log,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.client, self.engine, self.log, self.now = client, engine, log, now
 
     def _send(self, report: DayReport, customer: str, identifier: str, quantity: int) -> None:
@@ -497,13 +523,17 @@ class MeterReporter:
             report.decision = decision
             if decision.is_noop or report.failed:
                 break
-            self.log(f"{tenant.slug} {day}: {decision.reason} (target {executions}, "
-                     f"reported {decision.reported})")  # fmt: skip
+            self.log(
+                f"{tenant.slug} {day}: {decision.reason} (target {executions}, "
+                f"reported {decision.reported})"
+            )
             self._act(report, customer, decision)
         if report.decision and report.decision.over_reported:
             excess = report.decision.over_reported
-            self.log(f"{tenant.slug} {day}: over-reported by {excess} executions; Stripe can "
-                     "no longer cancel them: issue a credit note")  # fmt: skip
+            self.log(
+                f"{tenant.slug} {day}: over-reported by {excess} executions; Stripe can "
+                "no longer cancel them: issue a credit note"
+            )
         return report
 
 

@@ -94,9 +94,12 @@ def compute_month(
     prices = plan_prices(catalog, stripe_client, plans, settings.currency, log)
     by_tenant = {str(tenant_id): prices.get(plan) for tenant_id, plan in tenants["plan"].items()}
     result = chargeback_math.compute(
-        usage, settings.rates(), settings.capacity(), chargeback_math.month_hours(month),
+        usage,
+        settings.rates(),
+        settings.capacity(),
+        chargeback_math.month_hours(month),
         by_tenant,
-    )  # fmt: skip
+    )
     return result, tenants, [p for p in plans if p not in prices]
 
 
@@ -136,19 +139,27 @@ def chargeback_month(
         export.to_csv(body, index=False, float_format="%.6f")
         s3.ensure_bucket()
         s3.client().put_object(
-            Bucket=s3.bucket, Key=csv_key, Body=body.getvalue().encode(),
-            ContentType="text/csv", ServerSideEncryption=SERVER_SIDE_ENCRYPTION,
-        )  # fmt: skip
+            Bucket=s3.bucket,
+            Key=csv_key,
+            Body=body.getvalue().encode(),
+            ContentType="text/csv",
+            ServerSideEncryption=SERVER_SIDE_ENCRYPTION,
+        )
     if supabase is not None and rows:
         now = dt.datetime.now(dt.UTC).isoformat()
         supabase.upsert(
             CHARGEBACK_TABLE,
             [
-                {**row, "tenant_slug": tenants.at[row["tenant_id"], "slug"],
-                 "plan": tenants.at[row["tenant_id"], "plan"], "month": month,
-                 "currency": settings.currency, "computed_at": now}
+                {
+                    **row,
+                    "tenant_slug": tenants.at[row["tenant_id"], "slug"],
+                    "plan": tenants.at[row["tenant_id"], "plan"],
+                    "month": month,
+                    "currency": settings.currency,
+                    "computed_at": now,
+                }
                 for row in rows
             ],
             on_conflict=CHARGEBACK_KEY,
-        )  # fmt: skip
+        )
     return MonthlyChargeback(month, result, csv_key, rows, unpriced)

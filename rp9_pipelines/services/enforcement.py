@@ -139,9 +139,11 @@ def enforce(
     running = [
         item.subject
         for item in judged
-        if item.subject.status == "active" and item.decision.act == "none"
-        and item.subject.slug not in acted and str(item.subject.id) not in in_flight
-    ]  # fmt: skip
+        if item.subject.status == "active"
+        and item.decision.act == "none"
+        and item.subject.slug not in acted
+        and str(item.subject.id) not in in_flight
+    ]
     reconcile_concurrency(r, running, outcome, log)
     # A run scoped to some tenants delivers only their events.
     scope = [item.subject.id for item in judged] if refs else None
@@ -150,9 +152,16 @@ def enforce(
 
 
 def _apply(
-    r: StackResources, subject: Subject, item: Judged, period: str, run_id: str | None,
-    outcome: Outcome, log: Log, *, defer: bool,
-) -> None:  # fmt: skip
+    r: StackResources,
+    subject: Subject,
+    item: Judged,
+    period: str,
+    run_id: str | None,
+    outcome: Outcome,
+    log: Log,
+    *,
+    defer: bool,
+) -> None:
     decision = item.decision
     # A deferred action records its warnings now, and its own event with the action itself
     # (next time): a suspend event without the suspension would read as an operator's resume.

@@ -127,9 +127,14 @@ def run_drill(
 
 
 def _restore_and_check(
-    r: DrillResources, server: PgServer, tenant: Tenant, backup: dict[str, Any],
-    sandbox: SandboxNames, checks: list[Check], log: Log,
-) -> float | None:  # fmt: skip
+    r: DrillResources,
+    server: PgServer,
+    tenant: Tenant,
+    backup: dict[str, Any],
+    sandbox: SandboxNames,
+    checks: list[Check],
+    log: Log,
+) -> float | None:
     manifest = Manifest.from_json(backup["manifest"])
     bucket, key, names = backup["bucket"], backup["key"], tenant.names
     started = time.monotonic()
@@ -140,14 +145,19 @@ def _restore_and_check(
     password = secrets.token_urlsafe(32)
     create_sandbox(server, sandbox, password)
     restored = restore_stream(server, sandbox.database, sandbox.role, r.s3.chunks(key, bucket))
-    checks.append(check_object(backup["size_bytes"], backup["sha256"], restored.size,
-                               restored.sha256))  # fmt: skip
+    checks.append(
+        check_object(backup["size_bytes"], backup["sha256"], restored.size, restored.sha256)
+    )
     restore_ok = restored.exit_code == 0
-    checks.append(Check(
-        "restore", restore_ok,
-        f"pg_restore into {sandbox.database} in {time.monotonic() - started:.1f} s" if restore_ok
-        else f"pg_restore exited {restored.exit_code}: {restored.stderr[-600:]}",
-    ))  # fmt: skip
+    checks.append(
+        Check(
+            "restore",
+            restore_ok,
+            f"pg_restore into {sandbox.database} in {time.monotonic() - started:.1f} s"
+            if restore_ok
+            else f"pg_restore exited {restored.exit_code}: {restored.stderr[-600:]}",
+        )
+    )
     log(f"{checks[-2].detail}; {checks[-1].detail}")
     if not (checks[-1].ok and checks[-2].ok):
         return None
@@ -205,8 +215,9 @@ def _wait_ready(r: DrillResources, sandbox: SandboxNames, timeout_s: float) -> C
             logs = r.docker_runtime.logs(sandbox.container, tail=15)
             return Check("sandbox_ready", False, f"sandbox n8n stopped: {logs[-800:]}")
         if state.health == "healthy":
-            return Check("sandbox_ready", True,
-                         f"sandbox n8n ready in {time.monotonic() - started:.1f} s")  # fmt: skip
+            return Check(
+                "sandbox_ready", True, f"sandbox n8n ready in {time.monotonic() - started:.1f} s"
+            )
         time.sleep(0.5)
     return Check("sandbox_ready", False, f"sandbox n8n not ready after {timeout_s:.0f} s")
 
@@ -298,9 +309,11 @@ def sweep_sandboxes(r: DrillResources, now: dt.datetime, log: Log) -> list[str]:
         c.name.removeprefix("rp9-drill-")
         for c in client.containers.list(all=True, filters={"label": SANDBOX_LABEL})
     }
-    found |= {n.name.removeprefix("rp9-drill-")
-              for n in client.networks.list(filters={"name": "rp9-drill-"})
-              if n.name.startswith("rp9-drill-")}  # fmt: skip
+    found |= {
+        n.name.removeprefix("rp9-drill-")
+        for n in client.networks.list(filters={"name": "rp9-drill-"})
+        if n.name.startswith("rp9-drill-")
+    }
     found |= {name.removeprefix(SANDBOX_PREFIX) for name in sandbox_leftovers(server)}
     found |= {p.name.removeprefix("drill_") for p in Path(r.secret_files.root).glob("drill_*")}
     swept = []

@@ -192,10 +192,17 @@ def _record(
 ) -> None:
     with r.catalog.begin() as connection:
         catalog.record_instance(
-            connection, tenant, name=spec.name, role=spec.role, color=spec.labels[LABEL_COLOR],
-            container_id=container_id, image=r.platform.image, cpu=spec.cpu,
-            memory_mb=spec.memory_mb, state=state,
-        )  # fmt: skip
+            connection,
+            tenant,
+            name=spec.name,
+            role=spec.role,
+            color=spec.labels[LABEL_COLOR],
+            container_id=container_id,
+            image=r.platform.image,
+            cpu=spec.cpu,
+            memory_mb=spec.memory_mb,
+            state=state,
+        )
 
 
 def wait_healthy(r: StackResources, names: list[str]) -> None:

@@ -251,10 +251,24 @@ def dagster_with_autoscaler(slug: str, **knobs: str) -> Iterator[Served]:
     }
     env.pop("AUTOSCALE_ENABLED", None)
     port = free_port()
-    command = [str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port),
-               "-w", str(ROOT / "workspace.yaml")]  # fmt: skip
-    with serve(command, url=f"http://127.0.0.1:{port}", ready_path="/server_info",
-               log=home / "dagster.log", env=env, timeout_s=180) as served:  # fmt: skip
+    command = [
+        str(BIN / "dagster"),
+        "dev",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        str(ROOT / "workspace.yaml"),
+    ]
+    with serve(
+        command,
+        url=f"http://127.0.0.1:{port}",
+        ready_path="/server_info",
+        log=home / "dagster.log",
+        env=env,
+        timeout_s=180,
+    ) as served:
         yield served
 
 

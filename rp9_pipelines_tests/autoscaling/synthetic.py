@@ -44,18 +44,29 @@ def insert_tenants(
             connection.execute(
                 sa.insert(tenants),
                 [
-                    {"id": t.id, "slug": t.slug, "name": "synthetic", "plan": plan, "tier": tier,
-                     "status": "active", "workers": workers, "n8n_version": "2.20.12"}
+                    {
+                        "id": t.id,
+                        "slug": t.slug,
+                        "name": "synthetic",
+                        "plan": plan,
+                        "tier": tier,
+                        "status": "active",
+                        "workers": workers,
+                        "n8n_version": "2.20.12",
+                    }
                     for t in made
                 ],
-            )  # fmt: skip
+            )
             rows = [{"tenant_id": t.id, "source": "plan", **limits} for t in made]
             if quota:
                 rows += [
-                    {"tenant_id": t.id, "source": "manual",
-                     **{f: quota.get(f) for f in QUOTA_FIELDS}}
+                    {
+                        "tenant_id": t.id,
+                        "source": "manual",
+                        **{f: quota.get(f) for f in QUOTA_FIELDS},
+                    }
                     for t in made
-                ]  # fmt: skip
+                ]
             connection.execute(sa.insert(quotas), rows)
     return made
 
@@ -147,11 +158,10 @@ def execution_table(database: sa.Engine, schema: str, executions: Sequence[Execu
                     " now() - make_interval(secs => :stop)"
                 ),
                 [
-                    {"status": e.status, "stop": e.stopped_ago_s, "run": e.run_s,
-                     "wait": e.wait_s}
+                    {"status": e.status, "stop": e.stopped_ago_s, "run": e.run_s, "wait": e.wait_s}
                     for e in executions
                 ],
-            )  # fmt: skip
+            )
 
 
 def drop_schemas(database: sa.Engine, schemas: Sequence[str]) -> None:

@@ -82,12 +82,18 @@ def test_a_removed_worker_finishes_its_executions_before_it_goes(
     # Four long executions fill both workers' two slots each.
     started = load.enqueue(n8n, "hold", 4)
     redis = RedisResource(redis_url=settings.redis_url)
-    wait_until(lambda: redis.queue_snapshots([names.bull_prefix])[names.bull_prefix].active == 4,
-               timeout_s=30, what="four running executions")  # fmt: skip
+    wait_until(
+        lambda: redis.queue_snapshots([names.bull_prefix])[names.bull_prefix].active == 4,
+        timeout_s=30,
+        what="four running executions",
+    )
     second = f"rp9-{slug}-blue-worker-2"
     # Bull marks a job active a moment before the worker logs that it started it.
-    wait_until(lambda: load.first_execution_on(settings, second, started - 1) is not None,
-               timeout_s=15, what="worker-2 to log one of the executions")  # fmt: skip
+    wait_until(
+        lambda: load.first_execution_on(settings, second, started - 1) is not None,
+        timeout_s=15,
+        what="worker-2 to log one of the executions",
+    )
 
     with load.following_logs(settings, second) as lines:
         response = api.post(f"/tenants/{slug}/scale", {"workers": 1})
@@ -118,24 +124,34 @@ def test_the_autoscaler_scales_a_backlog_up_and_back_down_losing_nothing(
     # One execution before the load, so that Prometheus holds the tenant's duration series
     # before it grows (a counter's first sample is not counted by increase()).
     load.enqueue(n8n, "slow", 1)
-    knobs = {"interval_s": str(INTERVAL_S), "stabilisation_window_s": str(WINDOW_S),
-             "signal_window_s": str(SIGNAL_WINDOW_S)}  # fmt: skip
+    knobs = {
+        "interval_s": str(INTERVAL_S),
+        "stabilisation_window_s": str(WINDOW_S),
+        "signal_window_s": str(SIGNAL_WINDOW_S),
+    }
     with load.dagster_with_autoscaler(slug, **knobs) as dagster:
         load.start_autoscaler(dagster)
-        wait_until(lambda: slug in prometheus.execution_rates(300), timeout_s=60,
-                   what="Prometheus to scrape the warm-up execution")  # fmt: skip
+        wait_until(
+            lambda: slug in prometheus.execution_rates(300),
+            timeout_s=60,
+            what="Prometheus to scrape the warm-up execution",
+        )
         warm_up = load.executions(settings, names, workflow)
         assert warm_up.by_status == {"success": 1}
 
         watch = load.Watch(settings, names)
         with watch.running():
             began = load.enqueue(n8n, "slow", EXECUTIONS)
-            wait_until(lambda: catalog_workers(settings, slug) > 1, timeout_s=60,
-                       what="the autoscaler to scale up")  # fmt: skip
+            wait_until(
+                lambda: catalog_workers(settings, slug) > 1,
+                timeout_s=60,
+                what="the autoscaler to scale up",
+            )
             second = wait_until(
                 lambda: load.first_execution_on(settings, f"rp9-{slug}-blue-worker-2", began),
-                timeout_s=120, what="the second worker to serve",
-            )  # fmt: skip
+                timeout_s=120,
+                what="the second worker to serve",
+            )
 
             def finished() -> load.Executions | None:
                 seen = load.executions(settings, names, workflow)
@@ -143,10 +159,14 @@ def test_the_autoscaler_scales_a_backlog_up_and_back_down_losing_nothing(
 
             drained = wait_until(finished, timeout_s=240, what="the backlog to drain")
             wait_until(
-                lambda: catalog_workers(settings, slug) == 1
-                and (s := watch.latest()) is not None and s.healthy_workers == 1,
-                timeout_s=WINDOW_S + SIGNAL_WINDOW_S + 120, what="the return to one worker",
-            )  # fmt: skip
+                lambda: (
+                    catalog_workers(settings, slug) == 1
+                    and (s := watch.latest()) is not None
+                    and s.healthy_workers == 1
+                ),
+                timeout_s=WINDOW_S + SIGNAL_WINDOW_S + 120,
+                what="the return to one worker",
+            )
         client = DagsterClient(f"{dagster.url}/graphql")
         engine = sa.create_engine(sqlalchemy_url(settings.database_url), poolclass=sa.NullPool)
         with engine.connect() as connection:

@@ -11,10 +11,13 @@ from rp9_pipelines.settings import Settings
 def bucket(settings: Settings) -> Iterator[S3Resource]:
     """A fresh bucket on the real S3 server (moto), emptied and removed afterwards."""
     s3 = S3Resource(
-        endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
-        bucket=f"rp9-test-{uuid.uuid4().hex[:12]}", access_key_id=settings.s3_access_key_id,
-        secret_access_key=settings.s3_secret_access_key.get_secret_value(), part_size_mb=5,
-    )  # fmt: skip
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        bucket=f"rp9-test-{uuid.uuid4().hex[:12]}",
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+        part_size_mb=5,
+    )
     s3.ensure_bucket()
     yield s3
     client = s3.client()

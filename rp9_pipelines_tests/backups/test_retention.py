@@ -44,12 +44,14 @@ def test_retention_deletes_exactly_what_the_policy_says_and_keeps_the_last_ok(
     with engine.begin() as connection:
         tenant_ids = {
             slug: connection.execute(
-                sa.text("INSERT INTO tenants (slug, name, plan, n8n_version, status) "
-                        "VALUES (:s, :s, 'pro', '2.20.12', :st) RETURNING id"),
+                sa.text(
+                    "INSERT INTO tenants (slug, name, plan, n8n_version, status) "
+                    "VALUES (:s, :s, 'pro', '2.20.12', :st) RETURNING id"
+                ),
                 {"s": slug, "st": status},
             ).scalar_one()
             for slug, status in (("acme", "active"), ("globex", "suspended"))
-        }  # fmt: skip
+        }
         for slug, kind, status, age, after in BACKUPS:
             started = CLOCK - dt.timedelta(days=age)
             backup_id = uuid.uuid4()
@@ -57,13 +59,19 @@ def test_retention_deletes_exactly_what_the_policy_says_and_keeps_the_last_ok(
             ok = status == "ok"
             connection.execute(
                 sa.insert(backups).values(
-                    id=backup_id, tenant_id=tenant_ids[slug], kind=kind, bucket=bucket.bucket,
-                    key=key, status=status, started_at=started,
+                    id=backup_id,
+                    tenant_id=tenant_ids[slug],
+                    kind=kind,
+                    bucket=bucket.bucket,
+                    key=key,
+                    status=status,
+                    started_at=started,
                     finished_at=started + dt.timedelta(minutes=3),
-                    expires_at=expires_at(kind, started), size_bytes=4 if ok else None,
+                    expires_at=expires_at(kind, started),
+                    size_bytes=4 if ok else None,
                     sha256="0" * 64 if ok else None,
                 )
-            )  # fmt: skip
+            )
             # A failed backup may have left an object behind (its verification failed).
             bucket.client().put_object(Bucket=bucket.bucket, Key=key, Body=b"dump")
             expected[key] = after

@@ -22,13 +22,19 @@ def catalog(fresh_database_url: str) -> CatalogResource:
     migrate.upgrade(fresh_database_url)
     engine = sa.create_engine(sqlalchemy_url(fresh_database_url), poolclass=sa.NullPool)
     with engine.begin() as connection:
-        for slug, status in (("acme", "active"), ("globex", "active"), ("initech", "suspended"),
-                             ("hooli", "deleted")):  # fmt: skip
+        for slug, status in (
+            ("acme", "active"),
+            ("globex", "active"),
+            ("initech", "suspended"),
+            ("hooli", "deleted"),
+        ):
             connection.execute(
-                sa.text("INSERT INTO tenants (slug, name, plan, n8n_version, status) "
-                        "VALUES (:s, :s, 'pro', '2.20.12', :st)"),
+                sa.text(
+                    "INSERT INTO tenants (slug, name, plan, n8n_version, status) "
+                    "VALUES (:s, :s, 'pro', '2.20.12', :st)"
+                ),
                 {"s": slug, "st": status},
-            )  # fmt: skip
+            )
     engine.dispose()
     return CatalogResource(database_url=fresh_database_url)
 

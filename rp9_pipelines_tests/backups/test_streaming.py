@@ -48,10 +48,12 @@ def _insert(connection: sa.Connection, workflows: int, credentials: int, executi
             {"id": uuid.uuid4().hex[:16]},
         )
     connection.execute(
-        sa.text("INSERT INTO execution_entity (payload) SELECT md5(g::text) "
-                "FROM generate_series(1, :n) g"),
+        sa.text(
+            "INSERT INTO execution_entity (payload) SELECT md5(g::text) "
+            "FROM generate_series(1, :n) g"
+        ),
         {"n": executions},
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture

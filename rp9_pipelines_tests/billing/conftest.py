@@ -75,10 +75,16 @@ def billing_tenant(catalog_engine: sa.Engine) -> Iterator[tenant_catalog.Tenant]
     with its usage, ledger and quotas."""
     slug = f"bill-{uuid.uuid4().hex[:8]}"
     with catalog_engine.begin() as connection:
-        tenant_id = tenant_catalog.insert_tenant(connection, {
-            "slug": slug, "name": f"Billing {slug}", "plan": "starter", "status": "active",
-            "n8n_version": "2.20.12",
-        })  # fmt: skip
+        tenant_id = tenant_catalog.insert_tenant(
+            connection,
+            {
+                "slug": slug,
+                "name": f"Billing {slug}",
+                "plan": "starter",
+                "status": "active",
+                "n8n_version": "2.20.12",
+            },
+        )
         plan = tenant_catalog.plan_limits(connection, "starter")
         assert plan is not None
         tenant_catalog.set_quota(connection, tenant_id, "plan", plan)

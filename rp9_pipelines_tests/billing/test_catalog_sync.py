@@ -58,14 +58,18 @@ def test_sync_creates_the_catalog_once_and_finds_it_again(
         base: Any = client.v1.prices.retrieve(ids[("price", spec.base_price_key)])
         metered: Any = client.v1.prices.retrieve(ids[("price", spec.metered_price_key)])
         assert (base.product, base.unit_amount, base.recurring.usage_type) == (
-            product, spec.base_amount, "licensed"
-        )  # fmt: skip
+            product,
+            spec.base_amount,
+            "licensed",
+        )
         assert metered.recurring.usage_type == "metered"
         assert metered.recurring.meter == ids[("meter", "executions")]
         assert first.plans[spec.name]["product"] == product
     with engine.connect() as connection:
-        plan_ids = {r.name: (r.stripe_product_id, r.stripe_price_id)
-                    for r in connection.execute(sa.select(plans))}  # fmt: skip
+        plan_ids = {
+            r.name: (r.stripe_product_id, r.stripe_price_id)
+            for r in connection.execute(sa.select(plans))
+        }
     assert plan_ids["pro"] == (ids[("product", "plan:pro")], ids[("price", "plan:pro:base")])
 
     second = sync_catalog(client, engine, print)
@@ -93,8 +97,11 @@ def test_sync_creates_the_catalog_once_and_finds_it_again(
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{other_name}" WITH (FORCE)'))
 
     # Stripe holds each object once.
-    meters = [m for m in client.v1.billing.meters.list(params={"limit": 100}).auto_paging_iter()
-              if m.event_name == METER_EVENT_NAME]  # fmt: skip
+    meters = [
+        m
+        for m in client.v1.billing.meters.list(params={"limit": 100}).auto_paging_iter()
+        if m.event_name == METER_EVENT_NAME
+    ]
     assert len(meters) == 1
     for spec in specs:
         for key in (spec.base_price_key, spec.metered_price_key):
@@ -113,10 +120,16 @@ def test_the_dagster_job_and_asset_run_in_process(
     slug = f"bill-{uuid.uuid4().hex[:8]}"
     day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=2)
     with engine.begin() as connection:
-        tenant_id = tenant_catalog.insert_tenant(connection, {
-            "slug": slug, "name": "Job Co", "plan": "pro", "status": "active",
-            "n8n_version": "2.20.12",
-        })  # fmt: skip
+        tenant_id = tenant_catalog.insert_tenant(
+            connection,
+            {
+                "slug": slug,
+                "name": "Job Co",
+                "plan": "pro",
+                "status": "active",
+                "n8n_version": "2.20.12",
+            },
+        )
         connection.execute(sa.insert(usage).values(tenant_id=tenant_id, day=day, executions=61))
     resources = {
         "catalog": CatalogResource(database_url=fresh_database_url),
@@ -126,9 +139,11 @@ def test_the_dagster_job_and_asset_run_in_process(
     instance.add_dynamic_partitions(TENANTS_PARTITION, [slug])
     for _ in range(2):
         materialized = dg.materialize(
-            [stripe_meter_events], partition_key=tenant_day_key(day.isoformat(), slug),
-            resources=resources, instance=instance,
-        )  # fmt: skip
+            [stripe_meter_events],
+            partition_key=tenant_day_key(day.isoformat(), slug),
+            resources=resources,
+            instance=instance,
+        )
         assert materialized.success
     events = materialized.asset_materializations_for_node("stripe_meter_events")
     assert events[0].metadata["sent"].value == 0  # the second run: already reported

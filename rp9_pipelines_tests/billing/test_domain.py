@@ -39,9 +39,10 @@ def apply(
     ]
     for cancel in decision.cancel:
         done.append(
-            LedgerEntry(cancel.ledger_identifier, "executions:cancel", -cancel.quantity, "sent",
-                        sent_at)
-        )  # fmt: skip
+            LedgerEntry(
+                cancel.ledger_identifier, "executions:cancel", -cancel.quantity, "sent", sent_at
+            )
+        )
     for send in decision.send:
         done.append(LedgerEntry(send.identifier, "executions", send.quantity, "sent", sent_at))
     return done
@@ -81,8 +82,8 @@ def test_identifiers_are_deterministic_and_fit_stripe() -> None:
 
 @pytest.mark.parametrize("status", ["pending", "failed"])
 def test_a_report_in_doubt_is_retried_alone_with_its_identifier(status: str) -> None:
-    doubt = LedgerEntry(meter_identifier(TENANT, DAY, "executions", 0, 0, 40), "executions", 40,
-                        status)  # type: ignore[arg-type]  # fmt: skip
+    identifier = meter_identifier(TENANT, DAY, "executions", 0, 0, 40)
+    doubt = LedgerEntry(identifier, "executions", 40, status)  # type: ignore[arg-type]
     decision = decide_report(TENANT, DAY, 90, [doubt], NOW)
     assert decision.retry == (doubt,)
     assert not decision.send
@@ -123,8 +124,9 @@ def test_downward_correction_past_the_cancel_window_sends_nothing_and_flags_it()
 
 
 def test_an_event_received_at_an_unknown_time_is_never_cancelled() -> None:
-    held_already = LedgerEntry(meter_identifier(TENANT, DAY, "executions", 0, 0, 40),
-                               "executions", 40, "sent", None)  # fmt: skip
+    held_already = LedgerEntry(
+        meter_identifier(TENANT, DAY, "executions", 0, 0, 40), "executions", 40, "sent", None
+    )
     down = decide_report(TENANT, DAY, 30, [held_already], NOW)
     assert down.is_noop
     assert down.over_reported == 10
@@ -161,8 +163,9 @@ def test_any_sequence_of_corrections_leaves_stripe_holding_the_usage_or_flagged(
         decision = decide_report(TENANT, DAY, target, ledger, clock)
         if crash and decision.send:  # the call happened, the ledger write did not
             pending = decision.send[0]
-            ledger.append(LedgerEntry(pending.identifier, "executions", pending.quantity,
-                                      "pending"))  # fmt: skip
+            ledger.append(
+                LedgerEntry(pending.identifier, "executions", pending.quantity, "pending")
+            )
             decision = decide_report(TENANT, DAY, target, ledger, clock)
             assert decision.retry
         ledger = apply(decision, ledger, clock)
@@ -188,20 +191,30 @@ def test_event_timestamp_stays_inside_the_day_and_never_in_the_future() -> None:
         (
             ["quota:executions_per_month:100000", "quota:concurrency:20", "quota:max_workers:4"],
             1,
-            {"executions_per_month": 100_000, "concurrency": 20, "max_workers": 4,
-             "overage_allowed": False},
+            {
+                "executions_per_month": 100_000,
+                "concurrency": 20,
+                "max_workers": 4,
+                "overage_allowed": False,
+            },
         ),
         (
-            ["quota:executions_per_month:10000", "quota:executions_per_month:1000000",
-             OVERAGE_FEATURE],
+            [
+                "quota:executions_per_month:10000",
+                "quota:executions_per_month:1000000",
+                OVERAGE_FEATURE,
+            ],
             None,
             {"executions_per_month": 1_000_000, "overage_allowed": True},
         ),
-        (["quota:max_workers:1"], 2, {"max_workers": 1, "min_workers": 1,
-                                     "overage_allowed": False}),
+        (
+            ["quota:max_workers:1"],
+            2,
+            {"max_workers": 1, "min_workers": 1, "overage_allowed": False},
+        ),
         (["someone-elses-feature"], None, {}),
     ],
-)  # fmt: skip
+)
 def test_entitlements_become_quotas(
     keys: list[str], plan_min: int | None, expected: dict[str, object]
 ) -> None:
@@ -216,13 +229,28 @@ def test_unknown_features_are_ignored_not_applied() -> None:
 
 
 PLANS = [
-    {"name": "starter", "executions_per_month": 10_000, "concurrency": 5, "max_workers": 1,
-     "overage_allowed": False},
-    {"name": "business", "executions_per_month": 1_000_000, "concurrency": 50, "max_workers": 8,
-     "overage_allowed": True},
-    {"name": "internal", "executions_per_month": 1, "concurrency": 1, "max_workers": 1,
-     "overage_allowed": False},
-]  # fmt: skip
+    {
+        "name": "starter",
+        "executions_per_month": 10_000,
+        "concurrency": 5,
+        "max_workers": 1,
+        "overage_allowed": False,
+    },
+    {
+        "name": "business",
+        "executions_per_month": 1_000_000,
+        "concurrency": 50,
+        "max_workers": 8,
+        "overage_allowed": True,
+    },
+    {
+        "name": "internal",
+        "executions_per_month": 1,
+        "concurrency": 1,
+        "max_workers": 1,
+        "overage_allowed": False,
+    },
+]
 
 
 def test_plan_catalog_maps_priced_plans_to_products_prices_and_features() -> None:

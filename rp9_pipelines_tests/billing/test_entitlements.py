@@ -41,17 +41,34 @@ def webhook_api(
     server's webhook endpoint for subscription and entitlement events."""
     port = free_port()
     log = tmp_path_factory.mktemp("webhook_api") / "api.log"
-    command = [str(BIN / "uvicorn"), "rp9_pipelines.api.main:app", "--host", "127.0.0.1",
-               "--port", str(port)]  # fmt: skip
-    with serve(command, url=f"http://127.0.0.1:{port}", ready_path="/healthz", log=log,
-               env=dict(os.environ), timeout_s=60) as served:  # fmt: skip
+    command = [
+        str(BIN / "uvicorn"),
+        "rp9_pipelines.api.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with serve(
+        command,
+        url=f"http://127.0.0.1:{port}",
+        ready_path="/healthz",
+        log=log,
+        env=dict(os.environ),
+        timeout_s=60,
+    ) as served:
         client = stripe_double.client()
-        endpoint = client.v1.webhook_endpoints.create(params={
-            "url": f"{served.url}/stripe/webhook",
-            "enabled_events": ["customer.subscription.created", "customer.subscription.updated",
-                               "customer.subscription.deleted",
-                               "entitlements.active_entitlement_summary.updated"],
-        })  # fmt: skip
+        endpoint = client.v1.webhook_endpoints.create(
+            params={
+                "url": f"{served.url}/stripe/webhook",
+                "enabled_events": [
+                    "customer.subscription.created",
+                    "customer.subscription.updated",
+                    "customer.subscription.deleted",
+                    "entitlements.active_entitlement_summary.updated",
+                ],
+            }
+        )
         try:
             yield served
         finally:
@@ -66,11 +83,15 @@ def price(engine: sa.Engine, lookup_key: str) -> str:
 
 
 def subscribe(double: StripeDouble, engine: sa.Engine, customer: str, plan: str) -> Any:
-    return double.client().v1.subscriptions.create(params={
-        "customer": customer,
-        "items": [{"price": price(engine, f"plan:{plan}:base")},
-                  {"price": price(engine, f"plan:{plan}:executions")}],
-    })  # fmt: skip
+    return double.client().v1.subscriptions.create(
+        params={
+            "customer": customer,
+            "items": [
+                {"price": price(engine, f"plan:{plan}:base")},
+                {"price": price(engine, f"plan:{plan}:executions")},
+            ],
+        }
+    )
 
 
 def state(engine: sa.Engine, tenant: Tenant) -> dict[str, Any]:
@@ -99,21 +120,22 @@ def test_active_entitlements_become_stripe_quotas_and_the_subscription_the_plan(
     assert synced.plan_before == "starter"
     assert synced.plan_after == "pro"
     assert synced.features == [
-        "quota:concurrency:20", "quota:executions_per_month:100000", "quota:max_workers:4"
-    ]  # fmt: skip
+        "quota:concurrency:20",
+        "quota:executions_per_month:100000",
+        "quota:max_workers:4",
+    ]
     now = state(catalog_engine, billing_tenant)
     assert now["plan"] == "pro"
     stripe_row = next(q for q in now["quotas"] if q["source"] == "stripe")
     granted = ("executions_per_month", "concurrency", "max_workers", "overage_allowed")
     assert [stripe_row[name] for name in granted] == [100_000, 20, 4, False]
     limits = now["limits"]
-    assert (limits.executions_per_month, limits.concurrency, limits.max_workers) == (
-        100_000, 20, 4
-    )  # fmt: skip
+    assert (limits.executions_per_month, limits.concurrency, limits.max_workers) == (100_000, 20, 4)
     # A manual override still wins over Stripe.
     with catalog_engine.begin() as connection:
-        tenant_catalog.set_quota(connection, billing_tenant.id, "manual",
-                                 {"executions_per_month": 5})  # fmt: skip
+        tenant_catalog.set_quota(
+            connection, billing_tenant.id, "manual", {"executions_per_month": 5}
+        )
         assert tenant_catalog.limits_for(connection, billing_tenant.id).executions_per_month == 5
 
 
@@ -127,8 +149,10 @@ def test_the_scheduled_sync_agrees_with_the_per_customer_sync(
     assert synced[customer].plan_before == "starter"
     assert synced[customer].plan_after == "pro"
     assert synced[customer].features == [
-        "quota:concurrency:20", "quota:executions_per_month:100000", "quota:max_workers:4"
-    ]  # fmt: skip
+        "quota:concurrency:20",
+        "quota:executions_per_month:100000",
+        "quota:max_workers:4",
+    ]
     assert state(catalog_engine, billing_tenant)["plan"] == "pro"
     again = sync_customer(stripe_double.client(), catalog_engine, customer, print)
     assert again is not None
@@ -143,9 +167,11 @@ def test_a_customer_that_is_no_tenants_is_ignored(
 
 
 def test_subscription_webhooks_change_the_plan_and_quotas(
-    stripe_double: StripeDouble, catalog_engine: sa.Engine, billing_tenant: Tenant,
+    stripe_double: StripeDouble,
+    catalog_engine: sa.Engine,
+    billing_tenant: Tenant,
     webhook_api: Served,
-) -> None:  # fmt: skip
+) -> None:
     client = stripe_double.client()
     customer = ensure_customer(client, catalog_engine, billing_tenant)
     sub = subscribe(stripe_double, catalog_engine, customer, "pro")
@@ -153,17 +179,22 @@ def test_subscription_webhooks_change_the_plan_and_quotas(
     def plan_is(plan: str, max_workers: int, overage: bool) -> bool:
         now = state(catalog_engine, billing_tenant)
         limits = now["limits"]
-        return bool(now["plan"] == plan and limits.max_workers == max_workers
-                    and limits.overage_allowed is overage)  # fmt: skip
+        return bool(
+            now["plan"] == plan
+            and limits.max_workers == max_workers
+            and limits.overage_allowed is overage
+        )
 
     wait_until(lambda: plan_is("pro", 4, False), timeout_s=20, what="the webhook to apply pro")
 
     # Upgrade: swap both items to business's prices.
     upgraded: Any = [
-        {"id": item.id,
-         "price": price(catalog_engine, item.price.lookup_key.replace("pro", "business"))}
+        {
+            "id": item.id,
+            "price": price(catalog_engine, item.price.lookup_key.replace("pro", "business")),
+        }
         for item in sub["items"].data
-    ]  # fmt: skip
+    ]
     client.v1.subscriptions.update(sub.id, params={"items": upgraded})
     wait_until(lambda: plan_is("business", 8, True), timeout_s=20, what="upgrade to business")
     assert state(catalog_engine, billing_tenant)["limits"].executions_per_month == 1_000_000
@@ -178,17 +209,26 @@ def test_subscription_webhooks_change_the_plan_and_quotas(
 
     wait_until(stripe_quotas_cleared, timeout_s=20, what="the cancellation to clear quotas")
     # Every event Stripe raised about this customer was delivered and answered 200.
-    wait_until(lambda: delivered(stripe_double, customer, webhook_api), timeout_s=20,
-               what="every event about the customer answered 200")  # fmt: skip
+    wait_until(
+        lambda: delivered(stripe_double, customer, webhook_api),
+        timeout_s=20,
+        what="every event about the customer answered 200",
+    )
 
 
 def delivered(double: StripeDouble, customer: str, api: Served) -> bool:
     """Every event the Stripe server raised about this customer reached the API."""
-    events = [e for e in double.client().v1.events.list(params={"limit": 100}).data
-              if e.data.object.to_dict().get("customer") == customer]  # fmt: skip
+    events = [
+        e
+        for e in double.client().v1.events.list(params={"limit": 100}).data
+        if e.data.object.to_dict().get("customer") == customer
+    ]
     deliveries = httpx.get(f"{double.api_base}/_double/deliveries", timeout=5).json()
-    done = {d["event_id"] for d in deliveries["deliveries"]
-            if d["url"].startswith(api.url) and d["status"] == 200}  # fmt: skip
+    done = {
+        d["event_id"]
+        for d in deliveries["deliveries"]
+        if d["url"].startswith(api.url) and d["status"] == 200
+    }
     return bool(events) and all(e.id in done for e in events)
 
 
@@ -206,20 +246,39 @@ def signed(body: bytes, secret: str, timestamp: int | None = None) -> str:
 
 
 def summary_event(customer: str, features: list[str]) -> bytes:
-    return json.dumps({
-        "id": f"evt_test_{uuid.uuid4().hex}", "object": "event", "api_version": "2026-10-28.endive",
-        "created": int(time.time()), "livemode": False, "pending_webhooks": 1,
-        "type": "entitlements.active_entitlement_summary.updated",
-        "data": {"object": {
-            "object": "entitlements.active_entitlement_summary", "customer": customer,
+    return json.dumps(
+        {
+            "id": f"evt_test_{uuid.uuid4().hex}",
+            "object": "event",
+            "api_version": "2026-10-28.endive",
+            "created": int(time.time()),
             "livemode": False,
-            "entitlements": {"object": "list", "has_more": False, "url": "/x", "data": [
-                {"id": f"ent_{i}", "object": "entitlements.active_entitlement",
-                 "feature": f"feat_{i}", "livemode": False, "lookup_key": key}
-                for i, key in enumerate(features)
-            ]},
-        }},
-    }).encode()  # fmt: skip
+            "pending_webhooks": 1,
+            "type": "entitlements.active_entitlement_summary.updated",
+            "data": {
+                "object": {
+                    "object": "entitlements.active_entitlement_summary",
+                    "customer": customer,
+                    "livemode": False,
+                    "entitlements": {
+                        "object": "list",
+                        "has_more": False,
+                        "url": "/x",
+                        "data": [
+                            {
+                                "id": f"ent_{i}",
+                                "object": "entitlements.active_entitlement",
+                                "feature": f"feat_{i}",
+                                "livemode": False,
+                                "lookup_key": key,
+                            }
+                            for i, key in enumerate(features)
+                        ],
+                    },
+                }
+            },
+        }
+    ).encode()
 
 
 @pytest.mark.parametrize(
@@ -233,9 +292,13 @@ def summary_event(customer: str, features: list[str]) -> bytes:
     ],
 )
 def test_a_webhook_that_is_not_stripes_is_refused_and_changes_nothing(
-    stripe_double: StripeDouble, catalog_engine: sa.Engine, billing_tenant: Tenant,
-    webhook_api: Served, case: str, expected_code: str,
-) -> None:  # fmt: skip
+    stripe_double: StripeDouble,
+    catalog_engine: sa.Engine,
+    billing_tenant: Tenant,
+    webhook_api: Served,
+    case: str,
+    expected_code: str,
+) -> None:
     customer = ensure_customer(stripe_double.client(), catalog_engine, billing_tenant)
     subscribe(stripe_double, catalog_engine, customer, "business")  # what a real event would apply
     body = summary_event(customer, ["quota:executions_per_month:10000000", "feature:overage"])
@@ -249,13 +312,19 @@ def test_a_webhook_that_is_not_stripes_is_refused_and_changes_nothing(
     }[case]
     # The subscription's own (genuine) events may still be in flight: wait until they landed,
     # so that "nothing changed" compares against a settled state.
-    wait_until(lambda: delivered(stripe_double, customer, webhook_api), timeout_s=20,
-               what="the genuine subscription events")  # fmt: skip
+    wait_until(
+        lambda: delivered(stripe_double, customer, webhook_api),
+        timeout_s=20,
+        what="the genuine subscription events",
+    )
     # Drift from Stripe on purpose: any event that got through would resync it back.
     drift(catalog_engine, billing_tenant)
     before = state(catalog_engine, billing_tenant)
-    response = httpx.post(f"{webhook_api.url}/stripe/webhook", content=body,
-                          headers={"Content-Type": "application/json", **headers})  # fmt: skip
+    response = httpx.post(
+        f"{webhook_api.url}/stripe/webhook",
+        content=body,
+        headers={"Content-Type": "application/json", **headers},
+    )
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == expected_code
     assert state(catalog_engine, billing_tenant) == before
@@ -268,16 +337,21 @@ def test_a_webhook_that_is_not_stripes_is_refused_and_changes_nothing(
 
 
 def test_a_signed_event_is_applied_once_and_unknown_ones_are_acknowledged(
-    stripe_double: StripeDouble, catalog_engine: sa.Engine, billing_tenant: Tenant,
+    stripe_double: StripeDouble,
+    catalog_engine: sa.Engine,
+    billing_tenant: Tenant,
     webhook_api: Served,
-) -> None:  # fmt: skip
+) -> None:
     secret = stripe_double.webhook_secret
     customer = ensure_customer(stripe_double.client(), catalog_engine, billing_tenant)
     body = summary_event(customer, [])
 
     def post(payload: bytes) -> httpx.Response:
-        return httpx.post(f"{webhook_api.url}/stripe/webhook", content=payload,
-                          headers={"Stripe-Signature": signed(payload, secret)})  # fmt: skip
+        return httpx.post(
+            f"{webhook_api.url}/stripe/webhook",
+            content=payload,
+            headers={"Stripe-Signature": signed(payload, secret)},
+        )
 
     first = post(body)
     assert first.status_code == 200, first.text
@@ -293,8 +367,14 @@ def test_a_signed_event_is_applied_once_and_unknown_ones_are_acknowledged(
     stranger = post(summary_event("cus_nobody_" + uuid.uuid4().hex[:8], []))
     assert stranger.status_code == 200
     assert stranger.json()["outcome"] == "ignored"
-    other_type = json.dumps({"id": f"evt_{uuid.uuid4().hex}", "object": "event",
-                             "type": "invoice.paid", "data": {"object": {}}}).encode()  # fmt: skip
+    other_type = json.dumps(
+        {
+            "id": f"evt_{uuid.uuid4().hex}",
+            "object": "event",
+            "type": "invoice.paid",
+            "data": {"object": {}},
+        }
+    ).encode()
     ignored = post(other_type)
     assert ignored.status_code == 200
     assert ignored.json()["outcome"] == "ignored"

@@ -49,11 +49,16 @@ def set_usage(engine: sa.Engine, tenant: Tenant, executions: int, day: dt.date =
 
 def ledger(engine: sa.Engine, tenant: Tenant) -> list[dict[str, Any]]:
     query = (
-        sa.select(usage_reports.c.identifier, usage_reports.c.metric, usage_reports.c.quantity,
-                  usage_reports.c.status, usage_reports.c.error)
+        sa.select(
+            usage_reports.c.identifier,
+            usage_reports.c.metric,
+            usage_reports.c.quantity,
+            usage_reports.c.status,
+            usage_reports.c.error,
+        )
         .where(usage_reports.c.tenant_id == tenant.id)
         .order_by(usage_reports.c.created_at)
-    )  # fmt: skip
+    )
     with engine.connect() as connection:
         return [dict(row._mapping) for row in connection.execute(query)]
 
@@ -120,10 +125,13 @@ def test_a_day_corrected_downwards_within_24_hours_is_cancelled_and_resent(
     assert down.ok, down.failed
     assert len(down.cancelled) == 1
     assert summary(stripe_double, catalog_engine, billing_tenant) == 44.0
-    assert [(r["metric"], r["quantity"], r["status"]) for r in
-            ledger(catalog_engine, billing_tenant)] == [
-        ("executions", 50, "sent"), ("executions:cancel", -50, "sent"), ("executions", 44, "sent")
-    ]  # fmt: skip
+    assert [
+        (r["metric"], r["quantity"], r["status"]) for r in ledger(catalog_engine, billing_tenant)
+    ] == [
+        ("executions", 50, "sent"),
+        ("executions:cancel", -50, "sent"),
+        ("executions", 44, "sent"),
+    ]
 
 
 def test_a_day_corrected_downwards_after_24_hours_sends_nothing_and_is_flagged(
@@ -166,8 +174,9 @@ def test_a_500_after_stripe_acted_fails_the_run_and_the_retry_counts_it_once(
     doubt; the next run sends the same identifier again, and Stripe holds it once."""
     set_usage(catalog_engine, billing_tenant, 23)
     ensure_customer(stripe_double.client(), catalog_engine, billing_tenant)
-    stripe_double.fault("POST", METER_EVENTS, 500, mode="after",
-                        body_contains=str(billing_tenant.id))  # fmt: skip
+    stripe_double.fault(
+        "POST", METER_EVENTS, 500, mode="after", body_contains=str(billing_tenant.id)
+    )
     failed = reporter(stripe_double, catalog_engine, retries=0).report_day(billing_tenant, DAY)
     assert not failed.ok
     assert [r["status"] for r in ledger(catalog_engine, billing_tenant)] == ["failed"]
@@ -189,11 +198,14 @@ def test_an_identifier_stripe_already_holds_counts_as_sent(
     set_usage(catalog_engine, billing_tenant, 8)
     cus = ensure_customer(stripe_double.client(), catalog_engine, billing_tenant)
     identifier = meter_identifier(str(billing_tenant.id), DAY, "executions", 0, 0, 8)
-    stripe_double.client().v1.billing.meter_events.create(params={
-        "event_name": METER_EVENT_NAME, "identifier": identifier,
-        "timestamp": int(dt.datetime.combine(DAY, dt.time(12), tzinfo=dt.UTC).timestamp()),
-        "payload": {CUSTOMER_PAYLOAD_KEY: cus, VALUE_PAYLOAD_KEY: "8"},
-    })  # fmt: skip
+    stripe_double.client().v1.billing.meter_events.create(
+        params={
+            "event_name": METER_EVENT_NAME,
+            "identifier": identifier,
+            "timestamp": int(dt.datetime.combine(DAY, dt.time(12), tzinfo=dt.UTC).timestamp()),
+            "payload": {CUSTOMER_PAYLOAD_KEY: cus, VALUE_PAYLOAD_KEY: "8"},
+        }
+    )
     report = reporter(stripe_double, catalog_engine).report_day(billing_tenant, DAY)
     assert report.ok
     assert report.duplicates == [identifier]
@@ -224,8 +236,10 @@ def test_one_customer_per_tenant_even_when_created_twice(
     client = stripe_double.client()
     first = ensure_customer(client, catalog_engine, billing_tenant)
     with catalog_engine.begin() as connection:  # as if the first answer had been lost
-        connection.execute(sa.text("UPDATE tenants SET stripe_customer_id = NULL WHERE id = :id"),
-                           {"id": billing_tenant.id})  # fmt: skip
+        connection.execute(
+            sa.text("UPDATE tenants SET stripe_customer_id = NULL WHERE id = :id"),
+            {"id": billing_tenant.id},
+        )
     assert ensure_customer(client, catalog_engine, billing_tenant) == first
     metadata = client.v1.customers.retrieve(first).metadata
     assert metadata is not None

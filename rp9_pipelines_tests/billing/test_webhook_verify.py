@@ -12,8 +12,9 @@ from rp9_pipelines.api.errors import ApiError
 from rp9_pipelines.api.routes.stripe_webhook import verify
 
 SECRET = "whsec_" + "a1b2c3d4" * 4
-BODY = json.dumps({"id": "evt_1", "object": "event", "type": "invoice.paid",
-                   "data": {"object": {}}}).encode()  # fmt: skip
+BODY = json.dumps(
+    {"id": "evt_1", "object": "event", "type": "invoice.paid", "data": {"object": {}}}
+).encode()
 
 
 def signature(body: bytes, secret: str = SECRET, at: int | None = None) -> str:

@@ -13,10 +13,23 @@ from rp9_pipelines.settings import sqlalchemy_url
 pytestmark = pytest.mark.stack
 
 EXPECTED_TABLES = {
-    "plans", "tenants", "tenant_instances", "quotas", "usage", "usage_reports", "backups",
-    "restore_drills", "autoscaling_events", "enforcement_events", "promotions", "upgrades",
-    "idempotency_keys", "resource_samples", "stripe_objects", "chargeback",
-}  # fmt: skip
+    "plans",
+    "tenants",
+    "tenant_instances",
+    "quotas",
+    "usage",
+    "usage_reports",
+    "backups",
+    "restore_drills",
+    "autoscaling_events",
+    "enforcement_events",
+    "promotions",
+    "upgrades",
+    "idempotency_keys",
+    "resource_samples",
+    "stripe_objects",
+    "chargeback",
+}
 
 
 def table_names(url: str) -> set[str]:
@@ -67,26 +80,49 @@ def insert_tenant(connection: sa.Connection, slug: str) -> uuid.UUID:
 
 
 VIOLATIONS = [
-    ("duplicate slug", "INSERT INTO tenants (slug, name, plan, n8n_version) "
-     "VALUES ('acme', 'Again', 'pro', '2.20.12')"),
-    ("slug not a DNS label", "INSERT INTO tenants (slug, name, plan, n8n_version) "
-     "VALUES ('Bad_Slug', 'x', 'pro', '2.20.12')"),
-    ("unknown plan", "INSERT INTO tenants (slug, name, plan, n8n_version) "
-     "VALUES ('other', 'x', 'gold', '2.20.12')"),
+    (
+        "duplicate slug",
+        "INSERT INTO tenants (slug, name, plan, n8n_version) "
+        "VALUES ('acme', 'Again', 'pro', '2.20.12')",
+    ),
+    (
+        "slug not a DNS label",
+        "INSERT INTO tenants (slug, name, plan, n8n_version) "
+        "VALUES ('Bad_Slug', 'x', 'pro', '2.20.12')",
+    ),
+    (
+        "unknown plan",
+        "INSERT INTO tenants (slug, name, plan, n8n_version) "
+        "VALUES ('other', 'x', 'gold', '2.20.12')",
+    ),
     ("unknown status", "UPDATE tenants SET status = 'sleeping'"),
-    ("usage twice for a day", "INSERT INTO usage (tenant_id, day, executions) "
-     "SELECT id, DATE '2026-11-01', 5 FROM tenants"),
-    ("usage for a missing tenant", "INSERT INTO usage (tenant_id, day) "
-     "VALUES (gen_random_uuid(), DATE '2026-11-02')"),
-    ("ok backup without checksum", "INSERT INTO backups (tenant_id, kind, bucket, key, status) "
-     "SELECT id, 'daily', 'b', 'k', 'ok' FROM tenants"),
-    ("warn twice in a period", "INSERT INTO enforcement_events "
-     "(tenant_id, period, metric, value, limit_value, threshold, action) "
-     "SELECT id, '2026-11', 'executions', 80, 100, 80, 'warn' FROM tenants"),
-    ("threshold other than 80/100", "INSERT INTO enforcement_events "
-     "(tenant_id, period, metric, value, limit_value, threshold, action) "
-     "SELECT id, '2026-11', 'executions', 90, 100, 90, 'warn' FROM tenants"),
-]  # fmt: skip
+    (
+        "usage twice for a day",
+        "INSERT INTO usage (tenant_id, day, executions) "
+        "SELECT id, DATE '2026-11-01', 5 FROM tenants",
+    ),
+    (
+        "usage for a missing tenant",
+        "INSERT INTO usage (tenant_id, day) VALUES (gen_random_uuid(), DATE '2026-11-02')",
+    ),
+    (
+        "ok backup without checksum",
+        "INSERT INTO backups (tenant_id, kind, bucket, key, status) "
+        "SELECT id, 'daily', 'b', 'k', 'ok' FROM tenants",
+    ),
+    (
+        "warn twice in a period",
+        "INSERT INTO enforcement_events "
+        "(tenant_id, period, metric, value, limit_value, threshold, action) "
+        "SELECT id, '2026-11', 'executions', 80, 100, 80, 'warn' FROM tenants",
+    ),
+    (
+        "threshold other than 80/100",
+        "INSERT INTO enforcement_events "
+        "(tenant_id, period, metric, value, limit_value, threshold, action) "
+        "SELECT id, '2026-11', 'executions', 90, 100, 90, 'warn' FROM tenants",
+    ),
+]
 
 
 @pytest.mark.parametrize(("case", "statement"), VIOLATIONS, ids=[v[0] for v in VIOLATIONS])

@@ -8,11 +8,25 @@ import pytest
 from rp9_pipelines.definitions import defs
 
 EXPECTED_JOBS = {
-    "migrate_catalog", "platform_health", "provision_tenant", "scale_tenant", "suspend_tenant",
-    "resume_tenant", "delete_tenant", "backup_tenant", "backup_retention", "restore_drill",
-    "sync_stripe_catalog", "sync_entitlements", "report_usage_to_stripe", "usage_daily",
-    "monthly_chargeback", "sample_resources_job", "enforce_limits", "__ASSET_JOB",
-}  # fmt: skip
+    "migrate_catalog",
+    "platform_health",
+    "provision_tenant",
+    "scale_tenant",
+    "suspend_tenant",
+    "resume_tenant",
+    "delete_tenant",
+    "backup_tenant",
+    "backup_retention",
+    "restore_drill",
+    "sync_stripe_catalog",
+    "sync_entitlements",
+    "report_usage_to_stripe",
+    "usage_daily",
+    "monthly_chargeback",
+    "sample_resources_job",
+    "enforce_limits",
+    "__ASSET_JOB",
+}
 EXPECTED_SCHEDULES = {
     "platform_health_every_5_minutes": "platform_health",
     "daily_backups": "backup_tenant",
@@ -28,9 +42,20 @@ EXPECTED_SCHEDULES = {
 }
 EXPECTED_SENSORS = {"autoscale_workers", "stripe_meter_after_usage", "register_tenant_partitions"}
 EXPECTED_RESOURCES = {
-    "catalog", "docker_runtime", "redis", "vault", "s3", "traefik", "prometheus", "platform",
-    "secret_files", "tenant_db", "n8n", "stripe", "supabase",
-}  # fmt: skip
+    "catalog",
+    "docker_runtime",
+    "redis",
+    "vault",
+    "s3",
+    "traefik",
+    "prometheus",
+    "platform",
+    "secret_files",
+    "tenant_db",
+    "n8n",
+    "stripe",
+    "supabase",
+}
 
 
 def test_definitions_declare_the_expected_jobs_schedules_and_sensors() -> None:
@@ -66,9 +91,16 @@ def test_platform_health_job_runs_green_against_the_real_stack() -> None:
     assert result.success
     services = result.output_for_node("probe_platform_services")
     assert services == {
-        "postgres": True, "docker": True, "redis": True, "vault": True, "s3": True,
-        "traefik": True, "prometheus": True, "stripe": True, "supabase": True,
-    }  # fmt: skip
+        "postgres": True,
+        "docker": True,
+        "redis": True,
+        "vault": True,
+        "s3": True,
+        "traefik": True,
+        "prometheus": True,
+        "stripe": True,
+        "supabase": True,
+    }
 
 
 @pytest.mark.stack

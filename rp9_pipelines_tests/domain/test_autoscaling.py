@@ -23,9 +23,12 @@ POLICY = Policy(stabilisation_window_s=300)
 
 def signals(workers: int = 1, **changes: object) -> Signals:
     fields: dict[str, object] = {
-        "workers": workers, "concurrency": 2, "queue_depth": 0, "oldest_wait_s": None,
+        "workers": workers,
+        "concurrency": 2,
+        "queue_depth": 0,
+        "oldest_wait_s": None,
         "active": 0,
-    }  # fmt: skip
+    }
     return Signals(**(fields | changes))  # type: ignore[arg-type]
 
 
@@ -58,9 +61,12 @@ def test_backlog_vote(case: Signals, expected: int) -> None:
 
 def test_hpa_votes_scale_the_current_count_by_metric_over_target() -> None:
     s = signals(
-        workers=2, oldest_wait_s=25.0, queue_wait_p95_s=4.0, latency_p95_s=2.0,
+        workers=2,
+        oldest_wait_s=25.0,
+        queue_wait_p95_s=4.0,
+        latency_p95_s=2.0,
         executions_per_minute=120.0,
-    )  # fmt: skip
+    )
     got = votes(s, Policy(target_latency_p95_s=1.0))
     assert got["oldest_wait"] == 5  # ceil(2 * 25 / 10)
     assert got["queue_wait_p95"] == 1  # ceil(2 * 4 / 10)
@@ -144,8 +150,13 @@ def test_run_keys_and_event_ids_are_deterministic() -> None:
 
 def test_worker_concurrency_and_policy_validation() -> None:
     assert [worker_concurrency(n) for n in (0, 2, 10, 50)] == [1, 2, 10, 10]
-    for bad in ({"target_utilisation": 0}, {"tolerance": 1}, {"max_step_up": 0},
-                {"target_oldest_wait_s": 0}, {"target_latency_p95_s": -1}):  # fmt: skip
+    for bad in (
+        {"target_utilisation": 0},
+        {"tolerance": 1},
+        {"max_step_up": 0},
+        {"target_oldest_wait_s": 0},
+        {"target_latency_p95_s": -1},
+    ):
         with pytest.raises(ValueError, match="must be"):
             Policy(**bad)
     with pytest.raises(ValueError, match="min_workers"):
@@ -188,52 +199,84 @@ histories = st.one_of(
 
 
 @given(
-    values=signal_values, workers=st.integers(0, 40), concurrency=st.integers(1, 10),
-    limits=ranges, policy=policies, history=histories, now=st.floats(0, 2000),
-)  # fmt: skip
+    values=signal_values,
+    workers=st.integers(0, 40),
+    concurrency=st.integers(1, 10),
+    limits=ranges,
+    policy=policies,
+    history=histories,
+    now=st.floats(0, 2000),
+)
 def test_never_outside_the_plan(
-    values: dict[str, object], workers: int, concurrency: int, limits: tuple[int, int],
-    policy: Policy, history: tuple[Recommendation, ...] | None, now: float,
-) -> None:  # fmt: skip
+    values: dict[str, object],
+    workers: int,
+    concurrency: int,
+    limits: tuple[int, int],
+    policy: Policy,
+    history: tuple[Recommendation, ...] | None,
+    now: float,
+) -> None:
     s = Signals(workers=workers, concurrency=concurrency, **values)  # type: ignore[arg-type]
-    d = decide(s, min_workers=limits[0], max_workers=limits[1], policy=policy, history=history,
-               now=now)  # fmt: skip
+    d = decide(
+        s, min_workers=limits[0], max_workers=limits[1], policy=policy, history=history, now=now
+    )
     assert limits[0] <= d.workers_to <= limits[1]
     assert d.reason
 
 
 @given(
-    values=signal_values, more_depth=st.integers(0, 5000), more_age=st.floats(0, 3600),
-    workers=st.integers(0, 40), concurrency=st.integers(1, 10), limits=ranges, policy=policies,
-    history=histories, now=st.floats(0, 2000),
-)  # fmt: skip
+    values=signal_values,
+    more_depth=st.integers(0, 5000),
+    more_age=st.floats(0, 3600),
+    workers=st.integers(0, 40),
+    concurrency=st.integers(1, 10),
+    limits=ranges,
+    policy=policies,
+    history=histories,
+    now=st.floats(0, 2000),
+)
 def test_a_larger_backlog_never_gets_fewer_workers(
-    values: dict[str, object], more_depth: int, more_age: float, workers: int, concurrency: int,
-    limits: tuple[int, int], policy: Policy, history: tuple[Recommendation, ...] | None,
+    values: dict[str, object],
+    more_depth: int,
+    more_age: float,
+    workers: int,
+    concurrency: int,
+    limits: tuple[int, int],
+    policy: Policy,
+    history: tuple[Recommendation, ...] | None,
     now: float,
-) -> None:  # fmt: skip
+) -> None:
     small = Signals(workers=workers, concurrency=concurrency, **values)  # type: ignore[arg-type]
     large = dataclasses.replace(
         small,
         queue_depth=small.queue_depth + more_depth,
         oldest_wait_s=(small.oldest_wait_s or 0) + more_age,
     )
-    kwargs = {"min_workers": limits[0], "max_workers": limits[1], "policy": policy,
-              "history": history, "now": now}  # fmt: skip
+    kwargs = {
+        "min_workers": limits[0],
+        "max_workers": limits[1],
+        "policy": policy,
+        "history": history,
+        "now": now,
+    }
     assert decide(large, **kwargs).workers_to >= decide(small, **kwargs).workers_to  # type: ignore[arg-type]
 
 
 @settings(max_examples=200)
 @given(
-    steps=st.lists(
-        st.tuples(st.floats(1, 120), signal_values), min_size=2, max_size=40
-    ),
-    start=st.integers(0, 12), concurrency=st.integers(1, 10), limits=ranges, policy=policies,
-)  # fmt: skip
+    steps=st.lists(st.tuples(st.floats(1, 120), signal_values), min_size=2, max_size=40),
+    start=st.integers(0, 12),
+    concurrency=st.integers(1, 10),
+    limits=ranges,
+    policy=policies,
+)
 def test_no_scale_down_within_the_window_after_a_scale_up(
-    steps: list[tuple[float, dict[str, object]]], start: int, concurrency: int,
-    limits: tuple[int, int], policy: Policy,
-) -> None:  # fmt: skip
+    steps: list[tuple[float, dict[str, object]]],
+    start: int,
+    concurrency: int,
+    limits: tuple[int, int],
+    policy: Policy,
+) -> None:
     """Drive one tenant through a random load, its workers following every decision."""
     now, workers = 0.0, start
     history: tuple[Recommendation, ...] | None = None
@@ -241,8 +284,9 @@ def test_no_scale_down_within_the_window_after_a_scale_up(
     for dt, values in steps:
         now += dt
         s = Signals(workers=workers, concurrency=concurrency, **values)  # type: ignore[arg-type]
-        d = decide(s, min_workers=limits[0], max_workers=limits[1], policy=policy,
-                   history=history, now=now)  # fmt: skip
+        d = decide(
+            s, min_workers=limits[0], max_workers=limits[1], policy=policy, history=history, now=now
+        )
         in_range = limits[0] <= workers <= limits[1]
         if d.direction == "down" and in_range and last_up is not None:
             assert now - last_up >= policy.stabilisation_window_s, (d.reason, now, last_up)

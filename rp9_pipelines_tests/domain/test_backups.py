@@ -38,10 +38,17 @@ NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
 ACME, GLOBEX = uuid.UUID(int=1), uuid.UUID(int=2)
 CONFIG = StackConfig(
-    image="rp9/n8n:2.20.12", base_domain="rp9.io", services_host="host.docker.internal",
-    postgres_port=5432, redis_port=6379, redis_db=0, traefik_entrypoint="websecure",
-    public_scheme="https", public_port=None, cert_resolver="letsencrypt",
-)  # fmt: skip
+    image="rp9/n8n:2.20.12",
+    base_domain="rp9.io",
+    services_host="host.docker.internal",
+    postgres_port=5432,
+    redis_port=6379,
+    redis_db=0,
+    traefik_entrypoint="websecure",
+    public_scheme="https",
+    public_port=None,
+    cert_resolver="letsencrypt",
+)
 
 
 def backup(
@@ -49,11 +56,16 @@ def backup(
 ) -> BackupRecord:
     started = NOW - dt.timedelta(days=age_days)
     return BackupRecord(
-        id=uuid.uuid4(), tenant_id=tenant, kind=kind, status=status, bucket="rp9-backups",
-        key=f"k-{uuid.uuid4()}", started_at=started,
+        id=uuid.uuid4(),
+        tenant_id=tenant,
+        kind=kind,
+        status=status,
+        bucket="rp9-backups",
+        key=f"k-{uuid.uuid4()}",
+        started_at=started,
         finished_at=None if status == "running" else started + dt.timedelta(minutes=2),
         expires_at=expires_at(kind, started),
-    )  # fmt: skip
+    )
 
 
 # Naming and expiry ---------------------------------------------------------------------------
@@ -161,9 +173,10 @@ def test_retention_properties(backups: list[BackupRecord], shift_days: float) ->
             assert newest in left
     # Everything due and not kept is deleted.
     due = {
-        b.id for b in backups
+        b.id
+        for b in backups
         if b.status != "expired" and b.expires_at is not None and b.expires_at <= now
-    }  # fmt: skip
+    }
     assert expired | {b.id for b in plan.kept_last_ok} == due
 
 
@@ -172,8 +185,12 @@ def test_retention_properties(backups: list[BackupRecord], shift_days: float) ->
 
 def test_drill_picks_a_random_ok_backup_of_the_last_30_days() -> None:
     recent = [backup(age_days=d) for d in (1, 5, 29)]
-    ignored = [backup(age_days=31), backup(status="failed"), backup(tenant=GLOBEX),
-               backup(status="expired", age_days=2)]  # fmt: skip
+    ignored = [
+        backup(age_days=31),
+        backup(status="failed"),
+        backup(tenant=GLOBEX),
+        backup(status="expired", age_days=2),
+    ]
     picks = {
         choose_drill_backup(recent + ignored, ACME, NOW, random.Random(seed)).id
         for seed in range(60)
@@ -209,8 +226,12 @@ def test_drill_refuses_what_it_cannot_restore(
 
 
 def test_scheduled_runs_are_one_per_active_tenant_with_a_key_per_tick() -> None:
-    tenants = [("id-b", "globex", "active"), ("id-a", "acme", "active"),
-               ("id-c", "initech", "suspended"), ("id-d", "hooli", "deleted")]  # fmt: skip
+    tenants = [
+        ("id-b", "globex", "active"),
+        ("id-a", "acme", "active"),
+        ("id-c", "initech", "suspended"),
+        ("id-d", "hooli", "deleted"),
+    ]
     runs = scheduled_runs(tenants, "backup-daily", dt.datetime(2026, 12, 1, 2, 0, tzinfo=dt.UTC))
     assert [(r.slug, r.tenant_id, r.run_key) for r in runs] == [
         ("acme", "id-a", "backup-daily-acme-20261201T0200"),
@@ -223,9 +244,11 @@ def test_scheduled_runs_are_one_per_active_tenant_with_a_key_per_tick() -> None:
 # Checks --------------------------------------------------------------------------------------
 
 MANIFEST = Manifest(
-    workflows=2, credentials=1, executions=40,
+    workflows=2,
+    credentials=1,
+    executions=40,
     workflow_digest=workflow_digest([("wf1", "v1"), ("wf2", "v9")]),
-)  # fmt: skip
+)
 
 
 def test_workflow_digest_ignores_order_but_not_versions() -> None:

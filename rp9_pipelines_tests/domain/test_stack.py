@@ -13,26 +13,41 @@ from rp9_pipelines.domain.stack import (
 from rp9_pipelines.domain.tenants import TenantNames
 
 CONFIG = StackConfig(
-    image="rp9/n8n:2.20.12", base_domain="rp9.io", services_host="host.docker.internal",
-    postgres_port=5432, redis_port=6379, redis_db=0, traefik_entrypoint="websecure",
-    public_scheme="https", public_port=None, cert_resolver="letsencrypt",
-)  # fmt: skip
+    image="rp9/n8n:2.20.12",
+    base_domain="rp9.io",
+    services_host="host.docker.internal",
+    postgres_port=5432,
+    redis_port=6379,
+    redis_db=0,
+    traefik_entrypoint="websecure",
+    public_scheme="https",
+    public_port=None,
+    cert_resolver="letsencrypt",
+)
 
 
 def stack(workers: int = 2, **changes: object) -> TenantStack:
     fields: dict[str, object] = {
-        "names": TenantNames("acme", "shared"), "owner_email": "owner@acme.rp9.io",
-        "custom_domain": "n8n.acme.com", "workers": workers, "cpu": 2.0, "memory_mb": 2048,
+        "names": TenantNames("acme", "shared"),
+        "owner_email": "owner@acme.rp9.io",
+        "custom_domain": "n8n.acme.com",
+        "workers": workers,
+        "cpu": 2.0,
+        "memory_mb": 2048,
         "worker_concurrency": 10,
-    }  # fmt: skip
+    }
     return TenantStack(**(fields | changes))  # type: ignore[arg-type]
 
 
 def observed(spec: ContainerSpec, **changes: object) -> Observed:
     fields: dict[str, object] = {
-        "name": spec.name, "role": spec.role, "config_hash": spec.config_hash, "running": True,
-        "cpu": spec.cpu, "memory_mb": spec.memory_mb,
-    }  # fmt: skip
+        "name": spec.name,
+        "role": spec.role,
+        "config_hash": spec.config_hash,
+        "running": True,
+        "cpu": spec.cpu,
+        "memory_mb": spec.memory_mb,
+    }
     return Observed(**(fields | changes))  # type: ignore[arg-type]
 
 
@@ -62,8 +77,9 @@ def test_every_container_is_in_queue_mode_with_the_tenant_prefixes_and_no_secret
 
 
 def test_development_urls_keep_the_port_and_plain_http() -> None:
-    config = StackConfig(**(CONFIG.__dict__ | {"public_scheme": "http", "public_port": 8088,
-                                                "cert_resolver": ""}))  # fmt: skip
+    config = StackConfig(
+        **(CONFIG.__dict__ | {"public_scheme": "http", "public_port": 8088, "cert_resolver": ""})
+    )
     main = desired_containers(stack(), config)[0]
     assert public_url(stack(), config) == "http://acme.rp9.io:8088/"
     assert main.env["N8N_SECURE_COOKIE"] == "false"

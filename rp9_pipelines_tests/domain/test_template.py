@@ -9,10 +9,17 @@ from rp9_pipelines.domain.template import (
 )
 
 CONFIG = StackConfig(
-    image="rp9/n8n:2.20.12", base_domain="localhost", services_host="host.docker.internal",
-    postgres_port=55432, redis_port=56379, redis_db=0, traefik_entrypoint="web",
-    public_scheme="http", public_port=8088, cert_resolver="",
-)  # fmt: skip
+    image="rp9/n8n:2.20.12",
+    base_domain="localhost",
+    services_host="host.docker.internal",
+    postgres_port=55432,
+    redis_port=56379,
+    redis_db=0,
+    traefik_entrypoint="web",
+    public_scheme="http",
+    public_port=8088,
+    cert_resolver="",
+)
 
 
 def test_one_template_schema_per_n8n_version() -> None:

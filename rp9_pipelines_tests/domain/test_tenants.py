@@ -14,9 +14,14 @@ from rp9_pipelines.domain.tenants import (
 )
 
 PLAN: dict[str, object] = {
-    "executions_per_month": 100_000, "concurrency": 20, "cpu": 2.0, "memory_mb": 2048,
-    "min_workers": 1, "max_workers": 4, "overage_allowed": False,
-}  # fmt: skip
+    "executions_per_month": 100_000,
+    "concurrency": 20,
+    "cpu": 2.0,
+    "memory_mb": 2048,
+    "min_workers": 1,
+    "max_workers": 4,
+    "overage_allowed": False,
+}
 
 
 @pytest.mark.parametrize("slug", ["abc", "acme-co", "a1-b2-c3", "x" * 40, "123"])
@@ -35,9 +40,15 @@ def test_invalid_slugs(slug: str) -> None:
 
 @pytest.mark.parametrize(
     ("domain", "ok"),
-    [(None, True), ("n8n.acme.com", True), ("acme.rp9.io", False), ("rp9.io", False),
-     ("acme", False), ("http://acme.com", False)],
-)  # fmt: skip
+    [
+        (None, True),
+        ("n8n.acme.com", True),
+        ("acme.rp9.io", False),
+        ("rp9.io", False),
+        ("acme", False),
+        ("http://acme.com", False),
+    ],
+)
 def test_custom_domains(domain: str | None, ok: bool) -> None:
     if ok:
         check_custom_domain(domain, "rp9.io")
@@ -56,9 +67,14 @@ def test_manual_beats_stripe_beats_plan_and_none_means_unset() -> None:
         }
     )
     assert limits == Limits(
-        executions_per_month=500_000, concurrency=20, cpu=1.5, memory_mb=2048,
-        min_workers=1, max_workers=4, overage_allowed=False,
-    )  # fmt: skip
+        executions_per_month=500_000,
+        concurrency=20,
+        cpu=1.5,
+        memory_mb=2048,
+        min_workers=1,
+        max_workers=4,
+        overage_allowed=False,
+    )
 
 
 @given(st.integers(min_value=-5, max_value=20))
@@ -86,8 +102,10 @@ def test_names_per_tier() -> None:
         "t_acme_co",
     )
     assert (dedicated.db_name, dedicated.db_schema, dedicated.db_role) == (
-        "n8n_acme_co", "public", "d_acme_co",
-    )  # fmt: skip
+        "n8n_acme_co",
+        "public",
+        "d_acme_co",
+    )
     assert shared.bull_prefix != TenantNames("other", "shared").bull_prefix
     assert shared.redis_key_prefix.startswith("rp9:acme-co:")
     assert shared.container("worker", "green", 3) == "rp9-acme-co-green-worker-3"

@@ -26,9 +26,14 @@ T0 = dt.datetime(2026, 11, 3, 12, 0, tzinfo=dt.UTC)
 
 def situation(executions: int, limit: int = 100, **changes: object) -> Situation:
     base = Situation(
-        period="2026-11", status="active", suspension_reason=None, executions=executions,
-        limit=limit, overage_allowed=False, recorded={},
-    )  # fmt: skip
+        period="2026-11",
+        status="active",
+        suspension_reason=None,
+        executions=executions,
+        limit=limit,
+        overage_allowed=False,
+        recorded={},
+    )
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -71,15 +76,24 @@ def test_overage_allowed_records_overage_once_and_never_suspends() -> None:
 
 
 def test_suspended_by_enforcement_stays_while_over_quota() -> None:
-    s = situation(100, status="suspended", suspension_reason="enforcement",
-                  recorded={warn_key(80): T0, warn_key(100): T0, SUSPEND: T0})  # fmt: skip
+    s = situation(
+        100,
+        status="suspended",
+        suspension_reason="enforcement",
+        recorded={warn_key(80): T0, warn_key(100): T0, SUSPEND: T0},
+    )
     assert decide(s).act == "none"
     assert decide(s).events == ()
 
 
 def test_a_raised_quota_resumes_what_enforcement_suspended() -> None:
-    s = situation(100, limit=1000, status="suspended", suspension_reason="enforcement",
-                  recorded={warn_key(80): T0, warn_key(100): T0, SUSPEND: T0})  # fmt: skip
+    s = situation(
+        100,
+        limit=1000,
+        status="suspended",
+        suspension_reason="enforcement",
+        recorded={warn_key(80): T0, warn_key(100): T0, SUSPEND: T0},
+    )
     decision = decide(s)
     assert decision.act == "resume"
     assert [(e.key, e.replaces) for e in decision.events] == [(RESUME, False)]
@@ -93,8 +107,13 @@ def test_a_new_period_resumes_what_enforcement_suspended() -> None:
 
 
 def test_overage_granted_later_resumes_a_suspended_tenant() -> None:
-    s = situation(150, status="suspended", suspension_reason="enforcement",
-                  overage_allowed=True, recorded={SUSPEND: T0})  # fmt: skip
+    s = situation(
+        150,
+        status="suspended",
+        suspension_reason="enforcement",
+        overage_allowed=True,
+        recorded={SUSPEND: T0},
+    )
     assert decide(s).act == "resume"
 
 
@@ -114,8 +133,9 @@ def test_an_operators_resume_in_the_period_is_not_overruled() -> None:
 
 def test_reaching_the_upgraded_quota_suspends_again_replacing_the_periods_event() -> None:
     later = T0 + dt.timedelta(days=2)
-    s = situation(1000, limit=1000, recorded={
-        warn_key(80): T0, warn_key(100): T0, SUSPEND: T0, RESUME: later})  # fmt: skip
+    s = situation(
+        1000, limit=1000, recorded={warn_key(80): T0, warn_key(100): T0, SUSPEND: T0, RESUME: later}
+    )
     decision = decide(s)
     assert decision.act == "suspend"
     assert [(e.key, e.replaces) for e in decision.events] == [(SUSPEND, True)]
@@ -123,15 +143,22 @@ def test_reaching_the_upgraded_quota_suspends_again_replacing_the_periods_event(
 
 def test_an_interrupted_suspension_is_finished_without_a_second_event() -> None:
     # The event and the reason were written, the containers not yet stopped.
-    s = situation(100, suspension_reason="enforcement",
-                  recorded={warn_key(80): T0, warn_key(100): T0, SUSPEND: T0})  # fmt: skip
+    s = situation(
+        100,
+        suspension_reason="enforcement",
+        recorded={warn_key(80): T0, warn_key(100): T0, SUSPEND: T0},
+    )
     assert decide(s).act == "suspend"
     assert decide(s).events == ()
 
 
 def test_an_interrupted_resume_is_finished_without_a_second_event() -> None:
-    s = situation(10, status="suspended", suspension_reason="enforcement",
-                  recorded={SUSPEND: T0, RESUME: T0 + dt.timedelta(minutes=5)})  # fmt: skip
+    s = situation(
+        10,
+        status="suspended",
+        suspension_reason="enforcement",
+        recorded={SUSPEND: T0, RESUME: T0 + dt.timedelta(minutes=5)},
+    )
     assert decide(s).act == "resume"
     assert decide(s).events == ()
 
@@ -245,8 +272,11 @@ def test_quota_changes_alternate_suspend_and_resume_without_duplicate_rows(
 
 
 @settings(max_examples=200, deadline=None)
-@given(executions=st.integers(min_value=0, max_value=500), limit=st.integers(min_value=1,
-       max_value=500), overage=st.booleans())  # fmt: skip
+@given(
+    executions=st.integers(min_value=0, max_value=500),
+    limit=st.integers(min_value=1, max_value=500),
+    overage=st.booleans(),
+)
 def test_an_operators_suspension_is_left_alone(executions: int, limit: int, overage: bool) -> None:
     t = Tenant(status="suspended", reason="operator")
     assert step(t, executions, limit, overage) == "none"

@@ -150,8 +150,11 @@ def test_quota_warns_suspends_behind_a_suspended_page_and_an_upgrade_resumes(
     enforce(api, slug)
     assert api.get(f"/tenants/{slug}").json()["status"] == "active"
     assert ("resume", 100) in events(engine, tenant_id)
-    wait_until(lambda: n8n.call("quota", {"back": True}).status_code == 200, timeout_s=60,
-               what="the workflow to answer again after the resume")  # fmt: skip
+    wait_until(
+        lambda: n8n.call("quota", {"back": True}).status_code == 200,
+        timeout_s=60,
+        what="the workflow to answer again after the resume",
+    )
     listed = n8n.http.get("/api/v1/workflows").json()["data"]
     assert workflow_id in [w["id"] for w in listed]
     worker = docker_client.containers.get(f"rp9-{slug}-blue-worker-1")
@@ -199,15 +202,27 @@ def test_a_changed_concurrency_quota_reaches_running_workers_and_a_new_period_re
     # The next period resumes it (the enforcement clock moved forward, in-process).
     monkeypatch.setenv("ENFORCEMENT_WEBHOOK_URL", webhook.url)
     next_month = (dt.datetime.now(dt.UTC).replace(day=1) + dt.timedelta(days=32)).replace(day=2)
-    result = defs().get_job_def("enforce_limits").execute_in_process(
-        run_config={"ops": {"enforce_quotas": {"config": {
-            "tenants": [slug], "as_of": next_month.isoformat()}}}}
-    )  # fmt: skip
+    result = (
+        defs()
+        .get_job_def("enforce_limits")
+        .execute_in_process(
+            run_config={
+                "ops": {
+                    "enforce_quotas": {
+                        "config": {"tenants": [slug], "as_of": next_month.isoformat()}
+                    }
+                }
+            }
+        )
+    )
     assert result.success
     assert result.output_for_node("enforce_quotas")["resumed"] == [slug]
     assert api.get(f"/tenants/{slug}").json()["status"] == "active"
-    wait_until(lambda: n8n.call("quota", {"period": "next"}).status_code == 200, timeout_s=60,
-               what="the workflow to answer in the new period")  # fmt: skip
+    wait_until(
+        lambda: n8n.call("quota", {"period": "next"}).status_code == 200,
+        timeout_s=60,
+        what="the workflow to answer in the new period",
+    )
     resumed = [b for b in webhook.bodies("resume") if b["period"] == period_of(next_month)]
     assert len(resumed) == 1
 

@@ -28,9 +28,17 @@ def tenant_row(settings: Settings) -> Iterator[tuple[str, sa.Engine]]:
     engine = sa.create_engine(sqlalchemy_url(settings.database_url))
     slug, tenant_id = f"fb-{uuid.uuid4().hex[:8]}", uuid.uuid4()
     with engine.begin() as connection:
-        connection.execute(sa.insert(tenants).values(
-            id=tenant_id, slug=slug, name="fallback", plan="starter", status="provisioning",
-            n8n_version="2.20.12", custom_domain=f"{slug}.example.org"))  # fmt: skip
+        connection.execute(
+            sa.insert(tenants).values(
+                id=tenant_id,
+                slug=slug,
+                name="fallback",
+                plan="starter",
+                status="provisioning",
+                n8n_version="2.20.12",
+                custom_domain=f"{slug}.example.org",
+            )
+        )
     yield slug, engine
     with engine.begin() as connection:
         connection.execute(sa.delete(quotas).where(quotas.c.tenant_id == tenant_id))
@@ -67,8 +75,11 @@ def test_the_fallback_answers_by_host_through_traefik_without_a_token(
     assert (suspended.status_code, suspended.json()["error"]["code"]) == (503, "tenant_suspended")
     assert "operator" in suspended.json()["error"]["message"]
     # Unknown hosts, and names under the platform's domain that are not a tenant's.
-    for other in (f"no-{slug}.{settings.base_domain}", f"a.{slug}.{settings.base_domain}",
-                  "example.net"):  # fmt: skip
+    for other in (
+        f"no-{slug}.{settings.base_domain}",
+        f"a.{slug}.{settings.base_domain}",
+        "example.net",
+    ):
         unknown = ask(settings, other)
         assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "tenant_not_found")
     # Directly on the API, too: no Bearer token needed for this one path only.
@@ -82,15 +93,38 @@ def test_each_api_publishes_its_route_while_it_runs_and_prunes_dead_ones(
 ) -> None:
     directory = Path(os.environ["TRAEFIK_DYNAMIC_DIR"])
     dead = directory / "rp9-fallback-127-0-0-1-1.yml"
-    dead.write_text(yaml.safe_dump({"http": {"services": {"rp9-fallback-127-0-0-1-1": {
-        "loadBalancer": {"servers": [{"url": "http://127.0.0.1:1"}]}}}}}))  # fmt: skip
+    dead.write_text(
+        yaml.safe_dump(
+            {
+                "http": {
+                    "services": {
+                        "rp9-fallback-127-0-0-1-1": {
+                            "loadBalancer": {"servers": [{"url": "http://127.0.0.1:1"}]}
+                        }
+                    }
+                }
+            }
+        )
+    )
     port = free_port()
     mine = directory / f"rp9-fallback-127-0-0-1-{port}.yml"
-    command = [str(Path(sys.executable).parent / "uvicorn"), "rp9_pipelines.api.main:app",
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    command = [
+        str(Path(sys.executable).parent / "uvicorn"),
+        "rp9_pipelines.api.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     env = {**os.environ, "ORCH_PORT": str(port)}
-    with serve(command, url=f"http://127.0.0.1:{port}", ready_path="/healthz",
-               log=tmp_path / "api.log", env=env, timeout_s=60):  # fmt: skip
+    with serve(
+        command,
+        url=f"http://127.0.0.1:{port}",
+        ready_path="/healthz",
+        log=tmp_path / "api.log",
+        env=env,
+        timeout_s=60,
+    ):
         published = yaml.safe_load(mine.read_text())
         router = published["http"]["routers"][mine.stem]
         assert router["entryPoints"] == [settings.traefik_entrypoint]

@@ -50,13 +50,27 @@ class Fleet:
                 connection.execute(sa.text(f'CREATE DATABASE "{SHARED_DATABASE}"'))
         self.made: list[Synthetic] = []
 
-    def tenant(self, *, limit: int, status: str = "active", reason: str | None = None,
-               overage: bool = False) -> Synthetic:  # fmt: skip
+    def tenant(
+        self,
+        *,
+        limit: int,
+        status: str = "active",
+        reason: str | None = None,
+        overage: bool = False,
+    ) -> Synthetic:
         t = Synthetic(uuid.uuid4(), f"enf-{uuid.uuid4().hex[:8]}")
         with self.engine.begin() as connection:
-            connection.execute(sa.insert(tenants).values(
-                id=t.id, slug=t.slug, name="synthetic", plan="starter", status=status,
-                suspension_reason=reason, n8n_version="2.20.12"))  # fmt: skip
+            connection.execute(
+                sa.insert(tenants).values(
+                    id=t.id,
+                    slug=t.slug,
+                    name="synthetic",
+                    plan="starter",
+                    status=status,
+                    suspension_reason=reason,
+                    n8n_version="2.20.12",
+                )
+            )
             plan = catalog.plan_limits(connection, "starter")
             assert plan is not None
             catalog.set_quota(connection, t.id, "plan", plan)
@@ -65,20 +79,25 @@ class Fleet:
         schema = t.names.db_schema
         with self.shared.begin() as connection:
             connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-            connection.execute(sa.text(
-                f'CREATE TABLE "{schema}".execution_entity (id serial PRIMARY KEY,'
-                ' mode varchar NOT NULL, status varchar NOT NULL,'
-                ' "createdAt" timestamptz NOT NULL DEFAULT now())'))  # fmt: skip
+            connection.execute(
+                sa.text(
+                    f'CREATE TABLE "{schema}".execution_entity (id serial PRIMARY KEY,'
+                    " mode varchar NOT NULL, status varchar NOT NULL,"
+                    ' "createdAt" timestamptz NOT NULL DEFAULT now())'
+                )
+            )
         self.made.append(t)
         return t
 
     def execute(self, t: Synthetic, count: int, mode: str = "webhook") -> None:
         with self.shared.begin() as connection:
             connection.execute(
-                sa.text(f'INSERT INTO "{t.names.db_schema}".execution_entity (mode, status)'
-                        " SELECT :mode, 'success' FROM generate_series(1, :n)"),
+                sa.text(
+                    f'INSERT INTO "{t.names.db_schema}".execution_entity (mode, status)'
+                    " SELECT :mode, 'success' FROM generate_series(1, :n)"
+                ),
                 {"mode": mode, "n": count},
-            )  # fmt: skip
+            )
 
     def events(self, t: Synthetic) -> list[dict[str, Any]]:
         with self.engine.connect() as connection:
@@ -174,7 +193,10 @@ def test_warns_once_at_80_then_suspends_at_100_and_delivers_each_event_once(
     assert enforce(t.slug)["events"] == []
     events = fleet.events(t)
     assert sorted((e["action"], e["threshold"]) for e in events) == [
-        ("suspend", 100), ("warn", 80), ("warn", 100)]  # fmt: skip
+        ("suspend", 100),
+        ("warn", 80),
+        ("warn", 100),
+    ]
     assert all(e["notified_at"] is not None and e["notify_error"] is None for e in events)
     assert len(receiver.bodies()) == 3
 
@@ -230,8 +252,11 @@ def test_a_hanging_webhook_costs_one_short_timeout(
     patient = EnforcementSettings(webhook_url=receiver.url, webhook_timeout_s=1.0)
     started = time.monotonic()
     delivery = notify.deliver(
-        CatalogResource(database_url=settings.database_url), patient, lambda _: None, [t.id],
-    )  # fmt: skip
+        CatalogResource(database_url=settings.database_url),
+        patient,
+        lambda _: None,
+        [t.id],
+    )
     assert time.monotonic() - started < 3.0
     assert (delivery.delivered, delivery.failed, delivery.pending) == (0, 1, 2)
     assert "Timeout" in (delivery.error or "")
@@ -244,7 +269,10 @@ def test_overage_allowed_is_recorded_and_the_tenant_keeps_running(
     fleet.execute(t, 5)
     summary = enforce(t.slug)
     assert sorted(summary["events"]) == [
-        f"{t.slug}: overage 100 %", f"{t.slug}: warn 100 %", f"{t.slug}: warn 80 %"]  # fmt: skip
+        f"{t.slug}: overage 100 %",
+        f"{t.slug}: warn 100 %",
+        f"{t.slug}: warn 80 %",
+    ]
     assert summary["suspended"] == []
     assert fleet.state(t) == ("active", None)
 

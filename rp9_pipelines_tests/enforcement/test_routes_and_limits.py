@@ -18,25 +18,41 @@ from rp9_pipelines.domain.stack import StackConfig, TenantStack, desired_contain
 from rp9_pipelines.domain.tenants import TenantNames, effective_limits
 
 CONFIG = StackConfig(
-    image="rp9/n8n:2.20.12", base_domain="localhost", services_host="host.docker.internal",
-    postgres_port=5432, redis_port=6379, redis_db=0, traefik_entrypoint="web",
-    public_scheme="http", public_port=8088, cert_resolver="",
-)  # fmt: skip
+    image="rp9/n8n:2.20.12",
+    base_domain="localhost",
+    services_host="host.docker.internal",
+    postgres_port=5432,
+    redis_port=6379,
+    redis_db=0,
+    traefik_entrypoint="web",
+    public_scheme="http",
+    public_port=8088,
+    cert_resolver="",
+)
 PLAN: dict[str, object] = {
-    "executions_per_month": 10_000, "concurrency": 5, "cpu": 1.0, "memory_mb": 1024,
-    "min_workers": 1, "max_workers": 1, "overage_allowed": False,
-}  # fmt: skip
+    "executions_per_month": 10_000,
+    "concurrency": 5,
+    "cpu": 1.0,
+    "memory_mb": 1024,
+    "min_workers": 1,
+    "max_workers": 1,
+    "overage_allowed": False,
+}
 
 
 def stack_for(overrides: dict[str, dict[str, object]], workers: int) -> TenantStack:
     """As lifecycle.stack.desired builds it from the merged quotas."""
     limits = effective_limits(overrides)
     return TenantStack(
-        names=TenantNames("acme", "shared"), owner_email="owner@acme.localhost",
-        custom_domain=None, workers=workers, cpu=limits.cpu, memory_mb=limits.memory_mb,
+        names=TenantNames("acme", "shared"),
+        owner_email="owner@acme.localhost",
+        custom_domain=None,
+        workers=workers,
+        cpu=limits.cpu,
+        memory_mb=limits.memory_mb,
         worker_concurrency=worker_concurrency(limits.concurrency),
         concurrency=limits.concurrency,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize(

@@ -121,8 +121,9 @@ def test_terminate_cancels_the_run_and_monitoring_sees_its_process(
     run = launch(instance, "long_running", tmp_path / "never")
     wait_until(
         lambda: reloaded(instance, run.run_id).status == DagsterRunStatus.STARTED,
-        timeout_s=60, what="the run to start",
-    )  # fmt: skip
+        timeout_s=60,
+        what="the run to start",
+    )
     started = reloaded(instance, run.run_id)
     assert launcher(instance).check_run_worker_health(started).status == WorkerStatus.RUNNING
 
@@ -146,14 +147,18 @@ def test_a_killed_run_process_is_reported_failed(instance: DagsterInstance, tmp_
     run = launch(instance, "long_running", tmp_path / "never")
     wait_until(
         lambda: reloaded(instance, run.run_id).status == DagsterRunStatus.STARTED,
-        timeout_s=60, what="the run to start",
-    )  # fmt: skip
+        timeout_s=60,
+        what="the run to start",
+    )
     os.kill(int(reloaded(instance, run.run_id).tags[PID_TAG]), signal.SIGKILL)
     wait_until(
-        lambda: launcher(instance).check_run_worker_health(reloaded(instance, run.run_id)).status
-        == WorkerStatus.FAILED,
-        timeout_s=30, what="the dead run process to be seen",
-    )  # fmt: skip
+        lambda: (
+            launcher(instance).check_run_worker_health(reloaded(instance, run.run_id)).status
+            == WorkerStatus.FAILED
+        ),
+        timeout_s=30,
+        what="the dead run process to be seen",
+    )
 
 
 def test_an_edited_source_file_loads_the_code_again(

@@ -44,12 +44,32 @@ class Double:
 
 def _server(db: Path, log: Path) -> Any:
     port = free_port()
-    env = {"STRIPE_DOUBLE_DB": str(db), "STRIPE_DOUBLE_API_KEY": API_KEY,
-           "STRIPE_DOUBLE_WEBHOOK_SECRET": WEBHOOK_SECRET, "PATH": "/usr/bin:/bin"}  # fmt: skip
-    command = [sys.executable, "-m", "uvicorn", "server:app", "--app-dir", str(SERVER_DIR),
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    return serve(command, url=f"http://127.0.0.1:{port}", ready_path="/_double/health", log=log,
-                 env=env, timeout_s=30)  # fmt: skip
+    env = {
+        "STRIPE_DOUBLE_DB": str(db),
+        "STRIPE_DOUBLE_API_KEY": API_KEY,
+        "STRIPE_DOUBLE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "PATH": "/usr/bin:/bin",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "server:app",
+        "--app-dir",
+        str(SERVER_DIR),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    return serve(
+        command,
+        url=f"http://127.0.0.1:{port}",
+        ready_path="/_double/health",
+        log=log,
+        env=env,
+        timeout_s=30,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,25 +84,38 @@ def double(state_dir: Path) -> Iterator[Double]:
 
 
 def meter(client: stripe.StripeClient, name: str | None = None) -> Any:
-    return client.v1.billing.meters.create(params={
-        "display_name": "executions", "event_name": name or f"ev_{secrets.token_hex(6)}",
-        "default_aggregation": {"formula": "sum"},
-        "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
-        "value_settings": {"event_payload_key": "value"},
-    })  # fmt: skip
+    return client.v1.billing.meters.create(
+        params={
+            "display_name": "executions",
+            "event_name": name or f"ev_{secrets.token_hex(6)}",
+            "default_aggregation": {"formula": "sum"},
+            "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
+            "value_settings": {"event_payload_key": "value"},
+        }
+    )
 
 
-def event(client: stripe.StripeClient, m: Any, customer: str, value: int, ident: str,
-          at: int | None = None) -> Any:  # fmt: skip
-    return client.v1.billing.meter_events.create(params={
-        "event_name": m.event_name, "identifier": ident,
-        "timestamp": at if at is not None else int(time.time()),
-        "payload": {"stripe_customer_id": customer, "value": str(value)},
-    })  # fmt: skip
+def event(
+    client: stripe.StripeClient,
+    m: Any,
+    customer: str,
+    value: int,
+    ident: str,
+    at: int | None = None,
+) -> Any:
+    return client.v1.billing.meter_events.create(
+        params={
+            "event_name": m.event_name,
+            "identifier": ident,
+            "timestamp": at if at is not None else int(time.time()),
+            "payload": {"stripe_customer_id": customer, "value": str(value)},
+        }
+    )
 
 
-def summary(client: stripe.StripeClient, m: Any, customer: str, start: int, end: int,
-            **extra: Any) -> list[float]:  # fmt: skip
+def summary(
+    client: stripe.StripeClient, m: Any, customer: str, start: int, end: int, **extra: Any
+) -> list[float]:
     listed = client.v1.billing.meters.event_summaries.list(
         m.id, params=_any({"customer": customer, "start_time": start, "end_time": end, **extra})
     )
@@ -109,8 +142,10 @@ def test_a_wrong_key_is_refused_with_stripes_401(double: Double) -> None:
 def test_objects_lists_and_errors_speak_stripes_protocol(double: Double) -> None:
     client = double.client()
     email = f"{secrets.token_hex(4)}@example.test"
-    made = [client.v1.customers.create(params={"email": email, "metadata": {"n": str(i)}})
-            for i in range(3)]  # fmt: skip
+    made = [
+        client.v1.customers.create(params={"email": email, "metadata": {"n": str(i)}})
+        for i in range(3)
+    ]
     assert all(c.id.startswith("cus_") and c.object == "customer" for c in made)
     page = client.v1.customers.list(params={"email": email, "limit": 2})
     assert _any(page).object == "list"
@@ -158,9 +193,12 @@ def test_meter_event_identifiers_are_unique_for_24_hours_and_summaries_add_up(
     with pytest.raises(stripe.InvalidRequestError):
         summary(client, m, customer, day + 1, day + DAY)  # not on a minute boundary
     with pytest.raises(stripe.InvalidRequestError) as unknown:
-        client.v1.billing.meter_events.create(params={
-            "event_name": "no_such_meter", "payload": {"stripe_customer_id": customer},
-        })  # fmt: skip
+        client.v1.billing.meter_events.create(
+            params={
+                "event_name": "no_such_meter",
+                "payload": {"stripe_customer_id": customer},
+            }
+        )
     assert unknown.value.param == "event_name"
 
 
@@ -194,21 +232,45 @@ def test_cancellation_works_within_24_hours_only_and_the_identifier_window_rolls
 def test_faults_are_injected_before_or_after_the_request_runs(double: Double) -> None:
     client = double.client(retries=2)
     tag = secrets.token_hex(6)
-    double.control("POST", "faults", {"method": "POST", "path": "/v1/customers", "status": 500,
-                                      "count": 1, "body_contains": tag})  # fmt: skip
+    double.control(
+        "POST",
+        "faults",
+        {
+            "method": "POST",
+            "path": "/v1/customers",
+            "status": 500,
+            "count": 1,
+            "body_contains": tag,
+        },
+    )
     created = client.v1.customers.create(params={"name": tag})  # the SDK's retry gets through
     listed = client.v1.customers.list(params={"limit": 100})
     assert [c.id for c in listed.data if c.name == tag] == [created.id]
 
-    double.control("POST", "faults", {"method": "POST", "path": "/v1/customers", "status": 503,
-                                      "count": 3, "body_contains": tag})  # fmt: skip
+    double.control(
+        "POST",
+        "faults",
+        {
+            "method": "POST",
+            "path": "/v1/customers",
+            "status": 503,
+            "count": 3,
+            "body_contains": tag,
+        },
+    )
     with pytest.raises(stripe.APIError) as down:
         client.v1.customers.create(params={"name": tag})
     assert down.value.http_status == 503
 
     lost = f"{tag}-lost"
-    after = {"method": "POST", "path": "/v1/customers", "status": 500, "count": 1,
-             "mode": "after", "body_contains": lost}  # fmt: skip
+    after = {
+        "method": "POST",
+        "path": "/v1/customers",
+        "status": 500,
+        "count": 1,
+        "mode": "after",
+        "body_contains": lost,
+    }
     double.control("POST", "faults", after)
     with pytest.raises(stripe.APIError):
         double.client(retries=0).v1.customers.create(params={"name": lost})
@@ -245,10 +307,16 @@ def test_subscriptions_derive_entitlements_and_send_signed_webhooks(double: Doub
         key = f"quota:concurrency:{secrets.randbelow(1000)}"
         feature = client.v1.entitlements.features.create(params={"name": "C", "lookup_key": key})
         client.v1.products.features.create(product.id, params={"entitlement_feature": feature.id})
-        metered = client.v1.prices.create(params=_any({
-            "currency": "usd", "product": product.id, "unit_amount_decimal": "0.2",
-            "recurring": {"interval": "month", "usage_type": "metered", "meter": m.id},
-        }))  # fmt: skip
+        metered = client.v1.prices.create(
+            params=_any(
+                {
+                    "currency": "usd",
+                    "product": product.id,
+                    "unit_amount_decimal": "0.2",
+                    "recurring": {"interval": "month", "usage_type": "metered", "meter": m.id},
+                }
+            )
+        )
         customer = client.v1.customers.create().id
         assert (
             client.v1.entitlements.active_entitlements.list(params={"customer": customer}).data
@@ -263,8 +331,9 @@ def test_subscriptions_derive_entitlements_and_send_signed_webhooks(double: Doub
 
         body, signature = wait_until(
             lambda: _Receiver.received[-1] if _Receiver.received else None,
-            timeout_s=10, what="the signed webhook",
-        )  # fmt: skip
+            timeout_s=10,
+            what="the signed webhook",
+        )
         delivered = stripe.Webhook.construct_event(body, signature, WEBHOOK_SECRET)
         assert delivered.type == "entitlements.active_entitlement_summary.updated"
         summary_object = json.loads(body)["data"]["object"]

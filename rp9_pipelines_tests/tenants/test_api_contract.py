@@ -71,8 +71,11 @@ def test_unauthenticated_or_badly_signed_requests_are_refused(api: Api) -> None:
         response = api.http.post("/tenants", content=body, headers=headers)
         assert response.status_code == 401, case
         assert response.json()["error"]["code"] in {
-            "unauthorized", "invalid_signature", "signature_required", "stale_timestamp",
-        }, case  # fmt: skip
+            "unauthorized",
+            "invalid_signature",
+            "signature_required",
+            "stale_timestamp",
+        }, case
     assert api.http.get("/tenants").status_code == 401
 
 

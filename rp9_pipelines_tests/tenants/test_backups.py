@@ -41,17 +41,23 @@ def catalog(settings: Settings) -> Iterator[sa.Engine]:
 @pytest.fixture(scope="module")
 def s3(settings: Settings) -> S3Resource:
     return S3Resource(
-        endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
-        bucket=settings.s3_bucket, access_key_id=settings.s3_access_key_id,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        bucket=settings.s3_bucket,
+        access_key_id=settings.s3_access_key_id,
         secret_access_key=settings.s3_secret_access_key.get_secret_value(),
-    )  # fmt: skip
+    )
 
 
 def add_credential(n8n: TenantN8n) -> str:
-    created = n8n.http.post("/api/v1/credentials", json={
-        "name": f"token {uuid.uuid4().hex[:6]}", "type": "httpHeaderAuth",
-        "data": {"name": "X-Token", "value": f"secret-{uuid.uuid4().hex}"},
-    })  # fmt: skip
+    created = n8n.http.post(
+        "/api/v1/credentials",
+        json={
+            "name": f"token {uuid.uuid4().hex[:6]}",
+            "type": "httpHeaderAuth",
+            "data": {"name": "X-Token", "value": f"secret-{uuid.uuid4().hex}"},
+        },
+    )
     assert created.status_code == 200, created.text
     return str(created.json()["id"])
 
@@ -97,13 +103,18 @@ def n8n_rows(url: sa.URL, names: TenantNames) -> dict[str, list[tuple[Any, ...]]
     schema = names.db_schema
     with engine.connect() as connection:
         rows = {
-            "workflows": connection.execute(sa.text(
-                f'SELECT id, name, "versionId", nodes::text, connections::text '
-                f'FROM "{schema}".workflow_entity ORDER BY id')).all(),
-            "credentials": connection.execute(sa.text(
-                f'SELECT id, name, type, data FROM "{schema}".credentials_entity ORDER BY id'
-            )).all(),
-        }  # fmt: skip
+            "workflows": connection.execute(
+                sa.text(
+                    f'SELECT id, name, "versionId", nodes::text, connections::text '
+                    f'FROM "{schema}".workflow_entity ORDER BY id'
+                )
+            ).all(),
+            "credentials": connection.execute(
+                sa.text(
+                    f'SELECT id, name, type, data FROM "{schema}".credentials_entity ORDER BY id'
+                )
+            ).all(),
+        }
     engine.dispose()
     return {name: [tuple(r) for r in found] for name, found in rows.items()}
 
@@ -115,9 +126,12 @@ def assert_no_sandbox_left(settings: Settings, runtime: Any, token: str) -> None
 
 
 def test_a_backup_is_stored_exactly_as_recorded_and_restores_the_same_workflows_and_credentials(
-    settings: Settings, vault: VaultResource, shared_tenant: dict[str, Any], catalog: sa.Engine,
+    settings: Settings,
+    vault: VaultResource,
+    shared_tenant: dict[str, Any],
+    catalog: sa.Engine,
     s3: S3Resource,
-) -> None:  # fmt: skip
+) -> None:
     n8n = TenantN8n(settings, vault, shared_tenant)
     add_credential(n8n)
     n8n.install_echo(f"kept-{uuid.uuid4().hex[:6]}")
@@ -168,9 +182,13 @@ def test_s3_unreachable_fails_the_run_and_the_backup_never_becomes_ok(
 
 
 def test_a_drill_through_the_api_passes_on_a_real_tenant_and_records_its_rto(
-    settings: Settings, api: Api, vault: VaultResource, runtime: Any,
-    shared_tenant: dict[str, Any], catalog: sa.Engine,
-) -> None:  # fmt: skip
+    settings: Settings,
+    api: Api,
+    vault: VaultResource,
+    runtime: Any,
+    shared_tenant: dict[str, Any],
+    catalog: sa.Engine,
+) -> None:
     add_credential(TenantN8n(settings, vault, shared_tenant))
     backup_id = take_backup(shared_tenant, "weekly")["backup_id"]
     slug = shared_tenant["slug"]
@@ -178,8 +196,11 @@ def test_a_drill_through_the_api_passes_on_a_real_tenant_and_records_its_rto(
     unknown = api.post(f"/tenants/{slug}/restore-drills", {"backup_id": str(uuid.uuid4())})
     assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "backup_not_found")
 
-    started = api.post(f"/tenants/{slug}/restore-drills", {"backup_id": backup_id},
-                       **{"Idempotency-Key": str(uuid.uuid4())})  # fmt: skip
+    started = api.post(
+        f"/tenants/{slug}/restore-drills",
+        {"backup_id": backup_id},
+        **{"Idempotency-Key": str(uuid.uuid4())},
+    )
     assert started.status_code == 202, started.text
     assert api.wait_run(started.json()["run_id"])["status"] == "SUCCESS"
 
@@ -187,9 +208,15 @@ def test_a_drill_through_the_api_passes_on_a_real_tenant_and_records_its_rto(
     drill = drills[0]
     assert (drill["status"], drill["backup_id"], drill["error"]) == ("passed", backup_id, None)
     assert [c["name"] for c in drill["checks"]] == [
-        "object_integrity", "restore", "database_counts", "sandbox_ready", "canary_execution",
-        "workflows", "credentials_decrypt", "teardown",
-    ]  # fmt: skip
+        "object_integrity",
+        "restore",
+        "database_counts",
+        "sandbox_ready",
+        "canary_execution",
+        "workflows",
+        "credentials_decrypt",
+        "teardown",
+    ]
     assert set(DRILL_CHECKS) == {c["name"] for c in drill["checks"]}
     assert all(c["ok"] for c in drill["checks"]), drill["checks"]
     decrypted = next(c for c in drill["checks"] if c["name"] == "credentials_decrypt")
@@ -199,9 +226,12 @@ def test_a_drill_through_the_api_passes_on_a_real_tenant_and_records_its_rto(
 
 
 def test_a_corrupted_object_fails_the_drill_with_a_clear_check(
-    settings: Settings, runtime: Any, shared_tenant: dict[str, Any], catalog: sa.Engine,
+    settings: Settings,
+    runtime: Any,
+    shared_tenant: dict[str, Any],
+    catalog: sa.Engine,
     s3: S3Resource,
-) -> None:  # fmt: skip
+) -> None:
     backup_id = take_backup(shared_tenant)["backup_id"]
     key = row(catalog, backups, id=uuid.UUID(backup_id))["key"]
     data = bytearray(b"".join(s3.chunks(key)))
@@ -227,8 +257,11 @@ def test_a_corrupted_object_fails_the_drill_with_a_clear_check(
 
 
 def test_an_on_demand_backup_through_the_api_of_a_dedicated_tenant_restores_in_a_drill(
-    settings: Settings, api: Api, vault: VaultResource, dedicated_tenant: dict[str, Any],
-) -> None:  # fmt: skip
+    settings: Settings,
+    api: Api,
+    vault: VaultResource,
+    dedicated_tenant: dict[str, Any],
+) -> None:
     add_credential(TenantN8n(settings, vault, dedicated_tenant))
     slug, key = dedicated_tenant["slug"], str(uuid.uuid4())
     first = api.post(f"/tenants/{slug}/backup", **{"Idempotency-Key": key})

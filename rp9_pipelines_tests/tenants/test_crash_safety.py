@@ -22,9 +22,12 @@ mutation Terminate($runId: String!) {
 
 
 def test_interrupted_provision_converges_on_rerun(
-    settings: Settings, api: Api, dagster_webserver: Served, docker_client: docker.DockerClient,
+    settings: Settings,
+    api: Api,
+    dagster_webserver: Served,
+    docker_client: docker.DockerClient,
     vault: Any,
-) -> None:  # fmt: skip
+) -> None:
     slug = unique_slug("crash")
     created = api.post("/tenants", {"slug": slug, "name": "Crash", "plan": "pro", "workers": 1})
     assert created.status_code == 202, created.text
@@ -33,8 +36,9 @@ def test_interrupted_provision_converges_on_rerun(
     # Interrupt the run once its main container exists, before the workers start.
     wait_until(
         lambda: docker_client.containers.list(all=True, filters={"name": f"rp9-{slug}-blue-main"}),
-        timeout_s=120, what="the main container to be created",
-    )  # fmt: skip
+        timeout_s=120,
+        what="the main container to be created",
+    )
     terminated = httpx.post(
         f"{dagster_webserver.url}/graphql",
         json={"query": TERMINATE, "variables": {"runId": run_id}},

@@ -39,8 +39,9 @@ def test_shared_tenant_serves_a_webhook_through_traefik(
     # The execution is stored in the tenant's own schema of the shared database.
     names = n8n.names
     assert (names.db_name, names.db_schema) == ("n8n_shared", f"t_{names.ident}")
-    assert wait_until(lambda: tenant_db.count_executions(names) >= 1, timeout_s=30,
-                      what="the execution row")  # fmt: skip
+    assert wait_until(
+        lambda: tenant_db.count_executions(names) >= 1, timeout_s=30, what="the execution row"
+    )
 
     metrics = api.get(f"/metrics/tenant/{shared_tenant['slug']}").json()
     assert metrics["executions"]["total"] >= 1
@@ -81,9 +82,10 @@ def test_secrets_stay_out_of_the_catalog_and_the_container_environment(
     engine = sa.create_engine(sqlalchemy_url(settings.database_url))
     with engine.connect() as connection:
         dump = "\n".join(
-            str(row) for table in ("tenants", "tenant_instances", "quotas")
+            str(row)
+            for table in ("tenants", "tenant_instances", "quotas")
             for row in connection.execute(sa.text(f"SELECT * FROM {table}"))
-        )  # fmt: skip
+        )
     engine.dispose()
     client = runtime.client()
     inspected = [
@@ -112,8 +114,9 @@ def test_dedicated_tenant_runs_executions_on_workers_and_scales(
         answer = n8n.call("work", {"i": i})
         assert answer.status_code == 200, answer.text
         assert answer.json()["echo"] == {"i": i}
-    assert wait_until(lambda: tenant_db.count_executions(n8n.names) >= 4, timeout_s=30,
-                      what="four execution rows")  # fmt: skip
+    assert wait_until(
+        lambda: tenant_db.count_executions(n8n.names) >= 4, timeout_s=30, what="four execution rows"
+    )
 
     def workers() -> list[Any]:
         filters = {"label": [f"io.rp9.tenant={slug}", "io.rp9.role=worker"]}
@@ -225,14 +228,20 @@ def test_suspend_and_resume_keep_the_data(
     response = api.post(f"/tenants/{slug}/resume")
     assert api.wait_run(response.json()["run_id"])["status"] == "SUCCESS"
     assert api.get(f"/tenants/{slug}").json()["status"] == "active"
-    wait_until(lambda: n8n.call("kept", {"back": True}).status_code == 200, timeout_s=60,
-               what="the workflow to answer again after resume")  # fmt: skip
+    wait_until(
+        lambda: n8n.call("kept", {"back": True}).status_code == 200,
+        timeout_s=60,
+        what="the workflow to answer again after resume",
+    )
 
 
 def test_delete_keeps_the_data_unless_purged(
-    settings: Settings, api: Api, vault: VaultResource, tenant_db: TenantDatabaseResource,
+    settings: Settings,
+    api: Api,
+    vault: VaultResource,
+    tenant_db: TenantDatabaseResource,
     docker_client: docker.DockerClient,
-) -> None:  # fmt: skip
+) -> None:
     tenant = api.create_tenant(slug=unique_slug("del"), name="Short lived", plan="starter")
     slug = tenant["slug"]
     n8n = TenantN8n(settings, vault, tenant)

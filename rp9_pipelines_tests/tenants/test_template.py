@@ -60,8 +60,9 @@ def test_tenants_start_migrated_and_make_their_own_instance_keys(
         assert {"instance.id", "signing.jwt"} <= set(keys), names.slug
         instance_ids.append(keys["instance.id"])
         owner = _rows(
-            settings, names.db_name, f'SELECT email FROM {names.db_schema}."user"'
-            " WHERE \"roleSlug\" = 'global:owner'",
-        )  # fmt: skip
+            settings,
+            names.db_name,
+            f'SELECT email FROM {names.db_schema}."user" WHERE "roleSlug" = \'global:owner\'',
+        )
         assert owner == [(f"owner@{names.slug}.{settings.base_domain}",)]
     assert len(set(instance_ids)) == len(both)

@@ -51,10 +51,12 @@ def stripe_resource(settings: Settings) -> StripeResource:
 @pytest.fixture
 def s3_bucket(settings: Settings) -> Iterator[S3Resource]:
     s3 = S3Resource(
-        endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
-        bucket=f"rp9-test-{uuid.uuid4().hex[:12]}", access_key_id=settings.s3_access_key_id,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        bucket=f"rp9-test-{uuid.uuid4().hex[:12]}",
+        access_key_id=settings.s3_access_key_id,
         secret_access_key=settings.s3_secret_access_key.get_secret_value(),
-    )  # fmt: skip
+    )
     yield s3
     client = s3.client()
     for item in client.list_objects_v2(Bucket=s3.bucket).get("Contents", []):
@@ -72,49 +74,81 @@ def priced_tenants(
     tag = uuid.uuid4().hex[:8]
     priced, unpriced = f"cb-p-{tag}", f"cb-u-{tag}"
     client = stripe_resource.client
-    meter = client.v1.billing.meters.create(params={
-        "display_name": f"test {tag}", "event_name": f"rp9_test_{tag}",
-        "default_aggregation": {"formula": "sum"},
-        "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
-        "value_settings": {"event_payload_key": "value"},
-    })  # fmt: skip
+    meter = client.v1.billing.meters.create(
+        params={
+            "display_name": f"test {tag}",
+            "event_name": f"rp9_test_{tag}",
+            "default_aggregation": {"formula": "sum"},
+            "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
+            "value_settings": {"event_payload_key": "value"},
+        }
+    )
     product = client.v1.products.create(params={"name": f"test plan {tag}"})
-    base = client.v1.prices.create(params={
-        "product": product.id, "currency": "usd", "unit_amount": 2500,
-        "recurring": {"interval": "month", "usage_type": "licensed"},
-    })  # fmt: skip
-    metered = client.v1.prices.create(params={
-        "product": product.id, "currency": "usd", "unit_amount_decimal": Decimal("0.3"),
-        "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
-    })  # fmt: skip
+    base = client.v1.prices.create(
+        params={
+            "product": product.id,
+            "currency": "usd",
+            "unit_amount": 2500,
+            "recurring": {"interval": "month", "usage_type": "licensed"},
+        }
+    )
+    metered = client.v1.prices.create(
+        params={
+            "product": product.id,
+            "currency": "usd",
+            "unit_amount_decimal": Decimal("0.3"),
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
+        }
+    )
     ids: dict[str, uuid.UUID] = {}
     with catalog.begin() as connection:
         for plan in (priced, unpriced):
-            connection.execute(sa.insert(plans).values(
-                name=plan, executions_per_month=1000, concurrency=2, cpu=1, memory_mb=1024,
-                min_workers=0, max_workers=1,
-            ))  # fmt: skip
+            connection.execute(
+                sa.insert(plans).values(
+                    name=plan,
+                    executions_per_month=1000,
+                    concurrency=2,
+                    cpu=1,
+                    memory_mb=1024,
+                    min_workers=0,
+                    max_workers=1,
+                )
+            )
             ids[plan] = connection.execute(
-                sa.insert(tenants).values(slug=f"{plan}-t", name=plan, plan=plan,
-                                          status="deleted", n8n_version="2.20.12")
+                sa.insert(tenants)
+                .values(
+                    slug=f"{plan}-t", name=plan, plan=plan, status="deleted", n8n_version="2.20.12"
+                )
                 .returning(tenants.c.id)
-            ).scalar_one()  # fmt: skip
-        connection.execute(sa.insert(stripe_objects).values([
-            {"kind": "price", "lookup_key": base_price_key(priced), "stripe_id": base.id},
-            {"kind": "price", "lookup_key": metered_price_key(priced), "stripe_id": metered.id},
-        ]))  # fmt: skip
+            ).scalar_one()
+        connection.execute(
+            sa.insert(stripe_objects).values(
+                [
+                    {"kind": "price", "lookup_key": base_price_key(priced), "stripe_id": base.id},
+                    {
+                        "kind": "price",
+                        "lookup_key": metered_price_key(priced),
+                        "stripe_id": metered.id,
+                    },
+                ]
+            )
+        )
         for day in range(1, 29):
             date = dt.date(2026, 2, day)
             # priced: 100 executions of 36 s a day, 0.1 core, 0.5 GB; unpriced: a third of it.
-            store.upsert_usage(connection, ids[priced], date,
-                               DayUsage(100, 1, 3_600_000, None, None, 8640.0, 12.0))  # fmt: skip
-            store.upsert_usage(connection, ids[unpriced], date,
-                               DayUsage(33, 0, 1_200_000, None, None, 2880.0, 4.0))  # fmt: skip
+            store.upsert_usage(
+                connection, ids[priced], date, DayUsage(100, 1, 3_600_000, None, None, 8640.0, 12.0)
+            )
+            store.upsert_usage(
+                connection, ids[unpriced], date, DayUsage(33, 0, 1_200_000, None, None, 2880.0, 4.0)
+            )
     yield {"priced": ids[priced], "unpriced": ids[unpriced]}
     with catalog.begin() as connection:
-        connection.execute(sa.delete(stripe_objects).where(
-            stripe_objects.c.lookup_key.in_([base_price_key(priced), metered_price_key(priced)])
-        ))  # fmt: skip
+        connection.execute(
+            sa.delete(stripe_objects).where(
+                stripe_objects.c.lookup_key.in_([base_price_key(priced), metered_price_key(priced)])
+            )
+        )
     for tenant_id in ids.values():
         forget_usage(catalog, supabase, tenant_id)
     with catalog.begin() as connection:
@@ -132,8 +166,12 @@ def test_monthly_chargeback_in_catalog_s3_and_supabase(
 ) -> None:
     for name, value in RATES.items():
         monkeypatch.setenv(name, value)
-    resources = {"catalog": catalog, "s3": s3_bucket, "supabase": supabase,
-                 "stripe": stripe_resource}  # fmt: skip
+    resources = {
+        "catalog": catalog,
+        "s3": s3_bucket,
+        "supabase": supabase,
+        "stripe": stripe_resource,
+    }
 
     for _ in range(2):  # a re-run rewrites the same rows
         result = dg.materialize(
@@ -150,8 +188,9 @@ def test_monthly_chargeback_in_catalog_s3_and_supabase(
     # 28 days: 2800 executions, 28 h of duration, 67.2 core-hours, 336 GB-hours.
     assert (priced.executions, priced.duration_hours) == (2800, pytest.approx(28.0))
     assert (priced.cpu_core_hours, priced.memory_gb_hours) == (
-        pytest.approx(67.2), pytest.approx(336.0),
-    )  # fmt: skip
+        pytest.approx(67.2),
+        pytest.approx(336.0),
+    )
     assert priced.usage_cost == Decimal("2.8") + Decimal("14") + Decimal("2.688") + Decimal("1.68")
     # Revenue from the Stripe prices: 25.00 + 2800 x 0.3 cents.
     assert priced.revenue == Decimal("33.4000")

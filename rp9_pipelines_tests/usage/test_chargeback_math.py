@@ -14,16 +14,17 @@ from rp9_pipelines.domain.chargeback import (
     share_out,
 )
 
-RATES = Rates(per_execution=0.001, per_duration_hour=0.5, per_cpu_core_hour=0.03,
-              per_memory_gb_hour=0.004)  # fmt: skip
+RATES = Rates(
+    per_execution=0.001, per_duration_hour=0.5, per_cpu_core_hour=0.03, per_memory_gb_hour=0.004
+)
 HOURS = month_hours("2026-11")
 
 
 def usage(*rows: tuple[str, int, int, float, float]) -> pd.DataFrame:
     return pd.DataFrame(
-        rows, columns=["tenant_id", "executions", "duration_ms_sum", "cpu_seconds",
-                       "memory_gb_hours"],
-    )  # fmt: skip
+        rows,
+        columns=["tenant_id", "executions", "duration_ms_sum", "cpu_seconds", "memory_gb_hours"],
+    )
 
 
 def test_month_hours() -> None:
@@ -40,8 +41,11 @@ def test_usage_is_priced_at_the_rates_and_days_add_up() -> None:
     result = compute(frame, RATES, Capacity(0, 0), HOURS)
     row = result.tenants.iloc[0]
     assert (row.executions, row.duration_hours, row.cpu_core_hours, row.memory_gb_hours) == (
-        2000, 2.0, 2.0, 20.0,
-    )  # fmt: skip
+        2000,
+        2.0,
+        2.0,
+        20.0,
+    )
     # 2000 x 0.001 + 2 h x 0.5 + 2 core-h x 0.03 + 20 GB-h x 0.004
     assert row.usage_cost == pytest.approx(2 + 1 + 0.06 + 0.08)
     assert row.idle_cost == 0
@@ -105,11 +109,15 @@ def test_share_out_is_exact_and_proportional(total: int, weights: list[float]) -
 
 tenants = st.lists(
     st.tuples(
-        st.sampled_from([f"t{i}" for i in range(12)]), st.integers(0, 10**6),
-        st.integers(0, 10**9), st.floats(0, 10**6), st.floats(0, 10**5),
+        st.sampled_from([f"t{i}" for i in range(12)]),
+        st.integers(0, 10**6),
+        st.integers(0, 10**9),
+        st.floats(0, 10**6),
+        st.floats(0, 10**5),
     ),
-    min_size=1, max_size=80,
-)  # fmt: skip
+    min_size=1,
+    max_size=80,
+)
 
 
 @settings(max_examples=200, deadline=None)

@@ -33,15 +33,25 @@ CREATE TABLE {schema}.execution_entity (
 """
 
 
-def _execution(created_s: float, wait_s: float | None, run_s: float | None, status: str = "success",
-               mode: str = "webhook") -> dict[str, object]:  # fmt: skip
+def _execution(
+    created_s: float,
+    wait_s: float | None,
+    run_s: float | None,
+    status: str = "success",
+    mode: str = "webhook",
+) -> dict[str, object]:
     created = MIDNIGHT + dt.timedelta(seconds=created_s)
     started = created + dt.timedelta(seconds=wait_s) if wait_s is not None else None
     stopped = started + dt.timedelta(seconds=run_s) if started and run_s is not None else None
     return {
-        "finished": status == "success", "mode": mode, "startedAt": started, "stoppedAt": stopped,
-        "status": status, "workflowId": "wf1", "createdAt": created,
-    }  # fmt: skip
+        "finished": status == "success",
+        "mode": mode,
+        "startedAt": started,
+        "stoppedAt": stopped,
+        "status": status,
+        "workflowId": "wf1",
+        "createdAt": created,
+    }
 
 
 def test_execution_day_aggregates_like_the_definition(fresh_database_url: str) -> None:
@@ -99,15 +109,20 @@ def _samples(tenant_id: uuid.UUID) -> list[store.SampleRow]:
         at = start + dt.timedelta(minutes=minute)
         rows.append(store.SampleRow(tenant_id, "main", at, minute * 15 * NS_PER_S, BYTES_PER_GB))
         since_restart = minute if at < MIDNIGHT + dt.timedelta(hours=12) else minute - 730
-        rows.append(store.SampleRow(tenant_id, "worker-1", at, since_restart * 30 * NS_PER_S,
-                                    2 * BYTES_PER_GB))  # fmt: skip
+        rows.append(
+            store.SampleRow(
+                tenant_id, "worker-1", at, since_restart * 30 * NS_PER_S, 2 * BYTES_PER_GB
+            )
+        )
     return rows
 
 
 def _materialize(
-    instance: dg.DagsterInstance, tenant: Tenant, catalog: CatalogResource,
+    instance: dg.DagsterInstance,
+    tenant: Tenant,
+    catalog: CatalogResource,
     tenant_db: TenantDatabaseResource,
-) -> dg.ExecuteInProcessResult:  # fmt: skip
+) -> dg.ExecuteInProcessResult:
     resources = {"catalog": catalog, "tenant_db": tenant_db}
     return materialize_day(instance, [tenant_usage_daily], tenant.slug, DAY, resources)
 

@@ -23,13 +23,19 @@ def catalog(fresh_database_url: str) -> CatalogResource:
     migrate.upgrade(fresh_database_url)
     engine = sa.create_engine(sqlalchemy_url(fresh_database_url), poolclass=sa.NullPool)
     with engine.begin() as connection:
-        for slug, status in (("acme", "active"), ("globex", "suspended"),
-                             ("initech", "provisioning"), ("hooli", "deleted")):  # fmt: skip
+        for slug, status in (
+            ("acme", "active"),
+            ("globex", "suspended"),
+            ("initech", "provisioning"),
+            ("hooli", "deleted"),
+        ):
             connection.execute(
-                sa.text("INSERT INTO tenants (slug, name, plan, n8n_version, status) "
-                        "VALUES (:s, :s, 'pro', '2.20.12', :st)"),
+                sa.text(
+                    "INSERT INTO tenants (slug, name, plan, n8n_version, status) "
+                    "VALUES (:s, :s, 'pro', '2.20.12', :st)"
+                ),
                 {"s": slug, "st": status},
-            )  # fmt: skip
+            )
     engine.dispose()
     return CatalogResource(database_url=fresh_database_url)
 
@@ -55,13 +61,16 @@ def test_daily_schedule_launches_yesterday_for_measured_tenants(catalog: Catalog
     schedule = repository.get_schedule_def("usage_daily_schedule")
     with dg.instance_for_test() as instance:
         context = dg.build_schedule_context(
-            instance=instance, resources={"catalog": catalog}, scheduled_execution_time=TICK,
+            instance=instance,
+            resources={"catalog": catalog},
+            scheduled_execution_time=TICK,
             repository_def=repository,
-        )  # fmt: skip
+        )
         requests = list(schedule.evaluate_tick(context).run_requests or [])
         assert [r.partition_key for r in requests] == [
-            tenant_day_key("2026-11-28", "acme"), tenant_day_key("2026-11-28", "globex"),
-        ]  # fmt: skip
+            tenant_day_key("2026-11-28", "acme"),
+            tenant_day_key("2026-11-28", "globex"),
+        ]
         assert [r.run_key for r in requests] == ["usage:2026-11-28:acme", "usage:2026-11-28:globex"]
         # The keys the runs need exist even before the sensor's next tick.
         assert {"acme", "globex"} <= set(instance.get_dynamic_partitions(TENANTS_PARTITION))

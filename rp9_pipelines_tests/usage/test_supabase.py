@@ -37,10 +37,12 @@ def test_migrations_apply_once_and_refuse_an_edited_file(
 
     engine = sa.create_engine(sqlalchemy_url(fresh_database_url), poolclass=sa.NullPool)
     with engine.connect() as connection:
-        secured = connection.execute(sa.text(
-            "SELECT relname, relrowsecurity FROM pg_class WHERE relname IN"
-            " ('business_metrics_daily', 'chargeback_monthly') ORDER BY relname"
-        )).all()  # fmt: skip
+        secured = connection.execute(
+            sa.text(
+                "SELECT relname, relrowsecurity FROM pg_class WHERE relname IN"
+                " ('business_metrics_daily', 'chargeback_monthly') ORDER BY relname"
+            )
+        ).all()
         anon_can_read = connection.execute(
             sa.text("SELECT has_table_privilege('anon', 'public.business_metrics_daily', 'SELECT')")
         ).scalar()
@@ -57,9 +59,11 @@ def test_migrations_apply_once_and_refuse_an_edited_file(
 
 
 def _materialize(
-    instance: dg.DagsterInstance, tenant: Tenant, catalog: CatalogResource,
+    instance: dg.DagsterInstance,
+    tenant: Tenant,
+    catalog: CatalogResource,
     supabase: SupabaseResource,
-) -> dg.ExecuteInProcessResult:  # fmt: skip
+) -> dg.ExecuteInProcessResult:
     resources = {"catalog": catalog, "supabase": supabase}
     return materialize_day(
         instance, [supabase_business_metrics], tenant.slug, DAY, resources, raise_on_error=False

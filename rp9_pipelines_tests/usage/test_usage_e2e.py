@@ -75,9 +75,10 @@ def test_n_executions_reach_usage_supabase_and_stripe_once(
             assert sample_resources_job.execute_in_process(resources=sampling).success
         with catalog.begin() as connection:
             samples = connection.execute(
-                sa.select(resource_samples).where(resource_samples.c.tenant_id == tenant_id)
+                sa.select(resource_samples)
+                .where(resource_samples.c.tenant_id == tenant_id)
                 .order_by(resource_samples.c.container_name, resource_samples.c.sampled_at)
-            ).all()  # fmt: skip
+            ).all()
         containers = {row.container_name for row in samples}
         assert len(containers) == 2, containers  # main and its worker
         assert len(samples) >= 4

@@ -23,8 +23,14 @@ START, END = day_bounds(DAY)
 MINUTE = dt.timedelta(minutes=1)
 
 
-def every_minute(container: str, start: dt.datetime, minutes: int, cpu_per_min_ns: int,
-                 memory: int, cpu0: int = 0) -> list[Sample]:  # fmt: skip
+def every_minute(
+    container: str,
+    start: dt.datetime,
+    minutes: int,
+    cpu_per_min_ns: int,
+    memory: int,
+    cpu0: int = 0,
+) -> list[Sample]:
     return [
         Sample(container, start + i * MINUTE, cpu0 + i * cpu_per_min_ns, memory)
         for i in range(minutes + 1)
@@ -138,17 +144,32 @@ def test_day_usage_rounds_to_stable_figures() -> None:
         ExecutionDay(10, 2, 12_345, 1234.5678, None), ResourceUse(1.23456789, 0.1234567891)
     )
     assert usage.as_row() == {
-        "executions": 10, "failures": 2, "duration_ms_sum": 12_345, "latency_p95_ms": 1234.6,
-        "queue_wait_p95_ms": None, "cpu_seconds": 1.235, "memory_gb_hours": 0.123457,
-    }  # fmt: skip
+        "executions": 10,
+        "failures": 2,
+        "duration_ms_sum": 12_345,
+        "latency_p95_ms": 1234.6,
+        "queue_wait_p95_ms": None,
+        "cpu_seconds": 1.235,
+        "memory_gb_hours": 0.123457,
+    }
 
 
 def test_business_metrics_row_and_its_ledger_identifier() -> None:
     row = business_metrics_row(
-        "t-1", "acme", "pro", DAY,
-        {"executions": 8, "failures": 2, "duration_ms_sum": 100, "latency_p95_ms": 12.5,
-         "queue_wait_p95_ms": None, "cpu_seconds": 3.5, "memory_gb_hours": 0.25},
-    )  # fmt: skip
+        "t-1",
+        "acme",
+        "pro",
+        DAY,
+        {
+            "executions": 8,
+            "failures": 2,
+            "duration_ms_sum": 100,
+            "latency_p95_ms": 12.5,
+            "queue_wait_p95_ms": None,
+            "cpu_seconds": 3.5,
+            "memory_gb_hours": 0.25,
+        },
+    )
     assert row["day"] == "2026-11-28"
     assert row["error_rate"] == 0.25
     assert (

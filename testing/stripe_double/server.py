@@ -114,8 +114,12 @@ class StripeError(Exception):
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = (
-            status, message, type_, code, param,
-        )  # fmt: skip
+            status,
+            message,
+            type_,
+            code,
+            param,
+        )
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
@@ -266,8 +270,13 @@ class Double:
         return [json.loads(row["data"]) for row in rows]
 
     def create(self, kind: str, fields: dict[str, Any], ident: str | None = None) -> dict[str, Any]:
-        obj = {"id": ident or self.new_id(kind), "object": kind, "created": self.now(),
-               "livemode": False, **fields}  # fmt: skip
+        obj = {
+            "id": ident or self.new_id(kind),
+            "object": kind,
+            "created": self.now(),
+            "livemode": False,
+            **fields,
+        }
         return self.put(obj)
 
 
@@ -305,10 +314,16 @@ def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
 
 @route("POST", "/v1/customers")
 def create_customer(d: Double, p: dict[str, Any], _: re.Match[str]) -> tuple[int, dict[str, Any]]:
-    return 200, d.create("customer", {
-        "name": p.get("name"), "email": p.get("email"), "description": p.get("description"),
-        "metadata": metadata_of(p), "deleted": None,
-    })  # fmt: skip
+    return 200, d.create(
+        "customer",
+        {
+            "name": p.get("name"),
+            "email": p.get("email"),
+            "description": p.get("description"),
+            "metadata": metadata_of(p),
+            "deleted": None,
+        },
+    )
 
 
 @route("GET", "/v1/customers/(?P<id>[^/]+)")
@@ -344,11 +359,18 @@ def create_product(d: Double, p: dict[str, Any], _: re.Match[str]) -> tuple[int,
         raise StripeError(
             400, f"Product already exists: {ident}", code="resource_already_exists", param="id"
         )
-    return 200, d.create("product", {
-        "name": p["name"], "active": as_bool(p.get("active", "true")),
-        "description": p.get("description"), "metadata": metadata_of(p),
-        "default_price": None, "updated": d.now(),
-    }, ident)  # fmt: skip
+    return 200, d.create(
+        "product",
+        {
+            "name": p["name"],
+            "active": as_bool(p.get("active", "true")),
+            "description": p.get("description"),
+            "metadata": metadata_of(p),
+            "default_price": None,
+            "updated": d.now(),
+        },
+        ident,
+    )
 
 
 @route("GET", "/v1/products/(?P<id>[^/]+)")
@@ -390,9 +412,11 @@ def attach_feature(d: Double, p: dict[str, Any], m: re.Match[str]) -> tuple[int,
             and existing["entitlement_feature"]["id"] == (feature["id"])
         ):
             raise StripeError(
-                400, f"Feature {feature['id']} is already attached to product {m['product']}",
-                code="resource_already_exists", param="entitlement_feature",
-            )  # fmt: skip
+                400,
+                f"Feature {feature['id']} is already attached to product {m['product']}",
+                code="resource_already_exists",
+                param="entitlement_feature",
+            )
     return 200, d.create(
         "product_feature", {"entitlement_feature": feature, "product": m["product"]}
     )
@@ -433,30 +457,41 @@ def create_price(d: Double, p: dict[str, Any], _: re.Match[str]) -> tuple[int, d
         recurring = {
             "interval": recurring.get("interval", "month"),
             "interval_count": int(recurring.get("interval_count", 1)),
-            "meter": recurring.get("meter"), "usage_type": usage_type,
-            "aggregate_usage": None, "trial_period_days": None,
-        }  # fmt: skip
+            "meter": recurring.get("meter"),
+            "usage_type": usage_type,
+            "aggregate_usage": None,
+            "trial_period_days": None,
+        }
     lookup_key = p.get("lookup_key")
     if lookup_key:
         holders = [x for x in d.all("price") if x.get("lookup_key") == lookup_key]
         if holders and not as_bool(p.get("transfer_lookup_key", "false")):
             raise StripeError(
-                400, f"A price (`{holders[0]['id']}`) already uses that lookup key.",
+                400,
+                f"A price (`{holders[0]['id']}`) already uses that lookup key.",
                 param="lookup_key",
-            )  # fmt: skip
+            )
         for holder in holders:
             holder["lookup_key"] = None
             d.put(holder)
     unit_amount = p.get("unit_amount")
-    return 200, d.create("price", {
-        "active": True, "billing_scheme": p.get("billing_scheme", "per_unit"),
-        "currency": p["currency"].lower(), "lookup_key": lookup_key,
-        "metadata": metadata_of(p), "nickname": p.get("nickname"), "product": p["product"],
-        "recurring": recurring, "type": "recurring" if recurring else "one_time",
-        "unit_amount": int(unit_amount) if unit_amount is not None else None,
-        "unit_amount_decimal": str(p.get("unit_amount_decimal", unit_amount)),
-        "tax_behavior": "unspecified",
-    })  # fmt: skip
+    return 200, d.create(
+        "price",
+        {
+            "active": True,
+            "billing_scheme": p.get("billing_scheme", "per_unit"),
+            "currency": p["currency"].lower(),
+            "lookup_key": lookup_key,
+            "metadata": metadata_of(p),
+            "nickname": p.get("nickname"),
+            "product": p["product"],
+            "recurring": recurring,
+            "type": "recurring" if recurring else "one_time",
+            "unit_amount": int(unit_amount) if unit_amount is not None else None,
+            "unit_amount_decimal": str(p.get("unit_amount_decimal", unit_amount)),
+            "tax_behavior": "unspecified",
+        },
+    )
 
 
 @route("GET", "/v1/prices/(?P<id>[^/]+)")
@@ -490,22 +525,31 @@ def create_meter(d: Double, p: dict[str, Any], _: re.Match[str]) -> tuple[int, d
         raise StripeError(400, f"Invalid formula: {formula}", param="default_aggregation[formula]")
     if any(m["event_name"] == p["event_name"] for m in d.all("billing.meter")):
         raise StripeError(
-            400, f"A meter with event_name `{p['event_name']}` already exists.",
+            400,
+            f"A meter with event_name `{p['event_name']}` already exists.",
             param="event_name",
-        )  # fmt: skip
+        )
     mapping = p.get("customer_mapping") or {}
     value_settings = p.get("value_settings") or {}
-    return 200, d.create("billing.meter", {
-        "display_name": p["display_name"], "event_name": p["event_name"],
-        "default_aggregation": {"formula": formula},
-        "customer_mapping": {
-            "event_payload_key": mapping.get("event_payload_key", "stripe_customer_id"),
-            "type": mapping.get("type", "by_id"),
+    return 200, d.create(
+        "billing.meter",
+        {
+            "display_name": p["display_name"],
+            "event_name": p["event_name"],
+            "default_aggregation": {"formula": formula},
+            "customer_mapping": {
+                "event_payload_key": mapping.get("event_payload_key", "stripe_customer_id"),
+                "type": mapping.get("type", "by_id"),
+            },
+            "value_settings": {
+                "event_payload_key": value_settings.get("event_payload_key", "value")
+            },
+            "event_time_window": p.get("event_time_window"),
+            "status": "active",
+            "status_transitions": {"deactivated_at": None},
+            "updated": d.now(),
         },
-        "value_settings": {"event_payload_key": value_settings.get("event_payload_key", "value")},
-        "event_time_window": p.get("event_time_window"), "status": "active",
-        "status_transitions": {"deactivated_at": None}, "updated": d.now(),
-    })  # fmt: skip
+    )
 
 
 @route("GET", "/v1/billing/meters/(?P<id>[^/]+)")
@@ -526,9 +570,11 @@ def _meter_for_event(d: Double, event_name: str) -> dict[str, Any]:
         if meter["event_name"] == event_name and meter["status"] == "active":
             return meter
     raise StripeError(
-        400, f"No active meter was found for event_name `{event_name}`.",
-        code="resource_missing", param="event_name",
-    )  # fmt: skip
+        400,
+        f"No active meter was found for event_name `{event_name}`.",
+        code="resource_missing",
+        param="event_name",
+    )
 
 
 @route("POST", "/v1/billing/meter_events")
@@ -548,16 +594,19 @@ def create_meter_event(
         value = float(payload.get(value_key, "1"))
     except ValueError:
         raise StripeError(
-            400, f"The value `{payload.get(value_key)}` is not a number.",
+            400,
+            f"The value `{payload.get(value_key)}` is not a number.",
             param=f"payload[{value_key}]",
-        ) from None  # fmt: skip
+        ) from None
     now = d.now()
     timestamp = as_int(p.get("timestamp", now), "timestamp")
     if not now - 35 * 86400 <= timestamp <= now + 300:
         raise StripeError(
-            400, "The timestamp must be within the past 35 calendar days or up to 5 minutes "
-            "in the future.", param="timestamp",
-        )  # fmt: skip
+            400,
+            "The timestamp must be within the past 35 calendar days or up to 5 minutes "
+            "in the future.",
+            param="timestamp",
+        )
     identifier = p.get("identifier") or f"evt_id_{secrets.token_hex(12)}"
     if len(identifier) > 100:
         raise StripeError(400, "identifier is longer than 100 characters.", param="identifier")
@@ -567,19 +616,33 @@ def create_meter_event(
     ).fetchone()
     if seen:
         raise StripeError(
-            400, f"An event already exists with identifier {identifier}.",
-            param="identifier", headers={"Stripe-Should-Retry": "false"},
-        )  # fmt: skip
+            400,
+            f"An event already exists with identifier {identifier}.",
+            param="identifier",
+            headers={"Stripe-Should-Retry": "false"},
+        )
     d.db.execute(
         "INSERT INTO meter_events (identifier, event_name, customer, value, timestamp, "
         "received, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (identifier, p["event_name"], payload[customer_key], value, timestamp, now,
-         json.dumps(payload)),
-    )  # fmt: skip
+        (
+            identifier,
+            p["event_name"],
+            payload[customer_key],
+            value,
+            timestamp,
+            now,
+            json.dumps(payload),
+        ),
+    )
     return 200, {
-        "object": "billing.meter_event", "created": now, "event_name": p["event_name"],
-        "identifier": identifier, "livemode": False, "payload": payload, "timestamp": timestamp,
-    }  # fmt: skip
+        "object": "billing.meter_event",
+        "created": now,
+        "event_name": p["event_name"],
+        "identifier": identifier,
+        "livemode": False,
+        "payload": payload,
+        "timestamp": timestamp,
+    }
 
 
 @route("POST", "/v1/billing/meter_event_adjustments")
@@ -600,14 +663,19 @@ def create_adjustment(d: Double, p: dict[str, Any], _: re.Match[str]) -> tuple[i
         raise missing("meter event", identifier, "cancel[identifier]")
     if row["received"] < d.now() - CANCEL_WINDOW_S:
         raise StripeError(
-            400, "Meter events can only be cancelled within 24 hours of being received.",
+            400,
+            "Meter events can only be cancelled within 24 hours of being received.",
             param="cancel[identifier]",
-        )  # fmt: skip
+        )
     d.db.execute("UPDATE meter_events SET cancelled = 1 WHERE seq = ?", (row["seq"],))
     return 200, {
-        "object": "billing.meter_event_adjustment", "cancel": {"identifier": identifier},
-        "event_name": p["event_name"], "livemode": False, "status": "pending", "type": "cancel",
-    }  # fmt: skip
+        "object": "billing.meter_event_adjustment",
+        "cancel": {"identifier": identifier},
+        "event_name": p["event_name"],
+        "livemode": False,
+        "status": "pending",
+        "type": "cancel",
+    }
 
 
 @route("GET", "/v1/billing/meters/(?P<id>[^/]+)/event_summaries")
@@ -625,9 +693,11 @@ def meter_summaries(d: Double, p: dict[str, Any], m: re.Match[str]) -> tuple[int
         )
     if start >= end or start % 60 or end % 60 or (window and (start % step or end % step)):
         raise StripeError(
-            400, "start_time and end_time must be ordered and aligned to the grouping window "
-            "(minute boundaries without one).", param="start_time",
-        )  # fmt: skip
+            400,
+            "start_time and end_time must be ordered and aligned to the grouping window "
+            "(minute boundaries without one).",
+            param="start_time",
+        )
     formula = meter["default_aggregation"]["formula"]
     summaries = []
     for bucket_start in range(start, end, step):
@@ -638,14 +708,22 @@ def meter_summaries(d: Double, p: dict[str, Any], m: re.Match[str]) -> tuple[int
             (meter["event_name"], p["customer"], bucket_start, bucket_end),
         ).fetchall()
         values = [row["value"] for row in rows]
-        aggregated = {"sum": sum(values), "count": float(len(values)),
-                      "last": values[-1] if values else 0.0}[formula]  # fmt: skip
-        summaries.append({
-            "id": "mtrusg_" + digest(f"{m['id']}:{p['customer']}:{bucket_start}"),
-            "object": "billing.meter_event_summary", "aggregated_value": aggregated,
-            "end_time": bucket_end, "livemode": False, "meter": m["id"],
-            "start_time": bucket_start,
-        })  # fmt: skip
+        aggregated = {
+            "sum": sum(values),
+            "count": float(len(values)),
+            "last": values[-1] if values else 0.0,
+        }[formula]
+        summaries.append(
+            {
+                "id": "mtrusg_" + digest(f"{m['id']}:{p['customer']}:{bucket_start}"),
+                "object": "billing.meter_event_summary",
+                "aggregated_value": aggregated,
+                "end_time": bucket_end,
+                "livemode": False,
+                "meter": m["id"],
+                "start_time": bucket_start,
+            }
+        )
     summaries.reverse()  # newest first, as every Stripe list
     return 200, paginate(summaries, p, f"/v1/billing/meters/{m['id']}/event_summaries")
 
@@ -660,13 +738,20 @@ def create_feature(d: Double, p: dict[str, Any], _: re.Match[str]) -> tuple[int,
             raise required(name)
     if any(f["lookup_key"] == p["lookup_key"] for f in d.all("entitlements.feature")):
         raise StripeError(
-            400, f"A feature with lookup_key `{p['lookup_key']}` already exists.",
-            code="resource_already_exists", param="lookup_key",
-        )  # fmt: skip
-    return 200, d.create("entitlements.feature", {
-        "active": True, "lookup_key": p["lookup_key"], "name": p["name"],
-        "metadata": metadata_of(p),
-    })  # fmt: skip
+            400,
+            f"A feature with lookup_key `{p['lookup_key']}` already exists.",
+            code="resource_already_exists",
+            param="lookup_key",
+        )
+    return 200, d.create(
+        "entitlements.feature",
+        {
+            "active": True,
+            "lookup_key": p["lookup_key"],
+            "name": p["name"],
+            "metadata": metadata_of(p),
+        },
+    )
 
 
 @route("GET", "/v1/entitlements/features/(?P<id>[^/]+)")
@@ -729,18 +814,29 @@ def _items(d: Double, sub_id: str, given: list[dict[str, Any]], now: int) -> lis
             if (price["recurring"] or {}).get("usage_type") == "metered"
             else int(item.get("quantity", 1))
         )
-        items.append({
-            "id": d.new_id("subscription_item"), "object": "subscription_item",
-            "created": now, "price": price, "quantity": quantity, "subscription": sub_id,
-            "current_period_start": now, "current_period_end": now + 30 * 86400,
-            "metadata": metadata_of(item),
-        })  # fmt: skip
+        items.append(
+            {
+                "id": d.new_id("subscription_item"),
+                "object": "subscription_item",
+                "created": now,
+                "price": price,
+                "quantity": quantity,
+                "subscription": sub_id,
+                "current_period_start": now,
+                "current_period_end": now + 30 * 86400,
+                "metadata": metadata_of(item),
+            }
+        )
     return items
 
 
 def _item_list(sub_id: str, items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"object": "list", "data": items, "has_more": False,
-            "url": f"/v1/subscription_items?subscription={sub_id}"}  # fmt: skip
+    return {
+        "object": "list",
+        "data": items,
+        "has_more": False,
+        "url": f"/v1/subscription_items?subscription={sub_id}",
+    }
 
 
 @route("POST", "/v1/subscriptions")
@@ -754,12 +850,21 @@ def create_subscription(
         raise required("items")
     now = d.now()
     sub_id = d.new_id("subscription")
-    sub = d.create("subscription", {
-        "customer": p["customer"], "status": "active",
-        "items": _item_list(sub_id, _items(d, sub_id, p["items"], now)),
-        "metadata": metadata_of(p), "cancel_at_period_end": False, "canceled_at": None,
-        "ended_at": None, "start_date": now, "currency": "usd",
-    }, sub_id)  # fmt: skip
+    sub = d.create(
+        "subscription",
+        {
+            "customer": p["customer"],
+            "status": "active",
+            "items": _item_list(sub_id, _items(d, sub_id, p["items"], now)),
+            "metadata": metadata_of(p),
+            "cancel_at_period_end": False,
+            "canceled_at": None,
+            "ended_at": None,
+            "start_date": now,
+            "currency": "usd",
+        },
+        sub_id,
+    )
     changed(d, sub, "customer.subscription.created", None)
     return 200, sub
 
@@ -791,9 +896,10 @@ def update_subscription(
     sub = d.get("subscription", m["id"])
     if sub["status"] == "canceled":
         raise StripeError(
-            400, "A canceled subscription can only update its cancellation_details and "
-            "metadata.", param="items",
-        )  # fmt: skip
+            400,
+            "A canceled subscription can only update its cancellation_details and metadata.",
+            param="items",
+        )
     previous: dict[str, Any] = {}
     now = d.now()
     if "items" in p:
@@ -832,9 +938,11 @@ def cancel_subscription(
     sub = d.get("subscription", m["id"])
     if sub["status"] == "canceled":
         raise StripeError(
-            400, f"This subscription is already canceled: {sub['id']}",
-            code="resource_missing", param="id",
-        )  # fmt: skip
+            400,
+            f"This subscription is already canceled: {sub['id']}",
+            code="resource_missing",
+            param="id",
+        )
     now = d.now()
     sub.update(status="canceled", canceled_at=now, ended_at=now)
     d.put(sub)
@@ -850,11 +958,20 @@ def create_endpoint(d: Double, p: dict[str, Any], _: re.Match[str]) -> tuple[int
     if not p.get("url"):
         raise required("url")
     events = p.get("enabled_events") or ["*"]
-    return 200, {**d.create("webhook_endpoint", {
-        "url": p["url"], "enabled_events": events, "status": "enabled",
-        "api_version": p.get("api_version"), "description": p.get("description"),
-        "metadata": metadata_of(p),
-    }), "secret": d.webhook_secret}  # fmt: skip
+    return 200, {
+        **d.create(
+            "webhook_endpoint",
+            {
+                "url": p["url"],
+                "enabled_events": events,
+                "status": "enabled",
+                "api_version": p.get("api_version"),
+                "description": p.get("description"),
+                "metadata": metadata_of(p),
+            },
+        ),
+        "secret": d.webhook_secret,
+    }
 
 
 @route("GET", "/v1/webhook_endpoints")
@@ -895,22 +1012,42 @@ def changed(self: Double, sub: dict[str, Any], type_: str, previous: dict[str, A
     data: dict[str, Any] = {"object": sub}
     if previous is not None:
         data["previous_attributes"] = previous
-    events = [self.create("event", {
-        "api_version": API_VERSION, "data": data, "pending_webhooks": 1,
-        "request": {"id": None, "idempotency_key": None}, "type": type_,
-    })]  # fmt: skip
+    events = [
+        self.create(
+            "event",
+            {
+                "api_version": API_VERSION,
+                "data": data,
+                "pending_webhooks": 1,
+                "request": {"id": None, "idempotency_key": None},
+                "type": type_,
+            },
+        )
+    ]
     entitlements = active_entitlements(self, sub["customer"])
     summary = {
-        "object": "entitlements.active_entitlement_summary", "customer": sub["customer"],
-        "entitlements": {"object": "list", "data": entitlements, "has_more": False,
-                         "url": "/v1/entitlements/active_entitlements"},
+        "object": "entitlements.active_entitlement_summary",
+        "customer": sub["customer"],
+        "entitlements": {
+            "object": "list",
+            "data": entitlements,
+            "has_more": False,
+            "url": "/v1/entitlements/active_entitlements",
+        },
         "livemode": False,
-    }  # fmt: skip
-    events.append(self.create("event", {
-        "api_version": API_VERSION, "data": {"object": summary}, "pending_webhooks": 1,
-        "request": {"id": None, "idempotency_key": None},
-        "type": "entitlements.active_entitlement_summary.updated",
-    }))  # fmt: skip
+    }
+    events.append(
+        self.create(
+            "event",
+            {
+                "api_version": API_VERSION,
+                "data": {"object": summary},
+                "pending_webhooks": 1,
+                "request": {"id": None, "idempotency_key": None},
+                "type": "entitlements.active_entitlement_summary.updated",
+            },
+        )
+    )
     PENDING.extend(events)
 
 
@@ -932,11 +1069,14 @@ def deliver(double: Double, events: list[dict[str, Any]]) -> None:
             for attempt in range(3):
                 try:
                     response = httpx.post(
-                        endpoint["url"], content=payload, timeout=10,
-                        headers={"Content-Type": "application/json",
-                                 "Stripe-Signature": sign(double.webhook_secret, payload,
-                                                          double.now())},
-                    )  # fmt: skip
+                        endpoint["url"],
+                        content=payload,
+                        timeout=10,
+                        headers={
+                            "Content-Type": "application/json",
+                            "Stripe-Signature": sign(double.webhook_secret, payload, double.now()),
+                        },
+                    )
                     status, error = response.status_code, None
                     if response.status_code < 500:
                         break
@@ -989,10 +1129,13 @@ def create_app() -> FastAPI:
     async def add_fault(request: Request) -> dict[str, Any]:
         body = await request.json()
         fault = Fault(
-            method=str(body["method"]).upper(), path=str(body["path"]),
-            status=int(body["status"]), count=int(body.get("count", 1)),
-            mode=str(body.get("mode", "before")), body_contains=body.get("body_contains"),
-        )  # fmt: skip
+            method=str(body["method"]).upper(),
+            path=str(body["path"]),
+            status=int(body["status"]),
+            count=int(body.get("count", 1)),
+            mode=str(body.get("mode", "before")),
+            body_contains=body.get("body_contains"),
+        )
         if fault.mode not in ("before", "after"):
             return JSONResponse({"error": "mode is before or after"}, status_code=400)  # type: ignore[return-value]
         with double.lock:
@@ -1027,8 +1170,9 @@ def create_app() -> FastAPI:
         with double.lock:
             rows = double.db.execute(
                 "SELECT identifier, event_name, value, timestamp, received, cancelled "
-                "FROM meter_events WHERE customer = ? ORDER BY seq", (customer,),
-            ).fetchall()  # fmt: skip
+                "FROM meter_events WHERE customer = ? ORDER BY seq",
+                (customer,),
+            ).fetchall()
         return {"meter_events": [dict(row) for row in rows]}
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "DELETE"])
@@ -1038,34 +1182,46 @@ def create_app() -> FastAPI:
         raw = (await request.body()).decode() if method == "POST" else request.url.query
         auth = request.headers.get("authorization", "")
         if not hmac.compare_digest(auth, f"Bearer {double.api_key}"):
-            return _error(StripeError(
-                401, "Invalid API Key provided: " + (auth[7:12] + "*" * 8 if auth else "none"),
-            ))  # fmt: skip
+            return _error(
+                StripeError(
+                    401,
+                    "Invalid API Key provided: " + (auth[7:12] + "*" * 8 if auth else "none"),
+                )
+            )
         handler, match = None, None
         for route_method, pattern, candidate in ROUTES:
             if route_method == method and (match := pattern.match(path)):
                 handler = candidate
                 break
         if handler is None or match is None:
-            return _error(StripeError(404, f"Unrecognized request URL ({method}: {path}).",
-                                      code="resource_missing"))  # fmt: skip
+            return _error(
+                StripeError(
+                    404, f"Unrecognized request URL ({method}: {path}).", code="resource_missing"
+                )
+            )
         # The SDK's retries and the callers' run in threads: one request at a time keeps
         # identifier checks, idempotency and webhooks consistent.
         events: list[dict[str, Any]] = []
         with double.lock:
             fault = next(
-                (f for f in double.faults if f.method == method and f.count > 0
-                 and re.fullmatch(f.path, path)
-                 and (f.body_contains is None or f.body_contains in urllib.parse.unquote(raw))),
+                (
+                    f
+                    for f in double.faults
+                    if f.method == method
+                    and f.count > 0
+                    and re.fullmatch(f.path, path)
+                    and (f.body_contains is None or f.body_contains in urllib.parse.unquote(raw))
+                ),
                 None,
-            )  # fmt: skip
+            )
             if fault is not None:
                 fault.count -= 1
                 double.faults = [f for f in double.faults if f.count > 0]
             injected = StripeError(
-                fault.status if fault else 500, "An error occurred with our connection to "
-                "Stripe (injected by the test double).", type_="api_error",
-            )  # fmt: skip
+                fault.status if fault else 500,
+                "An error occurred with our connection to Stripe (injected by the test double).",
+                type_="api_error",
+            )
             if fault is not None and fault.mode == "before":
                 return _error(injected)
             key = request.headers.get("idempotency-key") if method == "POST" else None
@@ -1077,17 +1233,21 @@ def create_app() -> FastAPI:
                 ).fetchone()
                 if stored is not None:
                     if stored["fingerprint"] != fingerprint:
-                        return _error(StripeError(
-                            400, "Keys for idempotent requests can only be used with the same "
-                            f"parameters they were first used with. Try using a key other than "
-                            f"'{key}' if you meant to execute a different request.",
-                            type_="idempotency_error",
-                        ))  # fmt: skip
+                        return _error(
+                            StripeError(
+                                400,
+                                "Keys for idempotent requests can only be used with the same "
+                                f"parameters they were first used with. Try using a key other than "
+                                f"'{key}' if you meant to execute a different request.",
+                                type_="idempotency_error",
+                            )
+                        )
                     return Response(
-                        stored["body"], status_code=stored["status"],
+                        stored["body"],
+                        status_code=stored["status"],
                         media_type="application/json",
                         headers={"Idempotent-Replayed": "true", "Idempotency-Key": key},
-                    )  # fmt: skip
+                    )
             try:
                 params = parse_form(raw)
                 status, body = handler(double, params, match)
@@ -1110,8 +1270,7 @@ def create_app() -> FastAPI:
         headers = {"Request-Id": f"req_{secrets.token_hex(8)}", "Stripe-Version": API_VERSION}
         if key:
             headers["Idempotency-Key"] = key
-        return Response(encoded, status_code=status, media_type="application/json",
-                        headers=headers)  # fmt: skip
+        return Response(encoded, status_code=status, media_type="application/json", headers=headers)
 
     return app
 

@@ -25,8 +25,11 @@ from rp9_pipelines.launches import DRILL_TENANT_TAG, TENANT_ID_TAG
 router = APIRouter(tags=["backups"], dependencies=[Depends(require_caller)])
 
 DRILL_STATES = frozenset({"active", "suspended"})
-NOT_RESTORABLE_STATUS = {"backup_not_found": 404, "backup_not_restorable": 409,
-                         "no_recent_backup": 409}  # fmt: skip
+NOT_RESTORABLE_STATUS = {
+    "backup_not_found": 404,
+    "backup_not_restorable": 409,
+    "no_recent_backup": 409,
+}
 
 
 class DrillRequest(BaseModel):
@@ -98,9 +101,12 @@ def start_drill(
         run_id = dagster.launch(
             "restore_drill",
             {"ops": {"run_restore_drill": {"config": config}}},
-            {DRILL_TENANT_TAG: tenant.slug, TENANT_ID_TAG: str(tenant.id),
-             "rp9/requested_by": "api"},
-        )  # fmt: skip
+            {
+                DRILL_TENANT_TAG: tenant.slug,
+                TENANT_ID_TAG: str(tenant.id),
+                "rp9/requested_by": "api",
+            },
+        )
         result = {"tenant_id": str(tenant.id), "slug": tenant.slug, "run_id": run_id}
         slot.store(202, result)
     return JSONResponse(result, status_code=202)

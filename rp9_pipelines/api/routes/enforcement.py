@@ -113,13 +113,20 @@ def list_events(
     return {
         "events": [
             {
-                "id": str(row.id), "tenant_id": str(row.tenant_id), "slug": row.slug,
-                "period": row.period, "metric": row.metric, "value": row.value,
-                "limit": row.limit_value, "threshold": row.threshold, "action": row.action,
-                "run_id": row.run_id, "created_at": row.created_at.isoformat(),
+                "id": str(row.id),
+                "tenant_id": str(row.tenant_id),
+                "slug": row.slug,
+                "period": row.period,
+                "metric": row.metric,
+                "value": row.value,
+                "limit": row.limit_value,
+                "threshold": row.threshold,
+                "action": row.action,
+                "run_id": row.run_id,
+                "created_at": row.created_at.isoformat(),
                 "notified_at": row.notified_at.isoformat() if row.notified_at else None,
                 "notify_error": row.notify_error,
             }
             for row in rows
         ]
-    }  # fmt: skip
+    }

@@ -111,9 +111,11 @@ def stripe_webhook(
         if isinstance(customer, dict):
             customer = customer.get("id")
         client = _client(
-            settings.stripe_secret_key.get_secret_value(), stripe_settings.api_base,
-            stripe_settings.max_network_retries, stripe_settings.timeout_s,
-        )  # fmt: skip
+            settings.stripe_secret_key.get_secret_value(),
+            stripe_settings.api_base,
+            stripe_settings.max_network_retries,
+            stripe_settings.timeout_s,
+        )
         try:
             synced = sync_customer(client, engine, str(customer), log.info) if customer else None
         except stripe.StripeError as error:
@@ -126,9 +128,11 @@ def stripe_webhook(
             outcome.update(outcome="ignored", reason="customer belongs to no tenant")
         else:
             outcome.update(
-                outcome="applied", tenant_id=synced.tenant_id, plan=synced.plan_after,
+                outcome="applied",
+                tenant_id=synced.tenant_id,
+                plan=synced.plan_after,
                 quotas=synced.quotas,
-            )  # fmt: skip
+            )
     _record(engine, event_id, raw, outcome)
     log.info("stripe event %s %s: %s", event_id, event_type, outcome["outcome"])
     return outcome

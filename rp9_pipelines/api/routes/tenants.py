@@ -117,13 +117,17 @@ def create_tenant(
                 tenant_id = catalog.insert_tenant(
                     connection,
                     {
-                        "slug": body.slug, "name": body.name, "plan": body.plan,
-                        "tier": body.tier, "region": body.region,
-                        "custom_domain": body.custom_domain, "workers": workers,
+                        "slug": body.slug,
+                        "name": body.name,
+                        "plan": body.plan,
+                        "tier": body.tier,
+                        "region": body.region,
+                        "custom_domain": body.custom_domain,
+                        "workers": workers,
                         "n8n_version": settings.n8n_version,
                         "compliance": {"requires_dedicated": body.requires_dedicated},
                     },
-                )  # fmt: skip
+                )
             except sa.exc.IntegrityError:
                 raise ApiError(409, "slug_taken", f"slug {body.slug!r} is already taken") from None
             catalog.set_quota(connection, tenant_id, "plan", plan)
@@ -169,13 +173,16 @@ def get_tenant(ref: str, engine: EngineDep) -> dict[str, Any]:
         "limits": limits.__dict__,
         "instances": [
             {
-                "name": i["container_name"], "role": i["role"], "color": i["color"],
-                "state": i["state"], "cpu": float(i["cpu_limit"]),
+                "name": i["container_name"],
+                "role": i["role"],
+                "color": i["color"],
+                "state": i["state"],
+                "cpu": float(i["cpu_limit"]),
                 "memory_mb": i["memory_limit_mb"],
             }
             for i in instances
         ],
-    }  # fmt: skip
+    }
 
 
 Validator = Callable[[sa.Connection, Tenant], None]
@@ -193,41 +200,63 @@ class Action:
 
 
 SCALE = Action(
-    "scale", frozenset({"active", "failed"}), "scale_tenant", "apply_scale",
+    "scale",
+    frozenset({"active", "failed"}),
+    "scale_tenant",
+    "apply_scale",
     "Change plan, CPU/memory or the number of workers (within the plan's range).",
-)  # fmt: skip
+)
 DELETE = Action(
-    "delete", frozenset({"provisioning", "active", "suspended", "failed", "deleted"}),
-    "delete_tenant", "remove_tenant",
+    "delete",
+    frozenset({"provisioning", "active", "suspended", "failed", "deleted"}),
+    "delete_tenant",
+    "remove_tenant",
     "Remove the tenant's stack and route; its data stays unless `purge=true`.",
-)  # fmt: skip
+)
 PLAIN_ACTIONS = [
     Action(
-        "provision", frozenset({"provisioning", "failed", "active"}), "provision_tenant",
+        "provision",
+        frozenset({"provisioning", "failed", "active"}),
+        "provision_tenant",
         "register_secrets",
         "Run provisioning again: for a tenant whose run failed or was interrupted, or to repair an "
         "active tenant whose containers were removed or changed by hand; every step converges, "
         "so it finishes the work without a second stack.",
     ),
     Action(
-        "suspend", frozenset({"active", "failed"}), "suspend_tenant", "stop_stack",
+        "suspend",
+        frozenset({"active", "failed"}),
+        "suspend_tenant",
+        "stop_stack",
         "Stop the tenant's n8n (its route goes with it); nothing is deleted.",
     ),
     Action(
-        "resume", frozenset({"suspended", "failed"}), "resume_tenant", "restart_stack",
+        "resume",
+        frozenset({"suspended", "failed"}),
+        "resume_tenant",
+        "restart_stack",
         "Start a suspended tenant's n8n again, with its data.",
     ),
     Action(
-        "backup", frozenset({"active", "suspended"}), "backup_tenant", "backup_database",
+        "backup",
+        frozenset({"active", "suspended"}),
+        "backup_tenant",
+        "backup_database",
         "Back up the tenant's data to S3 now (recorded as `on_demand`, verified before `ok`).",
     ),
-]  # fmt: skip
+]
 
 
 def _change(
-    ref: str, raw: bytes, engine: sa.Engine, dagster: DagsterClient, key: str | None,
-    action: Action, config: dict[str, Any], validate: Validator | None = None,
-) -> JSONResponse:  # fmt: skip
+    ref: str,
+    raw: bytes,
+    engine: sa.Engine,
+    dagster: DagsterClient,
+    key: str | None,
+    action: Action,
+    config: dict[str, Any],
+    validate: Validator | None = None,
+) -> JSONResponse:
     with engine.connect() as connection:
         tenant = _tenant_or_404(connection, ref)
     with idempotent(engine, key, f"POST /tenants/{tenant.id}/{action.name}", raw) as slot:
@@ -248,9 +277,13 @@ def _change(
 
 @router.post("/tenants/{ref}/scale", status_code=202, summary=SCALE.summary)
 def scale_tenant(
-    ref: str, body: ScaleTenant, raw: RawBodyDep, engine: EngineDep, dagster: DagsterDep,
+    ref: str,
+    body: ScaleTenant,
+    raw: RawBodyDep,
+    engine: EngineDep,
+    dagster: DagsterDep,
     idempotency_key: IdempotencyKey = None,
-) -> JSONResponse:  # fmt: skip
+) -> JSONResponse:
     def validate(connection: sa.Connection, tenant: Tenant) -> None:
         if body.plan is not None and catalog.plan_limits(connection, body.plan) is None:
             raise ApiError(422, "unknown_plan", f"no plan named {body.plan!r}")
@@ -276,18 +309,24 @@ def scale_tenant(
 
 @router.delete("/tenants/{ref}", status_code=202, summary=DELETE.summary)
 def delete_tenant(
-    ref: str, raw: RawBodyDep, engine: EngineDep, dagster: DagsterDep,
+    ref: str,
+    raw: RawBodyDep,
+    engine: EngineDep,
+    dagster: DagsterDep,
     purge: Annotated[bool, Query(description="also delete the tenant's data")] = False,
     idempotency_key: IdempotencyKey = None,
-) -> JSONResponse:  # fmt: skip
+) -> JSONResponse:
     return _change(ref, raw, engine, dagster, idempotency_key, DELETE, {"purge": purge})
 
 
 def _plain_route(action: Action) -> Callable[..., JSONResponse]:
     def route(
-        ref: str, raw: RawBodyDep, engine: EngineDep, dagster: DagsterDep,
+        ref: str,
+        raw: RawBodyDep,
+        engine: EngineDep,
+        dagster: DagsterDep,
         idempotency_key: IdempotencyKey = None,
-    ) -> JSONResponse:  # fmt: skip
+    ) -> JSONResponse:
         return _change(ref, raw, engine, dagster, idempotency_key, action, {})
 
     return route

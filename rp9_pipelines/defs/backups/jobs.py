@@ -41,13 +41,21 @@ def backup_database(context: dg.OpExecutionContext, config: BackupRequest) -> di
     res: Any = context.resources
     tenant = load_tenant(res.catalog, config.tenant_id)
     outcome = take_backup(
-        res.catalog, res.tenant_db.admin_url, res.s3, tenant, config.kind, context.run_id,
+        res.catalog,
+        res.tenant_db.admin_url,
+        res.s3,
+        tenant,
+        config.kind,
+        context.run_id,
         context.log.info,
-    )  # fmt: skip
+    )
     return {
-        "backup_id": str(outcome.backup_id), "key": outcome.key, "size": outcome.size,
-        "sha256": outcome.sha256, "manifest": outcome.manifest.as_json(),
-    }  # fmt: skip
+        "backup_id": str(outcome.backup_id),
+        "key": outcome.key,
+        "size": outcome.size,
+        "sha256": outcome.sha256,
+        "manifest": outcome.manifest.as_json(),
+    }
 
 
 @dg.job(tags={KIND_TAG: BACKUP_RUN_KIND}, executor_def=dg.in_process_executor)
@@ -58,9 +66,12 @@ def backup_tenant() -> None:
 
 def backup_schedule(kind: str, cron: str) -> dg.ScheduleDefinition:
     @dg.schedule(
-        name=f"{kind}_backups", cron_schedule=cron, job=backup_tenant,
-        execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.RUNNING,
-    )  # fmt: skip
+        name=f"{kind}_backups",
+        cron_schedule=cron,
+        job=backup_tenant,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )
     def schedule(
         context: dg.ScheduleEvaluationContext, catalog: CatalogResource
     ) -> list[dg.RunRequest] | dg.SkipReason:

@@ -52,8 +52,10 @@ def sync_plans_to_stripe(
 ) -> dict[str, dict[str, str]]:
     """Meter, features, a product per plan with its features, base and metered prices."""
     outcome = sync_catalog(stripe.client, catalog.engine, context.log.info)
-    context.log.info(f"created {len(outcome.created)}, found {len(outcome.found)}, "
-                     f"attached {len(outcome.attached)} feature(s)")  # fmt: skip
+    context.log.info(
+        f"created {len(outcome.created)}, found {len(outcome.found)}, "
+        f"attached {len(outcome.attached)} feature(s)"
+    )
     return outcome.plans
 
 

@@ -40,10 +40,14 @@ def enforce_quotas(context: dg.OpExecutionContext, config: EnforceRequest) -> di
     if now.tzinfo is None:
         raise ValueError("as_of needs a timezone (e.g. 2026-12-01T00:00:00+00:00)")
     outcome = enforce(
-        _stack_resources(context), EnforcementSettings(), refs=config.tenants, now=now,
-        in_flight=tenants_in_flight(context.instance), run_id=context.run_id,
+        _stack_resources(context),
+        EnforcementSettings(),
+        refs=config.tenants,
+        now=now,
+        in_flight=tenants_in_flight(context.instance),
+        run_id=context.run_id,
         log=context.log.info,
-    )  # fmt: skip
+    )
     summary = outcome.summary()
     context.add_output_metadata(
         {

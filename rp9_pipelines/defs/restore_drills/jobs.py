@@ -29,10 +29,14 @@ class DrillRequest(dg.Config):
 def _resources(context: dg.OpExecutionContext) -> DrillResources:
     res: Any = context.resources
     return DrillResources(
-        catalog=res.catalog, admin_url=res.tenant_db.admin_url, s3=res.s3,
-        docker_runtime=res.docker_runtime, platform=res.platform,
-        secret_files=res.secret_files, vault=res.vault,
-    )  # fmt: skip
+        catalog=res.catalog,
+        admin_url=res.tenant_db.admin_url,
+        s3=res.s3,
+        docker_runtime=res.docker_runtime,
+        platform=res.platform,
+        secret_files=res.secret_files,
+        vault=res.vault,
+    )
 
 
 @dg.op(required_resource_keys=RESOURCES)
@@ -50,26 +54,40 @@ def run_restore_drill(context: dg.OpExecutionContext, config: DrillRequest) -> d
         backup = backup_catalog.get_backup(connection, chosen.id)
         drill_id = uuid.uuid4()
         backup_catalog.insert_drill(
-            connection, drill_id=drill_id, tenant_id=tenant.id, backup_id=chosen.id,
-            sandbox=SandboxNames.for_drill(drill_id).container, run_id=context.run_id,
-        )  # fmt: skip
+            connection,
+            drill_id=drill_id,
+            tenant_id=tenant.id,
+            backup_id=chosen.id,
+            sandbox=SandboxNames.for_drill(drill_id).container,
+            run_id=context.run_id,
+        )
     assert backup is not None
-    context.log.info(f"drill {drill_id} of {tenant.slug}: backup {chosen.id} ({chosen.kind}, "
-                     f"{chosen.started_at:%Y-%m-%d %H:%M} UTC)")  # fmt: skip
+    context.log.info(
+        f"drill {drill_id} of {tenant.slug}: backup {chosen.id} ({chosen.kind}, "
+        f"{chosen.started_at:%Y-%m-%d %H:%M} UTC)"
+    )
     try:
         outcome = run_drill(r, tenant, backup, drill_id, context.log.info)
     except BaseException as error:  # interrupted: the teardown ran, the row must not say running
         with r.catalog.begin() as connection:
             backup_catalog.finish_drill(
-                connection, drill_id, passed=False, checks=[], rto_seconds=None,
+                connection,
+                drill_id,
+                passed=False,
+                checks=[],
+                rto_seconds=None,
                 error=describe(error),
-            )  # fmt: skip
+            )
         raise
     with r.catalog.begin() as connection:
         backup_catalog.finish_drill(
-            connection, drill_id, passed=outcome.passed, checks=list(outcome.checks),
-            rto_seconds=outcome.rto_seconds, error=outcome.error,
-        )  # fmt: skip
+            connection,
+            drill_id,
+            passed=outcome.passed,
+            checks=list(outcome.checks),
+            rto_seconds=outcome.rto_seconds,
+            error=outcome.error,
+        )
     checks = {c.name: ("ok: " if c.ok else "FAILED: ") + c.detail for c in outcome.checks}
     if not outcome.passed:
         failed = ", ".join(c.name for c in outcome.failed_checks()) or "an error"
@@ -79,8 +97,12 @@ def run_restore_drill(context: dg.OpExecutionContext, config: DrillRequest) -> d
             metadata=checks,
         )
     context.log.info(f"drill {drill_id} passed; RTO {outcome.rto_seconds:.1f} s")
-    return {"drill_id": str(drill_id), "backup_id": str(chosen.id),
-            "rto_seconds": outcome.rto_seconds, "checks": checks}  # fmt: skip
+    return {
+        "drill_id": str(drill_id),
+        "backup_id": str(chosen.id),
+        "rto_seconds": outcome.rto_seconds,
+        "checks": checks,
+    }
 
 
 @dg.job(tags={KIND_TAG: DRILL_RUN_KIND}, executor_def=dg.in_process_executor)
@@ -90,9 +112,12 @@ def restore_drill() -> None:
 
 
 @dg.schedule(
-    name="quarterly_restore_drills", cron_schedule="0 5 1 1,4,7,10 *", job=restore_drill,
-    execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.RUNNING,
-)  # fmt: skip
+    name="quarterly_restore_drills",
+    cron_schedule="0 5 1 1,4,7,10 *",
+    job=restore_drill,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
 def quarterly_restore_drills(
     context: dg.ScheduleEvaluationContext, catalog: CatalogResource
 ) -> list[dg.RunRequest] | dg.SkipReason:

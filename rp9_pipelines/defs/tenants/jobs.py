@@ -37,9 +37,14 @@ class DeleteRequest(dg.Config):
 def _r(context: dg.OpExecutionContext) -> StackResources:
     res: Any = context.resources
     return StackResources(
-        catalog=res.catalog, docker_runtime=res.docker_runtime, platform=res.platform,
-        secret_files=res.secret_files, vault=res.vault, redis=res.redis, tenant_db=res.tenant_db,
-    )  # fmt: skip
+        catalog=res.catalog,
+        docker_runtime=res.docker_runtime,
+        platform=res.platform,
+        secret_files=res.secret_files,
+        vault=res.vault,
+        redis=res.redis,
+        tenant_db=res.tenant_db,
+    )
 
 
 @dg.failure_hook(required_resource_keys={"catalog"})

@@ -115,8 +115,11 @@ def sample_containers(
         f"{sampled.recorded} sample(s) of {sampled.containers} container(s) recorded, "
         f"{sampled.pruned} pruned" + (f"; not in the catalog: {unknown}" if unknown else "")
     )
-    return {"containers": sampled.containers, "recorded": sampled.recorded,
-            "pruned": sampled.pruned}  # fmt: skip
+    return {
+        "containers": sampled.containers,
+        "recorded": sampled.recorded,
+        "pruned": sampled.pruned,
+    }
 
 
 @dg.job(tags={KIND_TAG: "usage_sampling"}, executor_def=dg.in_process_executor)
