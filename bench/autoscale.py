@@ -30,9 +30,9 @@ from rp9_pipelines.catalog import migrate
 from rp9_pipelines.defs.autoscaling.sensor import build_autoscaler
 from rp9_pipelines.domain.tenants import SHARED_DATABASE
 from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.n8n_data import N8nDataResource
 from rp9_pipelines.resources.prometheus import PrometheusResource
 from rp9_pipelines.resources.redis_queue import RedisResource
-from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.resources.vault import VaultResource
 from rp9_pipelines.services.autoscaling import evaluate
 from rp9_pipelines.settings import AutoscalingSettings, Settings, sqlalchemy_url
@@ -81,12 +81,12 @@ def fleet_ticks(settings: Settings, count: int, busy_share: float, ticks: int) -
             execution_table(shared, tenant.names.db_schema, recent)
             busy.append(tenant.names.db_schema)
         redis_resource = RedisResource(redis_url=settings.redis_url)
-        tenant_db = TenantDatabaseResource(admin_url=settings.database_url)
+        n8n_data = N8nDataResource(admin_url=settings.database_url)
         prometheus = PrometheusResource(base_url=settings.prometheus_url)
         resources = {
             "catalog": CatalogResource(database_url=catalog_url),
             "redis": redis_resource,
-            "tenant_db": tenant_db,
+            "n8n_data": n8n_data,
             "prometheus": prometheus,
         }
         knobs = AutoscalingSettings(enabled=True, tenants=f"{tag}-*")
@@ -109,7 +109,7 @@ def fleet_ticks(settings: Settings, count: int, busy_share: float, ticks: int) -
             {},
             [],
             redis=redis_resource,
-            tenant_db=tenant_db,
+            n8n_data=n8n_data,
             prometheus=prometheus,
             policy=knobs.policy(),
             signal_window_s=knobs.signal_window_s,

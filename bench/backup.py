@@ -18,6 +18,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from rp9_pipelines import launches
 from rp9_pipelines.catalog import backups as backup_catalog
 from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.catalog.tenants import Tenant
@@ -74,13 +75,13 @@ def provision(settings: Settings, slug: str) -> Tenant:
         catalog.set_quota(
             connection, tenant_id, "plan", catalog.plan_limits(connection, "pro") or {}
         )
+    provision = launches.tenant_job("provision_tenant", str(tenant_id), slug, "bench")
     result = (
         defs()
         .get_job_def("provision_tenant")
         .execute_in_process(
-            run_config={"ops": {"register_secrets": {"config": {"tenant_id": str(tenant_id)}}}}
-            | QUIET,
-            tags={"rp9/tenant": slug, "rp9/tenant_id": str(tenant_id)},
+            run_config=provision.run_config | QUIET,
+            tags=provision.tags,
         )
     )
     assert result.success
@@ -226,14 +227,9 @@ def main() -> None:
             with catalog_db.begin() as connection:
                 backup_catalog.mark_expired(connection, outcome.backup_id)
         if tenant is not None:
+            delete = launches.tenant_job("delete_tenant", str(tenant.id), slug, "bench", purge=True)
             defs().get_job_def("delete_tenant").execute_in_process(
-                run_config={
-                    "ops": {
-                        "remove_tenant": {"config": {"tenant_id": str(tenant.id), "purge": True}}
-                    }
-                }
-                | QUIET,
-                tags={"rp9/tenant": slug, "rp9/tenant_id": str(tenant.id)},
+                run_config=delete.run_config | QUIET, tags=delete.tags
             )
 
 

@@ -4,7 +4,7 @@
    on the stack's Postgres, one schema per tenant with an `execution_entity` shaped like n8n
    2.20's (its columns and indexes), generated server-side with `generate_series`, spread over
    three UTC days. Then every (tenant, day) partition is aggregated with the very call the
-   `tenant_usage_daily` asset makes (`TenantDatabaseResource.execution_day_in`: its own
+   `tenant_usage_daily` asset makes (`N8nDataResource.execution_day_in`: its own
    connection, the same statement), two partitions at a time as two concurrent runs would.
    Generation is timed separately. Goal: aggregation under 60 s.
 2. Chargeback: 5,000 tenants x 30 days of `usage` rows (a DataFrame, as the asset reads it)
@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from psycopg import sql
 
 from rp9_pipelines.domain import chargeback
-from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
+from rp9_pipelines.resources.n8n_data import N8nDataResource
 from rp9_pipelines.settings import ChargebackSettings, Settings, sqlalchemy_url
 
 FIRST_DAY = dt.date(2026, 11, 1)
@@ -112,7 +112,7 @@ def aggregate(
 ) -> tuple[float, list[float], int]:
     """Every (tenant, day) partition through the asset's call; returns the wall time, each
     call's duration and the executions counted."""
-    tenant_db = TenantDatabaseResource(admin_url=admin_url)
+    n8n_data = N8nDataResource(admin_url=admin_url)
     work = [
         (schema_of(i), FIRST_DAY + dt.timedelta(days=d))
         for i in range(tenants)
@@ -121,7 +121,7 @@ def aggregate(
 
     def one(item: tuple[str, dt.date]) -> tuple[float, int]:
         began = time.perf_counter()
-        day = tenant_db.execution_day_in(database, item[0], item[1])
+        day = n8n_data.execution_day_in(database, item[0], item[1])
         assert day is not None
         return time.perf_counter() - began, day.executions
 

@@ -117,6 +117,11 @@ def enforcement(
     )
 
 
+def usage_daily(requested_by: str) -> Launch:
+    """Measure one tenant-day's usage (the run's partition says which)."""
+    return Launch("usage_daily", {}, {REQUESTED_BY_TAG: requested_by})
+
+
 def stripe_meter(slug: str) -> Launch:
     """Report one tenant-day's usage to Stripe (the run's partition says which day)."""
     return Launch("report_usage_to_stripe", {}, {TENANT_TAG: slug})

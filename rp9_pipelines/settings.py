@@ -1,9 +1,23 @@
-"""The one settings module, read from the environment only (see `.env.example`)."""
+"""The one settings object, read from the environment only (`.env.example` lists every variable).
+
+`PlatformSettings` is the root: one group per concept (`tenant_stack`, `autoscaling`, `usage`,
+`chargeback`, `enforcement`, `stripe`), each read under its own prefix and with working
+defaults, so that the Dagster code location can read it when its definitions load, with no
+service running and no secret set. `Settings` extends it with the services' addresses and
+secrets, which it requires: the API reads it once per process (`get_settings`).
+
+The code location reads `PlatformSettings()` in its `@dg.definitions` functions only, never at
+import and never in an op, asset or sensor body: what shapes a definition (a sensor's interval, a
+schedule's cron or default status) is read there, and `defs/resources.py` binds the whole object
+as the `settings` resource that ops and assets receive. It is read afresh each time definitions
+load, so a reloaded code location (or a test that sets a variable first) sees the environment as
+it is then.
+"""
 
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rp9_pipelines.domain.autoscaling import Policy
@@ -22,80 +36,12 @@ def is_placeholder(value: str) -> bool:
     return not lowered or any(marker in lowered for marker in PLACEHOLDER_MARKERS)
 
 
-class Settings(BaseSettings):
-    """Every variable of the specification's `.env.example` plus what the design adds."""
-
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
-
-    rp9_env: Environment = "development"
-
-    # The specification's variables.
-    orch_port: int = 8080
-    orch_token: SecretStr
-    orch_hmac_secret: SecretStr | None = None
-    base_domain: str = "localhost"
-    acme_email: str = ""
-    database_url: str
-    redis_url: str
-    stripe_secret_key: SecretStr = SecretStr("")
-    supabase_url: str = ""
-    supabase_service_role_key: SecretStr = SecretStr("")
-    vault_addr: str
-    vault_token: SecretStr
-
-    # What the design adds.
-    n8n_image: str = "rp9/n8n"
-    n8n_version: str = "2.20.12"
-    docker_host: str = "unix:///var/run/docker.sock"
-    # How tenant containers reach the platform's Postgres and Redis (the host, from a container).
-    tenant_services_host: str = "host.docker.internal"
-    traefik_entrypoint: str = "web"
-    traefik_url: str = "http://127.0.0.1:8088"
-    traefik_api_url: str = "http://127.0.0.1:8089"
-    traefik_cert_resolver: str = ""
-    # Traefik's file-provider directory, where the API publishes the tenant fallback router
-    # (empty: none), and how Traefik reaches this API (empty: http://127.0.0.1:$ORCH_PORT).
-    traefik_dynamic_dir: str = ""
-    orch_public_url: str = ""
-    # Tenants' secret files, mounted read-only into their containers at /run/secrets.
-    secrets_dir: str = "/var/lib/rp9/secrets"
-    s3_endpoint_url: str = ""
-    s3_region: str = "us-east-1"
-    s3_bucket: str = "rp9-backups"
-    s3_access_key_id: str = ""
-    s3_secret_access_key: SecretStr = SecretStr("")
-    prometheus_url: str = ""
-    dagster_graphql_url: str = "http://127.0.0.1:3000/graphql"
-
-    @property
-    def image(self) -> str:
-        return f"{self.n8n_image}:{self.n8n_version}"
-
-    @model_validator(mode="after")
-    def _refuse_weak_secrets_outside_development(self) -> "Settings":
-        if self.rp9_env == "development":
-            return self
-        token = self.orch_token.get_secret_value()
-        if is_placeholder(token) or len(token) < MIN_TOKEN_LENGTH:
-            raise ValueError(
-                f"ORCH_TOKEN must be a real secret of at least {MIN_TOKEN_LENGTH} characters "
-                f"when RP9_ENV={self.rp9_env} (generate one with `openssl rand -hex 32`)"
-            )
-        for name in ("vault_token", "orch_hmac_secret"):
-            secret = getattr(self, name)
-            if secret is not None and is_placeholder(secret.get_secret_value()):
-                raise ValueError(f"{name.upper()} is a placeholder; set a real value")
-        stripe_key = self.stripe_secret_key.get_secret_value()
-        if stripe_key and is_placeholder(stripe_key):
-            raise ValueError("STRIPE_SECRET_KEY is a placeholder; set a real key or leave it empty")
-        if "__PASS__" in self.database_url:
-            raise ValueError("DATABASE_URL still holds the __PASS__ placeholder")
-        return self
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()  # fields not given here come from the environment
+def sqlalchemy_url(database_url: str) -> str:
+    """`postgres://` and `postgresql://` URLs (the specification's form) → the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if database_url.startswith(prefix):
+            return "postgresql+psycopg://" + database_url[len(prefix) :]
+    return database_url
 
 
 class TenantStackSettings(BaseSettings):
@@ -143,14 +89,6 @@ class AutoscalingSettings(BaseSettings):
             max_step_up=self.max_step_up,
             stabilisation_window_s=self.stabilisation_window_s,
         )
-
-
-def sqlalchemy_url(database_url: str) -> str:
-    """`postgres://` and `postgresql://` URLs (the specification's form) → the psycopg 3 driver."""
-    for prefix in ("postgres://", "postgresql://"):
-        if database_url.startswith(prefix):
-            return "postgresql+psycopg://" + database_url[len(prefix) :]
-    return database_url
 
 
 class UsageSettings(BaseSettings):
@@ -240,6 +178,108 @@ class StripeSettings(BaseSettings):
     timeout_s: float = 20.0
 
 
+class PlatformSettings(BaseSettings):
+    """Every group of settings, nested; none is required (see the module's docstring)."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    tenant_stack: TenantStackSettings = Field(default_factory=TenantStackSettings)
+    autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
+    usage: UsageSettings = Field(default_factory=UsageSettings)
+    chargeback: ChargebackSettings = Field(default_factory=ChargebackSettings)
+    enforcement: EnforcementSettings = Field(default_factory=EnforcementSettings)
+    stripe: StripeSettings = Field(default_factory=StripeSettings)
+
+    @classmethod
+    def variables(cls) -> set[str]:
+        """The name of every environment variable read, groups with their prefixes."""
+        names = set()
+        for name, field in cls.model_fields.items():
+            group = field.annotation
+            if isinstance(group, type) and issubclass(group, BaseSettings):
+                prefix = group.model_config.get("env_prefix", "")
+                names |= {f"{prefix}{member}".upper() for member in group.model_fields}
+            else:
+                names.add(name.upper())
+        return names
+
+
+class Settings(PlatformSettings):
+    """The platform's settings plus the services' addresses and secrets: every variable of the
+    specification's `.env.example` and what the design adds. Required where the API starts (and
+    by tools and tests that talk to the services); the groups come with it (`settings.stripe`)."""
+
+    rp9_env: Environment = "development"
+
+    # The specification's variables.
+    orch_port: int = 8080
+    orch_token: SecretStr
+    orch_hmac_secret: SecretStr | None = None
+    base_domain: str = "localhost"
+    acme_email: str = ""
+    database_url: str
+    redis_url: str
+    stripe_secret_key: SecretStr = SecretStr("")
+    supabase_url: str = ""
+    supabase_service_role_key: SecretStr = SecretStr("")
+    vault_addr: str
+    vault_token: SecretStr
+
+    # What the design adds.
+    n8n_image: str = "rp9/n8n"
+    n8n_version: str = "2.20.12"
+    docker_host: str = "unix:///var/run/docker.sock"
+    # How tenant containers reach the platform's Postgres and Redis (the host, from a container).
+    tenant_services_host: str = "host.docker.internal"
+    traefik_entrypoint: str = "web"
+    traefik_url: str = "http://127.0.0.1:8088"
+    traefik_api_url: str = "http://127.0.0.1:8089"
+    traefik_cert_resolver: str = ""
+    # Traefik's file-provider directory, where the API publishes the tenant fallback router
+    # (empty: none), and how Traefik reaches this API (empty: http://127.0.0.1:$ORCH_PORT).
+    traefik_dynamic_dir: str = ""
+    orch_public_url: str = ""
+    # Tenants' secret files, mounted read-only into their containers at /run/secrets.
+    secrets_dir: str = "/var/lib/rp9/secrets"
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "rp9-backups"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")
+    prometheus_url: str = ""
+    dagster_graphql_url: str = "http://127.0.0.1:3000/graphql"
+
+    @property
+    def image(self) -> str:
+        return f"{self.n8n_image}:{self.n8n_version}"
+
+    @model_validator(mode="after")
+    def _refuse_weak_secrets_outside_development(self) -> "Settings":
+        if self.rp9_env == "development":
+            return self
+        token = self.orch_token.get_secret_value()
+        if is_placeholder(token) or len(token) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"ORCH_TOKEN must be a real secret of at least {MIN_TOKEN_LENGTH} characters "
+                f"when RP9_ENV={self.rp9_env} (generate one with `openssl rand -hex 32`)"
+            )
+        for name in ("vault_token", "orch_hmac_secret"):
+            secret = getattr(self, name)
+            if secret is not None and is_placeholder(secret.get_secret_value()):
+                raise ValueError(f"{name.upper()} is a placeholder; set a real value")
+        stripe_key = self.stripe_secret_key.get_secret_value()
+        if stripe_key and is_placeholder(stripe_key):
+            raise ValueError("STRIPE_SECRET_KEY is a placeholder; set a real key or leave it empty")
+        if "__PASS__" in self.database_url:
+            raise ValueError("DATABASE_URL still holds the __PASS__ placeholder")
+        return self
+
+
 @lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()  # fields not given here come from the environment
+
+
 def get_stripe_settings() -> StripeSettings:
-    return StripeSettings()
+    """The Stripe group of `get_settings()` (the webhook route's dependency)."""
+    return get_settings().stripe

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from rp9_pipelines.resources.n8n_data import N8nDataResource
 from rp9_pipelines.settings import Settings, sqlalchemy_url
 from rp9_pipelines_tests.waiting import wait_until
 
@@ -49,6 +50,12 @@ def admin_engine(settings: Settings) -> Iterator[sa.Engine]:
         connection.execute(sa.text("SELECT 1"))
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def n8n_data(settings: Settings) -> N8nDataResource:
+    """The tenants' n8n tables on the real server, as the platform reads them."""
+    return N8nDataResource(admin_url=settings.database_url)
 
 
 @pytest.fixture

@@ -4,7 +4,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from rp9_pipelines.settings import Settings, TenantStackSettings, is_placeholder, sqlalchemy_url
+from rp9_pipelines.settings import (
+    PlatformSettings,
+    Settings,
+    TenantStackSettings,
+    is_placeholder,
+    sqlalchemy_url,
+)
 
 ROOT = Path(__file__).parent.parent
 STRONG = "a" * 16 + "b" * 16 + "c" * 8
@@ -17,8 +23,8 @@ BASE = {
 
 
 def make(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
-    for key in list(Settings.model_fields):
-        monkeypatch.delenv(key.upper(), raising=False)
+    for key in Settings.variables():
+        monkeypatch.delenv(key, raising=False)
     for key, value in {**BASE, **env}.items():
         monkeypatch.setenv(key, value)
     return Settings()
@@ -71,6 +77,22 @@ def test_production_refuses_the_example_stripe_key_but_not_an_empty_one(
     assert settings.stripe_secret_key.get_secret_value() == ""
 
 
+def test_the_groups_need_no_secret_and_come_with_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key in Settings.variables():
+        monkeypatch.delenv(key, raising=False)
+    assert PlatformSettings().usage.daily_cron == "15 0 * * *"
+    settings = make(
+        monkeypatch,
+        ORCH_TOKEN=STRONG,
+        ENFORCEMENT_WEBHOOK_URL="http://receiver/hook",
+        STRIPE_TIMEOUT_S="7",
+    )
+    assert settings.enforcement.webhook_url == "http://receiver/hook"
+    assert settings.stripe.timeout_s == 7.0
+
+
 def test_missing_required_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ORCH_TOKEN", raising=False)
     with pytest.raises(ValidationError, match="orch_token"):
@@ -102,7 +124,7 @@ def test_is_placeholder(value: str, placeholder: bool) -> None:
 
 def test_env_example_lists_every_setting_and_nothing_else() -> None:
     names = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M))
-    fields = {name.upper() for name in Settings.model_fields}
+    fields = Settings.variables()
     spec = {
         "ORCH_PORT",
         "ORCH_TOKEN",

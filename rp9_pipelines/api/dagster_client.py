@@ -6,6 +6,7 @@ from typing import Any
 import httpx
 
 from rp9_pipelines.api.errors import ApiError
+from rp9_pipelines.launches import Launch
 
 LOCATION = "rp9_pipelines"
 REPOSITORY = "__repository__"
@@ -66,20 +67,22 @@ class DagsterClient:
         data: dict[str, Any] = body["data"]
         return data
 
-    def launch(self, job: str, run_config: dict[str, Any], tags: dict[str, str]) -> str:
+    def launch(self, launch: Launch) -> str:
         params = {
             "selector": {
                 "repositoryLocationName": LOCATION,
                 "repositoryName": REPOSITORY,
-                "jobName": job,
+                "jobName": launch.job,
             },
-            "runConfigData": run_config,
-            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+            "runConfigData": launch.run_config,
+            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in launch.tags.items()]},
         }
         result = self._query(LAUNCH, {"params": params})["launchRun"]
         if result["__typename"] != "LaunchRunSuccess":
             detail = result.get("message") or result.get("errors") or result["__typename"]
-            raise ApiError(502, "launch_failed", f"Dagster refused to launch {job}: {detail}")
+            raise ApiError(
+                502, "launch_failed", f"Dagster refused to launch {launch.job}: {detail}"
+            )
         return str(result["run"]["runId"])
 
     def run(self, run_id: str) -> RunInfo | None:

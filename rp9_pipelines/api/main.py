@@ -1,5 +1,8 @@
 """The internal API: authenticates callers and launches Dagster runs."""
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -8,6 +11,7 @@ from rp9_pipelines.api.errors import (
     ApiError,
     api_error_handler,
     http_error_handler,
+    refused_handler,
     validation_error_handler,
 )
 from rp9_pipelines.api.routes import (
@@ -20,11 +24,24 @@ from rp9_pipelines.api.routes import (
     tenant_fallback,
     tenants,
 )
+from rp9_pipelines.domain.tenants import InvalidRequest
+from rp9_pipelines.services.tenants import Conflict
+from rp9_pipelines.settings import get_settings
+
+
+@contextlib.asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    # While the API runs, Traefik sends tenant addresses no container serves to its fallback
+    # route (a suspended tenant's visitors get a 503 page, not Traefik's 404).
+    async with tenant_fallback.published(get_settings()):
+        yield
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="rp9 control plane", version="0.1.0")
+    app = FastAPI(title="rp9 control plane", version="0.1.0", lifespan=lifespan)
     app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(InvalidRequest, refused_handler)
+    app.add_exception_handler(Conflict, refused_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.include_router(health.router)

@@ -7,8 +7,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from rp9_pipelines.catalog.tables import autoscaling_events, quotas, tenants
-from rp9_pipelines.catalog.tenants import QUOTA_FIELDS
+from rp9_pipelines.catalog.tables import autoscaling_events, tenants
+from rp9_pipelines.catalog.tenants import quota_overrides
 from rp9_pipelines.domain.tenants import Limits, TenantNames, Tier, effective_limits
 
 
@@ -38,14 +38,7 @@ def candidates(connection: sa.Connection, pattern: str = "*") -> list[Candidate]
     rows = [row for row in connection.execute(active) if fnmatchcase(row.slug, pattern)]
     if not rows:
         return []
-    overrides: dict[uuid.UUID, dict[str, dict[str, Any]]] = {}
-    query = sa.select(quotas).where(
-        quotas.c.tenant_id.in_(sa.select(tenants.c.id).where(tenants.c.status == "active"))
-    )
-    for quota in connection.execute(query):
-        overrides.setdefault(quota.tenant_id, {})[quota.source] = {
-            field: getattr(quota, field) for field in QUOTA_FIELDS
-        }
+    overrides = quota_overrides(connection, [row.id for row in rows])
     found = []
     for row in rows:
         try:

@@ -97,15 +97,33 @@ def backup_records(
     return [_record(row) for row in connection.execute(query)]
 
 
-def get_backup(connection: sa.Connection, backup_id: uuid.UUID) -> dict[str, Any] | None:
-    row = connection.execute(sa.select(backups).where(backups.c.id == backup_id)).first()
+def _by_id(connection: sa.Connection, table: sa.Table, row_id: uuid.UUID) -> dict[str, Any] | None:
+    row = connection.execute(sa.select(table).where(table.c.id == row_id)).first()
     return dict(row._mapping) if row else None
 
 
-def public_backup(row: dict[str, Any]) -> dict[str, Any]:
-    def iso(value: dt.datetime | None) -> str | None:
-        return value.isoformat() if value else None
+def _newest(
+    connection: sa.Connection, table: sa.Table, tenant_id: uuid.UUID, limit: int
+) -> list[dict[str, Any]]:
+    """The tenant's latest rows of `table`, by when they started."""
+    query = (
+        sa.select(table)
+        .where(table.c.tenant_id == tenant_id)
+        .order_by(table.c.started_at.desc())
+        .limit(limit)
+    )
+    return [dict(row._mapping) for row in connection.execute(query)]
 
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def get_backup(connection: sa.Connection, backup_id: uuid.UUID) -> dict[str, Any] | None:
+    return _by_id(connection, backups, backup_id)
+
+
+def public_backup(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": str(row["id"]),
         "tenant_id": str(row["tenant_id"]),
@@ -117,9 +135,9 @@ def public_backup(row: dict[str, Any]) -> dict[str, Any]:
         "sha256": row["sha256"],
         "manifest": row["manifest"],
         "run_id": row["run_id"],
-        "started_at": iso(row["started_at"]),
-        "finished_at": iso(row["finished_at"]),
-        "expires_at": iso(row["expires_at"]),
+        "started_at": _iso(row["started_at"]),
+        "finished_at": _iso(row["finished_at"]),
+        "expires_at": _iso(row["expires_at"]),
         "error": row["error"],
     }
 
@@ -127,13 +145,7 @@ def public_backup(row: dict[str, Any]) -> dict[str, Any]:
 def list_backups(
     connection: sa.Connection, tenant_id: uuid.UUID, limit: int = 50
 ) -> list[dict[str, Any]]:
-    query = (
-        sa.select(backups)
-        .where(backups.c.tenant_id == tenant_id)
-        .order_by(backups.c.started_at.desc())
-        .limit(limit)
-    )
-    return [dict(row._mapping) for row in connection.execute(query)]
+    return _newest(connection, backups, tenant_id, limit)
 
 
 # Restore drills ------------------------------------------------------------------------------
@@ -202,16 +214,10 @@ def fail_interrupted_drills(connection: sa.Connection, drill_ids: list[uuid.UUID
 
 
 def get_drill(connection: sa.Connection, drill_id: uuid.UUID) -> dict[str, Any] | None:
-    row = connection.execute(
-        sa.select(restore_drills).where(restore_drills.c.id == drill_id)
-    ).first()
-    return dict(row._mapping) if row else None
+    return _by_id(connection, restore_drills, drill_id)
 
 
 def public_drill(row: dict[str, Any]) -> dict[str, Any]:
-    def iso(value: dt.datetime | None) -> str | None:
-        return value.isoformat() if value else None
-
     return {
         "id": str(row["id"]),
         "tenant_id": str(row["tenant_id"]),
@@ -219,8 +225,8 @@ def public_drill(row: dict[str, Any]) -> dict[str, Any]:
         "sandbox": row["sandbox"],
         "status": row["status"],
         "run_id": row["run_id"],
-        "started_at": iso(row["started_at"]),
-        "finished_at": iso(row["finished_at"]),
+        "started_at": _iso(row["started_at"]),
+        "finished_at": _iso(row["finished_at"]),
         "rto_seconds": row["rto_seconds"],
         "checks": row["checks"],
         "error": row["error"],
@@ -230,10 +236,4 @@ def public_drill(row: dict[str, Any]) -> dict[str, Any]:
 def list_drills(
     connection: sa.Connection, tenant_id: uuid.UUID, limit: int = 20
 ) -> list[dict[str, Any]]:
-    query = (
-        sa.select(restore_drills)
-        .where(restore_drills.c.tenant_id == tenant_id)
-        .order_by(restore_drills.c.started_at.desc())
-        .limit(limit)
-    )
-    return [dict(row._mapping) for row in connection.execute(query)]
+    return _newest(connection, restore_drills, tenant_id, limit)

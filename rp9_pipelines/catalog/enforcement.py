@@ -11,8 +11,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
-from rp9_pipelines.catalog.tables import enforcement_events, quotas, tenants, usage
-from rp9_pipelines.catalog.tenants import QUOTA_FIELDS
+from rp9_pipelines.catalog.tables import enforcement_events, tenants, usage
+from rp9_pipelines.catalog.tenants import quota_overrides
 from rp9_pipelines.domain.enforcement import JUDGED_STATUSES, Event, EventKey
 from rp9_pipelines.domain.tenants import Limits, TenantNames, Tier, effective_limits
 
@@ -56,12 +56,7 @@ def subjects(connection: sa.Connection, pattern: str, refs: Sequence[str] = ()) 
     ]
     if not rows:
         return []
-    overrides: dict[uuid.UUID, dict[str, dict[str, Any]]] = {}
-    quota_rows = sa.select(quotas).where(quotas.c.tenant_id.in_([row.id for row in rows]))
-    for quota in connection.execute(quota_rows):
-        overrides.setdefault(quota.tenant_id, {})[quota.source] = {
-            field: getattr(quota, field) for field in QUOTA_FIELDS
-        }
+    overrides = quota_overrides(connection, [row.id for row in rows])
     return [
         Subject(
             id=row.id,

@@ -79,6 +79,27 @@ def _updated_at() -> sa.Column[object]:
     )
 
 
+def _change_progress(status_enum: str) -> list[sa.Column[object]]:
+    """How a change to a tenant (a promotion, an upgrade) runs: its status, steps, run,
+    timing and error."""
+    return [
+        sa.Column(
+            "status",
+            _enum(status_enum, CHANGE_STATUSES),
+            nullable=False,
+            server_default="running",
+        ),
+        sa.Column("steps", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+        sa.Column("run_id", sa.String(64)),
+        sa.Column(
+            "started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        sa.Column("finished_at", sa.DateTime(timezone=True)),
+        sa.Column("downtime_ms", sa.BigInteger),
+        sa.Column("error", sa.Text),
+    ]
+
+
 plans = sa.Table(
     "plans",
     metadata,
@@ -315,20 +336,7 @@ promotions = sa.Table(
     _id(),
     _tenant_fk(),
     sa.Column("trigger", _enum("promotion_trigger", PROMOTION_TRIGGERS), nullable=False),
-    sa.Column(
-        "status",
-        _enum("promotion_status", CHANGE_STATUSES),
-        nullable=False,
-        server_default="running",
-    ),
-    sa.Column("steps", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
-    sa.Column("run_id", sa.String(64)),
-    sa.Column(
-        "started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
-    sa.Column("finished_at", sa.DateTime(timezone=True)),
-    sa.Column("downtime_ms", sa.BigInteger),
-    sa.Column("error", sa.Text),
+    *_change_progress("promotion_status"),
 )
 
 upgrades = sa.Table(
@@ -338,17 +346,7 @@ upgrades = sa.Table(
     _tenant_fk(),
     sa.Column("from_version", sa.String(32), nullable=False),
     sa.Column("to_version", sa.String(32), nullable=False),
-    sa.Column(
-        "status", _enum("upgrade_status", CHANGE_STATUSES), nullable=False, server_default="running"
-    ),
-    sa.Column("steps", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
-    sa.Column("run_id", sa.String(64)),
-    sa.Column(
-        "started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
-    sa.Column("finished_at", sa.DateTime(timezone=True)),
-    sa.Column("downtime_ms", sa.BigInteger),
-    sa.Column("error", sa.Text),
+    *_change_progress("upgrade_status"),
 )
 
 idempotency_keys = sa.Table(

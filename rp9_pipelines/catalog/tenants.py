@@ -1,6 +1,7 @@
 """Catalog queries about tenants, their quotas and their containers."""
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,9 +88,13 @@ def list_tenants(connection: sa.Connection, include_deleted: bool = False) -> li
     return [_tenant(row) for row in connection.execute(query)]
 
 
+def _quota_values(row: sa.Row[Any]) -> dict[str, Any]:
+    return {field: getattr(row, field) for field in QUOTA_FIELDS}
+
+
 def plan_limits(connection: sa.Connection, plan: str) -> dict[str, Any] | None:
     row = connection.execute(sa.select(plans).where(plans.c.name == plan)).first()
-    return {field: getattr(row, field) for field in QUOTA_FIELDS} if row else None
+    return _quota_values(row) if row else None
 
 
 def slug_taken(connection: sa.Connection, slug: str) -> bool:
@@ -132,11 +137,20 @@ def set_quota(
     )
 
 
+def quota_overrides(
+    connection: sa.Connection, tenant_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, dict[str, Any]]]:
+    """The quotas of each tenant by source (`plan`, `stripe`, `manual`), as
+    `effective_limits` merges them; a tenant without any is left out."""
+    query = sa.select(quotas).where(quotas.c.tenant_id.in_(list(tenant_ids)))
+    overrides: dict[uuid.UUID, dict[str, dict[str, Any]]] = {}
+    for row in connection.execute(query):
+        overrides.setdefault(row.tenant_id, {})[row.source] = _quota_values(row)
+    return overrides
+
+
 def limits_for(connection: sa.Connection, tenant_id: uuid.UUID) -> Limits:
-    rows = connection.execute(sa.select(quotas).where(quotas.c.tenant_id == tenant_id)).all()
-    return effective_limits(
-        {row.source: {field: getattr(row, field) for field in QUOTA_FIELDS} for row in rows}
-    )
+    return effective_limits(quota_overrides(connection, [tenant_id]).get(tenant_id, {}))
 
 
 def update_tenant(connection: sa.Connection, tenant_id: uuid.UUID, **values: Any) -> None:

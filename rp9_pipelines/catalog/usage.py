@@ -1,5 +1,5 @@
-"""Catalog queries about usage: container samples, the `usage` rows, the Supabase ledger
-entries in `usage_reports`, the monthly `chargeback`, and the Stripe prices known to it."""
+"""Catalog queries about usage: container samples, the `usage` rows and the monthly
+`chargeback`."""
 
 import dataclasses
 import datetime as dt
@@ -12,14 +12,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 
-from rp9_pipelines.catalog.tables import (
-    chargeback,
-    resource_samples,
-    stripe_objects,
-    tenants,
-    usage,
-    usage_reports,
-)
+from rp9_pipelines.catalog.tables import chargeback, resource_samples, tenants, usage
 from rp9_pipelines.domain.chargeback import RESULT_COLUMNS
 from rp9_pipelines.domain.usage import DayUsage, Sample
 
@@ -155,68 +148,3 @@ def upsert_chargeback(
     )
     connection.execute(statement)
     return len(values)
-
-
-def stripe_ids(connection: sa.Connection, kind: str, lookup_keys: Iterable[str]) -> dict[str, str]:
-    """Stripe ids of the platform's objects of `kind`, by lookup key (those known)."""
-    keys = sorted(set(lookup_keys))
-    if not keys:
-        return {}
-    rows = connection.execute(
-        sa.select(stripe_objects.c.lookup_key, stripe_objects.c.stripe_id).where(
-            stripe_objects.c.kind == kind, stripe_objects.c.lookup_key.in_(keys)
-        )
-    )
-    return {str(key): str(stripe_id) for key, stripe_id in rows}
-
-
-# The Supabase ledger (`usage_reports`, destination `supabase`) -----------------------------
-
-
-def ledger_pending(
-    connection: sa.Connection,
-    tenant_id: uuid.UUID,
-    day: dt.date,
-    identifier: str,
-    metric: str,
-    quantity: int,
-) -> None:
-    """Before the push: the row says what is about to be sent (`pending`)."""
-    statement = insert(usage_reports).values(
-        tenant_id=tenant_id,
-        day=day,
-        destination="supabase",
-        metric=metric,
-        identifier=identifier,
-        quantity=quantity,
-        status="pending",
-    )
-    connection.execute(
-        statement.on_conflict_do_update(
-            constraint="uq_usage_reports_identifier",
-            set_={"quantity": statement.excluded.quantity, "status": "pending", "error": None},
-        )
-    )
-
-
-def ledger_done(connection: sa.Connection, identifier: str, *, error: str | None = None) -> None:
-    """After the push: `sent` (with when) or `failed` (with why)."""
-    values: dict[str, Any] = (
-        {"status": "failed", "error": error[:2000]}
-        if error is not None
-        else {"status": "sent", "error": None, "sent_at": sa.func.now()}
-    )
-    connection.execute(
-        sa.update(usage_reports)
-        .where(usage_reports.c.destination == "supabase", usage_reports.c.identifier == identifier)
-        .values(**values)
-    )
-
-
-def ledger_entry(connection: sa.Connection, identifier: str) -> dict[str, Any] | None:
-    row = connection.execute(
-        sa.select(usage_reports).where(
-            usage_reports.c.destination == "supabase", usage_reports.c.identifier == identifier
-        )
-    ).first()
-    return dict(row._mapping) if row else None

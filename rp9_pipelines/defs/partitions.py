@@ -1,4 +1,4 @@
-"""The partitions of per-tenant daily usage: one key per (UTC day, tenant slug)."""
+"""The partitions of usage: one key per (UTC day, tenant slug), and one per month."""
 
 import datetime as dt
 
@@ -15,6 +15,7 @@ day_partitions = dg.DailyPartitionsDefinition(start_date=FIRST_DAY, end_offset=1
 tenant_day_partitions = dg.MultiPartitionsDefinition(
     {DAY_DIMENSION: day_partitions, TENANT_DIMENSION: tenant_partitions}
 )
+monthly_partitions = dg.MonthlyPartitionsDefinition(start_date=FIRST_DAY)
 
 
 def tenant_day_key(day: str, slug: str) -> dg.MultiPartitionKey:

@@ -202,15 +202,17 @@ LedgerStatus = Literal["pending", "sent", "failed"]
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One row of `usage_reports` for a tenant, day and metric family: a meter event
-    (`metric` = `executions`, positive quantity) or the cancellation of one (`executions:cancel`,
-    the cancelled quantity negated)."""
+    """One row of `usage_reports`, the ledger of what a tenant's day was reported as. To
+    Stripe: a meter event (`metric` = `executions`, positive quantity) or the cancellation of one
+    (`executions:cancel`, the cancelled quantity negated); to Supabase: the day's business
+    metrics (`business_metrics`, its executions)."""
 
     identifier: str
     metric: str
     quantity: int
     status: LedgerStatus
     sent_at: dt.datetime | None = None
+    error: str | None = None
 
     @property
     def is_cancel(self) -> bool:

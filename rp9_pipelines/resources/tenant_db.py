@@ -1,15 +1,13 @@
-import concurrent.futures
-import datetime as dt
-import os
+"""The tenants' databases, administered: one role and schema per shared tenant in the shared
+database, one role and database per dedicated tenant, and the pre-migrated n8n schema of each
+n8n version (the template) that new tenants start from."""
+
 import re
-import shutil
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
-import dagster as dg
 import sqlalchemy as sa
 from psycopg import sql
 
@@ -20,8 +18,8 @@ from rp9_pipelines.domain.template import (
     TEMPLATE_ROLE,
 )
 from rp9_pipelines.domain.tenants import SHARED_DATABASE, TenantNames
-from rp9_pipelines.domain.usage import ExecutionDay, day_bounds
-from rp9_pipelines.settings import sqlalchemy_url
+from rp9_pipelines.resources.postgres_admin import PostgresAdminResource, execute
+from rp9_pipelines.resources.postgres_dump import PgServer
 
 _PSQL_META = re.compile(r"^\\(un)?restrict ")
 
@@ -34,89 +32,52 @@ class Template:
     sql: str
 
 
-@dataclass(frozen=True)
-class ExecutionWindow:
-    """What a tenant's n8n recorded over a recent window (its `execution_entity`)."""
-
-    window_s: int
-    total: int
-    failed: int
-    per_minute: float
-    latency_p95_ms: float | None
-    queue_wait_p95_ms: float | None
-
-    @classmethod
-    def from_row(
-        cls, window_s: int, total: int, failed: int, latency: float | None, wait: float | None
-    ) -> "ExecutionWindow":
-        """From the window query's aggregates (count, failures, p95s in milliseconds)."""
-        return cls(
-            window_s=window_s,
-            total=int(total),
-            failed=int(failed),
-            per_minute=round(total / (window_s / 60), 3),
-            latency_p95_ms=round(latency, 1) if latency is not None else None,
-            queue_wait_p95_ms=round(wait, 1) if wait is not None else None,
-        )
-
-
-class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+class TenantDatabaseResource(PostgresAdminResource):
     """Administers the tenants' databases on the platform's Postgres server: the shared database
     with one schema and role per tenant, and one database and role per dedicated tenant."""
 
-    admin_url: str
-    connect_timeout_s: int = 5
+    def _role_exists(self, server: sa.Connection, role: str) -> bool:
+        query = sa.text("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = :r")
+        return server.execute(query, {"r": role}).scalar() is not None
 
-    def _url(self, database: str) -> sa.URL:
-        return sa.make_url(sqlalchemy_url(self.admin_url)).set(database=database)
+    def _database_exists(self, server: sa.Connection, database: str) -> bool:
+        query = sa.text("SELECT 1 FROM pg_catalog.pg_database WHERE datname = :d")
+        return server.execute(query, {"d": database}).scalar() is not None
 
-    @contextmanager
-    def _connect(self, database: str) -> Iterator[sa.Connection]:
-        engine = sa.create_engine(
-            self._url(database),
-            poolclass=sa.NullPool,
-            isolation_level="AUTOCOMMIT",
-            connect_args={"connect_timeout": self.connect_timeout_s},
-        )
-        try:
-            with engine.connect() as connection:
-                yield connection
-        finally:
-            engine.dispose()
-
-    @staticmethod
-    def _exec(connection: sa.Connection, statement: sql.Composable) -> None:
-        raw = connection.connection.dbapi_connection
-        assert raw is not None
-        with raw.cursor() as cursor:  # type: ignore[attr-defined]
-            cursor.execute(statement)
-
-    def _ensure_role(self, connection: sa.Connection, role: str, password: str) -> None:
-        exists = connection.execute(
-            sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}
-        ).scalar()
-        verb = "ALTER" if exists else "CREATE"
-        self._exec(
-            connection,
+    def _ensure_role(self, server: sa.Connection, role: str, password: str) -> None:
+        verb = "ALTER" if self._role_exists(server, role) else "CREATE"
+        execute(
+            server,
             sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
                 sql.Identifier(role), sql.Literal(password)
             ),
         )
 
-    def _ensure_database(self, connection: sa.Connection, database: str, owner: str) -> None:
-        exists = connection.execute(
-            sa.text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}
-        ).scalar()
-        if not exists:
-            self._exec(
-                connection,
+    def _ensure_database(self, server: sa.Connection, database: str, owner: str) -> None:
+        if not self._database_exists(server, database):
+            execute(
+                server,
                 sql.SQL("CREATE DATABASE {} OWNER {}").format(
                     sql.Identifier(database), sql.Identifier(owner)
                 ),
             )
-        self._exec(
-            connection,
+        execute(
+            server,
             sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database)),
+        )
+
+    def _ensure_platform_database(self, server: sa.Connection, database: str, role: str) -> None:
+        """A database the platform owns, where `role` may connect and create its schema (n8n's
+        driver runs `CREATE SCHEMA IF NOT EXISTS` on every connection, and Postgres checks the
+        database privilege before it sees that the schema exists)."""
+        self._ensure_database(
+            server, database, server.execute(sa.text("SELECT current_user")).scalar_one()
+        )
+        execute(
+            server,
+            sql.SQL("GRANT CONNECT, CREATE ON DATABASE {} TO {}").format(
+                sql.Identifier(database), sql.Identifier(role)
+            ),
         )
 
     def ensure(self, names: TenantNames, password: str, template: Template | None = None) -> bool:
@@ -125,27 +86,17 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         With a template, a schema that has no tables yet is created as a copy of it; returns
         whether the tenant's schema holds n8n's tables (migrated) when this returns.
         """
-        with self._connect("postgres") as server:
+        with self.connect("postgres") as server:
             self._ensure_role(server, names.db_role, password)
             if names.tier == "dedicated":
                 self._ensure_database(server, names.db_name, names.db_role)
             else:
                 # The shared database belongs to the platform; tenants only get their schema.
-                owner = server.execute(sa.text("SELECT current_user")).scalar_one()
-                self._ensure_database(server, SHARED_DATABASE, owner)
+                self._ensure_platform_database(server, SHARED_DATABASE, names.db_role)
         if names.tier == "shared":
-            with self._connect(SHARED_DATABASE) as shared:
-                role = sql.Identifier(names.db_role)
-                self._exec(shared, sql.SQL("REVOKE ALL ON SCHEMA public FROM PUBLIC"))
-                # n8n's driver runs `CREATE SCHEMA IF NOT EXISTS` on every connection, and
-                # Postgres checks the database privilege before it sees that the schema exists.
-                self._exec(
-                    shared,
-                    sql.SQL("GRANT CONNECT, CREATE ON DATABASE {} TO {}").format(
-                        sql.Identifier(SHARED_DATABASE), role
-                    ),
-                )
-        with self._connect(names.db_name) as database:
+            with self.connect(SHARED_DATABASE) as shared:
+                execute(shared, sql.SQL("REVOKE ALL ON SCHEMA public FROM PUBLIC"))
+        with self.connect(names.db_name) as database:
             if self._has_tables(database, names.db_schema):
                 return True
             if template is not None:
@@ -153,24 +104,25 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 return True
             if names.tier == "shared":
                 schema, role = sql.Identifier(names.db_schema), sql.Identifier(names.db_role)
-                self._exec(
+                execute(
                     database,
                     sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(schema, role),
                 )
-                self._exec(database, sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(schema))
+                execute(database, sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(schema))
         return False
 
     def migrated(self, names: TenantNames) -> bool:
         """Whether n8n's migrations table exists in the tenant's schema."""
-        with self._connect(names.db_name) as database:
+        with self.connect(names.db_name) as database:
             found = database.execute(
-                sa.text("SELECT to_regclass(:t)"), {"t": f"{names.db_schema}.migrations"}
+                sa.text("SELECT pg_catalog.to_regclass(:t)"),
+                {"t": f"{names.db_schema}.migrations"},
             ).scalar()
         return found is not None
 
     @staticmethod
     def _has_tables(connection: sa.Connection, schema: str) -> bool:
-        query = sa.text("SELECT 1 FROM pg_tables WHERE schemaname = :s LIMIT 1")
+        query = sa.text("SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = :s LIMIT 1")
         return connection.execute(query, {"s": schema}).scalar() is not None
 
     def _clone(self, connection: sa.Connection, names: TenantNames, template: Template) -> None:
@@ -183,7 +135,10 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         try:
             with raw.cursor() as cursor:  # type: ignore[attr-defined]
                 # Concurrent clones into one database would collide on the template's name.
-                cursor.execute("SELECT pg_advisory_xact_lock(hashtext('rp9-template-clone'))")
+                cursor.execute(
+                    "SELECT pg_catalog.pg_advisory_xact_lock("
+                    "pg_catalog.hashtext('rp9-template-clone'))"
+                )
                 cursor.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(names.db_role)))
                 # An empty schema of that name (created before templates, or `public` in a new
                 # dedicated database) gives way to the copy.
@@ -197,30 +152,67 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         finally:
             raw.autocommit = True
 
-    # Templates ----------------------------------------------------------------------------
+    def drop(self, names: TenantNames) -> None:
+        """Delete the tenant's data and role for good (purge)."""
+        role = sql.Identifier(names.db_role)
+        with self.connect("postgres") as server:
+            role_exists = self._role_exists(server, names.db_role)
+            if names.tier == "dedicated":
+                execute(
+                    server,
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(names.db_name)
+                    ),
+                )
+        if names.tier == "shared" and role_exists:
+            with self.connect(SHARED_DATABASE) as shared:
+                execute(
+                    shared,
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                        sql.Identifier(names.db_schema)
+                    ),
+                )
+                execute(shared, sql.SQL("DROP OWNED BY {}").format(role))
+        if role_exists:
+            with self.connect("postgres") as server:
+                execute(server, sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+
+    def exists(self, names: TenantNames) -> bool:
+        """Whether the tenant's role still exists (it goes last when the data is purged)."""
+        with self.connect("postgres") as server:
+            return self._role_exists(server, names.db_role)
+
+    def tenant_url(self, names: TenantNames, password: str, host: str | None = None) -> sa.URL:
+        """How the tenant's own role connects (tests and checks use this; n8n gets env vars)."""
+        url = self.url(names.db_name).set(username=names.db_role, password=password)
+        return url.set(host=host) if host else url
+
+    # The template of an n8n version: built once by a throwaway n8n, copied by `ensure`.
 
     @contextmanager
     def template_lock(self, schema: str) -> Iterator[None]:
         """One builder per template at a time, across processes."""
-        with self._connect("postgres") as server:
-            server.execute(sa.text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": schema})
+        with self.connect("postgres") as server:
+            key = {"k": schema}
+            server.execute(
+                sa.text("SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtext(:k))"), key
+            )
             try:
                 yield
             finally:
-                server.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": schema})
+                server.execute(
+                    sa.text("SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext(:k))"), key
+                )
 
     def template_ready(self, schema: str) -> bool:
-        with self._connect("postgres") as server:
-            exists = server.execute(
-                sa.text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": TEMPLATE_DATABASE}
-            ).scalar()
-        if not exists:
-            return False
-        with self._connect(TEMPLATE_DATABASE) as templates:
+        with self.connect("postgres") as server:
+            if not self._database_exists(server, TEMPLATE_DATABASE):
+                return False
+        with self.connect(TEMPLATE_DATABASE) as templates:
             comment = templates.execute(
                 sa.text(
-                    "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace"
-                    " WHERE nspname = :s"
+                    "SELECT pg_catalog.obj_description(oid, 'pg_namespace')"
+                    " FROM pg_catalog.pg_namespace WHERE nspname = :s"
                 ),
                 {"s": schema},
             ).scalar()
@@ -228,47 +220,38 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     def prepare_template(self, schema: str, password: str) -> None:
         """An empty schema for the builder n8n, owned by a login role it alone uses."""
-        with self._connect("postgres") as server:
+        with self.connect("postgres") as server:
             self._ensure_role(server, TEMPLATE_ROLE, password)
-            owner = server.execute(sa.text("SELECT current_user")).scalar_one()
-            self._ensure_database(server, TEMPLATE_DATABASE, owner)
-            self._exec(
-                server,
-                sql.SQL("GRANT CONNECT, CREATE ON DATABASE {} TO {}").format(
-                    sql.Identifier(TEMPLATE_DATABASE), sql.Identifier(TEMPLATE_ROLE)
-                ),
-            )
-        with self._connect(TEMPLATE_DATABASE) as templates:
-            self._exec(
-                templates,
-                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)),
-            )
-            self._exec(
+            self._ensure_platform_database(server, TEMPLATE_DATABASE, TEMPLATE_ROLE)
+        with self.connect(TEMPLATE_DATABASE) as templates:
+            target = sql.Identifier(schema)
+            execute(templates, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(target))
+            execute(
                 templates,
                 sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
-                    sql.Identifier(schema), sql.Identifier(TEMPLATE_ROLE)
+                    target, sql.Identifier(TEMPLATE_ROLE)
                 ),
             )
 
     def seal_template(self, schema: str) -> None:
         """Remove what the builder's n8n wrote about itself, mark the template ready, and take
         the builder role's login away."""
-        with self._connect(TEMPLATE_DATABASE) as templates:
+        with self.connect(TEMPLATE_DATABASE) as templates:
             for table in INSTANCE_TABLES:
-                self._exec(
+                execute(
                     templates,
                     sql.SQL("DELETE FROM {}.{}").format(
                         sql.Identifier(schema), sql.Identifier(table)
                     ),
                 )
-            self._exec(
+            execute(
                 templates,
                 sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
                     sql.Identifier(schema), sql.Literal(READY_COMMENT)
                 ),
             )
-        with self._connect("postgres") as server:
-            self._exec(
+        with self.connect("postgres") as server:
+            execute(
                 server,
                 sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(
                     sql.Identifier(TEMPLATE_ROLE)
@@ -276,27 +259,19 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             )
 
     def template(self, schema: str) -> Template:
-        """The template as SQL, from `pg_dump` (objects unowned, no grants, no comments)."""
-        url = self._url(TEMPLATE_DATABASE)
-        pg_dump = shutil.which("pg_dump") or "/usr/lib/postgresql/15/bin/pg_dump"
+        """The template as SQL, from `pg_dump` (objects unowned, no grants, no comments) of the
+        server's major version."""
+        server = PgServer.from_url(self.admin_url)
         command = [
-            pg_dump,
-            "--schema",
-            schema,
+            server.tool("pg_dump"),
+            f"--schema={schema}",
             "--no-owner",
             "--no-privileges",
             "--no-comments",
             "--rows-per-insert=1000",
-            "--host",
-            url.host or "127.0.0.1",
-            "--port",
-            str(url.port or 5432),
-            "--username",
-            url.username or "postgres",
-            "--dbname",
-            TEMPLATE_DATABASE,
+            "--no-password",
         ]
-        env = {**os.environ, "PGPASSWORD": url.password or "", "PGCONNECT_TIMEOUT": "10"}
+        env = {**server.env(TEMPLATE_DATABASE), "PGAPPNAME": "rp9-template"}
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"pg_dump of template {schema} failed: {done.stderr.strip()}")
@@ -304,242 +279,3 @@ class TenantDatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         # understands; the statements between them are plain SQL.
         lines = [line for line in done.stdout.splitlines() if not _PSQL_META.match(line)]
         return Template(schema=schema, sql="\n".join(lines))
-
-    def drop(self, names: TenantNames) -> None:
-        """Delete the tenant's data and role for good (purge)."""
-        role = sql.Identifier(names.db_role)
-        with self._connect("postgres") as server:
-            role_exists = server.execute(
-                sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": names.db_role}
-            ).scalar()
-            if names.tier == "dedicated":
-                self._exec(
-                    server,
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(names.db_name)
-                    ),
-                )
-        if names.tier == "shared" and role_exists:
-            with self._connect(SHARED_DATABASE) as shared:
-                self._exec(
-                    shared,
-                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-                        sql.Identifier(names.db_schema)
-                    ),
-                )
-                self._exec(shared, sql.SQL("DROP OWNED BY {}").format(role))
-        if role_exists:
-            with self._connect("postgres") as server:
-                self._exec(server, sql.SQL("DROP ROLE IF EXISTS {}").format(role))
-
-    def exists(self, names: TenantNames) -> bool:
-        """Whether the tenant's role still exists (it goes last when the data is purged)."""
-        with self._connect("postgres") as server:
-            query = sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r")
-            return server.execute(query, {"r": names.db_role}).scalar() is not None
-
-    def tenant_url(self, names: TenantNames, password: str, host: str | None = None) -> sa.URL:
-        """How the tenant's own role connects (tests and checks use this; n8n gets env vars)."""
-        url = self._url(names.db_name).set(username=names.db_role, password=password)
-        return url.set(host=host) if host else url
-
-    def execution_window(self, names: TenantNames, window_s: int = 900) -> ExecutionWindow:
-        """Executions finished in the last `window_s` seconds, from the tenant's own tables."""
-        table = sql.SQL("{}.execution_entity").format(sql.Identifier(names.db_schema))
-        query = sql.SQL(
-            """
-            SELECT count(*),
-                   count(*) FILTER (WHERE status IN ('error', 'crashed')),
-                   percentile_cont(0.95) WITHIN GROUP (
-                       ORDER BY extract(epoch FROM "stoppedAt" - "startedAt") * 1000),
-                   percentile_cont(0.95) WITHIN GROUP (
-                       ORDER BY extract(epoch FROM "startedAt" - "createdAt") * 1000)
-            FROM {table}
-            WHERE "stoppedAt" >= now() - make_interval(secs => %s)
-            """
-        ).format(table=table)
-        with self._connect(names.db_name) as connection:
-            exists = connection.execute(
-                sa.text("SELECT to_regclass(:t)"), {"t": f"{names.db_schema}.execution_entity"}
-            ).scalar()
-            row: tuple[int, int, float | None, float | None] = (0, 0, None, None)
-            if exists:
-                raw = connection.connection.dbapi_connection
-                assert raw is not None
-                with raw.cursor() as cursor:  # type: ignore[attr-defined]
-                    cursor.execute(query, (window_s,))
-                    row = cursor.fetchone()
-        return ExecutionWindow.from_row(window_s, *row)
-
-    def count_executions(self, names: TenantNames) -> int:
-        with self._connect(names.db_name) as connection:
-            table = f'"{names.db_schema}".execution_entity'
-            return int(connection.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
-
-    def _each_schema(
-        self,
-        tenants: Sequence[TenantNames],
-        statement: Callable[[TenantNames], sql.Composable],
-        parallel: int,
-    ) -> tuple[dict[str, list[tuple[Any, ...]]], dict[str, str]]:
-        """Run `statement(names)` (a parenthesised SELECT whose first column is the slug) for
-        many tenants: one connection per database (in UTC), one UNION ALL per hundred schemas
-        (the shared database holds every shared tenant), the databases read in parallel.
-        Returns the rows of each tenant whose n8n has tables (possibly none; tenants without
-        tables are left out) and, by database, the errors of those that could not be read:
-        reported, not raised, so the others still count."""
-        by_database: dict[str, list[TenantNames]] = {}
-        for names in tenants:
-            by_database.setdefault(names.db_name, []).append(names)
-
-        def read(database: str) -> dict[str, list[tuple[Any, ...]]]:
-            members = by_database[database]
-            with self._connect(database) as connection:
-                connection.execute(sa.text("SET TIME ZONE 'UTC'"))
-                present = set(
-                    connection.execute(
-                        sa.text(
-                            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n"
-                            " ON n.oid = c.relnamespace WHERE c.relname = 'execution_entity'"
-                            " AND c.relkind IN ('r', 'p') AND n.nspname = ANY(:schemas)"
-                        ),
-                        {"schemas": [m.db_schema for m in members]},
-                    ).scalars()
-                )
-                ready = [m for m in members if m.db_schema in present]
-                rows: dict[str, list[tuple[Any, ...]]] = {m.slug: [] for m in ready}
-                raw = connection.connection.dbapi_connection
-                assert raw is not None
-                for start in range(0, len(ready), 100):
-                    parts = [statement(m) for m in ready[start : start + 100]]
-                    with raw.cursor() as cursor:  # type: ignore[attr-defined]
-                        cursor.execute(sql.SQL(" UNION ALL ").join(parts))
-                        for row in cursor.fetchall():
-                            rows[row[0]].append(tuple(row))
-            return rows
-
-        found: dict[str, list[tuple[Any, ...]]] = {}
-        errors: dict[str, str] = {}
-        with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-            futures = {pool.submit(read, database): database for database in by_database}
-            for future in concurrent.futures.as_completed(futures):
-                try:
-                    found.update(future.result())
-                except Exception as error:
-                    first_line = (str(error).splitlines() or [""])[0]
-                    errors[futures[future]] = f"{type(error).__name__}: {first_line}"[:300]
-        return found, errors
-
-    def execution_windows(
-        self, tenants: Sequence[TenantNames], window_s: int, *, parallel: int = 4
-    ) -> "ExecutionWindows":
-        """`execution_window` of many tenants at once (see `_each_schema`). Tenants whose n8n
-        has no tables yet are left out."""
-
-        def statement(m: TenantNames) -> sql.Composable:
-            return _WINDOW_OF_ONE.format(
-                slug=sql.Literal(m.slug),
-                table=sql.SQL("{}.execution_entity").format(sql.Identifier(m.db_schema)),
-                window=sql.Literal(window_s),
-            )
-
-        rows, errors = self._each_schema(tenants, statement, parallel)
-        windows: dict[str, ExecutionWindow] = {}
-        for slug, found in rows.items():
-            for _, *aggregates in found:
-                windows[slug] = ExecutionWindow.from_row(window_s, *aggregates)
-        return ExecutionWindows(windows, errors)
-
-    def executions_by_day(
-        self, tenants: Sequence[TenantNames], since: dt.datetime, *, parallel: int = 4
-    ) -> tuple[dict[str, dict[dt.date, int]], dict[str, str]]:
-        """Production executions (every mode but `manual`, the editor's test runs) created since
-        `since`, per tenant slug and UTC day (see `_each_schema`). Returns the counts and, by
-        database, the errors of those that could not be read."""
-
-        def statement(m: TenantNames) -> sql.Composable:
-            return sql.SQL(
-                '(SELECT {slug}, "createdAt"::date, count(*) FROM {table}'
-                " WHERE \"createdAt\" >= {since} AND mode <> 'manual' GROUP BY 2)"
-            ).format(
-                slug=sql.Literal(m.slug),
-                table=sql.SQL("{}.execution_entity").format(sql.Identifier(m.db_schema)),
-                since=sql.Literal(since),
-            )
-
-        rows, errors = self._each_schema(tenants, statement, parallel)
-        counts = {slug: {day: int(n) for _, day, n in found} for slug, found in rows.items()}
-        return counts, errors
-
-    def execution_day(self, names: TenantNames, day: dt.date) -> ExecutionDay | None:
-        """What the tenant's n8n recorded for its production executions (every mode but
-        `manual`) created on `day` (UTC); None when its n8n has no tables (never started, or
-        purged), which is not the same as a day without executions."""
-        return self.execution_day_in(names.db_name, names.db_schema, day)
-
-    def execution_day_in(self, database: str, schema: str, day: dt.date) -> ExecutionDay | None:
-        """`execution_day` of the `execution_entity` in `database`.`schema`."""
-        start, end = day_bounds(day)
-        with self._connect(database) as connection:
-            connection.execute(sa.text("SET TIME ZONE 'UTC'"))
-            exists = connection.execute(
-                sa.text("SELECT to_regclass(:t)"), {"t": f"{schema}.execution_entity"}
-            ).scalar()
-            if not exists:
-                return None
-            raw = connection.connection.dbapi_connection
-            assert raw is not None
-            with raw.cursor() as cursor:  # type: ignore[attr-defined]
-                cursor.execute(
-                    _EXECUTION_DAY.format(
-                        table=sql.SQL("{}.execution_entity").format(sql.Identifier(schema))
-                    ),
-                    (start, end),
-                )
-                total, failed, duration_ms, latency, wait = cursor.fetchone()
-        return ExecutionDay(
-            executions=int(total),
-            failures=int(failed),
-            duration_ms_sum=int(duration_ms),
-            latency_p95_ms=float(latency) if latency is not None else None,
-            queue_wait_p95_ms=float(wait) if wait is not None else None,
-        )
-
-
-_WINDOW_OF_ONE = sql.SQL(
-    """
-    (SELECT {slug}, count(*),
-            count(*) FILTER (WHERE status IN ('error', 'crashed')),
-            percentile_cont(0.95) WITHIN GROUP (
-                ORDER BY extract(epoch FROM "stoppedAt" - "startedAt") * 1000),
-            percentile_cont(0.95) WITHIN GROUP (
-                ORDER BY extract(epoch FROM "startedAt" - "createdAt") * 1000)
-     FROM {table}
-     WHERE "stoppedAt" >= now() - make_interval(secs => {window}))
-    """
-)
-
-
-@dataclass(frozen=True)
-class ExecutionWindows:
-    """`execution_window` of many tenants: by slug, and the databases that could not be read."""
-
-    windows: dict[str, ExecutionWindow]
-    errors: dict[str, str]
-
-
-# A tenant's day, as `usage` counts it: production executions by the day they were created
-# (as enforcement counts them), their durations and waits once they have them.
-_EXECUTION_DAY = sql.SQL(
-    """
-    SELECT count(*),
-           count(*) FILTER (WHERE status IN ('error', 'crashed')),
-           coalesce(round(sum(extract(epoch FROM "stoppedAt" - "startedAt") * 1000)), 0),
-           percentile_cont(0.95) WITHIN GROUP (
-               ORDER BY extract(epoch FROM "stoppedAt" - "startedAt") * 1000),
-           percentile_cont(0.95) WITHIN GROUP (
-               ORDER BY extract(epoch FROM "startedAt" - "createdAt") * 1000)
-    FROM {table}
-    WHERE "createdAt" >= %s AND "createdAt" < %s AND mode <> 'manual'
-    """
-)

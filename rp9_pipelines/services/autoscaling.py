@@ -15,9 +15,9 @@ from rp9_pipelines.domain.autoscaling import (
     decide,
     worker_concurrency,
 )
+from rp9_pipelines.resources.n8n_data import ExecutionWindow, N8nDataResource
 from rp9_pipelines.resources.prometheus import ExecutionRates, PrometheusResource
 from rp9_pipelines.resources.redis_queue import QueueSnapshot, RedisResource
-from rp9_pipelines.resources.tenant_db import ExecutionWindow, TenantDatabaseResource
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def gather(
     candidates: list[Candidate],
     *,
     redis: RedisResource,
-    tenant_db: TenantDatabaseResource,
+    n8n_data: N8nDataResource,
     prometheus: PrometheusResource | None,
     signal_window_s: int,
 ) -> Gathered:
@@ -102,7 +102,7 @@ def gather(
 
     busy = [c for c in candidates if _needs_executions(c, queues[c.names.bull_prefix])]
     started = time.perf_counter()
-    result = tenant_db.execution_windows([c.names for c in busy], signal_window_s)
+    result = n8n_data.execution_windows([c.names for c in busy], signal_window_s)
     watch.lap("databases", started)
     gathered.read_from_databases = len(busy)
     gathered.notes.extend(f"database {db} unreadable: {e}" for db, e in result.errors.items())
@@ -146,7 +146,7 @@ def evaluate(
     in_flight: Iterable[str],
     *,
     redis: RedisResource,
-    tenant_db: TenantDatabaseResource,
+    n8n_data: N8nDataResource,
     prometheus: PrometheusResource | None,
     policy: Policy,
     signal_window_s: int,
@@ -160,7 +160,7 @@ def evaluate(
     gathered = gather(
         judged_now,
         redis=redis,
-        tenant_db=tenant_db,
+        n8n_data=n8n_data,
         prometheus=prometheus,
         signal_window_s=signal_window_s,
     )

@@ -447,11 +447,13 @@ class MeterReporter:
             report.duplicates.append(identifier)
             self.log(f"{identifier}: Stripe already holds it, counted as sent")
             with self.engine.begin() as connection:
-                billing_catalog.mark(connection, identifier, "sent", receipt_known=False)
+                billing_catalog.mark(
+                    connection, billing_catalog.STRIPE, identifier, "sent", receipt_known=False
+                )
             return
         report.sent.append(identifier)
         with self.engine.begin() as connection:
-            billing_catalog.mark(connection, identifier, "sent")
+            billing_catalog.mark(connection, billing_catalog.STRIPE, identifier, "sent")
 
     def _cancel(self, report: DayReport, ledger_identifier: str, target: str) -> None:
         try:
@@ -468,14 +470,14 @@ class MeterReporter:
             return
         report.cancelled.append(target)
         with self.engine.begin() as connection:
-            billing_catalog.mark(connection, ledger_identifier, "sent")
+            billing_catalog.mark(connection, billing_catalog.STRIPE, ledger_identifier, "sent")
 
     def _failed(self, report: DayReport, identifier: str, error: stripe.StripeError) -> None:
         message = f"{type(error).__name__} {error.http_status}: {error.user_message or error}"
         report.failed[identifier] = message
         self.log(f"{identifier}: {message}")
         with self.engine.begin() as connection:
-            billing_catalog.mark(connection, identifier, "failed", message[:2000])
+            billing_catalog.mark(connection, billing_catalog.STRIPE, identifier, "failed", message)
 
     def _act(self, report: DayReport, customer: str, decision: ReportDecision) -> None:
         tenant_id = uuid.UUID(report.tenant_id)
@@ -500,7 +502,9 @@ class MeterReporter:
         identifier = what.ledger_identifier if isinstance(what, Cancel) else what.identifier
         quantity = -what.quantity if isinstance(what, Cancel) else what.quantity
         with self.engine.begin() as connection:
-            billing_catalog.write_pending(connection, tenant_id, day, metric, identifier, quantity)
+            billing_catalog.write_pending(
+                connection, billing_catalog.STRIPE, tenant_id, day, metric, identifier, quantity
+            )
 
     def report_day(self, tenant: Tenant, day: dt.date) -> DayReport:
         """Bring Stripe's meter in line with `usage` for one tenant and day. Rounds repeat
@@ -518,7 +522,7 @@ class MeterReporter:
             CatalogSync(self.client, self.engine, self.log).meter()
         for _ in range(3):
             with self.engine.begin() as connection:
-                entries = billing_catalog.ledger(connection, tenant.id, day)
+                entries = billing_catalog.ledger(connection, billing_catalog.STRIPE, tenant.id, day)
             decision = decide_report(str(tenant.id), day, executions, entries, self.now())
             report.decision = decision
             if decision.is_noop or report.failed:

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 import stripe
 
+from rp9_pipelines.catalog import billing as billing_catalog
 from rp9_pipelines.catalog import usage as usage_catalog
 from rp9_pipelines.domain import chargeback as chargeback_math
 from rp9_pipelines.domain.billing import base_price_key, metered_price_key
@@ -47,7 +48,7 @@ def plan_prices(
     if stripe_client is None:
         return {}
     with catalog.begin() as connection:
-        ids = usage_catalog.stripe_ids(
+        ids = billing_catalog.stripe_ids(
             connection,
             "price",
             [k for p in plans for k in (base_price_key(p), metered_price_key(p))],

@@ -31,8 +31,8 @@ from rp9_pipelines.domain.enforcement import (
 )
 from rp9_pipelines.domain.stack import LABEL_MANAGED, LABEL_ROLE, LABEL_TENANT
 from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.stack import StackResources
 from rp9_pipelines.services import tenants as stack
-from rp9_pipelines.services.tenants import StackResources
 from rp9_pipelines.settings import EnforcementSettings
 
 Log = Callable[[str], None]
@@ -89,7 +89,7 @@ def judge(
         ids = [s.id for s in subjects]
         events = store.recorded(connection, ids, period)
         collected = store.collected_usage(connection, ids, since.date())
-    live, errors = r.tenant_db.executions_by_day([s.names for s in subjects], since)
+    live, errors = r.n8n_data.executions_by_day([s.names for s in subjects], since)
     judged = []
     for subject in subjects:
         if subject.names.db_name in errors:

@@ -35,9 +35,6 @@ from rp9_pipelines.domain.backups import (
     sandbox_container,
     sandbox_url,
 )
-from rp9_pipelines.resources.catalog import CatalogResource
-from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
-from rp9_pipelines.resources.platform import PlatformResource
 from rp9_pipelines.resources.postgres_dump import (
     PgServer,
     create_sandbox,
@@ -47,9 +44,7 @@ from rp9_pipelines.resources.postgres_dump import (
     restored_counts,
     sandbox_leftovers,
 )
-from rp9_pipelines.resources.s3 import S3Resource
-from rp9_pipelines.resources.secret_files import SecretFilesResource
-from rp9_pipelines.resources.vault import VaultResource
+from rp9_pipelines.resources.stack import DrillResources
 from rp9_pipelines.services.backups import describe
 
 Log = Callable[[str], None]
@@ -77,17 +72,6 @@ node -e 'const c=require(process.argv[1]);
 const ok=c.filter(x=>x.data!==null&&typeof x.data==="object").length;
 process.stdout.write(JSON.stringify({listed:c.length,decrypted:ok}))' "$d/c.json"
 """
-
-
-@dataclass(frozen=True)
-class DrillResources:
-    catalog: CatalogResource
-    admin_url: str
-    s3: S3Resource
-    docker_runtime: DockerRuntimeResource
-    platform: PlatformResource
-    secret_files: SecretFilesResource
-    vault: VaultResource
 
 
 @dataclass(frozen=True)

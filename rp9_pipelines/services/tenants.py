@@ -3,8 +3,10 @@
 import contextlib
 import secrets
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from docker.errors import NotFound
@@ -23,26 +25,20 @@ from rp9_pipelines.domain.stack import (
     startup_cpu,
 )
 from rp9_pipelines.domain.template import TEMPLATE_SECRET_FILES, builder_container, template_schema
-from rp9_pipelines.resources.catalog import CatalogResource
-from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
-from rp9_pipelines.resources.platform import PlatformResource
-from rp9_pipelines.resources.redis_queue import RedisResource
-from rp9_pipelines.resources.secret_files import SecretFilesResource
-from rp9_pipelines.resources.tenant_db import Template, TenantDatabaseResource
-from rp9_pipelines.resources.vault import VaultResource
+from rp9_pipelines.domain.tenants import (
+    InvalidRequest,
+    Tier,
+    check_custom_domain,
+    check_resources,
+    check_slug,
+    check_workers,
+    effective_limits,
+)
+from rp9_pipelines.launches import Launch, tenant_job
+from rp9_pipelines.resources.stack import StackResources
+from rp9_pipelines.resources.tenant_db import Template
 
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class StackResources:
-    catalog: CatalogResource
-    docker_runtime: DockerRuntimeResource
-    platform: PlatformResource
-    secret_files: SecretFilesResource
-    vault: VaultResource
-    redis: RedisResource
-    tenant_db: TenantDatabaseResource
 
 
 def owner_email(r: StackResources, tenant: Tenant) -> str:
@@ -260,3 +256,169 @@ def remove_all(r: StackResources, tenant: Tenant, log: Log) -> None:
     r.docker_runtime.remove_network(tenant.names.network)
     with r.catalog.begin() as connection:
         catalog.set_instances_state(connection, tenant.id, "removed")
+
+
+# What the API asks of tenants: check a request against the catalog, record it, launch its run.
+
+# Launches a run, returns its id (the API's `DagsterClient.launch`).
+Launcher = Callable[[Launch], str]
+
+
+class Conflict(Exception):
+    """A request the catalog's current state refuses (a slug taken, a tenant in the wrong
+    state), with a stable machine-readable code: `InvalidRequest`'s sibling."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Tenants(Protocol):
+    """The catalog as creating and changing tenants reads and writes it (`CatalogTenants`)."""
+
+    def get(self, ref: str) -> Tenant | None:
+        """By UUID or slug, deleted ones included."""
+
+    def plan_limits(self, plan: str) -> dict[str, Any] | None: ...
+
+    def add(self, values: dict[str, Any], plan_limits: dict[str, Any]) -> Tenant:
+        """Insert a tenant with its plan's quotas; `Conflict` if its slug or domain is taken."""
+        ...
+
+    def forget(self, tenant_id: uuid.UUID) -> None:
+        """Undo `add`, when nothing was launched for the tenant."""
+
+
+@dataclass(frozen=True)
+class CatalogTenants:
+    engine: sa.Engine
+
+    def get(self, ref: str) -> Tenant | None:
+        with self.engine.connect() as connection:
+            return catalog.get_tenant(connection, ref)
+
+    def plan_limits(self, plan: str) -> dict[str, Any] | None:
+        with self.engine.connect() as connection:
+            return catalog.plan_limits(connection, plan)
+
+    def add(self, values: dict[str, Any], plan_limits: dict[str, Any]) -> Tenant:
+        slug, domain = values["slug"], values.get("custom_domain")
+        with self.engine.begin() as connection:
+            if catalog.slug_taken(connection, slug):
+                raise Conflict("slug_taken", f"slug {slug!r} is already taken")
+            if domain and catalog.domain_taken(connection, domain):
+                raise Conflict("domain_taken", f"{domain!r} is already routed")
+            try:
+                tenant_id = catalog.insert_tenant(connection, values)
+            except sa.exc.IntegrityError:  # the same slug, inserted since slug_taken
+                raise Conflict("slug_taken", f"slug {slug!r} is already taken") from None
+            catalog.set_quota(connection, tenant_id, "plan", plan_limits)
+            return catalog.require_tenant(connection, tenant_id)
+
+    def forget(self, tenant_id: uuid.UUID) -> None:
+        with self.engine.begin() as connection:
+            catalog.forget_tenant(connection, tenant_id)
+
+
+@dataclass(frozen=True)
+class NewTenant:
+    slug: str
+    name: str
+    plan: str = "starter"
+    tier: Tier = "shared"
+    workers: int | None = None  # None: the plan's minimum
+    custom_domain: str | None = None
+    region: str = "eu-1"
+    requires_dedicated: bool = False
+
+
+def create_tenant(
+    tenants: Tenants, launch: Launcher, new: NewTenant, base_domain: str, n8n_version: str
+) -> tuple[Tenant, str]:
+    """Check the request, record the tenant with its plan's quotas, launch its provisioning;
+    the tenant and the run's id. No run, no tenant: if the launch fails, the row goes too."""
+    check_slug(new.slug)
+    check_custom_domain(new.custom_domain, base_domain)
+    if new.requires_dedicated and new.tier != "dedicated":
+        raise InvalidRequest(
+            "compliance_requires_dedicated", "requires_dedicated needs tier 'dedicated'"
+        )
+    plan = tenants.plan_limits(new.plan)
+    if plan is None:
+        raise InvalidRequest("unknown_plan", f"no plan named {new.plan!r}")
+    limits = effective_limits({"plan": plan})
+    workers = limits.min_workers if new.workers is None else new.workers
+    check_workers(workers, limits, new.plan)
+    values = {
+        "slug": new.slug,
+        "name": new.name,
+        "plan": new.plan,
+        "tier": new.tier,
+        "region": new.region,
+        "custom_domain": new.custom_domain,
+        "workers": workers,
+        "n8n_version": n8n_version,
+        "compliance": {"requires_dedicated": new.requires_dedicated},
+    }
+    tenant = tenants.add(values, plan)
+    try:
+        run_id = launch(tenant_job("provision_tenant", str(tenant.id), tenant.slug))
+    except Exception:
+        tenants.forget(tenant.id)
+        raise
+    return tenant, run_id
+
+
+@dataclass(frozen=True)
+class Action:
+    """A change to an existing tenant, and the states it is allowed from."""
+
+    name: str
+    allowed: frozenset[str]
+
+
+PROVISION = Action("provision", frozenset({"provisioning", "failed", "active"}))
+SUSPEND = Action("suspend", frozenset({"active", "failed"}))
+RESUME = Action("resume", frozenset({"suspended", "failed"}))
+BACKUP = Action("backup", frozenset({"active", "suspended"}))
+SCALE = Action("scale", frozenset({"active", "failed"}))
+DELETE = Action("delete", frozenset({"provisioning", "active", "suspended", "failed", "deleted"}))
+
+
+def change_tenant(
+    launch: Launcher,
+    tenant: Tenant,
+    action: Action,
+    run: Launch,
+    check: Callable[[], None] | None = None,
+) -> str:
+    """Launch `run` if the tenant's state allows `action`, then the request's own `check`,
+    pass; the run's id."""
+    if tenant.status not in action.allowed:
+        raise Conflict("invalid_state", f"cannot {action.name} a tenant that is {tenant.status}")
+    if check is not None:
+        check()
+    return launch(run)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """What a scale request changes (None: unchanged)."""
+
+    plan: str | None = None
+    cpu: float | None = None
+    memory_mb: int | None = None
+    workers: int | None = None
+
+
+def check_scale(tenants: Tenants, tenant: Tenant, scale: Scale) -> None:
+    """A known plan, sane resources, workers within the (new) plan's range, something to do."""
+    if scale.plan is not None and tenants.plan_limits(scale.plan) is None:
+        raise InvalidRequest("unknown_plan", f"no plan named {scale.plan!r}")
+    check_resources(scale.cpu, scale.memory_mb)
+    if scale.workers is not None or scale.plan is not None:
+        plan = scale.plan or tenant.plan
+        limits = effective_limits({"plan": tenants.plan_limits(plan) or {}})
+        check_workers(tenant.workers if scale.workers is None else scale.workers, limits, plan)
+    if scale == Scale():
+        raise InvalidRequest("nothing_to_change", "give plan, cpu, memory_mb or workers")

@@ -13,6 +13,7 @@ import docker
 from docker.errors import APIError, NotFound
 from docker.models.containers import Container
 
+from rp9_pipelines.catalog import billing as billing_catalog
 from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.catalog import usage as usage_catalog
 from rp9_pipelines.catalog.tenants import Tenant
@@ -28,8 +29,8 @@ from rp9_pipelines.domain.usage import (
     supabase_identifier,
 )
 from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.n8n_data import N8nDataResource
 from rp9_pipelines.resources.supabase import SupabaseResource
-from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 
 BUSINESS_METRICS_TABLE = "business_metrics_daily"
 BUSINESS_METRICS_KEY = "tenant_id,day"
@@ -52,13 +53,13 @@ class Collected:
 
 def collect_day(
     catalog: CatalogResource,
-    tenant_db: TenantDatabaseResource,
+    n8n_data: N8nDataResource,
     tenant: Tenant,
     day: dt.date,
     max_gap: dt.timedelta,
 ) -> Collected:
     """Measure the tenant's day and upsert it into `usage` (idempotent)."""
-    executions = tenant_db.execution_day(tenant.names, day)
+    executions = n8n_data.execution_day(tenant.names, day)
     start, end = day_bounds(day)
     with catalog.begin() as connection:
         samples = usage_catalog.samples_framing(connection, tenant.id, start, end)
@@ -96,19 +97,29 @@ def push_business_metrics(
     row["updated_at"] = dt.datetime.now(dt.UTC).isoformat()
     identifier = supabase_identifier(str(tenant.id), day)
     with catalog.begin() as connection:
-        usage_catalog.ledger_pending(
-            connection, tenant.id, day, identifier, BUSINESS_METRICS_METRIC, int(row["executions"])
+        billing_catalog.write_pending(
+            connection,
+            billing_catalog.SUPABASE,
+            tenant.id,
+            day,
+            BUSINESS_METRICS_METRIC,
+            identifier,
+            int(row["executions"]),
         )
     try:
         supabase.upsert(BUSINESS_METRICS_TABLE, [row], on_conflict=BUSINESS_METRICS_KEY)
     except Exception as error:
         with catalog.begin() as connection:
-            usage_catalog.ledger_done(
-                connection, identifier, error=f"{type(error).__name__}: {error}"
+            billing_catalog.mark(
+                connection,
+                billing_catalog.SUPABASE,
+                identifier,
+                "failed",
+                f"{type(error).__name__}: {error}",
             )
         raise
     with catalog.begin() as connection:
-        usage_catalog.ledger_done(connection, identifier)
+        billing_catalog.mark(connection, billing_catalog.SUPABASE, identifier, "sent")
     return Pushed(row, identifier)
 
 

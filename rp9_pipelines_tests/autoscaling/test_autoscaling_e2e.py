@@ -17,9 +17,9 @@ import sqlalchemy as sa
 from rp9_pipelines.api.dagster_client import DagsterClient
 from rp9_pipelines.catalog import autoscaling as autoscaling_catalog
 from rp9_pipelines.domain.tenants import TenantNames
+from rp9_pipelines.resources.n8n_data import N8nDataResource
 from rp9_pipelines.resources.prometheus import PrometheusResource
 from rp9_pipelines.resources.redis_queue import QueueSnapshot, RedisResource
-from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.resources.vault import VaultResource
 from rp9_pipelines.settings import Settings, sqlalchemy_url
 from rp9_pipelines_tests.api_client import Api
@@ -225,7 +225,7 @@ def assert_sources_agree(
     """The same load through both sources: the tenant's `execution_entity` and Redis on one
     side, n8n's metrics scraped by Prometheus on the other."""
     window = math.ceil(time.time() - began) + 5
-    db = TenantDatabaseResource(admin_url=settings.database_url)
+    db = N8nDataResource(admin_url=settings.database_url)
     ours = db.execution_windows([names], window).windows[names.slug]
     theirs = prometheus.execution_rates(window)[names.slug]
     assert ours.total == EXECUTIONS

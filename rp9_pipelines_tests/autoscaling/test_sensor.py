@@ -18,9 +18,9 @@ from rp9_pipelines.defs.tenants.jobs import scale_tenant
 from rp9_pipelines.domain.autoscaling import load_histories
 from rp9_pipelines.launches import TENANT_ID_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.n8n_data import N8nDataResource
 from rp9_pipelines.resources.prometheus import PrometheusResource
 from rp9_pipelines.resources.redis_queue import RedisResource
-from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.settings import AutoscalingSettings, Settings, sqlalchemy_url
 from rp9_pipelines_tests.autoscaling.synthetic import clear_keys, fill_queue, insert_tenants
 from rp9_pipelines_tests.waiting import wait_until
@@ -39,7 +39,7 @@ class Fleet:
         self.resources = {
             "catalog": CatalogResource(database_url=catalog_url),
             "redis": RedisResource(redis_url=settings.redis_url),
-            "tenant_db": TenantDatabaseResource(admin_url=settings.database_url),
+            "n8n_data": N8nDataResource(admin_url=settings.database_url),
             "prometheus": PrometheusResource(base_url=settings.prometheus_url),
         }
 

@@ -9,9 +9,9 @@ import redis
 import sqlalchemy as sa
 
 from rp9_pipelines.domain.tenants import SHARED_DATABASE, TenantNames
+from rp9_pipelines.resources.n8n_data import N8nDataResource
 from rp9_pipelines.resources.prometheus import PrometheusResource
 from rp9_pipelines.resources.redis_queue import QueueSnapshot, RedisResource
-from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.settings import Settings, sqlalchemy_url
 from rp9_pipelines_tests.autoscaling.synthetic import (
     Execution,
@@ -80,7 +80,7 @@ def test_execution_windows_read_many_schemas_and_databases_in_bulk(
         )
         execution_table(shared_db, shared[1].db_schema, [Execution(400, 1, 1)])
         execution_table(dedicated_db, "public", [Execution(1, run_s=2, wait_s=1)] * 4)
-        result = TenantDatabaseResource(admin_url=settings.database_url).execution_windows(
+        result = N8nDataResource(admin_url=settings.database_url).execution_windows(
             [*shared, dedicated, missing], window_s=60
         )
     finally:

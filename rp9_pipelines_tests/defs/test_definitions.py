@@ -5,7 +5,9 @@ import sys
 import dagster as dg
 import pytest
 
+from rp9_pipelines import launches
 from rp9_pipelines.definitions import defs
+from rp9_pipelines.settings import Settings
 
 EXPECTED_JOBS = {
     "migrate_catalog",
@@ -52,10 +54,26 @@ EXPECTED_RESOURCES = {
     "platform",
     "secret_files",
     "tenant_db",
+    "n8n_data",
     "n8n",
     "stripe",
     "supabase",
+    "settings",
+    "stack",
+    "drill",
 }
+TENANT_ID = "00000000-0000-0000-0000-000000000001"
+LAUNCHES = [
+    *(launches.tenant_job(job, TENANT_ID, "acme") for job in launches.TENANT_JOB_OPS),
+    launches.tenant_job("scale_tenant", TENANT_ID, "acme", plan="pro", workers=2),
+    launches.tenant_job("delete_tenant", TENANT_ID, "acme", purge=True),
+    launches.autoscale(TENANT_ID, "acme", 3, "1"),
+    launches.backup(TENANT_ID, "acme", "daily", "daily_backups"),
+    launches.restore_drill(TENANT_ID, "acme", "api", backup_id=TENANT_ID),
+    launches.enforcement(["acme"], "api"),
+    launches.stripe_meter("acme"),
+    launches.usage_daily("usage_daily_schedule"),
+]
 
 
 def test_definitions_declare_the_expected_jobs_schedules_and_sensors() -> None:
@@ -78,6 +96,29 @@ def test_definitions_load_with_no_service_and_no_environment() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.strip()) >= len(EXPECTED_JOBS)
+
+
+@pytest.mark.parametrize("launch", LAUNCHES, ids=lambda launch: launch.job)
+def test_every_launch_configures_its_job(
+    launch: launches.Launch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = defs().resolve_job_def(launch.job)
+    # Resources are validated with the run config: any value of their variables will do.
+    for name in Settings.variables():
+        if not os.environ.get(name):
+            monkeypatch.setenv(name, "x")
+    dg.validate_run_config(job, launch.run_config)
+
+
+def test_the_queue_limits_the_kinds_launches_names() -> None:
+    definitions = defs()
+    assert definitions.get_job_def("backup_tenant").tags[launches.KIND_TAG] == launches.BACKUP_KIND
+    assert definitions.get_job_def("restore_drill").tags[launches.KIND_TAG] == (
+        launches.RESTORE_DRILL_KIND
+    )
+    assert definitions.get_job_def("enforce_limits").tags[launches.KIND_TAG] == (
+        launches.ENFORCEMENT_KIND
+    )
 
 
 def test_secrets_are_bound_by_variable_name_not_value() -> None:

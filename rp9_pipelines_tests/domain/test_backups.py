@@ -31,24 +31,12 @@ from rp9_pipelines.domain.backups import (
     scheduled_runs,
     workflow_digest,
 )
-from rp9_pipelines.domain.stack import StackConfig
 from rp9_pipelines.domain.tenants import TenantNames
+from rp9_pipelines_tests.fixtures import STACK_CONFIG
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
 ACME, GLOBEX = uuid.UUID(int=1), uuid.UUID(int=2)
-CONFIG = StackConfig(
-    image="rp9/n8n:2.20.12",
-    base_domain="rp9.io",
-    services_host="host.docker.internal",
-    postgres_port=5432,
-    redis_port=6379,
-    redis_db=0,
-    traefik_entrypoint="websecure",
-    public_scheme="https",
-    public_port=None,
-    cert_resolver="letsencrypt",
-)
 
 
 def backup(
@@ -317,7 +305,7 @@ def test_sandbox_runs_n8n_on_the_restored_database_with_no_route_queue_or_secret
     tier: str, schema: str
 ) -> None:
     sandbox = SandboxNames.for_drill(uuid.UUID("12345678123456781234567812345678"))
-    spec = sandbox_container(TenantNames("acme-co", tier), sandbox, CONFIG)  # type: ignore[arg-type]
+    spec = sandbox_container(TenantNames("acme-co", tier), sandbox, STACK_CONFIG)  # type: ignore[arg-type]
     assert (spec.name, spec.network) == ("rp9-drill-123456781234", "rp9-drill-123456781234")
     assert spec.env["DB_POSTGRESDB_DATABASE"] == "rp9_drill_123456781234"
     assert spec.env["DB_POSTGRESDB_USER"] == "rp9_drill_123456781234"

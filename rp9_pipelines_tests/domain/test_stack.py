@@ -1,9 +1,10 @@
+import dataclasses
+
 import pytest
 
 from rp9_pipelines.domain.stack import (
     ContainerSpec,
     Observed,
-    StackConfig,
     TenantStack,
     desired_containers,
     plan_reconcile,
@@ -11,19 +12,7 @@ from rp9_pipelines.domain.stack import (
     startup_cpu,
 )
 from rp9_pipelines.domain.tenants import TenantNames
-
-CONFIG = StackConfig(
-    image="rp9/n8n:2.20.12",
-    base_domain="rp9.io",
-    services_host="host.docker.internal",
-    postgres_port=5432,
-    redis_port=6379,
-    redis_db=0,
-    traefik_entrypoint="websecure",
-    public_scheme="https",
-    public_port=None,
-    cert_resolver="letsencrypt",
-)
+from rp9_pipelines_tests.fixtures import STACK_CONFIG
 
 
 def stack(workers: int = 2, **changes: object) -> TenantStack:
@@ -52,7 +41,7 @@ def observed(spec: ContainerSpec, **changes: object) -> Observed:
 
 
 def test_main_is_routed_and_workers_are_not() -> None:
-    main, *workers = desired_containers(stack(), CONFIG)
+    main, *workers = desired_containers(stack(), STACK_CONFIG)
     assert main.role == "main"
     assert [w.role for w in workers] == ["worker", "worker"]
     rule = main.labels["traefik.http.routers.t-acme.rule"]
@@ -65,7 +54,7 @@ def test_main_is_routed_and_workers_are_not() -> None:
 
 
 def test_every_container_is_in_queue_mode_with_the_tenant_prefixes_and_no_secret_values() -> None:
-    for spec in desired_containers(stack(), CONFIG):
+    for spec in desired_containers(stack(), STACK_CONFIG):
         assert spec.env["EXECUTIONS_MODE"] == "queue"
         assert spec.env["QUEUE_BULL_PREFIX"] == "rp9:acme:bull"
         assert spec.env["N8N_REDIS_KEY_PREFIX"] == "rp9:acme:n8n"
@@ -77,8 +66,8 @@ def test_every_container_is_in_queue_mode_with_the_tenant_prefixes_and_no_secret
 
 
 def test_development_urls_keep_the_port_and_plain_http() -> None:
-    config = StackConfig(
-        **(CONFIG.__dict__ | {"public_scheme": "http", "public_port": 8088, "cert_resolver": ""})
+    config = dataclasses.replace(
+        STACK_CONFIG, public_scheme="http", public_port=8088, cert_resolver=""
     )
     main = desired_containers(stack(), config)[0]
     assert public_url(stack(), config) == "http://acme.rp9.io:8088/"
@@ -87,12 +76,12 @@ def test_development_urls_keep_the_port_and_plain_http() -> None:
 
 
 def test_nothing_to_do_when_everything_matches() -> None:
-    desired = desired_containers(stack(), CONFIG)
+    desired = desired_containers(stack(), STACK_CONFIG)
     assert not plan_reconcile(desired, [observed(s) for s in desired]).changes
 
 
 def test_a_rerun_after_a_crash_creates_only_what_is_missing() -> None:
-    desired = desired_containers(stack(), CONFIG)
+    desired = desired_containers(stack(), STACK_CONFIG)
     plan = plan_reconcile(desired, [observed(desired[0])])
     assert [s.name for s in plan.create] == [s.name for s in desired[1:]]
     assert not plan.recreate
@@ -100,35 +89,35 @@ def test_a_rerun_after_a_crash_creates_only_what_is_missing() -> None:
 
 
 def test_scale_down_removes_the_highest_workers() -> None:
-    three = desired_containers(stack(workers=3), CONFIG)
+    three = desired_containers(stack(workers=3), STACK_CONFIG)
     plan = plan_reconcile(
-        desired_containers(stack(workers=1), CONFIG), [observed(s) for s in three]
+        desired_containers(stack(workers=1), STACK_CONFIG), [observed(s) for s in three]
     )
     assert plan.remove == ["rp9-acme-blue-worker-2", "rp9-acme-blue-worker-3"]
     assert not plan.create
 
 
 def test_limits_change_in_place_and_configuration_changes_recreate() -> None:
-    current = desired_containers(stack(), CONFIG)
-    bigger = desired_containers(stack(cpu=4.0, memory_mb=4096), CONFIG)
+    current = desired_containers(stack(), STACK_CONFIG)
+    bigger = desired_containers(stack(cpu=4.0, memory_mb=4096), STACK_CONFIG)
     plan = plan_reconcile(bigger, [observed(s) for s in current])
     assert len(plan.update_limits) == 3
     assert not plan.recreate
 
-    other_domain = desired_containers(stack(custom_domain="n8n.other.com"), CONFIG)
+    other_domain = desired_containers(stack(custom_domain="n8n.other.com"), STACK_CONFIG)
     plan = plan_reconcile(other_domain, [observed(s) for s in current])
     assert [s.role for s in plan.recreate] == ["main"]
 
 
 def test_stopped_containers_are_started() -> None:
-    desired = desired_containers(stack(workers=0), CONFIG)
+    desired = desired_containers(stack(workers=0), STACK_CONFIG)
     plan = plan_reconcile(desired, [observed(desired[0], running=False)])
     assert [s.name for s in plan.start] == ["rp9-acme-blue-main"]
 
 
 @pytest.mark.parametrize("workers", [0, 1, 5])
 def test_container_names_are_unique_and_hostnames_follow(workers: int) -> None:
-    specs = desired_containers(stack(workers=workers), CONFIG)
+    specs = desired_containers(stack(workers=workers), STACK_CONFIG)
     assert len({s.name for s in specs}) == workers + 1
 
 

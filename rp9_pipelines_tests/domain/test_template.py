@@ -1,25 +1,13 @@
 import pytest
 
-from rp9_pipelines.domain.stack import LABEL_ROLE, StackConfig
+from rp9_pipelines.domain.stack import LABEL_ROLE
 from rp9_pipelines.domain.template import (
     TEMPLATE_DATABASE,
     TEMPLATE_ROLE,
     builder_container,
     template_schema,
 )
-
-CONFIG = StackConfig(
-    image="rp9/n8n:2.20.12",
-    base_domain="localhost",
-    services_host="host.docker.internal",
-    postgres_port=55432,
-    redis_port=56379,
-    redis_db=0,
-    traefik_entrypoint="web",
-    public_scheme="http",
-    public_port=8088,
-    cert_resolver="",
-)
+from rp9_pipelines_tests.fixtures import STACK_CONFIG
 
 
 def test_one_template_schema_per_n8n_version() -> None:
@@ -35,7 +23,7 @@ def test_a_version_that_is_not_one_is_refused(version: str) -> None:
 
 
 def test_the_builder_migrates_the_template_schema_without_route_queue_or_inline_secrets() -> None:
-    spec = builder_container("n8n_2_20_12", CONFIG)
+    spec = builder_container("n8n_2_20_12", STACK_CONFIG)
     assert spec.env["DB_POSTGRESDB_DATABASE"] == TEMPLATE_DATABASE
     assert spec.env["DB_POSTGRESDB_SCHEMA"] == "n8n_2_20_12"
     assert spec.env["DB_POSTGRESDB_USER"] == TEMPLATE_ROLE

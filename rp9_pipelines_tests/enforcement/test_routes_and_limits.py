@@ -14,21 +14,10 @@ from rp9_pipelines.domain.routing import (
     fallback_config,
     unavailable,
 )
-from rp9_pipelines.domain.stack import StackConfig, TenantStack, desired_containers
+from rp9_pipelines.domain.stack import TenantStack, desired_containers
 from rp9_pipelines.domain.tenants import TenantNames, effective_limits
+from rp9_pipelines_tests.fixtures import STACK_CONFIG as CONFIG
 
-CONFIG = StackConfig(
-    image="rp9/n8n:2.20.12",
-    base_domain="localhost",
-    services_host="host.docker.internal",
-    postgres_port=5432,
-    redis_port=6379,
-    redis_db=0,
-    traefik_entrypoint="web",
-    public_scheme="http",
-    public_port=8088,
-    cert_resolver="",
-)
 PLAN: dict[str, object] = {
     "executions_per_month": 10_000,
     "concurrency": 5,

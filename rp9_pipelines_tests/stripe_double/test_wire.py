@@ -26,7 +26,7 @@ from rp9_pipelines_tests.waiting import wait_until
 API_KEY = "sk_test_" + secrets.token_hex(12)
 WEBHOOK_SECRET = "whsec_" + secrets.token_hex(12)
 DAY = 86_400
-SERVER_DIR = ROOT / "deploy" / "stripe_double"
+SERVER_DIR = ROOT / "testing" / "stripe_double"
 
 
 class Double:

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
+from rp9_pipelines.resources.n8n_data import N8nDataResource
 from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.resources.vault import VaultResource
 from rp9_pipelines.settings import Settings, sqlalchemy_url
@@ -23,7 +24,7 @@ def test_shared_tenant_serves_a_webhook_through_traefik(
     settings: Settings,
     api: Api,
     vault: VaultResource,
-    tenant_db: TenantDatabaseResource,
+    n8n_data: N8nDataResource,
     shared_tenant: dict[str, Any],
 ) -> None:
     assert shared_tenant["status"] == "active"
@@ -40,7 +41,7 @@ def test_shared_tenant_serves_a_webhook_through_traefik(
     names = n8n.names
     assert (names.db_name, names.db_schema) == ("n8n_shared", f"t_{names.ident}")
     assert wait_until(
-        lambda: tenant_db.count_executions(names) >= 1, timeout_s=30, what="the execution row"
+        lambda: n8n_data.count_executions(names) >= 1, timeout_s=30, what="the execution row"
     )
 
     metrics = api.get(f"/metrics/tenant/{shared_tenant['slug']}").json()
@@ -102,7 +103,7 @@ def test_dedicated_tenant_runs_executions_on_workers_and_scales(
     settings: Settings,
     api: Api,
     vault: VaultResource,
-    tenant_db: TenantDatabaseResource,
+    n8n_data: N8nDataResource,
     dedicated_tenant: dict[str, Any],
     docker_client: docker.DockerClient,
 ) -> None:
@@ -115,7 +116,7 @@ def test_dedicated_tenant_runs_executions_on_workers_and_scales(
         assert answer.status_code == 200, answer.text
         assert answer.json()["echo"] == {"i": i}
     assert wait_until(
-        lambda: tenant_db.count_executions(n8n.names) >= 4, timeout_s=30, what="four execution rows"
+        lambda: n8n_data.count_executions(n8n.names) >= 4, timeout_s=30, what="four execution rows"
     )
 
     def workers() -> list[Any]:
@@ -240,6 +241,7 @@ def test_delete_keeps_the_data_unless_purged(
     api: Api,
     vault: VaultResource,
     tenant_db: TenantDatabaseResource,
+    n8n_data: N8nDataResource,
     docker_client: docker.DockerClient,
 ) -> None:
     tenant = api.create_tenant(slug=unique_slug("del"), name="Short lived", plan="starter")
@@ -253,7 +255,7 @@ def test_delete_keeps_the_data_unless_purged(
     assert (
         httpx.get(f"{settings.traefik_url}/healthz", headers={"Host": n8n.host}).status_code == 404
     )
-    assert tenant_db.count_executions(n8n.names) == 0  # schema kept (and empty)
+    assert n8n_data.count_executions(n8n.names) == 0  # schema kept (and empty)
     assert vault.read(n8n.names.vault_path) is not None
     # A deleted tenant cannot be changed any more, only purged.
     assert api.post(f"/tenants/{slug}/scale", {"workers": 1}).status_code == 409

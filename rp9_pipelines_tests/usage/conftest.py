@@ -8,10 +8,13 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from rp9_pipelines.catalog import billing as billing_catalog
 from rp9_pipelines.catalog.supabase_migrate import migrate
 from rp9_pipelines.catalog.tables import chargeback, resource_samples, tenants, usage, usage_reports
 from rp9_pipelines.catalog.tenants import Tenant, get_tenant
 from rp9_pipelines.defs.partitions import TENANTS_PARTITION, tenant_day_key
+from rp9_pipelines.domain.billing import LedgerEntry
+from rp9_pipelines.domain.usage import supabase_identifier
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.supabase import SupabaseResource
 from rp9_pipelines.services.chargeback import CHARGEBACK_TABLE
@@ -103,3 +106,13 @@ def catalog_tenant(catalog: CatalogResource, supabase: SupabaseResource) -> Iter
     forget_usage(catalog, supabase, tenant_id)
     with catalog.begin() as connection:
         connection.execute(sa.delete(tenants).where(tenants.c.id == tenant_id))
+
+
+def supabase_ledger_entry(
+    catalog: CatalogResource, tenant_id: uuid.UUID, day: dt.date
+) -> LedgerEntry | None:
+    """The ledger's entry of the tenant's day in Supabase (one at most: the day is upserted)."""
+    with catalog.begin() as connection:
+        entries = billing_catalog.ledger(connection, billing_catalog.SUPABASE, tenant_id, day)
+    assert [e.identifier for e in entries] in ([], [supabase_identifier(str(tenant_id), day)])
+    return entries[0] if entries else None

@@ -23,7 +23,7 @@ from rp9_pipelines.resources.s3 import S3Resource
 from rp9_pipelines.resources.stripe import StripeResource
 from rp9_pipelines.resources.supabase import SupabaseResource
 from rp9_pipelines.services.chargeback import CHARGEBACK_TABLE
-from rp9_pipelines.settings import Settings
+from rp9_pipelines.settings import PlatformSettings, Settings
 from rp9_pipelines_tests.usage.conftest import forget_usage
 
 pytestmark = pytest.mark.stack
@@ -171,6 +171,7 @@ def test_monthly_chargeback_in_catalog_s3_and_supabase(
         "s3": s3_bucket,
         "supabase": supabase,
         "stripe": stripe_resource,
+        "settings": PlatformSettings(),
     }
 
     for _ in range(2):  # a re-run rewrites the same rows

@@ -13,8 +13,8 @@ from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.defs.usage.assets import tenant_usage_daily
 from rp9_pipelines.domain.usage import BYTES_PER_GB, NS_PER_S, percentile_cont
 from rp9_pipelines.resources.catalog import CatalogResource
-from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
-from rp9_pipelines.settings import sqlalchemy_url
+from rp9_pipelines.resources.n8n_data import N8nDataResource
+from rp9_pipelines.settings import PlatformSettings, sqlalchemy_url
 from rp9_pipelines_tests.usage.conftest import materialize_day
 
 pytestmark = pytest.mark.stack
@@ -83,11 +83,11 @@ def test_execution_day_aggregates_like_the_definition(fresh_database_url: str) -
             counted + ignored,
         )
     engine.dispose()
-    tenant_db = TenantDatabaseResource(admin_url=fresh_database_url)
+    n8n_data = N8nDataResource(admin_url=fresh_database_url)
     database = sa.make_url(fresh_database_url).database
     assert database
 
-    day = tenant_db.execution_day_in(database, "t_synthetic", DAY)
+    day = n8n_data.execution_day_in(database, "t_synthetic", DAY)
 
     durations = [r * 1000 for r in runs] + [100.0, 1000.0]
     queue_waits = [w * 1000 for w in waits] + [200.0, 100.0, 500.0]
@@ -97,7 +97,7 @@ def test_execution_day_aggregates_like_the_definition(fresh_database_url: str) -
     assert day.latency_p95_ms == pytest.approx(percentile_cont(durations, 0.95))
     assert day.queue_wait_p95_ms == pytest.approx(percentile_cont(queue_waits, 0.95))
     # No n8n tables (never started, or purged) is not a day without executions.
-    assert tenant_db.execution_day_in(database, "t_absent", DAY) is None
+    assert n8n_data.execution_day_in(database, "t_absent", DAY) is None
 
 
 def _samples(tenant_id: uuid.UUID) -> list[store.SampleRow]:
@@ -121,23 +121,23 @@ def _materialize(
     instance: dg.DagsterInstance,
     tenant: Tenant,
     catalog: CatalogResource,
-    tenant_db: TenantDatabaseResource,
+    n8n_data: N8nDataResource,
 ) -> dg.ExecuteInProcessResult:
-    resources = {"catalog": catalog, "tenant_db": tenant_db}
+    resources = {"catalog": catalog, "n8n_data": n8n_data, "settings": PlatformSettings()}
     return materialize_day(instance, [tenant_usage_daily], tenant.slug, DAY, resources)
 
 
 def test_usage_from_samples_is_an_idempotent_upsert(
     catalog_tenant: Tenant,
     catalog: CatalogResource,
-    tenant_db: TenantDatabaseResource,
+    n8n_data: N8nDataResource,
     instance: dg.DagsterInstance,
 ) -> None:
     tenant = catalog_tenant
     with catalog.begin() as connection:
         assert store.insert_samples(connection, _samples(tenant.id)) == 2 * (24 * 60 + 21)
 
-    first = _materialize(instance, tenant, catalog, tenant_db)
+    first = _materialize(instance, tenant, catalog, n8n_data)
     with catalog.begin() as connection:
         row = store.get_usage(connection, tenant.id, DAY)
     assert row is not None
@@ -151,7 +151,7 @@ def test_usage_from_samples_is_an_idempotent_upsert(
     assert metadata["changed"].value is True
     assert metadata["samples"].value == 2 * (24 * 60 + 2)  # the day's, plus one each side
 
-    second = _materialize(instance, tenant, catalog, tenant_db)
+    second = _materialize(instance, tenant, catalog, n8n_data)
     with catalog.begin() as connection:
         again = store.get_usage(connection, tenant.id, DAY)
     assert again == row  # collected_at included: nothing was rewritten
@@ -164,7 +164,7 @@ def test_usage_from_samples_is_an_idempotent_upsert(
 def test_a_purged_tenant_keeps_the_day_it_was_measured(
     catalog_tenant: Tenant,
     catalog: CatalogResource,
-    tenant_db: TenantDatabaseResource,
+    n8n_data: N8nDataResource,
     instance: dg.DagsterInstance,
 ) -> None:
     tenant = catalog_tenant
@@ -176,7 +176,7 @@ def test_a_purged_tenant_keeps_the_day_it_was_measured(
             ),
             {"t": tenant.id, "d": DAY},
         )
-    result = _materialize(instance, tenant, catalog, tenant_db)
+    result = _materialize(instance, tenant, catalog, n8n_data)
     with catalog.begin() as connection:
         row = store.get_usage(connection, tenant.id, DAY)
     assert row is not None

@@ -15,12 +15,12 @@ from rp9_pipelines.catalog import usage as store
 from rp9_pipelines.catalog.supabase_migrate import MIGRATIONS, migrate
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.defs.usage.assets import supabase_business_metrics
-from rp9_pipelines.domain.usage import DayUsage, supabase_identifier
+from rp9_pipelines.domain.usage import DayUsage
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.supabase import SupabaseResource
 from rp9_pipelines.services.usage import BUSINESS_METRICS_TABLE
 from rp9_pipelines.settings import Settings, sqlalchemy_url
-from rp9_pipelines_tests.usage.conftest import materialize_day
+from rp9_pipelines_tests.usage.conftest import materialize_day, supabase_ledger_entry
 
 pytestmark = pytest.mark.stack
 
@@ -92,11 +92,10 @@ def test_business_metrics_upsert_is_idempotent_and_follows_corrections(
         assert rows[0]["tenant_slug"] == tenant.slug
         assert rows[0]["error_rate"] == pytest.approx(2 / 7, abs=1e-6)
         assert rows[0]["latency_p95_ms"] == 950.5
-    with catalog.begin() as connection:
-        ledger = store.ledger_entry(connection, supabase_identifier(str(tenant.id), DAY))
+    ledger = supabase_ledger_entry(catalog, tenant.id, DAY)
     assert ledger is not None
-    assert (ledger["status"], ledger["quantity"], ledger["error"]) == ("sent", 7, None)
-    assert ledger["sent_at"] is not None
+    assert (ledger.status, ledger.quantity, ledger.error) == ("sent", 7, None)
+    assert ledger.sent_at is not None
 
     # The day is corrected (re-measured): Supabase and the ledger follow, still one row each.
     with catalog.begin() as connection:
@@ -104,10 +103,9 @@ def test_business_metrics_upsert_is_idempotent_and_follows_corrections(
     assert _materialize(instance, tenant, catalog, supabase).success
     rows = supabase.select(BUSINESS_METRICS_TABLE, {"tenant_id": str(tenant.id)})
     assert [row["executions"] for row in rows] == [9]
-    with catalog.begin() as connection:
-        ledger = store.ledger_entry(connection, supabase_identifier(str(tenant.id), DAY))
+    ledger = supabase_ledger_entry(catalog, tenant.id, DAY)
     assert ledger is not None
-    assert (ledger["status"], ledger["quantity"]) == ("sent", 9)
+    assert (ledger.status, ledger.quantity) == ("sent", 9)
 
 
 def test_a_refused_push_is_recorded_as_failed(
@@ -126,20 +124,18 @@ def test_a_refused_push_is_recorded_as_failed(
     )
     result = _materialize(instance, tenant, catalog, forged)
     assert not result.success
-    with catalog.begin() as connection:
-        ledger = store.ledger_entry(connection, supabase_identifier(str(tenant.id), DAY))
+    ledger = supabase_ledger_entry(catalog, tenant.id, DAY)
     assert ledger is not None
-    assert ledger["status"] == "failed"
-    assert ledger["error"]
-    assert ledger["sent_at"] is None
+    assert ledger.status == "failed"
+    assert ledger.error
+    assert ledger.sent_at is None
     assert supabase.select(BUSINESS_METRICS_TABLE, {"tenant_id": str(tenant.id)}) == []
 
     # The retry with the right key delivers, and the ledger says so.
     assert _materialize(instance, tenant, catalog, supabase).success
-    with catalog.begin() as connection:
-        ledger = store.ledger_entry(connection, supabase_identifier(str(tenant.id), DAY))
+    ledger = supabase_ledger_entry(catalog, tenant.id, DAY)
     assert ledger is not None
-    assert (ledger["status"], ledger["error"]) == ("sent", None)
+    assert (ledger.status, ledger.error) == ("sent", None)
 
 
 def test_the_anon_key_can_neither_read_nor_write_metrics(

@@ -18,18 +18,21 @@ from rp9_pipelines.defs.billing.stripe import stripe_meter_events
 from rp9_pipelines.defs.usage.assets import supabase_business_metrics, tenant_usage_daily
 from rp9_pipelines.defs.usage.schedules import sample_resources_job
 from rp9_pipelines.domain.tenants import TenantNames
-from rp9_pipelines.domain.usage import supabase_identifier
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
+from rp9_pipelines.resources.n8n_data import N8nDataResource
 from rp9_pipelines.resources.stripe import StripeResource
 from rp9_pipelines.resources.supabase import SupabaseResource
-from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.resources.vault import VaultResource
 from rp9_pipelines.services.billing import meter_summary
 from rp9_pipelines.services.usage import BUSINESS_METRICS_TABLE
 from rp9_pipelines.settings import Settings
 from rp9_pipelines_tests.tenants.conftest import TenantN8n
-from rp9_pipelines_tests.usage.conftest import forget_usage, materialize_day
+from rp9_pipelines_tests.usage.conftest import (
+    forget_usage,
+    materialize_day,
+    supabase_ledger_entry,
+)
 from rp9_pipelines_tests.waiting import wait_until
 
 pytestmark = pytest.mark.stack
@@ -45,7 +48,7 @@ def test_n_executions_reach_usage_supabase_and_stripe_once(
     vault: VaultResource,
     shared_tenant: dict[str, Any],
     catalog: CatalogResource,
-    tenant_db: TenantDatabaseResource,
+    n8n_data: N8nDataResource,
     supabase: SupabaseResource,
     instance: dg.DagsterInstance,
 ) -> None:
@@ -56,7 +59,7 @@ def test_n_executions_reach_usage_supabase_and_stripe_once(
     path = f"usage-{uuid.uuid4().hex[:8]}"
     n8n.install_echo(path)
     today = dt.datetime.now(dt.UTC).date()
-    before = tenant_db.execution_day(names, today)
+    before = n8n_data.execution_day(names, today)
     already = before.executions if before else 0  # the session's tenant may have run others
     try:
         for i in range(N):
@@ -64,13 +67,13 @@ def test_n_executions_reach_usage_supabase_and_stripe_once(
             assert answer.status_code == 200, answer.text
 
         def recorded() -> bool:
-            day = tenant_db.execution_day(names, today)
+            day = n8n_data.execution_day(names, today)
             return day is not None and day.executions == already + N
 
         wait_until(recorded, timeout_s=60, what=f"{N} executions in {slug}'s execution_entity")
 
         # Two samples of each running container, as the every-minute schedule takes them.
-        sampling = {"catalog": catalog, "docker_runtime": runtime}
+        sampling = {"catalog": catalog, "docker_runtime": runtime, "settings": settings}
         for _ in range(2):
             assert sample_resources_job.execute_in_process(resources=sampling).success
         with catalog.begin() as connection:
@@ -94,9 +97,10 @@ def test_n_executions_reach_usage_supabase_and_stripe_once(
         )
         resources = {
             "catalog": catalog,
-            "tenant_db": tenant_db,
+            "n8n_data": n8n_data,
             "supabase": supabase,
             "stripe": stripe,
+            "settings": settings,
         }
         rows = []
         for _ in range(2):  # materialising again leaves everything at N
@@ -108,8 +112,8 @@ def test_n_executions_reach_usage_supabase_and_stripe_once(
                 count = connection.execute(
                     sa.select(sa.func.count()).select_from(usage).where(mine)
                 ).scalar_one()
-                ledger = store.ledger_entry(connection, supabase_identifier(str(tenant_id), today))
             assert count == 1
+            ledger = supabase_ledger_entry(catalog, tenant_id, today)
             row = rows[-1]
             assert row is not None
             assert (row["executions"], row["failures"]) == (already + N, 0)
@@ -123,7 +127,7 @@ def test_n_executions_reach_usage_supabase_and_stripe_once(
                 (today.isoformat(), already + N)
             ]
             assert ledger is not None
-            assert (ledger["status"], ledger["quantity"]) == ("sent", already + N)
+            assert (ledger.status, ledger.quantity) == ("sent", already + N)
             billed = meter_summary(stripe.client, catalog.engine, slug, today)
             assert billed == already + N
             metadata = result.asset_materializations_for_node("tenant_usage_daily")[0].metadata

@@ -8,21 +8,17 @@ import random
 import uuid
 from typing import Annotated, Any
 
-import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from rp9_pipelines.api.deps import DagsterDep, EngineDep, RawBodyDep, require_caller
-from rp9_pipelines.api.errors import ApiError
-from rp9_pipelines.api.idempotency import idempotent, replayed
+from rp9_pipelines import launches
+from rp9_pipelines.api.deps import DagsterDep, EngineDep, IdempotencyDep, TenantDep, require_caller
+from rp9_pipelines.api.errors import LAUNCH_ERRORS, ApiError, errors
 from rp9_pipelines.catalog import backups as catalog
-from rp9_pipelines.catalog import tenants as tenant_catalog
-from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.backups import NoRestorableBackup, choose_drill_backup
-from rp9_pipelines.launches import DRILL_TENANT_TAG, TENANT_ID_TAG
 
-router = APIRouter(tags=["backups"], dependencies=[Depends(require_caller)])
+router = APIRouter(tags=["backups"], dependencies=[Depends(require_caller)], responses=errors(401))
 
 DRILL_STATES = frozenset({"active", "suspended"})
 NOT_RESTORABLE_STATUS = {
@@ -40,52 +36,95 @@ class DrillRequest(BaseModel):
     )
 
 
-def _tenant(connection: sa.Connection, ref: str) -> Tenant:
-    tenant = tenant_catalog.get_tenant(connection, ref)
-    if tenant is None:
-        raise ApiError(404, "tenant_not_found", f"no tenant {ref!r}")
-    return tenant
+class DrillStarted(BaseModel):
+    tenant_id: str
+    slug: str
+    run_id: str
 
 
-@router.get("/tenants/{ref}/backups")
+class Backup(BaseModel):
+    id: str
+    tenant_id: str
+    kind: str = Field(description="daily, weekly, on_demand, pre_promotion, pre_upgrade")
+    status: str = Field(description="running, ok, failed, expired")
+    bucket: str
+    key: str
+    size_bytes: int | None
+    sha256: str | None
+    manifest: Any
+    run_id: str | None
+    started_at: str | None
+    finished_at: str | None
+    expires_at: str | None
+    error: str | None
+
+
+class Backups(BaseModel):
+    tenant_id: str
+    backups: list[Backup]
+
+
+class Drill(BaseModel):
+    id: str
+    tenant_id: str
+    backup_id: str
+    sandbox: str
+    status: str = Field(description="running, passed, failed")
+    run_id: str | None
+    started_at: str | None
+    finished_at: str | None
+    rto_seconds: float | None
+    checks: Any
+    error: str | None
+
+
+class Drills(BaseModel):
+    tenant_id: str
+    restore_drills: list[Drill]
+
+
+@router.get("/tenants/{ref}/backups", responses=errors(404, 422))
 def list_backups(
-    ref: str, engine: EngineDep, limit: Annotated[int, Query(ge=1, le=200)] = 50
-) -> dict[str, Any]:
+    tenant: TenantDep, engine: EngineDep, limit: Annotated[int, Query(ge=1, le=200)] = 50
+) -> Backups:
     """The tenant's backups, newest first: kind, status, object, size, sha256, manifest."""
     with engine.connect() as connection:
-        tenant = _tenant(connection, ref)
         rows = catalog.list_backups(connection, tenant.id, limit)
-    return {"tenant_id": str(tenant.id), "backups": [catalog.public_backup(r) for r in rows]}
+    return Backups(
+        tenant_id=str(tenant.id), backups=[Backup(**catalog.public_backup(r)) for r in rows]
+    )
 
 
-@router.get("/tenants/{ref}/restore-drills")
+@router.get("/tenants/{ref}/restore-drills", responses=errors(404, 422))
 def list_drills(
-    ref: str, engine: EngineDep, limit: Annotated[int, Query(ge=1, le=200)] = 20
-) -> dict[str, Any]:
+    tenant: TenantDep, engine: EngineDep, limit: Annotated[int, Query(ge=1, le=200)] = 20
+) -> Drills:
     """The tenant's restore drills, newest first: status, RTO and every check."""
     with engine.connect() as connection:
-        tenant = _tenant(connection, ref)
         rows = catalog.list_drills(connection, tenant.id, limit)
-    return {"tenant_id": str(tenant.id), "restore_drills": [catalog.public_drill(r) for r in rows]}
+    return Drills(
+        tenant_id=str(tenant.id), restore_drills=[Drill(**catalog.public_drill(r)) for r in rows]
+    )
 
 
-@router.post("/tenants/{ref}/restore-drills", status_code=202)
+@router.post(
+    "/tenants/{ref}/restore-drills",
+    status_code=202,
+    response_model=DrillStarted,
+    responses=errors(404, 409, 422, *LAUNCH_ERRORS),
+)
 def start_drill(
-    ref: str,
     body: DrillRequest,
-    raw: RawBodyDep,
+    tenant: TenantDep,
     engine: EngineDep,
     dagster: DagsterDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency: IdempotencyDep,
 ) -> JSONResponse:
     """Restore a backup (the given one, or a random recent `ok` one) into a sandbox and check
     it → 202 with the run id; the result lands in `GET /tenants/{id}/restore-drills`."""
-    with engine.connect() as connection:
-        tenant = _tenant(connection, ref)
-    route = f"POST /tenants/{tenant.id}/restore-drills"
-    with idempotent(engine, idempotency_key, route, raw) as slot:
-        if slot.replay:
-            return replayed(slot.replay)
+    with idempotency.slot(f"POST /tenants/{tenant.id}/restore-drills") as slot:
+        if slot.replay is not None:
+            return slot.replay
         if tenant.status not in DRILL_STATES:
             raise ApiError(409, "invalid_state", f"cannot drill a tenant that is {tenant.status}")
         with engine.connect() as connection:
@@ -95,18 +134,7 @@ def start_drill(
             choose_drill_backup(records, tenant.id, now, random.SystemRandom(), body.backup_id)
         except NoRestorableBackup as error:
             raise ApiError(NOT_RESTORABLE_STATUS[error.code], error.code, str(error)) from None
-        config: dict[str, Any] = {"tenant_id": str(tenant.id)}
-        if body.backup_id is not None:
-            config["backup_id"] = str(body.backup_id)
-        run_id = dagster.launch(
-            "restore_drill",
-            {"ops": {"run_restore_drill": {"config": config}}},
-            {
-                DRILL_TENANT_TAG: tenant.slug,
-                TENANT_ID_TAG: str(tenant.id),
-                "rp9/requested_by": "api",
-            },
-        )
-        result = {"tenant_id": str(tenant.id), "slug": tenant.slug, "run_id": run_id}
-        slot.store(202, result)
-    return JSONResponse(result, status_code=202)
+        backup_id = None if body.backup_id is None else str(body.backup_id)
+        run = launches.restore_drill(str(tenant.id), tenant.slug, launches.API, backup_id)
+        run_id = dagster.launch(run)
+        return slot.answer(DrillStarted(tenant_id=str(tenant.id), slug=tenant.slug, run_id=run_id))

@@ -2,21 +2,22 @@
 same the 5-minute schedule runs), for every tenant or for the ones named."""
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from rp9_pipelines.api.deps import DagsterDep, EngineDep, RawBodyDep, require_caller
-from rp9_pipelines.api.errors import ApiError
-from rp9_pipelines.api.idempotency import idempotent, replayed
+from rp9_pipelines import launches
+from rp9_pipelines.api.deps import DagsterDep, EngineDep, IdempotencyDep, require_caller
+from rp9_pipelines.api.errors import LAUNCH_ERRORS, ApiError, errors
 from rp9_pipelines.catalog.tables import enforcement_events, tenants
 
-router = APIRouter(tags=["enforcement"], dependencies=[Depends(require_caller)])
+router = APIRouter(
+    tags=["enforcement"], dependencies=[Depends(require_caller)], responses=errors(401)
+)
 
-JOB, OP = "enforce_limits", "enforce_quotas"
 MAX_TENANTS = 1000
 
 
@@ -29,6 +30,31 @@ class RunEnforcement(BaseModel):
         max_length=MAX_TENANTS,
         description="tenant ids or slugs; default: every tenant",
     )
+
+
+class EnforcementStarted(BaseModel):
+    run_id: str
+    tenants: list[str] | Literal["all"] = Field(description="the tenants' ids, or every tenant")
+
+
+class EnforcementEvent(BaseModel):
+    id: str
+    tenant_id: str
+    slug: str
+    period: str = Field(description="YYYY-MM")
+    metric: str
+    value: float
+    limit: float
+    threshold: int = Field(description="percent of the limit: 80, 100")
+    action: str = Field(description="warn, suspend, overage, resume")
+    run_id: str | None
+    created_at: str
+    notified_at: str | None = Field(description="when the warnings webhook acknowledged it")
+    notify_error: str | None
+
+
+class EnforcementEvents(BaseModel):
+    events: list[EnforcementEvent]
 
 
 def _key(ref: str) -> str:
@@ -61,40 +87,35 @@ def _is_uuid(ref: str) -> bool:
     return True
 
 
-@router.post("/enforcement/run", status_code=202)
+@router.post(
+    "/enforcement/run",
+    status_code=202,
+    response_model=EnforcementStarted,
+    responses=errors(404, 409, 422, *LAUNCH_ERRORS),
+)
 def run_enforcement(
-    body: RunEnforcement,
-    raw: RawBodyDep,
-    engine: EngineDep,
-    dagster: DagsterDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    body: RunEnforcement, engine: EngineDep, dagster: DagsterDep, idempotency: IdempotencyDep
 ) -> JSONResponse:
     """Apply plan limits now (warn at 80 % and 100 %, suspend or allow overage, resume) → 202
     with the run id; events land in `enforcement_events` and go to the warnings webhook."""
-    with idempotent(engine, idempotency_key, "POST /enforcement/run", raw) as slot:
-        if slot.replay:
-            return replayed(slot.replay)
+    with idempotency.slot("POST /enforcement/run") as slot:
+        if slot.replay is not None:
+            return slot.replay
         scope: list[str] = []
         if body.tenants is not None:
             with engine.connect() as connection:
                 scope = _resolve(connection, body.tenants)
-        run_id = dagster.launch(
-            JOB,
-            {"ops": {OP: {"config": {"tenants": scope}}}},
-            {"rp9/requested_by": "api"},
-        )
-        result: dict[str, Any] = {"run_id": run_id, "tenants": scope or "all"}
-        slot.store(202, result)
-    return JSONResponse(result, status_code=202)
+        run_id = dagster.launch(launches.enforcement(scope, launches.API))
+        return slot.answer(EnforcementStarted(run_id=run_id, tenants=scope or "all"))
 
 
-@router.get("/enforcement/events")
+@router.get("/enforcement/events", responses=errors(404, 422))
 def list_events(
     engine: EngineDep,
     tenant: Annotated[str | None, Query(description="a tenant id or slug")] = None,
     period: Annotated[str | None, Query(pattern=r"^[0-9]{4}-[0-9]{2}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, Any]:
+) -> EnforcementEvents:
     """Enforcement events, newest first: threshold, action, usage against the limit, and
     whether the warnings webhook acknowledged each."""
     query = (
@@ -110,23 +131,23 @@ def list_events(
         if period is not None:
             query = query.where(enforcement_events.c.period == period)
         rows = connection.execute(query).all()
-    return {
-        "events": [
-            {
-                "id": str(row.id),
-                "tenant_id": str(row.tenant_id),
-                "slug": row.slug,
-                "period": row.period,
-                "metric": row.metric,
-                "value": row.value,
-                "limit": row.limit_value,
-                "threshold": row.threshold,
-                "action": row.action,
-                "run_id": row.run_id,
-                "created_at": row.created_at.isoformat(),
-                "notified_at": row.notified_at.isoformat() if row.notified_at else None,
-                "notify_error": row.notify_error,
-            }
+    return EnforcementEvents(
+        events=[
+            EnforcementEvent(
+                id=str(row.id),
+                tenant_id=str(row.tenant_id),
+                slug=row.slug,
+                period=row.period,
+                metric=row.metric,
+                value=row.value,
+                limit=row.limit_value,
+                threshold=row.threshold,
+                action=row.action,
+                run_id=row.run_id,
+                created_at=row.created_at.isoformat(),
+                notified_at=row.notified_at.isoformat() if row.notified_at else None,
+                notify_error=row.notify_error,
+            )
             for row in rows
         ]
-    }
+    )

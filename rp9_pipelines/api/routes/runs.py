@@ -1,24 +1,33 @@
-from typing import Any
-
 from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
 
 from rp9_pipelines.api.deps import DagsterDep, require_caller
-from rp9_pipelines.api.errors import ApiError
+from rp9_pipelines.api.errors import ApiError, errors
+from rp9_pipelines.launches import TENANT_TAG
 
-router = APIRouter(tags=["runs"], dependencies=[Depends(require_caller)])
+router = APIRouter(tags=["runs"], dependencies=[Depends(require_caller)], responses=errors(401))
 
 
-@router.get("/runs/{run_id}")
-def get_run(run_id: str, dagster: DagsterDep) -> dict[str, Any]:
+class Run(BaseModel):
+    run_id: str
+    job: str
+    status: str = Field(description="QUEUED, STARTED, SUCCESS, FAILURE, CANCELED, …")
+    tenant: str | None = Field(description="the slug of the tenant it changes, if any")
+    start_time: float | None = Field(description="unix seconds")
+    end_time: float | None = Field(description="unix seconds")
+
+
+@router.get("/runs/{run_id}", responses=errors(404, 422, 502, 503))
+def get_run(run_id: str, dagster: DagsterDep) -> Run:
     """A Dagster run's status (QUEUED, STARTED, SUCCESS, FAILURE, CANCELED, …) and tags."""
     run = dagster.run(run_id)
     if run is None:
         raise ApiError(404, "run_not_found", f"no run {run_id!r}")
-    return {
-        "run_id": run.run_id,
-        "job": run.job,
-        "status": run.status,
-        "tenant": run.tags.get("rp9/tenant"),
-        "start_time": run.start_time,
-        "end_time": run.end_time,
-    }
+    return Run(
+        run_id=run.run_id,
+        job=run.job,
+        status=run.status,
+        tenant=run.tags.get(TENANT_TAG),
+        start_time=run.start_time,
+        end_time=run.end_time,
+    )

@@ -11,15 +11,16 @@ event id is applied once: a redelivery is acknowledged without touching anything
 import hashlib
 import logging
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 import stripe
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
 from sqlalchemy.dialects.postgresql import insert
 
 from rp9_pipelines.api.deps import EngineDep, RawBodyDep, SettingsDep
-from rp9_pipelines.api.errors import ApiError
+from rp9_pipelines.api.errors import ApiError, errors
 from rp9_pipelines.catalog.tables import idempotency_keys
 from rp9_pipelines.resources.stripe import make_client
 from rp9_pipelines.services.billing import sync_customer
@@ -39,6 +40,19 @@ HANDLED = frozenset(
 )
 
 StripeSettingsDep = Annotated[StripeSettings, Depends(get_stripe_settings)]
+
+
+class WebhookOutcome(BaseModel):
+    """What became of the event; the fields after `outcome` are there when they apply."""
+
+    received: bool
+    event: str = Field(description="Stripe's event id")
+    type: str | None = None
+    outcome: Literal["applied", "ignored", "duplicate"]
+    reason: str | None = None
+    tenant_id: str | None = None
+    plan: str | None = Field(default=None, description="the tenant's plan after the resync")
+    quotas: dict[str, Any] | None = Field(default=None, description="its `stripe` quotas")
 
 
 @lru_cache(maxsize=4)
@@ -85,7 +99,12 @@ def _record(engine: sa.Engine, event_id: str, raw: bytes, response: dict[str, An
         )
 
 
-@router.post("/stripe/webhook")
+@router.post(
+    "/stripe/webhook",
+    response_model=WebhookOutcome,
+    response_model_exclude_unset=True,
+    responses=errors(400, 503),
+)
 def stripe_webhook(
     raw: RawBodyDep,
     request: Request,

@@ -6,9 +6,10 @@ wins whenever its n8n runs. So a suspended tenant answers 503 `tenant_suspended`
 Traefik's 404, a tenant being created or changed 503 `tenant_unavailable`, and an unknown
 host 404 `tenant_not_found`. No Bearer token: this is what the tenant's users see.
 
-The API writes that router at startup (`TRAEFIK_DYNAMIC_DIR`, one file per API instance,
-pointing at `ORCH_PUBLIC_URL`, default `http://127.0.0.1:$ORCH_PORT`) and removes it at
-shutdown; files of instances that no longer answer are removed by the next one to start.
+The API writes that router at startup (`published`, from `api/main.py`'s lifespan) into
+`TRAEFIK_DYNAMIC_DIR`, one file per API instance pointing at `ORCH_PUBLIC_URL` (default
+`http://127.0.0.1:$ORCH_PORT`), and removes it at shutdown; files of instances that no longer
+answer are removed by the next one to start.
 """
 
 import contextlib
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import sqlalchemy as sa
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from rp9_pipelines.api.deps import EngineDep, SettingsDep
@@ -30,7 +31,7 @@ from rp9_pipelines.catalog.tables import tenants
 from rp9_pipelines.domain.enforcement import next_period_start, period_of
 from rp9_pipelines.domain.routing import FALLBACK_PATH, fallback_config, unavailable
 from rp9_pipelines.resources.traefik_dynamic import TraefikDynamicResource
-from rp9_pipelines.settings import get_settings
+from rp9_pipelines.settings import Settings
 
 FILE_PREFIX = "rp9-fallback-"
 log = logging.getLogger(__name__)
@@ -88,9 +89,8 @@ async def _prune(files: TraefikDynamicResource, keep: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def publish_fallback(_: FastAPI) -> AsyncIterator[None]:
-    """Write this instance's fallback router for Traefik; remove it at shutdown."""
-    settings = get_settings()
+async def published(settings: Settings) -> AsyncIterator[None]:
+    """This instance's fallback router, in Traefik's dynamic directory while the API runs."""
     if not settings.traefik_dynamic_dir:
         log.warning("TRAEFIK_DYNAMIC_DIR is not set: suspended tenants answer Traefik's 404")
         yield
@@ -119,7 +119,8 @@ async def publish_fallback(_: FastAPI) -> AsyncIterator[None]:
         files.remove(name)
 
 
-router = APIRouter(tags=["fallback"], include_in_schema=False, lifespan=publish_fallback)
+# Traefik's, not a caller's: no token, and not in the API's schema.
+router = APIRouter(tags=["fallback"], include_in_schema=False)
 
 
 @router.api_route(

@@ -1,37 +1,36 @@
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+"""Tenants: create and read them, and change them (scale, provision again, suspend, resume,
+back up, delete). Every change is a Dagster run: 202 with its id, `GET /runs/{id}` follows it."""
 
-import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Header, Query
+from collections.abc import Callable
+from functools import partial
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from rp9_pipelines import launches
 from rp9_pipelines.api.dagster_client import DagsterClient
 from rp9_pipelines.api.deps import (
     DagsterDep,
     EngineDep,
-    RawBodyDep,
+    IdempotencyDep,
     SettingsDep,
+    TenantDep,
+    TenantsDep,
     require_caller,
 )
-from rp9_pipelines.api.errors import ApiError
-from rp9_pipelines.api.idempotency import idempotent, replayed
+from rp9_pipelines.api.errors import LAUNCH_ERRORS, errors
+from rp9_pipelines.api.idempotency import Idempotency
 from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.catalog.tenants import Tenant
-from rp9_pipelines.domain.tenants import (
-    InvalidRequest,
-    check_custom_domain,
-    check_resources,
-    check_slug,
-    check_workers,
-    effective_limits,
-)
-from rp9_pipelines.launches import TENANT_ID_TAG, TENANT_TAG
+from rp9_pipelines.domain.tenants import Tier
+from rp9_pipelines.services import tenants as service
 
-router = APIRouter(tags=["tenants"], dependencies=[Depends(require_caller)])
+router = APIRouter(tags=["tenants"], dependencies=[Depends(require_caller)], responses=errors(401))
 
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+# What a change to an existing tenant can answer besides 202.
+CHANGE_ERRORS = errors(404, 409, 422, *LAUNCH_ERRORS)
 
 
 class CreateTenant(BaseModel):
@@ -40,7 +39,7 @@ class CreateTenant(BaseModel):
     slug: str = Field(description="DNS label, 3-40 characters of a-z, 0-9 and hyphens")
     name: str = Field(min_length=1, max_length=200)
     plan: str = "starter"
-    tier: Literal["shared", "dedicated"] = "shared"
+    tier: Tier = "shared"
     workers: int | None = Field(default=None, description="default: the plan's minimum")
     custom_domain: str | None = None
     region: str = Field(default="eu-1", max_length=40)
@@ -56,288 +55,218 @@ class ScaleTenant(BaseModel):
     workers: int | None = None
 
 
-def _invalid(error: InvalidRequest) -> ApiError:
-    return ApiError(422, error.code, str(error))
+class TenantCreated(BaseModel):
+    tenant_id: str
+    slug: str
+    status: str
+    run_id: str = Field(description="the provisioning run")
+    hosts: list[str] = Field(description="where the tenant's n8n answers once it is active")
 
 
-def _tenant_or_404(connection: sa.Connection, ref: str) -> Tenant:
-    tenant = catalog.get_tenant(connection, ref)
-    if tenant is None:
-        raise ApiError(404, "tenant_not_found", f"no tenant {ref!r}")
-    return tenant
+class Launched(BaseModel):
+    """A change accepted: the run that carries it out."""
+
+    tenant_id: str
+    slug: str
+    run_id: str
 
 
-def _launch(
-    dagster: DagsterClient, job: str, tenant: Tenant, op: str, config: dict[str, Any]
-) -> str:
-    return dagster.launch(
-        job,
-        {"ops": {op: {"config": {"tenant_id": str(tenant.id), **config}}}},
-        {TENANT_TAG: tenant.slug, TENANT_ID_TAG: str(tenant.id), "rp9/requested_by": "api"},
-    )
+class TenantPublic(BaseModel):
+    id: str
+    slug: str
+    name: str
+    plan: str
+    tier: Tier
+    status: str = Field(description="provisioning, active, suspended, failed, deleted, …")
+    region: str
+    custom_domain: str | None
+    n8n_version: str
+    workers: int
+    last_error: str | None
+    created_at: str = Field(description="ISO 8601")
+    updated_at: str = Field(description="ISO 8601")
 
 
-@router.post("/tenants", status_code=202)
+class TenantsPublic(BaseModel):
+    tenants: list[TenantPublic]
+
+
+class LimitsPublic(BaseModel):
+    """The tenant's effective limits: its plan's, overridden by Stripe, then by hand."""
+
+    executions_per_month: int
+    concurrency: int
+    cpu: float
+    memory_mb: int
+    min_workers: int
+    max_workers: int
+    overage_allowed: bool
+
+
+class InstancePublic(BaseModel):
+    name: str
+    role: str
+    color: str
+    state: str
+    cpu: float
+    memory_mb: int
+
+
+class TenantDetail(TenantPublic):
+    limits: LimitsPublic
+    instances: list[InstancePublic]
+
+
+@router.post(
+    "/tenants",
+    status_code=202,
+    response_model=TenantCreated,
+    responses=errors(409, 422, *LAUNCH_ERRORS),
+)
 def create_tenant(
     body: CreateTenant,
-    raw: RawBodyDep,
-    engine: EngineDep,
+    tenants: TenantsDep,
     dagster: DagsterDep,
+    idempotency: IdempotencyDep,
     settings: SettingsDep,
-    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Create a tenant: catalog row, then a provisioning run. 202 with the tenant and run ids."""
-    with idempotent(engine, idempotency_key, "POST /tenants", raw) as slot:
-        if slot.replay:
-            return replayed(slot.replay)
-        try:
-            check_slug(body.slug)
-            check_custom_domain(body.custom_domain, settings.base_domain)
-        except InvalidRequest as error:
-            raise _invalid(error) from None
-        if body.requires_dedicated and body.tier != "dedicated":
-            raise ApiError(
-                422, "compliance_requires_dedicated", "requires_dedicated needs tier 'dedicated'"
-            )
-        with engine.begin() as connection:
-            plan = catalog.plan_limits(connection, body.plan)
-            if plan is None:
-                raise ApiError(422, "unknown_plan", f"no plan named {body.plan!r}")
-            limits = effective_limits({"plan": plan})
-            workers = limits.min_workers if body.workers is None else body.workers
-            try:
-                check_workers(workers, limits, body.plan)
-            except InvalidRequest as error:
-                raise _invalid(error) from None
-            if catalog.slug_taken(connection, body.slug):
-                raise ApiError(409, "slug_taken", f"slug {body.slug!r} is already taken")
-            if body.custom_domain and catalog.domain_taken(connection, body.custom_domain):
-                raise ApiError(409, "domain_taken", f"{body.custom_domain!r} is already routed")
-            try:
-                tenant_id = catalog.insert_tenant(
-                    connection,
-                    {
-                        "slug": body.slug,
-                        "name": body.name,
-                        "plan": body.plan,
-                        "tier": body.tier,
-                        "region": body.region,
-                        "custom_domain": body.custom_domain,
-                        "workers": workers,
-                        "n8n_version": settings.n8n_version,
-                        "compliance": {"requires_dedicated": body.requires_dedicated},
-                    },
-                )
-            except sa.exc.IntegrityError:
-                raise ApiError(409, "slug_taken", f"slug {body.slug!r} is already taken") from None
-            catalog.set_quota(connection, tenant_id, "plan", plan)
-            tenant = catalog.get_tenant(connection, tenant_id)
-        assert tenant is not None
-        try:
-            run_id = _launch(dagster, "provision_tenant", tenant, "register_secrets", {})
-        except ApiError:
-            # No run, no tenant: nothing is left half-created.
-            with engine.begin() as connection:
-                catalog.forget_tenant(connection, tenant_id)
-            raise
+    with idempotency.slot("POST /tenants") as slot:
+        if slot.replay is not None:
+            return slot.replay
+        new = service.NewTenant(**body.model_dump())
+        tenant, run_id = service.create_tenant(
+            tenants, dagster.launch, new, settings.base_domain, settings.n8n_version
+        )
         hosts = tenant.names.hosts(settings.base_domain, tenant.custom_domain)
-        result = {
-            "tenant_id": str(tenant_id),
-            "slug": tenant.slug,
-            "status": tenant.status,
-            "run_id": run_id,
-            "hosts": hosts,
-        }
-        slot.store(202, result)
-    return JSONResponse(result, status_code=202)
+        return slot.answer(
+            TenantCreated(
+                tenant_id=str(tenant.id),
+                slug=tenant.slug,
+                status=tenant.status,
+                run_id=run_id,
+                hosts=hosts,
+            )
+        )
 
 
-@router.get("/tenants")
+@router.get("/tenants", responses=errors(422))
 def list_tenants(
     engine: EngineDep, include_deleted: Annotated[bool, Query()] = False
-) -> dict[str, Any]:
+) -> TenantsPublic:
     with engine.connect() as connection:
         tenants = catalog.list_tenants(connection, include_deleted)
-    return {"tenants": [t.public() for t in tenants]}
+    return TenantsPublic(tenants=[TenantPublic(**t.public()) for t in tenants])
 
 
-@router.get("/tenants/{ref}")
-def get_tenant(ref: str, engine: EngineDep) -> dict[str, Any]:
+@router.get("/tenants/{ref}", responses=errors(404, 422))
+def get_tenant(tenant: TenantDep, engine: EngineDep) -> TenantDetail:
     """A tenant by UUID or slug, with its effective limits and its containers."""
     with engine.connect() as connection:
-        tenant = _tenant_or_404(connection, ref)
         limits = catalog.limits_for(connection, tenant.id)
         instances = catalog.live_instances(connection, tenant.id)
-    return {
+    return TenantDetail(
         **tenant.public(),
-        "limits": limits.__dict__,
-        "instances": [
-            {
-                "name": i["container_name"],
-                "role": i["role"],
-                "color": i["color"],
-                "state": i["state"],
-                "cpu": float(i["cpu_limit"]),
-                "memory_mb": i["memory_limit_mb"],
-            }
+        limits=LimitsPublic(**limits.__dict__),
+        instances=[
+            InstancePublic(
+                name=i["container_name"],
+                role=i["role"],
+                color=i["color"],
+                state=i["state"],
+                cpu=float(i["cpu_limit"]),
+                memory_mb=i["memory_limit_mb"],
+            )
             for i in instances
         ],
-    }
-
-
-Validator = Callable[[sa.Connection, Tenant], None]
-
-
-@dataclass(frozen=True)
-class Action:
-    """A change to an existing tenant: the states it is allowed from and the job it launches."""
-
-    name: str
-    allowed: frozenset[str]
-    job: str
-    op: str
-    summary: str
-
-
-SCALE = Action(
-    "scale",
-    frozenset({"active", "failed"}),
-    "scale_tenant",
-    "apply_scale",
-    "Change plan, CPU/memory or the number of workers (within the plan's range).",
-)
-DELETE = Action(
-    "delete",
-    frozenset({"provisioning", "active", "suspended", "failed", "deleted"}),
-    "delete_tenant",
-    "remove_tenant",
-    "Remove the tenant's stack and route; its data stays unless `purge=true`.",
-)
-PLAIN_ACTIONS = [
-    Action(
-        "provision",
-        frozenset({"provisioning", "failed", "active"}),
-        "provision_tenant",
-        "register_secrets",
-        "Run provisioning again: for a tenant whose run failed or was interrupted, or to repair an "
-        "active tenant whose containers were removed or changed by hand; every step converges, "
-        "so it finishes the work without a second stack.",
-    ),
-    Action(
-        "suspend",
-        frozenset({"active", "failed"}),
-        "suspend_tenant",
-        "stop_stack",
-        "Stop the tenant's n8n (its route goes with it); nothing is deleted.",
-    ),
-    Action(
-        "resume",
-        frozenset({"suspended", "failed"}),
-        "resume_tenant",
-        "restart_stack",
-        "Start a suspended tenant's n8n again, with its data.",
-    ),
-    Action(
-        "backup",
-        frozenset({"active", "suspended"}),
-        "backup_tenant",
-        "backup_database",
-        "Back up the tenant's data to S3 now (recorded as `on_demand`, verified before `ok`).",
-    ),
-]
+    )
 
 
 def _change(
-    ref: str,
-    raw: bytes,
-    engine: sa.Engine,
+    action: service.Action,
+    tenant: Tenant,
+    run: launches.Launch,
     dagster: DagsterClient,
-    key: str | None,
-    action: Action,
-    config: dict[str, Any],
-    validate: Validator | None = None,
+    idempotency: Idempotency,
+    check: Callable[[], None] | None = None,
 ) -> JSONResponse:
-    with engine.connect() as connection:
-        tenant = _tenant_or_404(connection, ref)
-    with idempotent(engine, key, f"POST /tenants/{tenant.id}/{action.name}", raw) as slot:
-        if slot.replay:
-            return replayed(slot.replay)
-        if tenant.status not in action.allowed:
-            raise ApiError(
-                409, "invalid_state", f"cannot {action.name} a tenant that is {tenant.status}"
-            )
-        if validate is not None:
-            with engine.connect() as connection:
-                validate(connection, tenant)
-        run_id = _launch(dagster, action.job, tenant, action.op, config)
-        result = {"tenant_id": str(tenant.id), "slug": tenant.slug, "run_id": run_id}
-        slot.store(202, result)
-    return JSONResponse(result, status_code=202)
+    with idempotency.slot(f"POST /tenants/{tenant.id}/{action.name}") as slot:
+        if slot.replay is not None:
+            return slot.replay
+        run_id = service.change_tenant(dagster.launch, tenant, action, run, check)
+        return slot.answer(Launched(tenant_id=str(tenant.id), slug=tenant.slug, run_id=run_id))
 
 
-@router.post("/tenants/{ref}/scale", status_code=202, summary=SCALE.summary)
+@router.post(
+    "/tenants/{ref}/scale", status_code=202, response_model=Launched, responses=CHANGE_ERRORS
+)
 def scale_tenant(
-    ref: str,
     body: ScaleTenant,
-    raw: RawBodyDep,
-    engine: EngineDep,
+    tenant: TenantDep,
+    tenants: TenantsDep,
     dagster: DagsterDep,
-    idempotency_key: IdempotencyKey = None,
+    idempotency: IdempotencyDep,
 ) -> JSONResponse:
-    def validate(connection: sa.Connection, tenant: Tenant) -> None:
-        if body.plan is not None and catalog.plan_limits(connection, body.plan) is None:
-            raise ApiError(422, "unknown_plan", f"no plan named {body.plan!r}")
-        try:
-            check_resources(body.cpu, body.memory_mb)
-            if body.workers is not None or body.plan is not None:
-                overrides: dict[str, dict[str, object]] = {
-                    "plan": catalog.plan_limits(connection, body.plan or tenant.plan) or {}
-                }
-                check_workers(
-                    tenant.workers if body.workers is None else body.workers,
-                    effective_limits(overrides),
-                    body.plan or tenant.plan,
-                )
-        except InvalidRequest as error:
-            raise _invalid(error) from None
-        if body.model_dump(exclude_none=True) == {}:
-            raise ApiError(422, "nothing_to_change", "give plan, cpu, memory_mb or workers")
-
-    config = body.model_dump(exclude_none=True)
-    return _change(ref, raw, engine, dagster, idempotency_key, SCALE, config, validate)
+    """Change plan, CPU/memory or the number of workers (within the plan's range)."""
+    changes = body.model_dump(exclude_none=True)
+    run = launches.tenant_job("scale_tenant", str(tenant.id), tenant.slug, **changes)
+    check = partial(service.check_scale, tenants, tenant, service.Scale(**changes))
+    return _change(service.SCALE, tenant, run, dagster, idempotency, check)
 
 
-@router.delete("/tenants/{ref}", status_code=202, summary=DELETE.summary)
+@router.post(
+    "/tenants/{ref}/provision", status_code=202, response_model=Launched, responses=CHANGE_ERRORS
+)
+def provision_tenant(
+    tenant: TenantDep, dagster: DagsterDep, idempotency: IdempotencyDep
+) -> JSONResponse:
+    """Run provisioning again: for a tenant whose run failed or was interrupted, or to repair an
+    active tenant whose containers were removed or changed by hand; every step converges, so it
+    finishes the work without a second stack."""
+    run = launches.tenant_job("provision_tenant", str(tenant.id), tenant.slug)
+    return _change(service.PROVISION, tenant, run, dagster, idempotency)
+
+
+@router.post(
+    "/tenants/{ref}/suspend", status_code=202, response_model=Launched, responses=CHANGE_ERRORS
+)
+def suspend_tenant(
+    tenant: TenantDep, dagster: DagsterDep, idempotency: IdempotencyDep
+) -> JSONResponse:
+    """Stop the tenant's n8n (its route goes with it); nothing is deleted."""
+    run = launches.tenant_job("suspend_tenant", str(tenant.id), tenant.slug)
+    return _change(service.SUSPEND, tenant, run, dagster, idempotency)
+
+
+@router.post(
+    "/tenants/{ref}/resume", status_code=202, response_model=Launched, responses=CHANGE_ERRORS
+)
+def resume_tenant(
+    tenant: TenantDep, dagster: DagsterDep, idempotency: IdempotencyDep
+) -> JSONResponse:
+    """Start a suspended tenant's n8n again, with its data."""
+    run = launches.tenant_job("resume_tenant", str(tenant.id), tenant.slug)
+    return _change(service.RESUME, tenant, run, dagster, idempotency)
+
+
+@router.post(
+    "/tenants/{ref}/backup", status_code=202, response_model=Launched, responses=CHANGE_ERRORS
+)
+def backup_tenant(
+    tenant: TenantDep, dagster: DagsterDep, idempotency: IdempotencyDep
+) -> JSONResponse:
+    """Back up the tenant's data to S3 now (recorded as `on_demand`, verified before `ok`)."""
+    run = launches.backup(str(tenant.id), tenant.slug, "on_demand", launches.API)
+    return _change(service.BACKUP, tenant, run, dagster, idempotency)
+
+
+@router.delete("/tenants/{ref}", status_code=202, response_model=Launched, responses=CHANGE_ERRORS)
 def delete_tenant(
-    ref: str,
-    raw: RawBodyDep,
-    engine: EngineDep,
+    tenant: TenantDep,
     dagster: DagsterDep,
+    idempotency: IdempotencyDep,
     purge: Annotated[bool, Query(description="also delete the tenant's data")] = False,
-    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
-    return _change(ref, raw, engine, dagster, idempotency_key, DELETE, {"purge": purge})
-
-
-def _plain_route(action: Action) -> Callable[..., JSONResponse]:
-    def route(
-        ref: str,
-        raw: RawBodyDep,
-        engine: EngineDep,
-        dagster: DagsterDep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> JSONResponse:
-        return _change(ref, raw, engine, dagster, idempotency_key, action, {})
-
-    return route
-
-
-for _action in PLAIN_ACTIONS:
-    router.add_api_route(
-        f"/tenants/{{ref}}/{_action.name}",
-        _plain_route(_action),
-        methods=["POST"],
-        status_code=202,
-        name=f"{_action.name}_tenant",
-        summary=_action.summary,
-    )
+    """Remove the tenant's stack and route; its data stays unless `purge=true`."""
+    run = launches.tenant_job("delete_tenant", str(tenant.id), tenant.slug, purge=purge)
+    return _change(service.DELETE, tenant, run, dagster, idempotency)

@@ -5,52 +5,25 @@ import time
 
 import dagster as dg
 
+from rp9_pipelines import launches
 from rp9_pipelines.catalog import autoscaling as autoscaling_catalog
-from rp9_pipelines.defs.tenants.jobs import scale_tenant
 from rp9_pipelines.domain.autoscaling import dump_histories, event_id, load_histories, run_key
-from rp9_pipelines.launches import (
-    AUTOSCALER,
-    AUTOSCALING_EVENT_TAG,
-    REQUESTED_BY_TAG,
-    TENANT_ID_TAG,
-    TENANT_TAG,
-)
 from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.n8n_data import N8nDataResource
 from rp9_pipelines.resources.prometheus import PrometheusResource
 from rp9_pipelines.resources.redis_queue import RedisResource
-from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.services.autoscaling import Judged, Tick, evaluate
-from rp9_pipelines.settings import AutoscalingSettings
+from rp9_pipelines.settings import AutoscalingSettings, PlatformSettings
 
 SENSOR_NAME = "autoscale_workers"
-IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
-
-
-def tenants_in_flight(instance: dg.DagsterInstance) -> set[str]:
-    """Tenants with any run queued or running (one query for the whole fleet)."""
-    runs = instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT))
-    return {run.tags[TENANT_ID_TAG] for run in runs if TENANT_ID_TAG in run.tags}
 
 
 def scale_request(judged: Judged, key: str) -> dg.RunRequest:
     candidate, decision = judged.observation.candidate, judged.decision
-    config = {"tenant_id": str(candidate.id), "workers": decision.workers_to}
-    return dg.RunRequest(
-        run_key=key,
-        run_config={"ops": {"apply_scale": {"config": config}}},
-        tags={
-            TENANT_TAG: candidate.slug,
-            TENANT_ID_TAG: str(candidate.id),
-            REQUESTED_BY_TAG: AUTOSCALER,
-            AUTOSCALING_EVENT_TAG: str(event_id(key)),
-        },
+    launch = launches.autoscale(
+        str(candidate.id), candidate.slug, decision.workers_to, str(event_id(key))
     )
+    return launch.run_request(run_key=key)
 
 
 def _names(items: list[str], limit: int = 5) -> str:
@@ -83,7 +56,7 @@ def build_autoscaler(settings: AutoscalingSettings) -> dg.SensorDefinition:
 
     @dg.sensor(
         name=SENSOR_NAME,
-        job=scale_tenant,
+        job_name="scale_tenant",
         minimum_interval_seconds=settings.interval_s,
         default_status=(
             dg.DefaultSensorStatus.RUNNING if settings.enabled else dg.DefaultSensorStatus.STOPPED
@@ -93,7 +66,7 @@ def build_autoscaler(settings: AutoscalingSettings) -> dg.SensorDefinition:
         context: dg.SensorEvaluationContext,
         catalog: CatalogResource,
         redis: RedisResource,
-        tenant_db: TenantDatabaseResource,
+        n8n_data: N8nDataResource,
         prometheus: PrometheusResource,
     ) -> dg.SensorResult:
         """Scale each active tenant's queue workers from its queue (Redis) and its executions
@@ -112,9 +85,9 @@ def build_autoscaler(settings: AutoscalingSettings) -> dg.SensorDefinition:
         tick = evaluate(
             candidates,
             histories,
-            tenants_in_flight(context.instance),
+            launches.tenants_in_flight(context.instance),
             redis=redis,
-            tenant_db=tenant_db,
+            n8n_data=n8n_data,
             prometheus=prometheus,
             policy=policy,
             signal_window_s=settings.signal_window_s,
@@ -157,4 +130,4 @@ def build_autoscaler(settings: AutoscalingSettings) -> dg.SensorDefinition:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(sensors=[build_autoscaler(AutoscalingSettings())])
+    return dg.Definitions(sensors=[build_autoscaler(PlatformSettings().autoscaling)])

@@ -6,16 +6,14 @@ from typing import Any
 
 import dagster as dg
 
+from rp9_pipelines import launches
 from rp9_pipelines.catalog import tenants as tenant_catalog
-from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.backups import RETENTION, SCHEDULED_KINDS, scheduled_runs
-from rp9_pipelines.launches import KIND_TAG, TENANT_ID_TAG, TENANT_TAG
+from rp9_pipelines.launches import BACKUP_KIND, KIND_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.s3 import S3Resource
+from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.services.backups import apply_retention, take_backup
-
-BACKUP_KIND_TAG = "rp9/backup_kind"
-# What `dagster.yaml` limits: how many backups run at once across tenants.
-BACKUP_RUN_KIND = "backup"
 
 
 class BackupRequest(dg.Config):
@@ -27,23 +25,24 @@ class RetentionRequest(dg.Config):
     as_of: str | None = None  # ISO 8601; the retention clock (default: now)
 
 
-def load_tenant(catalog_db: CatalogResource, tenant_id: str) -> Tenant:
-    with catalog_db.begin() as connection:
-        return tenant_catalog.require_tenant(connection, tenant_id)
-
-
-@dg.op(required_resource_keys={"catalog", "tenant_db", "s3"})
-def backup_database(context: dg.OpExecutionContext, config: BackupRequest) -> dict[str, Any]:
+@dg.op
+def backup_database(
+    context: dg.OpExecutionContext,
+    config: BackupRequest,
+    catalog: CatalogResource,
+    tenant_db: TenantDatabaseResource,
+    s3: S3Resource,
+) -> dict[str, Any]:
     """pg_dump of the tenant's snapshot streamed into S3 with its manifest; `ok` only once the
     stored object was read back with the recorded size and sha256."""
     if config.kind not in RETENTION:
         raise ValueError(f"unknown backup kind {config.kind!r}; one of {sorted(RETENTION)}")
-    res: Any = context.resources
-    tenant = load_tenant(res.catalog, config.tenant_id)
+    with catalog.begin() as connection:
+        tenant = tenant_catalog.require_tenant(connection, config.tenant_id)
     outcome = take_backup(
-        res.catalog,
-        res.tenant_db.admin_url,
-        res.s3,
+        catalog,
+        tenant_db.admin_url,
+        s3,
         tenant,
         config.kind,
         context.run_id,
@@ -58,15 +57,18 @@ def backup_database(context: dg.OpExecutionContext, config: BackupRequest) -> di
     }
 
 
-@dg.job(tags={KIND_TAG: BACKUP_RUN_KIND}, executor_def=dg.in_process_executor)
+# The queue (`dagster.yaml`) runs a few backups at a time across tenants, by this kind.
+@dg.job(tags={KIND_TAG: BACKUP_KIND}, executor_def=dg.in_process_executor)
 def backup_tenant() -> None:
     """Back up one tenant's n8n data (schema or database) to S3, verified."""
     backup_database()
 
 
 def backup_schedule(kind: str, cron: str) -> dg.ScheduleDefinition:
+    name = f"{kind}_backups"
+
     @dg.schedule(
-        name=f"{kind}_backups",
+        name=name,
         cron_schedule=cron,
         job=backup_tenant,
         execution_timezone="UTC",
@@ -84,14 +86,8 @@ def backup_schedule(kind: str, cron: str) -> dg.ScheduleDefinition:
         if not runs:
             return dg.SkipReason("no active tenant to back up")
         return [
-            dg.RunRequest(
-                run_key=run.run_key,
-                run_config={
-                    "ops": {
-                        "backup_database": {"config": {"tenant_id": run.tenant_id, "kind": kind}}
-                    }
-                },
-                tags={TENANT_TAG: run.slug, TENANT_ID_TAG: run.tenant_id, BACKUP_KIND_TAG: kind},
+            launches.backup(run.tenant_id, run.slug, kind, requested_by=name).run_request(
+                run_key=run.run_key
             )
             for run in runs
         ]
@@ -103,15 +99,19 @@ CRONS = {"daily": "0 2 * * *", "weekly": "0 3 * * 0"}
 backup_schedules = [backup_schedule(kind, CRONS[kind]) for kind in SCHEDULED_KINDS]
 
 
-@dg.op(required_resource_keys={"catalog", "s3"})
-def expire_backups(context: dg.OpExecutionContext, config: RetentionRequest) -> dict[str, int]:
+@dg.op
+def expire_backups(
+    context: dg.OpExecutionContext,
+    config: RetentionRequest,
+    catalog: CatalogResource,
+    s3: S3Resource,
+) -> dict[str, int]:
     """Delete every backup past its expiry from S3 and mark it `expired`, except each tenant's
     last `ok` backup."""
-    res: Any = context.resources
     now = dt.datetime.fromisoformat(config.as_of) if config.as_of else dt.datetime.now(dt.UTC)
     if now.tzinfo is None:
         raise ValueError("as_of needs a timezone (e.g. 2026-12-01T00:00:00+00:00)")
-    outcome = apply_retention(res.catalog, res.s3, now, context.log.info)
+    outcome = apply_retention(catalog, s3, now, context.log.info)
     context.log.info(
         f"retention at {now.isoformat()}: {len(outcome.expired)} expired, "
         f"{len(outcome.kept_last_ok)} kept as their tenant's last ok backup"

@@ -3,12 +3,10 @@ reported to the Billing Meter per tenant and day, and entitlements synced back i
 
 import dagster as dg
 
+from rp9_pipelines import launches
 from rp9_pipelines.catalog import tenants as tenant_catalog
-from rp9_pipelines.defs.partitions import (
-    tenant_day,
-    tenant_day_partitions,
-)
-from rp9_pipelines.launches import KIND_TAG, TENANT_TAG
+from rp9_pipelines.defs.partitions import tenant_day, tenant_day_partitions
+from rp9_pipelines.launches import KIND_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.stripe import StripeResource
 from rp9_pipelines.services.billing import MeterReporter, ensure_customer, sync_all, sync_catalog
@@ -148,11 +146,8 @@ def stripe_meter_after_usage(
             continue
         # A multi-partition key is its dimensions' keys in name order: "<day>|<tenant>".
         _, _, slug = partition.partition("|")
+        launch = launches.stripe_meter(slug)
         requests.append(
-            dg.RunRequest(
-                run_key=f"stripe-meter:{record.storage_id}",
-                partition_key=partition,
-                tags={TENANT_TAG: slug},
-            )
+            launch.run_request(run_key=f"stripe-meter:{record.storage_id}", partition_key=partition)
         )
     return dg.SensorResult(run_requests=requests, cursor=str(records[-1].storage_id))

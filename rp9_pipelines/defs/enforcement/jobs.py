@@ -8,19 +8,13 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from rp9_pipelines.defs.tenants.jobs import RESOURCES
-from rp9_pipelines.launches import IN_FLIGHT, KIND_TAG, tenants_in_flight
+from rp9_pipelines import launches
+from rp9_pipelines.launches import ENFORCEMENT_KIND, IN_FLIGHT, KIND_TAG
+from rp9_pipelines.resources.stack import StackResources
 from rp9_pipelines.services.enforcement import enforce
-from rp9_pipelines.services.tenants import StackResources
-from rp9_pipelines.settings import EnforcementSettings
+from rp9_pipelines.settings import EnforcementSettings, PlatformSettings
 
-ENFORCEMENT_RUN_KIND = "enforcement"
 SCHEDULE_NAME = "enforce_limits_every_5_minutes"
-
-
-def _stack_resources(context: dg.OpExecutionContext) -> StackResources:
-    res: Any = context.resources
-    return StackResources(**{key: getattr(res, key) for key in RESOURCES})
 
 
 class EnforceRequest(dg.Config):
@@ -31,8 +25,13 @@ class EnforceRequest(dg.Config):
     as_of: str | None = None
 
 
-@dg.op(required_resource_keys=RESOURCES)
-def enforce_quotas(context: dg.OpExecutionContext, config: EnforceRequest) -> dict[str, Any]:
+@dg.op
+def enforce_quotas(
+    context: dg.OpExecutionContext,
+    config: EnforceRequest,
+    stack: StackResources,
+    settings: dg.ResourceParam[PlatformSettings],
+) -> dict[str, Any]:
     """Judge every active or suspended tenant on its month-to-date executions, record each
     threshold's event once per period, suspend or resume, and deliver the events to the
     warnings webhook. Fails (after doing everything it could) when a tenant's action failed."""
@@ -40,11 +39,11 @@ def enforce_quotas(context: dg.OpExecutionContext, config: EnforceRequest) -> di
     if now.tzinfo is None:
         raise ValueError("as_of needs a timezone (e.g. 2026-12-01T00:00:00+00:00)")
     outcome = enforce(
-        _stack_resources(context),
-        EnforcementSettings(),
+        stack,
+        settings.enforcement,
         refs=config.tenants,
         now=now,
-        in_flight=tenants_in_flight(context.instance),
+        in_flight=launches.tenants_in_flight(context.instance),
         run_id=context.run_id,
         log=context.log.info,
     )
@@ -70,7 +69,8 @@ def enforce_quotas(context: dg.OpExecutionContext, config: EnforceRequest) -> di
     return summary
 
 
-@dg.job(tags={KIND_TAG: ENFORCEMENT_RUN_KIND}, executor_def=dg.in_process_executor)
+# The queue (`dagster.yaml`) runs one at a time, scheduled or from the API, by this kind.
+@dg.job(tags={KIND_TAG: ENFORCEMENT_KIND}, executor_def=dg.in_process_executor)
 def enforce_limits() -> None:
     """Apply every tenant's plan limits: warn, suspend or allow overage, resume."""
     enforce_quotas()
@@ -93,17 +93,18 @@ def build_schedule(settings: EnforcementSettings) -> dg.ScheduleDefinition:
             filters=dg.RunsFilter(
                 job_name=enforce_limits.name,
                 statuses=IN_FLIGHT,
-                tags={KIND_TAG: ENFORCEMENT_RUN_KIND},
+                tags={KIND_TAG: ENFORCEMENT_KIND},
             ),
             limit=1,
         )
         if running:
             return dg.SkipReason(f"enforcement run {running[0].run_id} is still in flight")
-        return dg.RunRequest()
+        return launches.enforcement(None, requested_by=SCHEDULE_NAME).run_request()
 
     return schedule
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(jobs=[enforce_limits], schedules=[build_schedule(EnforcementSettings())])
+    settings = PlatformSettings().enforcement
+    return dg.Definitions(jobs=[enforce_limits], schedules=[build_schedule(settings)])

@@ -8,17 +8,17 @@ from typing import Any
 
 import dagster as dg
 
+from rp9_pipelines import launches
 from rp9_pipelines.catalog import backups as backup_catalog
 from rp9_pipelines.catalog import tenants as tenant_catalog
-from rp9_pipelines.defs.backups.jobs import load_tenant
 from rp9_pipelines.domain.backups import SandboxNames, choose_drill_backup, scheduled_runs
-from rp9_pipelines.launches import DRILL_TENANT_TAG, KIND_TAG, TENANT_ID_TAG
+from rp9_pipelines.launches import KIND_TAG, RESTORE_DRILL_KIND
 from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.stack import DrillResources
 from rp9_pipelines.services.backups import describe
-from rp9_pipelines.services.restore_drills import DrillResources, run_drill, sweep_sandboxes
+from rp9_pipelines.services.restore_drills import run_drill, sweep_sandboxes
 
-DRILL_RUN_KIND = "restore_drill"
-RESOURCES = {"catalog", "tenant_db", "s3", "docker_runtime", "platform", "secret_files", "vault"}
+SCHEDULE_NAME = "quarterly_restore_drills"
 
 
 class DrillRequest(dg.Config):
@@ -26,29 +26,17 @@ class DrillRequest(dg.Config):
     backup_id: str | None = None  # default: a random ok backup of the last 30 days
 
 
-def _resources(context: dg.OpExecutionContext) -> DrillResources:
-    res: Any = context.resources
-    return DrillResources(
-        catalog=res.catalog,
-        admin_url=res.tenant_db.admin_url,
-        s3=res.s3,
-        docker_runtime=res.docker_runtime,
-        platform=res.platform,
-        secret_files=res.secret_files,
-        vault=res.vault,
-    )
-
-
-@dg.op(required_resource_keys=RESOURCES)
-def run_restore_drill(context: dg.OpExecutionContext, config: DrillRequest) -> dict[str, Any]:
+@dg.op
+def run_restore_drill(
+    context: dg.OpExecutionContext, config: DrillRequest, drill: DrillResources
+) -> dict[str, Any]:
     """Restore a backup into a sandbox database, boot n8n on it with the tenant's key, check
     workflows, credentials and a canary execution, tear down, and record the RTO."""
-    r = _resources(context)
     now = dt.datetime.now(dt.UTC)
-    sweep_sandboxes(r, now, context.log.info)
-    tenant = load_tenant(r.catalog, config.tenant_id)
+    sweep_sandboxes(drill, now, context.log.info)
     requested = uuid.UUID(config.backup_id) if config.backup_id else None
-    with r.catalog.begin() as connection:
+    with drill.catalog.begin() as connection:
+        tenant = tenant_catalog.require_tenant(connection, config.tenant_id)
         records = backup_catalog.backup_records(connection, tenant.id, include_expired=True)
         chosen = choose_drill_backup(records, tenant.id, now, random.SystemRandom(), requested)
         backup = backup_catalog.get_backup(connection, chosen.id)
@@ -67,9 +55,9 @@ def run_restore_drill(context: dg.OpExecutionContext, config: DrillRequest) -> d
         f"{chosen.started_at:%Y-%m-%d %H:%M} UTC)"
     )
     try:
-        outcome = run_drill(r, tenant, backup, drill_id, context.log.info)
+        outcome = run_drill(drill, tenant, backup, drill_id, context.log.info)
     except BaseException as error:  # interrupted: the teardown ran, the row must not say running
-        with r.catalog.begin() as connection:
+        with drill.catalog.begin() as connection:
             backup_catalog.finish_drill(
                 connection,
                 drill_id,
@@ -79,7 +67,7 @@ def run_restore_drill(context: dg.OpExecutionContext, config: DrillRequest) -> d
                 error=describe(error),
             )
         raise
-    with r.catalog.begin() as connection:
+    with drill.catalog.begin() as connection:
         backup_catalog.finish_drill(
             connection,
             drill_id,
@@ -105,14 +93,15 @@ def run_restore_drill(context: dg.OpExecutionContext, config: DrillRequest) -> d
     }
 
 
-@dg.job(tags={KIND_TAG: DRILL_RUN_KIND}, executor_def=dg.in_process_executor)
+# The queue (`dagster.yaml`) runs one drill at a time, by this kind.
+@dg.job(tags={KIND_TAG: RESTORE_DRILL_KIND}, executor_def=dg.in_process_executor)
 def restore_drill() -> None:
     """Prove a tenant's backup restores: sandbox database and n8n, checks, teardown, RTO."""
     run_restore_drill()
 
 
 @dg.schedule(
-    name="quarterly_restore_drills",
+    name=SCHEDULE_NAME,
     cron_schedule="0 5 1 1,4,7,10 *",
     job=restore_drill,
     execution_timezone="UTC",
@@ -129,10 +118,8 @@ def quarterly_restore_drills(
     if not runs:
         return dg.SkipReason("no active tenant to drill")
     return [
-        dg.RunRequest(
-            run_key=run.run_key,
-            run_config={"ops": {"run_restore_drill": {"config": {"tenant_id": run.tenant_id}}}},
-            tags={DRILL_TENANT_TAG: run.slug, TENANT_ID_TAG: run.tenant_id},
+        launches.restore_drill(run.tenant_id, run.slug, requested_by=SCHEDULE_NAME).run_request(
+            run_key=run.run_key
         )
         for run in runs
     ]

@@ -1,8 +1,6 @@
 """Tenant lifecycle jobs. Each is tagged with its tenant (`rp9/tenant`, one run at a time per
 tenant), and each step converges, so re-running a failed or killed run finishes the work."""
 
-from typing import Any
-
 import dagster as dg
 import sqlalchemy as sa
 
@@ -10,11 +8,10 @@ from rp9_pipelines.catalog import autoscaling as autoscaling_catalog
 from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.domain.enforcement import OPERATOR
 from rp9_pipelines.launches import AUTOSCALING_EVENT_TAG, KIND_TAG, TENANT_ID_TAG
+from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.n8n import N8nResource
-from rp9_pipelines.services import tenants as stack
-from rp9_pipelines.services.tenants import StackResources
-
-RESOURCES = {"catalog", "docker_runtime", "platform", "secret_files", "vault", "redis", "tenant_db"}
+from rp9_pipelines.resources.stack import StackResources
+from rp9_pipelines.services import tenants
 
 
 class TenantRef(dg.Config):
@@ -34,22 +31,11 @@ class DeleteRequest(dg.Config):
     purge: bool = False
 
 
-def _r(context: dg.OpExecutionContext) -> StackResources:
-    res: Any = context.resources
-    return StackResources(
-        catalog=res.catalog,
-        docker_runtime=res.docker_runtime,
-        platform=res.platform,
-        secret_files=res.secret_files,
-        vault=res.vault,
-        redis=res.redis,
-        tenant_db=res.tenant_db,
-    )
-
-
+# Hooks take no typed resource parameters (Dagster 1.13): the catalog is named here instead.
 @dg.failure_hook(required_resource_keys={"catalog"})
 def mark_failed(context: dg.HookContext) -> None:
     """Record why a step failed on the tenant; re-running the job converges."""
+    catalog_db: CatalogResource = context.resources.catalog
     run = context.instance.get_run_by_id(context.run_id)
     tenant_id = run.tags.get(TENANT_ID_TAG) if run else None
     if not tenant_id:
@@ -60,7 +46,7 @@ def mark_failed(context: dg.HookContext) -> None:
     # Only a provision that failed leaves the tenant `failed`; a failed change keeps the status
     # of the stack that still runs, with the reason beside it.
     status = {"status": "failed"} if context.job_name == "provision_tenant" else {}
-    with context.resources.catalog.begin() as connection:
+    with catalog_db.begin() as connection:
         tenant = catalog.get_tenant(connection, tenant_id)
         if tenant is not None:
             catalog.update_tenant(connection, tenant.id, last_error=reason[:2000], **status)
@@ -69,24 +55,24 @@ def mark_failed(context: dg.HookContext) -> None:
 # Provision -----------------------------------------------------------------------------------
 
 
-@dg.op(required_resource_keys=RESOURCES)
-def register_secrets(context: dg.OpExecutionContext, config: TenantRef) -> str:
+@dg.op
+def register_secrets(
+    context: dg.OpExecutionContext, config: TenantRef, stack: StackResources
+) -> str:
     """Generate the tenant's secrets once in Vault; write its container secret files; reset its
     Redis ACL user."""
-    r = _r(context)
-    tenant = stack.load(r, config.tenant_id)
-    stack.prepare_secrets(r, tenant)
+    tenant = tenants.load(stack, config.tenant_id)
+    tenants.prepare_secrets(stack, tenant)
     context.log.info(f"secrets ready for {tenant.slug} (Vault {tenant.names.vault_path})")
     return config.tenant_id
 
 
-@dg.op(required_resource_keys=RESOURCES)
-def create_database(context: dg.OpExecutionContext, tenant_id: str) -> str:
+@dg.op
+def create_database(context: dg.OpExecutionContext, tenant_id: str, stack: StackResources) -> str:
     """Schema + role in the shared database, or database + role for a dedicated tenant, copied
     from the n8n version's pre-migrated template (built once, on first use)."""
-    r = _r(context)
-    tenant = stack.load(r, tenant_id)
-    migrated = stack.prepare_database(r, tenant, context.log.info)
+    tenant = tenants.load(stack, tenant_id)
+    migrated = tenants.prepare_database(stack, tenant, context.log.info)
     names = tenant.names
     context.log.info(
         f"database {names.db_name}, schema {names.db_schema}, role {names.db_role}"
@@ -95,20 +81,16 @@ def create_database(context: dg.OpExecutionContext, tenant_id: str) -> str:
     return tenant_id
 
 
-def _n8n(context: dg.OpExecutionContext) -> N8nResource:
-    n8n: N8nResource = context.resources.n8n
-    return n8n
-
-
-@dg.op(required_resource_keys=RESOURCES | {"n8n"})
-def start_stack(context: dg.OpExecutionContext, tenant_id: str) -> str:
+@dg.op
+def start_stack(
+    context: dg.OpExecutionContext, tenant_id: str, stack: StackResources, n8n: N8nResource
+) -> str:
     """Start main (routed by Traefik once healthy) and the workers together on the migrated
     schema, and wait until all are healthy and main answers through Traefik."""
-    r = _r(context)
-    tenant = stack.load(r, tenant_id)
-    changes = stack.start(r, tenant, context.log.info)
-    host = tenant.names.host(r.platform.base_domain)
-    seconds = _n8n(context).wait_ready(host, r.platform.ready_timeout_s)
+    tenant = tenants.load(stack, tenant_id)
+    changes = tenants.start(stack, tenant, context.log.info)
+    host = tenant.names.host(stack.platform.base_domain)
+    seconds = n8n.wait_ready(host, stack.platform.ready_timeout_s)
     context.log.info(
         f"main and {tenant.workers} worker(s) healthy, main ready through Traefik"
         f" ({seconds:.1f} s after healthy); {changes or 'no change'}"
@@ -116,26 +98,26 @@ def start_stack(context: dg.OpExecutionContext, tenant_id: str) -> str:
     return tenant_id
 
 
-@dg.op(required_resource_keys=RESOURCES | {"n8n"})
-def bootstrap_api_key(context: dg.OpExecutionContext, tenant_id: str) -> str:
+@dg.op
+def bootstrap_api_key(
+    context: dg.OpExecutionContext, tenant_id: str, stack: StackResources, n8n: N8nResource
+) -> str:
     """Mint the control plane's n8n API key as the owner and keep it in Vault (never logged)."""
-    r, n8n = _r(context), _n8n(context)
-    tenant = stack.load(r, tenant_id)
-    host = tenant.names.host(r.platform.base_domain)
-    secrets = r.vault.read(tenant.names.vault_path) or {}
+    tenant = tenants.load(stack, tenant_id)
+    host = tenant.names.host(stack.platform.base_domain)
+    secrets = stack.vault.read(tenant.names.vault_path) or {}
     if secrets.get("n8n_api_key") and n8n.api_key_works(host, secrets["n8n_api_key"]):
         context.log.info("the stored n8n API key still works")
         return tenant_id
     key = n8n.create_api_key(host, secrets["owner_email"], secrets["owner_password"])
-    r.vault.merge(tenant.names.vault_path, {"n8n_api_key": key})
+    stack.vault.merge(tenant.names.vault_path, {"n8n_api_key": key})
     context.log.info("n8n API key created and stored in Vault")
     return tenant_id
 
 
-@dg.op(required_resource_keys=RESOURCES)
-def activate(context: dg.OpExecutionContext, tenant_id: str) -> None:
-    r = _r(context)
-    stack.set_status(r, stack.load(r, tenant_id), status="active", last_error=None)
+@dg.op
+def activate(context: dg.OpExecutionContext, tenant_id: str, stack: StackResources) -> None:
+    tenants.set_status(stack, tenants.load(stack, tenant_id), status="active", last_error=None)
     context.log.info("tenant active")
 
 
@@ -148,12 +130,11 @@ def provision_tenant() -> None:
 # Scale ---------------------------------------------------------------------------------------
 
 
-@dg.op(required_resource_keys=RESOURCES)
-def apply_scale(context: dg.OpExecutionContext, config: ScaleRequest) -> str:
+@dg.op
+def apply_scale(context: dg.OpExecutionContext, config: ScaleRequest, stack: StackResources) -> str:
     """Record the new plan, resources and worker count (validated by the API), then converge."""
-    r = _r(context)
-    tenant = stack.load(r, config.tenant_id)
-    with r.catalog.begin() as connection:
+    tenant = tenants.load(stack, config.tenant_id)
+    with stack.catalog.begin() as connection:
         if event := context.run.tags.get(AUTOSCALING_EVENT_TAG):
             autoscaling_catalog.link_run(connection, event, context.run_id)
         if config.plan and config.plan != tenant.plan:
@@ -168,10 +149,10 @@ def apply_scale(context: dg.OpExecutionContext, config: ScaleRequest) -> str:
             )
         if config.workers is not None:
             catalog.update_tenant(connection, tenant.id, workers=config.workers)
-    tenant = stack.load(r, config.tenant_id)
-    changes = stack.converge(r, tenant, context.log.info, roles={"main", "worker"})
+    tenant = tenants.load(stack, config.tenant_id)
+    changes = tenants.converge(stack, tenant, context.log.info, roles={"main", "worker"})
     context.log.info(f"scaled: {changes or 'no change'}")
-    stack.set_status(r, tenant, last_error=None)
+    tenants.set_status(stack, tenant, last_error=None)
     return config.tenant_id
 
 
@@ -184,12 +165,11 @@ def scale_tenant() -> None:
 # Suspend, resume, delete ---------------------------------------------------------------------
 
 
-@dg.op(required_resource_keys=RESOURCES)
-def stop_stack(context: dg.OpExecutionContext, config: TenantRef) -> None:
+@dg.op
+def stop_stack(context: dg.OpExecutionContext, config: TenantRef, stack: StackResources) -> None:
     """Stop every container gracefully; data, secrets and the catalog entry stay."""
-    r = _r(context)
-    tenant = stack.load(r, config.tenant_id)
-    stack.suspend(r, tenant, OPERATOR, context.log.info)
+    tenant = tenants.load(stack, config.tenant_id)
+    tenants.suspend(stack, tenant, OPERATOR, context.log.info)
 
 
 @dg.job(tags={KIND_TAG: "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
@@ -198,12 +178,11 @@ def suspend_tenant() -> None:
     stop_stack()
 
 
-@dg.op(required_resource_keys=RESOURCES)
-def restart_stack(context: dg.OpExecutionContext, config: TenantRef) -> None:
+@dg.op
+def restart_stack(context: dg.OpExecutionContext, config: TenantRef, stack: StackResources) -> None:
     """Start the stack again and clear the suspension, whoever suspended it."""
-    r = _r(context)
-    tenant = stack.load(r, config.tenant_id)
-    stack.resume(r, tenant, context.log.info)
+    tenant = tenants.load(stack, config.tenant_id)
+    tenants.resume(stack, tenant, context.log.info)
 
 
 @dg.job(tags={KIND_TAG: "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)
@@ -212,21 +191,22 @@ def resume_tenant() -> None:
     restart_stack()
 
 
-@dg.op(required_resource_keys=RESOURCES)
-def remove_tenant(context: dg.OpExecutionContext, config: DeleteRequest) -> None:
+@dg.op
+def remove_tenant(
+    context: dg.OpExecutionContext, config: DeleteRequest, stack: StackResources
+) -> None:
     """Remove containers, network and route; with `purge`, also the database, queue and
     secrets. Without it the data stays, so the tenant can be restored."""
-    r = _r(context)
-    tenant = stack.load(r, config.tenant_id)
-    stack.set_status(r, tenant, status="deleting")
-    stack.remove_all(r, tenant, context.log.info)
-    r.secret_files.remove(tenant.slug)
+    tenant = tenants.load(stack, config.tenant_id)
+    tenants.set_status(stack, tenant, status="deleting")
+    tenants.remove_all(stack, tenant, context.log.info)
+    stack.secret_files.remove(tenant.slug)
     if config.purge:
-        r.tenant_db.drop(tenant.names)
-        r.redis.drop_tenant(tenant.names.redis_user, tenant.names.redis_prefix)
-        r.vault.destroy(tenant.names.vault_path)
+        stack.tenant_db.drop(tenant.names)
+        stack.redis.drop_tenant(tenant.names.redis_user, tenant.names.redis_prefix)
+        stack.vault.destroy(tenant.names.vault_path)
         context.log.info("purged database, queue keys and secrets")
-    stack.set_status(r, tenant, status="deleted", deleted_at=sa.func.now())
+    tenants.set_status(stack, tenant, status="deleted", deleted_at=sa.func.now())
 
 
 @dg.job(tags={KIND_TAG: "tenant"}, hooks={mark_failed}, executor_def=dg.in_process_executor)

@@ -6,24 +6,23 @@ from typing import Any
 
 import dagster as dg
 
-from rp9_pipelines.defs.backups.jobs import load_tenant
+from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.defs.partitions import (
     DAY_DIMENSION,
-    FIRST_DAY,
+    monthly_partitions,
     tenant_day,
     tenant_day_partitions,
 )
 from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.n8n_data import N8nDataResource
 from rp9_pipelines.resources.s3 import S3Resource
 from rp9_pipelines.resources.stripe import StripeResource
 from rp9_pipelines.resources.supabase import SupabaseResource
-from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.services.chargeback import chargeback_month
 from rp9_pipelines.services.usage import collect_day, push_business_metrics
-from rp9_pipelines.settings import ChargebackSettings, UsageSettings
+from rp9_pipelines.settings import PlatformSettings
 
 USAGE_GROUP = "usage"
-monthly_partitions = dg.MonthlyPartitionsDefinition(start_date=FIRST_DAY)
 
 
 def _present(values: dict[str, Any]) -> dict[str, Any]:
@@ -34,16 +33,18 @@ def _present(values: dict[str, Any]) -> dict[str, Any]:
 def tenant_usage_daily(
     context: dg.AssetExecutionContext,
     catalog: CatalogResource,
-    tenant_db: TenantDatabaseResource,
+    n8n_data: N8nDataResource,
+    settings: dg.ResourceParam[PlatformSettings],
 ) -> dg.MaterializeResult:  # type: ignore[type-arg]
     """One tenant's UTC day in `usage`: production executions, failures, duration sum, latency
     p95 (`stoppedAt - startedAt`) and queue-wait p95 (`startedAt - createdAt`) from its n8n's
     `execution_entity`; CPU-seconds and memory GB-hours from the container samples. An upsert:
     materialising the partition again gives the same row."""
     slug, day = tenant_day(context)
-    tenant = load_tenant(catalog, slug)
-    max_gap = dt.timedelta(seconds=UsageSettings().sample_max_gap_s)
-    collected = collect_day(catalog, tenant_db, tenant, day, max_gap)
+    with catalog.begin() as connection:
+        tenant = tenant_catalog.require_tenant(connection, slug)
+    max_gap = dt.timedelta(seconds=settings.usage.sample_max_gap_s)
+    collected = collect_day(catalog, n8n_data, tenant, day, max_gap)
     if collected.kept_existing:
         context.log.warning(
             f"{slug}'s n8n tables are gone; the {day} row measured earlier is kept as it was"
@@ -71,7 +72,8 @@ def supabase_business_metrics(
     """The tenant's day in Supabase's `business_metrics_daily` (upsert on tenant and day),
     recorded in the `usage_reports` ledger (destination `supabase`)."""
     slug, day = tenant_day(context)
-    tenant = load_tenant(catalog, slug)
+    with catalog.begin() as connection:
+        tenant = tenant_catalog.require_tenant(connection, slug)
     pushed = push_business_metrics(catalog, supabase, tenant, day)
     return dg.MaterializeResult(
         metadata={
@@ -99,15 +101,15 @@ def tenant_chargeback(
     s3: S3Resource,
     supabase: SupabaseResource,
     stripe: StripeResource,
+    settings: dg.ResourceParam[PlatformSettings],
 ) -> dg.MaterializeResult:  # type: ignore[type-arg]
     """Each tenant's month: executions and duration plus CPU core-hours and memory GB-hours at
     the configured rates (`CHARGEBACK_*`), with the idle capacity shared out in proportion to
     usage cost (OpenCost's model); margin against Stripe list prices where they are known.
     Written to the catalog (`chargeback`), to S3 as CSV and to Supabase (`chargeback_monthly`)."""
     month = context.partition_key[:7]
-    settings = ChargebackSettings()
     outcome = chargeback_month(
-        catalog, s3, supabase, stripe.client, settings, month, context.log.info
+        catalog, s3, supabase, stripe.client, settings.chargeback, month, context.log.info
     )
     totals = outcome.result.totals
     return dg.MaterializeResult(
@@ -126,7 +128,7 @@ def tenant_chargeback(
                 }
             ),
             "plans_without_prices": ", ".join(outcome.unpriced_plans) or "none",
-            "currency": settings.currency,
+            "currency": settings.chargeback.currency,
         }
     )
 

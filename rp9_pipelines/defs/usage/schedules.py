@@ -7,32 +7,37 @@ from typing import Any
 
 import dagster as dg
 
+from rp9_pipelines import launches
 from rp9_pipelines.catalog import tenants as tenant_catalog
-from rp9_pipelines.defs.partitions import TENANTS_PARTITION, tenant_day_key, tenant_partitions
-from rp9_pipelines.defs.usage.assets import (
-    supabase_business_metrics,
-    tenant_chargeback,
-    tenant_usage_daily,
+from rp9_pipelines.defs.partitions import (
+    TENANTS_PARTITION,
+    monthly_partitions,
+    tenant_day_key,
+    tenant_day_partitions,
+    tenant_partitions,
 )
 from rp9_pipelines.launches import KIND_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.services.usage import sample_resources
-from rp9_pipelines.settings import UsageSettings
+from rp9_pipelines.settings import PlatformSettings, UsageSettings
 
 # Tenants whose day is measured: suspended ones ran executions before they were suspended.
 MEASURED = frozenset({"active", "suspended"})
 
+# The assets (`assets.py`) are selected by key, so that no module of `defs/` imports another.
 usage_daily_job = dg.define_asset_job(
     "usage_daily",
-    selection=[tenant_usage_daily, supabase_business_metrics],
+    selection=[dg.AssetKey("tenant_usage_daily"), dg.AssetKey("supabase_business_metrics")],
+    partitions_def=tenant_day_partitions,
     tags={KIND_TAG: "usage"},
     executor_def=dg.in_process_executor,
 )
 
 chargeback_job = dg.define_asset_job(
     "monthly_chargeback",
-    selection=[tenant_chargeback],
+    selection=[dg.AssetKey("tenant_chargeback")],
+    partitions_def=monthly_partitions,
     tags={KIND_TAG: "chargeback"},
     executor_def=dg.in_process_executor,
 )
@@ -62,9 +67,12 @@ def register_tenant_partitions(
     )
 
 
+DAILY_SCHEDULE = "usage_daily_schedule"
+
+
 def build_usage_daily_schedule(settings: UsageSettings) -> dg.ScheduleDefinition:
     @dg.schedule(
-        name="usage_daily_schedule",
+        name=DAILY_SCHEDULE,
         cron_schedule=settings.daily_cron,
         job=usage_daily_job,
         execution_timezone="UTC",
@@ -86,8 +94,11 @@ def build_usage_daily_schedule(settings: UsageSettings) -> dg.ScheduleDefinition
         if missing:
             # The sensor adds keys within a minute; a tenant created since still gets its run.
             context.instance.add_dynamic_partitions(TENANTS_PARTITION, missing)
+        launch = launches.usage_daily(requested_by=DAILY_SCHEDULE)
         return [
-            dg.RunRequest(run_key=f"usage:{day}:{slug}", partition_key=tenant_day_key(day, slug))
+            launch.run_request(
+                run_key=f"usage:{day}:{slug}", partition_key=tenant_day_key(day, slug)
+            )
             for slug in slugs
         ]
 
@@ -99,15 +110,15 @@ def sample_containers(
     context: dg.OpExecutionContext,
     catalog: CatalogResource,
     docker_runtime: DockerRuntimeResource,
+    settings: dg.ResourceParam[PlatformSettings],
 ) -> dict[str, Any]:
     """Read cumulative CPU time and memory of every running tenant container into
     `resource_samples`; once an hour, delete samples past their retention."""
-    settings = UsageSettings()
     now = dt.datetime.now(dt.UTC)
     sampled = sample_resources(
         catalog,
         docker_runtime.client(),
-        dt.timedelta(days=settings.sample_retention_days),
+        dt.timedelta(days=settings.usage.sample_retention_days),
         prune=now.minute == 0,
     )
     unknown = ", ".join(sampled.unknown_tenants)
@@ -154,7 +165,7 @@ chargeback_schedule = dg.build_schedule_from_partitioned_job(
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    settings = UsageSettings()
+    settings = PlatformSettings().usage
     return dg.Definitions(
         jobs=[usage_daily_job, chargeback_job, sample_resources_job],
         schedules=[
