@@ -11,9 +11,7 @@ from rp9_pipelines import launches
 from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.defs.partitions import (
     TENANTS_PARTITION,
-    monthly_partitions,
     tenant_day_key,
-    tenant_day_partitions,
     tenant_partitions,
 )
 from rp9_pipelines.launches import KIND_TAG
@@ -29,7 +27,6 @@ MEASURED = frozenset({"active", "suspended"})
 usage_daily_job = dg.define_asset_job(
     "usage_daily",
     selection=[dg.AssetKey("tenant_usage_daily"), dg.AssetKey("supabase_business_metrics")],
-    partitions_def=tenant_day_partitions,
     tags={KIND_TAG: "usage"},
     executor_def=dg.in_process_executor,
 )
@@ -37,7 +34,6 @@ usage_daily_job = dg.define_asset_job(
 chargeback_job = dg.define_asset_job(
     "monthly_chargeback",
     selection=[dg.AssetKey("tenant_chargeback")],
-    partitions_def=monthly_partitions,
     tags={KIND_TAG: "chargeback"},
     executor_def=dg.in_process_executor,
 )
