@@ -1,7 +1,8 @@
 """Catalog queries about tenants, their quotas and their containers."""
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,3 +221,34 @@ def live_instances(connection: sa.Connection, tenant_id: uuid.UUID) -> list[dict
         .order_by(tenant_instances.c.container_name)
     )
     return [dict(row._mapping) for row in connection.execute(query)]
+
+
+# pg_advisory_lock(int4, int4): the first key names what is locked, so other advisory locks on
+# the server (the template builder's) never meet these.
+TENANT_LOCK_NAMESPACE = 0x72703901
+
+
+@contextmanager
+def tenant_lock(engine: sa.Engine, tenant_id: uuid.UUID, *, wait: bool = True) -> Iterator[bool]:
+    """Hold the tenant's lock while the block runs: every change to a tenant's stack (its jobs'
+    ops, enforcement's suspensions and resumptions) takes it, so two never interleave. Yields
+    whether it is held (`wait=False` does not queue: False when another holder has it). A
+    session lock on its own connection: it outlives the block's transactions and goes with the
+    session if the process dies."""
+    key = int.from_bytes(tenant_id.bytes[:4], "big", signed=True)
+    arguments = {"namespace": TENANT_LOCK_NAMESPACE, "key": key}
+    with engine.connect() as connection:
+        function = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
+        held = connection.execute(
+            sa.text(f"SELECT pg_catalog.{function}(:namespace, :key)"), arguments
+        ).scalar()
+        held = held is not False
+        connection.commit()
+        try:
+            yield held
+        finally:
+            if held:
+                connection.execute(
+                    sa.text("SELECT pg_catalog.pg_advisory_unlock(:namespace, :key)"), arguments
+                )
+                connection.commit()

@@ -162,7 +162,36 @@ def _apply(
     *,
     defer: bool,
 ) -> None:
+    if item.decision.act == "none" or defer:
+        _apply_locked(r, subject, item, period, run_id, outcome, log, defer=defer)
+        return
+    # Serialised with the tenant's own runs: one that holds the tenant now defers the action.
+    with tenant_catalog.tenant_lock(r.catalog.engine, subject.id, wait=False) as held:
+        if held:
+            _apply_locked(r, subject, item, period, run_id, outcome, log, defer=False)
+            return
+    outcome.deferred.append(subject.slug)
+    log(f"{subject.slug}: {item.decision.act} deferred, another run holds the tenant")
+    _apply_locked(r, subject, item, period, run_id, outcome, log, defer=True)
+
+
+def _apply_locked(
+    r: StackResources,
+    subject: Subject,
+    item: Judged,
+    period: str,
+    run_id: str | None,
+    outcome: Outcome,
+    log: Log,
+    *,
+    defer: bool,
+) -> None:
     decision = item.decision
+    if not defer and stack.load(r, str(subject.id)).status != subject.status:
+        # Changed since it was judged (an operator, a delete): judged again next time.
+        outcome.deferred.append(subject.slug)
+        log(f"{subject.slug}: {decision.act} deferred, its state changed since it was judged")
+        defer = True
     # A deferred action records its warnings now, and its own event with the action itself
     # (next time): a suspend event without the suspension would read as an operator's resume.
     events = decision.events
@@ -221,7 +250,11 @@ def reconcile_concurrency(
             continue
         log(f"{subject.slug}: workers run with concurrency {drift}, the quota says {wanted}")
         try:
-            stack.converge(r, stack.load(r, str(subject.id)), log, roles={"worker"})
+            with tenant_catalog.tenant_lock(r.catalog.engine, subject.id, wait=False) as held:
+                tenant = stack.load(r, str(subject.id))
+                if not held or tenant.status != "active":
+                    continue  # another run holds it, or it stopped serving: next time
+                stack.converge(r, tenant, log, roles={"worker"})
             outcome.reconciled.append(subject.slug)
         except Exception as error:
             outcome.failed[subject.slug] = _failure(error)

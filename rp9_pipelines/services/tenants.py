@@ -4,7 +4,7 @@ import contextlib
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -14,6 +14,7 @@ from docker.errors import NotFound
 from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.autoscaling import worker_concurrency
+from rp9_pipelines.domain.lifecycle import Refused, TenantJob, Verdict, verdict
 from rp9_pipelines.domain.stack import (
     LABEL_COLOR,
     OWNER_PASSWORD_HASH_FILE,
@@ -48,6 +49,20 @@ def owner_email(r: StackResources, tenant: Tenant) -> str:
 def load(r: StackResources, tenant_id: str) -> Tenant:
     with r.catalog.begin() as connection:
         return catalog.require_tenant(connection, tenant_id)
+
+
+@contextlib.contextmanager
+def acting_on(r: StackResources, ref: str, job: TenantJob) -> Iterator[tuple[Tenant, Verdict]]:
+    """The tenant as it is now, under its lock, with what `job` may do to it: a run re-reads
+    the tenant it was launched for, which may have changed while the run was queued. Refuses
+    (`Refused`, nothing changed) what the state does not allow."""
+    tenant_id = load(r, ref).id
+    with catalog.tenant_lock(r.catalog.engine, tenant_id):
+        tenant = load(r, str(tenant_id))
+        allowed = verdict(job, tenant.status)
+        if allowed == "refuse":
+            raise Refused(job, tenant.slug, tenant.status)
+        yield tenant, allowed
 
 
 def set_status(r: StackResources, tenant: Tenant, **values: object) -> None:
