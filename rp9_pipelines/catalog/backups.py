@@ -1,4 +1,4 @@
-"""Catalog queries about backups and restore drills."""
+"""Catalog queries about backups."""
 
 import datetime as dt
 import uuid
@@ -6,8 +6,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from rp9_pipelines.catalog.tables import backups, restore_drills
-from rp9_pipelines.domain.backups import BackupRecord, Check, Manifest
+from rp9_pipelines.catalog.tables import backups, tenants
+from rp9_pipelines.domain.backups import BackupRecord, Manifest
 
 
 def insert_backup(
@@ -97,30 +97,13 @@ def backup_records(
     return [_record(row) for row in connection.execute(query)]
 
 
-def _by_id(connection: sa.Connection, table: sa.Table, row_id: uuid.UUID) -> dict[str, Any] | None:
-    row = connection.execute(sa.select(table).where(table.c.id == row_id)).first()
-    return dict(row._mapping) if row else None
-
-
-def _newest(
-    connection: sa.Connection, table: sa.Table, tenant_id: uuid.UUID, limit: int
-) -> list[dict[str, Any]]:
-    """The tenant's latest rows of `table`, by when they started."""
-    query = (
-        sa.select(table)
-        .where(table.c.tenant_id == tenant_id)
-        .order_by(table.c.started_at.desc())
-        .limit(limit)
-    )
-    return [dict(row._mapping) for row in connection.execute(query)]
-
-
-def _iso(value: dt.datetime | None) -> str | None:
+def iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
 def get_backup(connection: sa.Connection, backup_id: uuid.UUID) -> dict[str, Any] | None:
-    return _by_id(connection, backups, backup_id)
+    row = connection.execute(sa.select(backups).where(backups.c.id == backup_id)).first()
+    return dict(row._mapping) if row else None
 
 
 def public_backup(row: dict[str, Any]) -> dict[str, Any]:
@@ -135,9 +118,9 @@ def public_backup(row: dict[str, Any]) -> dict[str, Any]:
         "sha256": row["sha256"],
         "manifest": row["manifest"],
         "run_id": row["run_id"],
-        "started_at": _iso(row["started_at"]),
-        "finished_at": _iso(row["finished_at"]),
-        "expires_at": _iso(row["expires_at"]),
+        "started_at": iso(row["started_at"]),
+        "finished_at": iso(row["finished_at"]),
+        "expires_at": iso(row["expires_at"]),
         "error": row["error"],
     }
 
@@ -145,95 +128,28 @@ def public_backup(row: dict[str, Any]) -> dict[str, Any]:
 def list_backups(
     connection: sa.Connection, tenant_id: uuid.UUID, limit: int = 50
 ) -> list[dict[str, Any]]:
-    return _newest(connection, backups, tenant_id, limit)
-
-
-# Restore drills ------------------------------------------------------------------------------
-
-
-def insert_drill(
-    connection: sa.Connection,
-    *,
-    drill_id: uuid.UUID,
-    tenant_id: uuid.UUID,
-    backup_id: uuid.UUID,
-    sandbox: str,
-    run_id: str | None,
-) -> None:
-    connection.execute(
-        sa.insert(restore_drills).values(
-            id=drill_id,
-            tenant_id=tenant_id,
-            backup_id=backup_id,
-            sandbox=sandbox,
-            status="running",
-            run_id=run_id,
-        )
+    """The tenant's latest backups, by when they started."""
+    query = (
+        sa.select(backups)
+        .where(backups.c.tenant_id == tenant_id)
+        .order_by(backups.c.started_at.desc())
+        .limit(limit)
     )
-
-
-def finish_drill(
-    connection: sa.Connection,
-    drill_id: uuid.UUID,
-    *,
-    passed: bool,
-    checks: list[Check],
-    rto_seconds: float | None,
-    error: str | None,
-) -> None:
-    connection.execute(
-        sa.update(restore_drills)
-        .where(restore_drills.c.id == drill_id)
-        .values(
-            status="passed" if passed else "failed",
-            checks=[c.as_json() for c in checks],
-            rto_seconds=rto_seconds,
-            error=error[:4000] if error else None,
-            finished_at=sa.func.now(),
-        )
-    )
-
-
-def running_drills(connection: sa.Connection) -> list[dict[str, Any]]:
-    query = sa.select(restore_drills).where(restore_drills.c.status == "running")
     return [dict(row._mapping) for row in connection.execute(query)]
 
 
-def fail_interrupted_drills(connection: sa.Connection, drill_ids: list[uuid.UUID]) -> None:
-    if not drill_ids:
-        return
-    connection.execute(
-        sa.update(restore_drills)
-        .where(restore_drills.c.id.in_(drill_ids), restore_drills.c.status == "running")
-        .values(
-            status="failed",
-            error="interrupted: its run ended before the drill did",
-            finished_at=sa.func.now(),
-        )
+def expire_purged(connection: sa.Connection, tenant_id: uuid.UUID, at: dt.datetime) -> int:
+    """A purged tenant's backups expire at `at` at the latest (sooner ones keep their date);
+    how many were given the date."""
+    result = connection.execute(
+        sa.update(backups)
+        .where(backups.c.tenant_id == tenant_id, backups.c.status != "expired")
+        .where(sa.or_(backups.c.expires_at.is_(None), backups.c.expires_at > at))
+        .values(expires_at=at)
     )
+    return result.rowcount
 
 
-def get_drill(connection: sa.Connection, drill_id: uuid.UUID) -> dict[str, Any] | None:
-    return _by_id(connection, restore_drills, drill_id)
-
-
-def public_drill(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": str(row["id"]),
-        "tenant_id": str(row["tenant_id"]),
-        "backup_id": str(row["backup_id"]),
-        "sandbox": row["sandbox"],
-        "status": row["status"],
-        "run_id": row["run_id"],
-        "started_at": _iso(row["started_at"]),
-        "finished_at": _iso(row["finished_at"]),
-        "rto_seconds": row["rto_seconds"],
-        "checks": row["checks"],
-        "error": row["error"],
-    }
-
-
-def list_drills(
-    connection: sa.Connection, tenant_id: uuid.UUID, limit: int = 20
-) -> list[dict[str, Any]]:
-    return _newest(connection, restore_drills, tenant_id, limit)
+def purged_tenant_ids(connection: sa.Connection) -> set[uuid.UUID]:
+    query = sa.select(tenants.c.id).where(tenants.c.purged_at.is_not(None))
+    return set(connection.execute(query).scalars())

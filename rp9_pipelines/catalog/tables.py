@@ -144,6 +144,10 @@ tenants = sa.Table(
     _created_at(),
     _updated_at(),
     sa.Column("deleted_at", sa.DateTime(timezone=True)),
+    # When its data was purged: its backups go after a grace period (`backups.expires_at`).
+    sa.Column("purged_at", sa.DateTime(timezone=True)),
+    # The highest `execution_entity.id` counted into `execution_tally` (ids only grow).
+    sa.Column("executions_seen_through", sa.BigInteger, nullable=False, server_default="0"),
     sa.CheckConstraint(f"slug ~ '{SLUG_PATTERN}'", name="slug_dns_label"),
     sa.CheckConstraint("workers >= 0", name="workers_non_negative"),
 )
@@ -375,6 +379,20 @@ resource_samples = sa.Table(
     sa.UniqueConstraint("container_name", "sampled_at", name="uq_resource_samples_sample"),
     sa.Index("ix_resource_samples_tenant_time", "tenant_id", "sampled_at"),
     sa.CheckConstraint("cpu_total_ns >= 0 AND memory_bytes >= 0", name="non_negative"),
+)
+
+# Production executions as the platform saw them appear, per tenant and UTC day of creation:
+# counted once, when first seen, so executions deleted in n8n afterwards still count for
+# metering and enforcement (the tenant can edit its own `execution_entity`, not this).
+execution_tally = sa.Table(
+    "execution_tally",
+    metadata,
+    _tenant_fk(index=False),
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column("executions", sa.BigInteger, nullable=False),
+    _updated_at(),
+    sa.PrimaryKeyConstraint("tenant_id", "day"),
+    sa.CheckConstraint("executions >= 0", name="non_negative"),
 )
 
 # The Stripe objects the platform created (meters, products, prices, features), by a stable

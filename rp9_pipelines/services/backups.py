@@ -158,7 +158,8 @@ def apply_retention(
     """The object goes before the row says `expired`: if the run dies in between, the next run
     deletes (idempotently) again, and no row ever claims an object is gone while it is not."""
     with catalog_db.begin() as connection:
-        plan = plan_retention(catalog.backup_records(connection), now)
+        purged = catalog.purged_tenant_ids(connection)
+        plan = plan_retention(catalog.backup_records(connection), now, purged)
     for backup in plan.kept_last_ok:
         log(f"keeping {backup.key}: expired, but its tenant's last ok backup")
     for backup in plan.expire:

@@ -1,6 +1,7 @@
 """The shells that make a tenant's stack match the catalog: gather, decide (domain.stack), act."""
 
 import contextlib
+import datetime as dt
 import secrets
 import time
 import uuid
@@ -11,9 +12,11 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from docker.errors import NotFound
 
+from rp9_pipelines.catalog import backups as backup_catalog
 from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.autoscaling import worker_concurrency
+from rp9_pipelines.domain.backups import PURGE_GRACE
 from rp9_pipelines.domain.lifecycle import Refused, TenantJob, Verdict, verdict
 from rp9_pipelines.domain.stack import (
     LABEL_COLOR,
@@ -252,6 +255,9 @@ def suspend(r: StackResources, tenant: Tenant, reason: str, log: Log) -> None:
     short is still known for what it was."""
     set_status(r, tenant, suspension_reason=reason)
     stop_all(r, tenant, log)
+    # Its credentials stop working too: nothing of a suspended tenant runs, inside or outside
+    # its containers.
+    set_access(r, tenant, enabled=False)
     set_status(r, tenant, status="suspended", suspension_reason=reason)
 
 
@@ -259,9 +265,28 @@ def resume(r: StackResources, tenant: Tenant, log: Log) -> list[str]:
     """Start a suspended tenant's stack again on its data; it is active, for no reason, once
     every container is healthy."""
     prepare_secrets(r, tenant)
+    set_access(r, tenant, enabled=True)
     changes = start(r, tenant, log)
     set_status(r, tenant, status="active", suspension_reason=None, last_error=None)
     return changes
+
+
+def expire_backups_of_purged(r: StackResources, tenant: Tenant) -> dt.datetime:
+    """Record the purge; the tenant's backups (the last copy of its data) expire after the
+    grace period, and retention then deletes them all. When they go."""
+    now = dt.datetime.now(dt.UTC)
+    until = now + PURGE_GRACE
+    with r.catalog.begin() as connection:
+        catalog.update_tenant(connection, tenant.id, purged_at=now)
+        backup_catalog.expire_purged(connection, tenant.id, until)
+    return until
+
+
+def set_access(r: StackResources, tenant: Tenant, *, enabled: bool) -> None:
+    """Turn the tenant's database login and Redis user on or off (off also drops their open
+    sessions)."""
+    r.tenant_db.set_login(tenant.names, enabled)
+    r.redis.set_tenant_user_enabled(tenant.names.redis_user, enabled)
 
 
 def remove_all(r: StackResources, tenant: Tenant, log: Log) -> None:

@@ -29,6 +29,7 @@ EXPECTED_TABLES = {
     "resource_samples",
     "stripe_objects",
     "chargeback",
+    "execution_tally",
 }
 
 
@@ -45,7 +46,7 @@ def test_up_from_empty_down_to_base_and_up_again(fresh_database_url: str) -> Non
 
     migrate.upgrade(fresh_database_url)
     assert table_names(fresh_database_url) == EXPECTED_TABLES
-    assert migrate.current_revision(fresh_database_url) == "0003"
+    assert migrate.current_revision(fresh_database_url) == "0006"
 
     migrate.downgrade(fresh_database_url)
     assert table_names(fresh_database_url) == set()

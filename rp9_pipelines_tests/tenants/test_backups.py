@@ -10,9 +10,10 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from rp9_pipelines.catalog.tables import backups, restore_drills
+from rp9_pipelines.catalog.tables import backups, restore_drills, tenants
 from rp9_pipelines.definitions import defs
-from rp9_pipelines.domain.backups import DRILL_CHECKS, SandboxNames
+from rp9_pipelines.domain.backups import PURGE_GRACE
+from rp9_pipelines.domain.restore_drills import DRILL_CHECKS, SandboxNames
 from rp9_pipelines.domain.tenants import TenantNames
 from rp9_pipelines.resources.postgres_dump import (
     PgServer,
@@ -26,7 +27,7 @@ from rp9_pipelines.resources.vault import VaultResource
 from rp9_pipelines.settings import Settings, sqlalchemy_url
 from rp9_pipelines_tests.api_client import Api
 from rp9_pipelines_tests.conftest import free_port
-from rp9_pipelines_tests.tenants.conftest import TenantN8n
+from rp9_pipelines_tests.tenants.conftest import TenantN8n, unique_slug
 
 pytestmark = pytest.mark.stack
 
@@ -153,9 +154,11 @@ def test_a_backup_is_stored_exactly_as_recorded_and_restores_the_same_workflows_
     assert stored["manifest"]["credentials"] == len(source["credentials"])
 
     sandbox = SandboxNames(uuid.uuid4().hex[:12])
-    create_sandbox(server, sandbox, "sandbox-password-1")
+    as_sandbox = create_sandbox(server, sandbox, "sandbox-password-1")
     try:
-        restored = restore_stream(server, sandbox.database, sandbox.role, s3.chunks(stored["key"]))
+        restored = restore_stream(
+            as_sandbox, sandbox.database, sandbox.role, s3.chunks(stored["key"])
+        )
         assert restored.exit_code == 0, restored.stderr
         assert n8n_rows(admin.set(database=sandbox.database), n8n.names) == source
     finally:
@@ -280,3 +283,20 @@ def test_an_on_demand_backup_through_the_api_of_a_dedicated_tenant_restores_in_a
     output = result.output_for_node("run_restore_drill")
     assert output["rto_seconds"] > 0
     assert output["checks"]["credentials_decrypt"].startswith("ok: ")
+
+
+def test_a_purged_tenants_backups_expire_after_the_grace_period(
+    api: Api, catalog: sa.Engine
+) -> None:
+    tenant = api.create_tenant(slug=unique_slug("purge"), name="Purge Co", plan="starter")
+    backed_up = api.post(f"/tenants/{tenant['slug']}/backup")
+    assert api.wait_run(backed_up.json()["run_id"])["status"] == "SUCCESS"
+    deleted = api.request("DELETE", f"/tenants/{tenant['id']}?purge=true")
+    assert api.wait_run(deleted.json()["run_id"])["status"] == "SUCCESS"
+
+    purged = row(catalog, tenants, id=uuid.UUID(tenant["id"]))
+    assert purged["status"] == "deleted"
+    assert purged["purged_at"] is not None
+    (listed,) = api.get(f"/tenants/{tenant['id']}/backups").json()["backups"]
+    due = dt.datetime.fromisoformat(listed["expires_at"])
+    assert due == purged["purged_at"] + PURGE_GRACE  # the catalog says when they go

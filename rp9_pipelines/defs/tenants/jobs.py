@@ -227,12 +227,15 @@ def remove_tenant(
     with tenants.acting_on(stack, config.tenant_id, "delete") as (tenant, _):
         tenants.set_status(stack, tenant, status="deleting")
         tenants.remove_all(stack, tenant, context.log.info)
+        if not config.purge:  # kept data: its credentials are turned off, not dropped
+            tenants.set_access(stack, tenant, enabled=False)
         stack.secret_files.remove(tenant.slug)
         if config.purge:
             stack.tenant_db.drop(tenant.names)
             stack.redis.drop_tenant(tenant.names.redis_user, tenant.names.redis_prefix)
             stack.vault.destroy(tenant.names.vault_path)
-            context.log.info("purged database, queue keys and secrets")
+            until = tenants.expire_backups_of_purged(stack, tenant)
+            context.log.info(f"purged database, queue keys and secrets; backups go at {until}")
         tenants.set_status(stack, tenant, status="deleted", deleted_at=sa.func.now())
 
 
