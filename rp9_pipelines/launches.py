@@ -18,6 +18,9 @@ TENANT_ID_TAG = "rp9/tenant_id"
 KIND_TAG = "rp9/kind"
 # Who asked: "api", "autoscaler", a schedule's or sensor's name.
 REQUESTED_BY_TAG = "rp9/requested_by"
+# The API request that launched a run (`api/dagster_client.py`): a launch that timed out, or the
+# retry of a request that died, finds its run by this tag instead of launching a second one.
+REQUEST_ID_TAG = "rp9/request_id"
 # The `autoscaling_events` row a scale run carries out.
 AUTOSCALING_EVENT_TAG = "rp9/autoscaling_event"
 BACKUP_KIND_TAG = "rp9/backup_kind"

@@ -209,7 +209,9 @@ class Settings(PlatformSettings):
     specification's `.env.example` and what the design adds. Required where the API starts (and
     by tools and tests that talk to the services); the groups come with it (`settings.stripe`)."""
 
-    rp9_env: Environment = "development"
+    # Production unless said otherwise: a deployment that forgets RP9_ENV still refuses
+    # placeholder secrets (the local stack's `.stack/env` says development).
+    rp9_env: Environment = "production"
 
     # The specification's variables.
     orch_port: int = 8080
@@ -218,6 +220,10 @@ class Settings(PlatformSettings):
     base_domain: str = "localhost"
     acme_email: str = ""
     database_url: str
+    # The platform's login for the tenants' databases (roles, schemas, databases, backups,
+    # reads of n8n's data): CREATEDB and CREATEROLE, not a superuser. Empty: DATABASE_URL's
+    # (development only; see `tenant_admin_url`).
+    tenant_admin_database_url: str = ""
     redis_url: str
     stripe_secret_key: SecretStr = SecretStr("")
     supabase_url: str = ""
@@ -253,25 +259,41 @@ class Settings(PlatformSettings):
     def image(self) -> str:
         return f"{self.n8n_image}:{self.n8n_version}"
 
+    @property
+    def tenant_admin_url(self) -> str:
+        """TENANT_ADMIN_DATABASE_URL, or in development DATABASE_URL when it is not set."""
+        if self.tenant_admin_database_url or self.rp9_env != "development":
+            return self.tenant_admin_database_url
+        return self.database_url
+
     @model_validator(mode="after")
     def _refuse_weak_secrets_outside_development(self) -> "Settings":
+        token = self.orch_token.get_secret_value()
+        if not token.strip():  # in any environment: an empty token must not match an empty one
+            raise ValueError("ORCH_TOKEN is empty; set a real secret")
         if self.rp9_env == "development":
             return self
-        token = self.orch_token.get_secret_value()
         if is_placeholder(token) or len(token) < MIN_TOKEN_LENGTH:
             raise ValueError(
                 f"ORCH_TOKEN must be a real secret of at least {MIN_TOKEN_LENGTH} characters "
                 f"when RP9_ENV={self.rp9_env} (generate one with `openssl rand -hex 32`)"
             )
-        for name in ("vault_token", "orch_hmac_secret"):
-            secret = getattr(self, name)
-            if secret is not None and is_placeholder(secret.get_secret_value()):
-                raise ValueError(f"{name.upper()} is a placeholder; set a real value")
+        if is_placeholder(self.vault_token.get_secret_value()):
+            raise ValueError("VAULT_TOKEN is a placeholder; set a real value")
+        # Optional (empty: requests are not signed), but a real secret when set.
+        hmac_secret = self.orch_hmac_secret.get_secret_value() if self.orch_hmac_secret else ""
+        if hmac_secret and (is_placeholder(hmac_secret) or len(hmac_secret) < MIN_TOKEN_LENGTH):
+            raise ValueError(
+                f"ORCH_HMAC_SECRET must be a real secret of at least {MIN_TOKEN_LENGTH} "
+                f"characters when RP9_ENV={self.rp9_env}, or empty"
+            )
         stripe_key = self.stripe_secret_key.get_secret_value()
         if stripe_key and is_placeholder(stripe_key):
             raise ValueError("STRIPE_SECRET_KEY is a placeholder; set a real key or leave it empty")
         if "__PASS__" in self.database_url:
             raise ValueError("DATABASE_URL still holds the __PASS__ placeholder")
+        if "__PASS__" in self.tenant_admin_database_url:
+            raise ValueError("TENANT_ADMIN_DATABASE_URL still holds the __PASS__ placeholder")
         return self
 
 

@@ -27,7 +27,14 @@ from rp9_pipelines_tests.waiting import wait_until
 ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
 
-REQUIRED = ("DATABASE_URL", "REDIS_URL", "VAULT_ADDR", "VAULT_TOKEN", "ORCH_TOKEN")
+REQUIRED = (
+    "DATABASE_URL",
+    "TENANT_ADMIN_DATABASE_URL",
+    "REDIS_URL",
+    "VAULT_ADDR",
+    "VAULT_TOKEN",
+    "ORCH_TOKEN",
+)
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +62,7 @@ def admin_engine(settings: Settings) -> Iterator[sa.Engine]:
 @pytest.fixture(scope="session")
 def n8n_data(settings: Settings) -> N8nDataResource:
     """The tenants' n8n tables on the real server, as the platform reads them."""
-    return N8nDataResource(admin_url=settings.database_url)
+    return N8nDataResource(admin_url=settings.tenant_admin_url)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import time
 
 import httpx
 
-from rp9_pipelines.api.auth import sign
+from rp9_pipelines.api.auth import signature_headers
 from rp9_pipelines.settings import Settings, get_settings
 
 SLUG = "demo"
@@ -30,9 +30,8 @@ def main() -> int:
 
     def call(method: str, path: str, body: bytes = b"") -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        if secret:
-            stamp = str(int(time.time()))
-            headers |= {"X-Timestamp": stamp, "X-Signature": sign(secret, stamp, body)}
+        if secret:  # over the method, the path as sent and the body; each signature used once
+            headers |= signature_headers(secret, method, path, body)
         return httpx.request(method, api + path, content=body, headers=headers, timeout=60)
 
     port = settings.traefik_url.rsplit(":", 1)[1]

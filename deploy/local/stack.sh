@@ -176,6 +176,20 @@ CONF
   ensure_database rp9_platform
 }
 
+# The tenant boundary (deploy/postgres/tenant_boundary.sql, as the superuser): the tenant
+# administrator login the platform uses for tenants' databases (not a superuser), which
+# databases tenants may connect to, and the shared database's event trigger. Idempotent, so
+# every `up` applies it, to a running cluster too.
+tenant_admin=rp9_tenant_admin
+secure_postgres() {
+  pg_super -d postgres -v tenant_admin=$tenant_admin -v catalog=rp9_platform \
+    -f "$root/deploy/postgres/tenant_boundary.sql" >/dev/null
+  # The password travels on stdin, never on a command line.
+  pg_super -d postgres <<SQL
+ALTER ROLE $tenant_admin PASSWORD '$(secret postgres-tenant-admin)';
+SQL
+}
+
 start_redis() {
   local bridge_ip
   bridge_ip=$(docker_bridge_ip)
@@ -435,6 +449,7 @@ ORCH_HMAC_SECRET=$(secret orch-hmac)
 BASE_DOMAIN=localhost
 ACME_EMAIL=ops@localhost
 DATABASE_URL=postgresql://rp9:$(secret postgres)@127.0.0.1:$pg_port/rp9_platform
+TENANT_ADMIN_DATABASE_URL=postgresql://$tenant_admin:$(secret postgres-tenant-admin)@127.0.0.1:$pg_port/postgres
 REDIS_URL=redis://:$(secret redis)@127.0.0.1:$redis_port/0
 VAULT_ADDR=http://127.0.0.1:$bao_port
 VAULT_TOKEN=$(secret vault)
@@ -487,6 +502,8 @@ up() {
   chmod 755 "$state" "$state/run"
   install_packages
   start_docker
+  # Tenant containers reach the host's Postgres and Redis ports and nothing else of it.
+  bash "$root/deploy/local/firewall.sh" apply "$tenant_pool" "$pg_port" "$redis_port"
   start_postgres
   start_redis
   start_openbao
@@ -496,6 +513,7 @@ up() {
   start_stripe
   start_postgrest
   route_supabase
+  secure_postgres
   build_image
   print_env >"$state/env"
   chmod 600 "$state/env"

@@ -1,12 +1,20 @@
-"""Launches and reads runs through the running Dagster webserver's GraphQL API."""
+"""Launches and reads runs through the running Dagster webserver's GraphQL API.
 
+Every launch is tagged with its request's id (`launches.REQUEST_ID_TAG`), so a launch is never
+made twice for one request: a launch that timed out (Dagster may have made the run and been slow
+to say so) is looked up by that tag before the request fails, and a keyed request (whose id is
+the same on every retry, `api/idempotency.py`) looks first, in case an earlier try launched it.
+"""
+
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from rp9_pipelines.api.errors import ApiError
-from rp9_pipelines.launches import Launch
+from rp9_pipelines.launches import REQUEST_ID_TAG, Launch
 
 LOCATION = "rp9_pipelines"
 REPOSITORY = "__repository__"
@@ -18,6 +26,16 @@ mutation Launch($params: ExecutionParams!) {
     ... on LaunchRunSuccess { run { runId } }
     ... on PythonError { message }
     ... on RunConfigValidationInvalid { errors { message } }
+    ... on Error { message }
+  }
+}
+"""
+
+RUNS_BY_TAG = """
+query RunsByTag($filter: RunsFilter) {
+  runsOrError(filter: $filter, limit: 1) {
+    __typename
+    ... on Runs { results { runId } }
     ... on Error { message }
   }
 }
@@ -45,29 +63,63 @@ class RunInfo:
 
 
 class DagsterClient:
-    def __init__(self, graphql_url: str, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        graphql_url: str,
+        timeout_s: float = 30.0,
+        request_id: str | None = None,
+        confirm_s: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.graphql_url = graphql_url
         self.timeout_s = timeout_s
+        # A keyed request's id (the same on its retries); None: each launch gets a fresh one.
+        self.request_id = request_id
+        # How long a timed-out launch is looked for before the request fails.
+        self.confirm_s = confirm_s
+        self.transport = transport
 
-    def _query(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-        try:
-            response = httpx.post(
-                self.graphql_url,
-                json={"query": query, "variables": variables},
-                timeout=self.timeout_s,
-            )
+    def _send(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        with httpx.Client(transport=self.transport, timeout=self.timeout_s) as client:
+            response = client.post(self.graphql_url, json={"query": query, "variables": variables})
             response.raise_for_status()
-        except httpx.HTTPError as error:
-            raise ApiError(
-                503, "dagster_unavailable", f"Dagster is unreachable: {error}"
-            ) from error
         body: dict[str, Any] = response.json()
         if body.get("errors"):
             raise ApiError(502, "dagster_error", str(body["errors"][0].get("message")))
         data: dict[str, Any] = body["data"]
         return data
 
+    def _query(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self._send(query, variables)
+        except httpx.HTTPError as error:
+            raise ApiError(
+                503, "dagster_unavailable", f"Dagster is unreachable: {error}"
+            ) from error
+
+    def find_launch(self, request_id: str) -> str | None:
+        """The id of the run a request launched, if there is one."""
+        tag = {"key": REQUEST_ID_TAG, "value": request_id}
+        result = self._query(RUNS_BY_TAG, {"filter": {"tags": [tag]}})["runsOrError"]
+        if result["__typename"] != "Runs" or not result["results"]:
+            return None
+        return str(result["results"][0]["runId"])
+
+    def _confirm(self, request_id: str) -> str | None:
+        deadline = time.monotonic() + self.confirm_s
+        while True:
+            run_id = self.find_launch(request_id)
+            if run_id is not None or time.monotonic() >= deadline:
+                return run_id
+            time.sleep(1.0)
+
     def launch(self, launch: Launch) -> str:
+        if self.request_id is not None:
+            earlier = self.find_launch(self.request_id)
+            if earlier is not None:
+                return earlier
+        request_id = self.request_id or uuid.uuid4().hex
+        tags = launch.tags | {REQUEST_ID_TAG: request_id}
         params = {
             "selector": {
                 "repositoryLocationName": LOCATION,
@@ -75,9 +127,26 @@ class DagsterClient:
                 "jobName": launch.job,
             },
             "runConfigData": launch.run_config,
-            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in launch.tags.items()]},
+            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
         }
-        result = self._query(LAUNCH, {"params": params})["launchRun"]
+        try:
+            result = self._send(LAUNCH, {"params": params})["launchRun"]
+        except httpx.TimeoutException as error:
+            # Sent but not answered in time (a connect timeout never reached Dagster): the run
+            # may exist; look for it rather than fail a request that did launch.
+            run_id = None if isinstance(error, httpx.ConnectTimeout) else self._confirm(request_id)
+            if run_id is not None:
+                return run_id
+            raise ApiError(
+                503,
+                "dagster_unavailable",
+                f"launching {launch.job} timed out and no run carries request id {request_id}; "
+                "retry with the same Idempotency-Key",
+            ) from error
+        except httpx.HTTPError as error:
+            raise ApiError(
+                503, "dagster_unavailable", f"Dagster is unreachable: {error}"
+            ) from error
         if result["__typename"] != "LaunchRunSuccess":
             detail = result.get("message") or result.get("errors") or result["__typename"]
             raise ApiError(

@@ -1,15 +1,24 @@
 """What routes depend on, as `Annotated` aliases; the contract tests override the providers."""
 
+import re
+import uuid
 from functools import lru_cache
 from typing import Annotated
 
 import sqlalchemy as sa
 from fastapi import Depends, Header, Path, Request
 
-from rp9_pipelines.api.auth import authenticate
+from rp9_pipelines.api.auth import (
+    MAX_SKEW_S,
+    SignatureLedger,
+    authenticate,
+    fingerprint,
+    request_target,
+)
 from rp9_pipelines.api.dagster_client import DagsterClient
 from rp9_pipelines.api.errors import ApiError
-from rp9_pipelines.api.idempotency import CatalogKeyStore, Idempotency, KeyStore
+from rp9_pipelines.api.idempotency import Idempotency, KeyStore, request_id
+from rp9_pipelines.catalog.api import CatalogKeyStore, CatalogSignatures
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.resources.n8n_data import N8nDataResource
@@ -17,7 +26,14 @@ from rp9_pipelines.resources.redis_queue import RedisResource
 from rp9_pipelines.services.tenants import CatalogTenants, Tenants
 from rp9_pipelines.settings import Settings, get_settings, sqlalchemy_url
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+async def current_settings() -> Settings:
+    """`get_settings()` (read once per process). The providers that do no I/O are coroutines,
+    so resolving them takes none of the threads the routes' blocking work runs in."""
+    return get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(current_settings)]
 
 
 @lru_cache(maxsize=1)
@@ -27,15 +43,11 @@ def _engine(database_url: str) -> sa.Engine:
     )
 
 
-def get_engine(settings: SettingsDep) -> sa.Engine:
+async def get_engine(settings: SettingsDep) -> sa.Engine:
     return _engine(settings.database_url)
 
 
 EngineDep = Annotated[sa.Engine, Depends(get_engine)]
-
-
-def get_dagster(settings: SettingsDep) -> DagsterClient:
-    return DagsterClient(settings.dagster_graphql_url)
 
 
 def get_tenants(engine: EngineDep) -> Tenants:
@@ -46,41 +58,85 @@ def get_key_store(engine: EngineDep) -> KeyStore:
     return CatalogKeyStore(engine)
 
 
+@lru_cache(maxsize=4)
+def _signatures(engine: sa.Engine) -> CatalogSignatures:
+    # Refusable for as long as the timestamp could pass (up to 2 x the skew after it was
+    # accepted), and a minute more for the clocks of several API hosts.
+    return CatalogSignatures(engine, keep_s=2 * MAX_SKEW_S + 60)
+
+
+def get_signatures(engine: EngineDep) -> SignatureLedger:
+    return _signatures(engine)
+
+
 async def raw_body(request: Request) -> bytes:
     """The request's bytes as sent: what an idempotency key or a signature is checked against."""
     return await request.body()
 
 
 RawBodyDep = Annotated[bytes, Depends(raw_body)]
-DagsterDep = Annotated[DagsterClient, Depends(get_dagster)]
 TenantsDep = Annotated[Tenants, Depends(get_tenants)]
 
 
-async def require_caller(request: Request, settings: SettingsDep) -> None:
-    await authenticate(request, settings)
+async def require_caller(
+    request: Request,
+    settings: SettingsDep,
+    signatures: Annotated[SignatureLedger, Depends(get_signatures)],
+) -> None:
+    await authenticate(request, settings, signatures)
+
+
+# What can name a tenant: its UUID, or a slug's shape (the catalog is not asked about others).
+SLUG_SHAPE = re.compile(r"[a-z0-9-]{1,63}")
+
+
+def _is_uuid(ref: str) -> bool:
+    try:
+        uuid.UUID(ref)
+    except ValueError:
+        return False
+    return True
 
 
 def tenant_by_ref(
     ref: Annotated[str, Path(description="the tenant's id or slug")], tenants: TenantsDep
 ) -> Tenant:
-    tenant = tenants.get(ref)
+    tenant = tenants.get(ref) if SLUG_SHAPE.fullmatch(ref) or _is_uuid(ref) else None
     if tenant is None:
         raise ApiError(404, "tenant_not_found", f"no tenant {ref!r}")
     return tenant
 
 
 def idempotency(
+    request: Request,
     raw: RawBodyDep,
     store: Annotated[KeyStore, Depends(get_key_store)],
     key: Annotated[
         str | None,
         Header(
             alias="Idempotency-Key",
-            description="a replay (same key, same body) gets the first answer, not a new run",
+            description="the same request again (method, path, query, body) gets the first "
+            "answer, not a new run; another request with the key is refused",
         ),
     ] = None,
 ) -> Idempotency:
-    return Idempotency(store, key, raw)
+    path, query = request_target(request)
+    return Idempotency(store, key, fingerprint(request.method, path, query, raw))
+
+
+IdempotencyDep = Annotated[Idempotency, Depends(idempotency)]
+
+
+def get_dagster(settings: SettingsDep, request: Request, raw: RawBodyDep) -> DagsterClient:
+    """Its launches carry the request's id: a keyed request's retries find its run. (The key is
+    read here, not declared: routes that take one declare it through `IdempotencyDep`.)"""
+    path, query = request_target(request)
+    key = request.headers.get("idempotency-key")
+    identity = request_id(key, fingerprint(request.method, path, query, raw))
+    return DagsterClient(settings.dagster_graphql_url, request_id=identity)
+
+
+DagsterDep = Annotated[DagsterClient, Depends(get_dagster)]
 
 
 @lru_cache(maxsize=1)
@@ -97,12 +153,11 @@ def get_redis(settings: SettingsDep) -> RedisResource:
 
 
 def get_n8n_data(settings: SettingsDep) -> N8nDataResource:
-    return N8nDataResource(admin_url=settings.database_url)
+    return N8nDataResource(admin_url=settings.tenant_admin_url)
 
 
 # A route with `{ref}` in its path takes the tenant it names, or answers 404 tenant_not_found.
 TenantDep = Annotated[Tenant, Depends(tenant_by_ref)]
-IdempotencyDep = Annotated[Idempotency, Depends(idempotency)]
 DockerDep = Annotated[DockerRuntimeResource, Depends(get_docker)]
 RedisDep = Annotated[RedisResource, Depends(get_redis)]
 N8nDataDep = Annotated[N8nDataResource, Depends(get_n8n_data)]

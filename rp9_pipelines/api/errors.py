@@ -3,6 +3,7 @@ and machine-readable. Routes declare theirs with `responses=errors(404, 409, ...
 
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -36,10 +37,11 @@ class ErrorBody(BaseModel):
 MEANINGS = {
     400: "Bad request (`signature_required`, `invalid_signature`, `stale_timestamp`, …)",
     401: "Missing or invalid credentials (`unauthorized`, `signature_required`, "
-    "`invalid_signature`, `invalid_timestamp`, `stale_timestamp`)",
+    "`invalid_signature`, `invalid_timestamp`, `stale_timestamp`, `replayed_signature`)",
     404: "Not found (`tenant_not_found`, `run_not_found`, `backup_not_found`)",
     409: "Conflicts with the current state (`invalid_state`, `slug_taken`, `domain_taken`, "
     "`request_in_progress`, …)",
+    413: "The body is over the API's limit (`payload_too_large`)",
     422: "Invalid request (`invalid_request`, `invalid_slug`, `unknown_plan`, "
     "`workers_out_of_range`, `idempotency_key_reused`, …)",
     502: "Dagster refused the run (`dagster_error`, `launch_failed`)",
@@ -68,6 +70,19 @@ async def refused_handler(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, InvalidRequest | Conflict)
     status_code = 409 if isinstance(error, Conflict) else 422
     return JSONResponse(error_body(error.code, str(error)), status_code=status_code)
+
+
+async def data_error_handler(_: Request, error: Exception) -> JSONResponse:
+    """A value the catalog refuses (a NUL character, a number out of its range) came from the
+    request: the routes refuse what they can see first; this is the net under them."""
+    assert isinstance(error, sa.exc.DataError)
+    message = "the request holds a value the catalog cannot store"
+    return JSONResponse(error_body("invalid_request", message), status_code=422)
+
+
+async def internal_error_handler(_: Request, error: Exception) -> JSONResponse:
+    """Even a bug answers JSON with a stable code (Starlette still logs its traceback)."""
+    return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
 
 
 async def http_error_handler(_: Request, error: Exception) -> JSONResponse:

@@ -1,84 +1,59 @@
-"""`Idempotency-Key` on POSTs: the first request with a key does the work and its response is
-kept; a replay with the same body gets the same response (and the same run), never a second
-launch."""
+"""`Idempotency-Key` on POSTs and DELETEs, bound to the request it came with: method, path,
+query and body (their fingerprint).
 
+The first request with a key does the work and its response is kept; the same request again
+gets the same response (and the same run), never a second launch; another request with that
+key is refused (`idempotency_key_reused`), so `DELETE /tenants/x` is never answered with the run
+of `DELETE /tenants/x?purge=true`. While the first is at work, the key answers
+`request_in_progress`; a request that died holding it stops holding it after
+`IN_PROGRESS_TTL_S`, and the next same request carries on. Every launch of a keyed request is
+tagged with its `request_id` (`api/dagster_client.py`), so the one that carries on finds the run
+of the one that died, if it launched one, instead of launching a second.
+"""
+
+import datetime as dt
 import hashlib
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import sqlalchemy as sa
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.dialects.postgresql import insert
 
 from rp9_pipelines.api.errors import ApiError
-from rp9_pipelines.catalog.tables import idempotency_keys
+from rp9_pipelines.catalog.api import IN_PROGRESS, Kept
 
-IN_PROGRESS = 0
+__all__ = ["IN_PROGRESS", "Idempotency", "Kept", "KeyStore", "Slot"]
+
 MAX_KEY_LENGTH = 200
-
-
-@dataclass(frozen=True)
-class Kept:
-    """What a key holds: the request it came with and, once done, the response."""
-
-    request_sha256: str
-    status_code: int  # IN_PROGRESS until the response is kept
-    response: dict[str, Any]
+KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
+# Longer than a request can take: the Dagster client's timeout and its look-up after one.
+IN_PROGRESS_TTL_S = 120.0
 
 
 class KeyStore(Protocol):
-    """Where keys are kept (`CatalogKeyStore`; a dict in the API's contract tests)."""
+    """Where keys are kept (`catalog.api.CatalogKeyStore`; a dict in the API's contract tests)."""
 
-    def claim(self, key: str, route: str, request_sha256: str) -> Kept | None:
+    def claim(self, key: str, fingerprint: str) -> Kept | None:
         """Take the key for this request: None if it was free, else what it holds."""
 
-    def keep(self, key: str, route: str, status_code: int, response: dict[str, Any]) -> None: ...
+    def take_over(self, key: str, started_at: dt.datetime) -> bool:
+        """Hold a key whose request died (in progress since `started_at`); False if another
+        request took it first."""
 
-    def release(self, key: str, route: str) -> None: ...
+    def keep(self, key: str, status_code: int, response: dict[str, Any]) -> None: ...
+
+    def release(self, key: str) -> None: ...
 
 
-@dataclass(frozen=True)
-class CatalogKeyStore:
-    engine: sa.Engine
-
-    def _this(self, key: str, route: str) -> sa.ColumnElement[bool]:
-        return sa.and_(idempotency_keys.c.key == key, idempotency_keys.c.route == route)
-
-    def claim(self, key: str, route: str, request_sha256: str) -> Kept | None:
-        with self.engine.begin() as connection:
-            claimed = connection.execute(
-                insert(idempotency_keys)
-                .values(
-                    key=key,
-                    route=route,
-                    request_sha256=request_sha256,
-                    status_code=IN_PROGRESS,
-                    response={},
-                )
-                .on_conflict_do_nothing()
-                .returning(idempotency_keys.c.key)
-            ).first()
-            if claimed is not None:
-                return None
-            row = connection.execute(
-                sa.select(idempotency_keys).where(self._this(key, route))
-            ).one()
-        return Kept(row.request_sha256, row.status_code, row.response)
-
-    def keep(self, key: str, route: str, status_code: int, response: dict[str, Any]) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(
-                sa.update(idempotency_keys)
-                .where(self._this(key, route))
-                .values(status_code=status_code, response=response)
-            )
-
-    def release(self, key: str, route: str) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(sa.delete(idempotency_keys).where(self._this(key, route)))
+def request_id(key: str | None, fingerprint: str) -> str | None:
+    """What a keyed request's launches are tagged with: the same for every retry of the
+    request, and for no other request; None without a key."""
+    if not key:
+        return None
+    return hashlib.sha256(f"{key}\n{fingerprint}".encode()).hexdigest()[:32]
 
 
 def replayed(status_code: int, body: dict[str, Any]) -> JSONResponse:
@@ -102,42 +77,55 @@ class Slot:
 
 @dataclass(frozen=True)
 class Idempotency:
-    """A request's key (if it sent one) and body, and where keys are kept."""
+    """A request's key (if it sent one) and fingerprint, and where keys are kept."""
 
     store: KeyStore
     key: str | None
-    body: bytes
+    fingerprint: str
+
+    @property
+    def request_id(self) -> str | None:
+        return request_id(self.key, self.fingerprint)
 
     @contextmanager
-    def slot(self, route: str) -> Iterator[Slot]:
-        """The key's slot on `route` (a fresh one when the request sent no key)."""
+    def slot(self) -> Iterator[Slot]:
+        """The key's slot (a fresh one when the request sent no key), bound to the request's
+        own method, path, query and body."""
         slot = Slot()
         if not self.key:
             yield slot
             return
-        if len(self.key) > MAX_KEY_LENGTH:
+        if not KEY.fullmatch(self.key):
             raise ApiError(
                 422,
                 "invalid_idempotency_key",
-                f"Idempotency-Key is at most {MAX_KEY_LENGTH} characters",
+                f"Idempotency-Key is 1 to {MAX_KEY_LENGTH} visible ASCII characters",
             )
-        digest = hashlib.sha256(self.body).hexdigest()
-        kept = self.store.claim(self.key, route, digest)
+        kept = self.store.claim(self.key, self.fingerprint)
         if kept is not None:
-            if kept.request_sha256 != digest:
+            if kept.request_sha256 != self.fingerprint:
                 raise ApiError(
-                    422, "idempotency_key_reused", "this Idempotency-Key was used with another body"
+                    422,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with another request "
+                    "(method, path, query or body)",
                 )
-            if kept.status_code == IN_PROGRESS:
+            if kept.status_code != IN_PROGRESS:
+                slot.replay = replayed(kept.status_code, kept.response)
+                yield slot
+                return
+            if (
+                kept.started_at is None
+                or kept.age_s <= IN_PROGRESS_TTL_S  # its request may still be at work
+                or not self.store.take_over(self.key, kept.started_at)
+            ):
                 raise ApiError(409, "request_in_progress", "a request with this key is in progress")
-            slot.replay = replayed(kept.status_code, kept.response)
-            yield slot
-            return
         try:
             yield slot
         except BaseException:
-            # Nothing was done: free the key so the caller can retry with it.
-            self.store.release(self.key, route)
+            # Nothing was kept: free the key so the caller can retry with it (a retry finds any
+            # run this request launched by its request id).
+            self.store.release(self.key)
             raise
         if slot.stored is not None:
-            self.store.keep(self.key, route, *slot.stored)
+            self.store.keep(self.key, *slot.stored)

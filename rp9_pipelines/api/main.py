@@ -3,6 +3,7 @@
 import contextlib
 from collections.abc import AsyncIterator
 
+import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -10,20 +11,25 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rp9_pipelines.api.errors import (
     ApiError,
     api_error_handler,
+    data_error_handler,
     http_error_handler,
+    internal_error_handler,
     refused_handler,
     validation_error_handler,
 )
+from rp9_pipelines.api.limits import RequestLimits
 from rp9_pipelines.api.routes import (
     backups,
+    billing,
     enforcement,
     health,
     metrics,
+    restore_drills,
     runs,
-    stripe_webhook,
     tenant_fallback,
     tenants,
 )
+from rp9_pipelines.domain.routing import FALLBACK_PATH
 from rp9_pipelines.domain.tenants import InvalidRequest
 from rp9_pipelines.services.tenants import Conflict
 from rp9_pipelines.settings import get_settings
@@ -44,12 +50,17 @@ def create_app() -> FastAPI:
     app.add_exception_handler(Conflict, refused_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(sa.exc.DataError, data_error_handler)
+    app.add_exception_handler(Exception, internal_error_handler)
+    # Before routing: oversized bodies and control characters never reach a route.
+    app.add_middleware(RequestLimits, exempt=frozenset({FALLBACK_PATH}))
     app.include_router(health.router)
     app.include_router(tenants.router)
     app.include_router(runs.router)
     app.include_router(metrics.router)
     app.include_router(backups.router)
-    app.include_router(stripe_webhook.router)
+    app.include_router(restore_drills.router)
+    app.include_router(billing.router)
     app.include_router(enforcement.router)
     app.include_router(tenant_fallback.router)
     return app

@@ -1,5 +1,6 @@
-"""Catalog queries of enforcement: the tenants it judges (in bulk), this period's events and
-collected usage, and the delivery of events to the warnings webhook."""
+"""Catalog queries of enforcement: the tenants it judges (in bulk) or is asked about, this
+period's events and collected usage, the delivery of events to the warnings webhook, and the
+events as the API lists them."""
 
 import datetime as dt
 import uuid
@@ -31,6 +32,28 @@ class Subject:
     @property
     def names(self) -> TenantNames:
         return TenantNames(self.slug, self.tier)
+
+
+def _uuid(ref: str) -> str | None:
+    try:
+        return str(uuid.UUID(ref))
+    except ValueError:
+        return None
+
+
+def resolve_tenants(connection: sa.Connection, refs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The ids of the tenants `refs` name (by id or slug, deleted ones excluded), in the order
+    given and once each; and the refs that name no tenant."""
+    ids = [found for found in map(_uuid, refs) if found is not None]
+    query = sa.select(tenants.c.id, tenants.c.slug).where(
+        sa.or_(tenants.c.id.in_(ids), tenants.c.slug.in_(refs)), tenants.c.status != "deleted"
+    )
+    by_ref: dict[str, str] = {}
+    for row in connection.execute(query):
+        by_ref[str(row.id)] = by_ref[row.slug] = str(row.id)
+    keys = [_uuid(ref) or ref for ref in refs]
+    missing = [ref for ref, key in zip(refs, keys, strict=True) if key not in by_ref]
+    return list(dict.fromkeys(by_ref[key] for key in keys if key in by_ref)), missing
 
 
 def subjects(connection: sa.Connection, pattern: str, refs: Sequence[str] = ()) -> list[Subject]:
@@ -167,3 +190,24 @@ def mark_delivery(connection: sa.Connection, event_id: uuid.UUID, error: str | N
     connection.execute(
         sa.update(enforcement_events).where(enforcement_events.c.id == event_id).values(**values)
     )
+
+
+def list_events(
+    connection: sa.Connection,
+    *,
+    tenant_id: uuid.UUID | None = None,
+    period: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Events, newest first (of one tenant, of one period, if given), with the tenant's slug."""
+    query = (
+        sa.select(enforcement_events, tenants.c.slug)
+        .join(tenants, tenants.c.id == enforcement_events.c.tenant_id)
+        .order_by(enforcement_events.c.created_at.desc(), enforcement_events.c.threshold.desc())
+        .limit(limit)
+    )
+    if tenant_id is not None:
+        query = query.where(enforcement_events.c.tenant_id == tenant_id)
+    if period is not None:
+        query = query.where(enforcement_events.c.period == period)
+    return [dict(row._mapping) for row in connection.execute(query)]

@@ -1,4 +1,5 @@
-"""The partitions of usage: one key per (UTC day, tenant slug), and one per month."""
+"""The partitions usage and chargeback share: one key per (UTC day, tenant slug), and one per
+month."""
 
 import datetime as dt
 

@@ -48,8 +48,9 @@ def resources() -> dg.Definitions:
         startup_cpu=settings.tenant_stack.startup_cpu,
     )
     secret_files = SecretFilesResource(root=dg.EnvVar("SECRETS_DIR"))
-    tenant_db = TenantDatabaseResource(admin_url=dg.EnvVar("DATABASE_URL"))
-    n8n_data = N8nDataResource(admin_url=dg.EnvVar("DATABASE_URL"))
+    # Tenants' databases through the tenant administrator login, never the catalog's.
+    tenant_db = TenantDatabaseResource(admin_url=dg.EnvVar("TENANT_ADMIN_DATABASE_URL"))
+    n8n_data = N8nDataResource(admin_url=dg.EnvVar("TENANT_ADMIN_DATABASE_URL"))
     return dg.Definitions(
         resources={
             "settings": settings,
@@ -90,7 +91,7 @@ def resources() -> dg.Definitions:
             ),
             "drill": DrillResources(
                 catalog=catalog,
-                admin_url=dg.EnvVar("DATABASE_URL"),
+                admin_url=dg.EnvVar("TENANT_ADMIN_DATABASE_URL"),
                 s3=s3,
                 docker_runtime=docker_runtime,
                 platform=platform,

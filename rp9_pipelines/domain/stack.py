@@ -32,6 +32,77 @@ HEALTHCHECK = [
     " sleep 0.1; done; exit 1",
 ]
 
+# Every container the platform runs may hold a tenant's code (n8n runs it; an n8n escape runs
+# anything as the container's user), so each starts with no Linux capability at all: n8n runs
+# as uid 1000 and listens on 5678, tini, the entrypoint and the wget health check need none.
+# Logs rotate so a chatty workflow cannot fill the host's disk. Part of the configuration hash,
+# so a change here recreates the containers on their next convergence.
+CAP_DROP = ("ALL",)
+SECURITY_OPT = ("no-new-privileges",)
+LOG_DRIVER = "json-file"
+LOG_OPTIONS = {"max-size": "10m", "max-file": "3"}
+
+# n8n's own hardening, the same on main and workers (both load nodes and run executions), and
+# set by the platform: a tenant cannot change its containers' environment.
+# - Expressions and the Code node see no environment variable (`$env` is refused).
+# - Nodes that read or write files do so only under one directory of the node user's home; n8n's
+#   own files (`~/.n8n`: settings, encryption key) and `/run/secrets` are outside it.
+# - Execution pruning is pinned (n8n's defaults, 14 days and 10,000 executions), so a tenant's
+#   data cannot grow without bound and every tenant is pruned alike.
+FILES_DIR = "/home/node/.n8n-files"
+HARDENING_ENV = {
+    "N8N_BLOCK_ENV_ACCESS_IN_NODE": "true",
+    "N8N_RESTRICT_FILE_ACCESS_TO": FILES_DIR,
+    "N8N_BLOCK_FILE_ACCESS_TO_N8N_FILES": "true",
+    "EXECUTIONS_DATA_PRUNE": "true",
+    "EXECUTIONS_DATA_MAX_AGE": "336",
+    "EXECUTIONS_DATA_PRUNE_MAX_COUNT": "10000",
+    "EXECUTIONS_DATA_HARD_DELETE_BUFFER": "1",
+}
+
+
+@dataclass(frozen=True)
+class NodePolicy:
+    """What a plan's n8n may load besides its built-in nodes, and which built-ins it may not."""
+
+    community_packages: bool
+    excluded_nodes: tuple[str, ...]
+
+
+# NODES_EXCLUDE replaces n8n's default list (executeCommand and localFileTrigger in 2.x), so
+# every plan repeats both: a shell in the container, and a watcher of its filesystem. The git
+# node runs the git binary on a repository in the container's filesystem (hooks and config can
+# run commands): only the larger plans keep it. SSH stays: it is a client of
+# the customer's own servers, like the HTTP Request node. Community packages are npm code the
+# tenant installs into its own n8n: the larger plans only.
+_CONTAINER_NODES = ("n8n-nodes-base.executeCommand", "n8n-nodes-base.localFileTrigger")
+STRICT_NODES = NodePolicy(
+    community_packages=False, excluded_nodes=(*_CONTAINER_NODES, "n8n-nodes-base.git")
+)
+NODE_POLICIES = {
+    "starter": STRICT_NODES,
+    "pro": STRICT_NODES,
+    "business": NodePolicy(community_packages=True, excluded_nodes=_CONTAINER_NODES),
+    "enterprise": NodePolicy(community_packages=True, excluded_nodes=_CONTAINER_NODES),
+}
+
+
+def node_policy(plan: str) -> NodePolicy:
+    """The plan's policy; a plan without one (a new plan, a typo) gets the strictest."""
+    return NODE_POLICIES.get(plan, STRICT_NODES)
+
+
+def hardening_env(plan: str) -> dict[str, str]:
+    """The environment that hardens an n8n running a tenant's workflows on `plan`."""
+    nodes = node_policy(plan)
+    return {
+        **HARDENING_ENV,
+        "N8N_COMMUNITY_PACKAGES_ENABLED": "true" if nodes.community_packages else "false",
+        # A JSON array: n8n reads anything else as an empty list, which excludes nothing.
+        "NODES_EXCLUDE": json.dumps(list(nodes.excluded_nodes)),
+    }
+
+
 LABEL_MANAGED = "io.rp9.managed"
 LABEL_TENANT = "io.rp9.tenant"
 LABEL_ROLE = "io.rp9.role"
@@ -72,6 +143,8 @@ class TenantStack:
     # The tenant's concurrency quota: production executions main may run at once when it runs
     # them itself (no workers); in queue mode each worker's `--concurrency` is the limit.
     concurrency: int | None = None
+    # The tenant's plan, for the nodes its n8n may load (`node_policy`).
+    plan: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,7 +164,12 @@ class ContainerSpec:
     def config_hash(self) -> str:
         """Everything that needs a new container when it changes; CPU and memory are not in it
         because a running container's limits are updated in place."""
-        payload = {"command": self.command, "env": self.env, "labels": self.labels}
+        payload = {
+            "command": self.command,
+            "env": self.env,
+            "labels": self.labels,
+            "host": {"cap_drop": CAP_DROP, "security_opt": SECURITY_OPT, "logs": LOG_OPTIONS},
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -123,6 +201,7 @@ def _common_env(stack: TenantStack, config: StackConfig) -> dict[str, str]:
         "N8N_DIAGNOSTICS_ENABLED": "false",
         "N8N_VERSION_NOTIFICATIONS_ENABLED": "false",
         "N8N_TEMPLATES_ENABLED": "false",
+        **hardening_env(stack.plan),
     }
     env.update({f"{var}_FILE": f"{SECRETS_MOUNT}/{name}" for var, name in SECRET_FILES.items()})
     return env

@@ -8,10 +8,68 @@ from rp9_pipelines.domain.routing import is_valid_hostname
 
 Tier = Literal["shared", "dedicated"]
 SHARED_DATABASE = "n8n_shared"
-SLUG_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{1,38})[a-z0-9]$")
-# Names the platform itself may route under BASE_DOMAIN.
+# Databases of the platform itself on the tenants' Postgres server, which no tenant database
+# may ever be named, created over or dropped as (`rp9_templates` is `domain.template`'s
+# TEMPLATE_DATABASE; the catalog's default name is `rp9_platform`).
+PLATFORM_DATABASES = frozenset(
+    {
+        SHARED_DATABASE,
+        "rp9_templates",
+        "rp9_platform",
+        "postgres",
+        "supabase",
+        "template0",
+        "template1",
+    }
+)
+# Matched whole (`fullmatch`): `$` alone would accept a trailing newline.
+SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{1,38}[a-z0-9]")
+# Names the platform itself uses or may route under BASE_DOMAIN (hosts, services, databases).
 RESERVED_SLUGS = frozenset(
-    {"www", "api", "app", "admin", "traefik", "dagster", "grafana", "prometheus", "loki", "status"}
+    {
+        "www",
+        "api",
+        "app",
+        "admin",
+        "traefik",
+        "dagster",
+        "grafana",
+        "prometheus",
+        "loki",
+        "status",
+        "shared",
+        "mail",
+        "smtp",
+        "imap",
+        "pop",
+        "mx",
+        "ns1",
+        "ns2",
+        "vault",
+        "s3",
+        "minio",
+        "supabase",
+        "postgres",
+        "postgrest",
+        "redis",
+        "stripe",
+        "template",
+        "templates",
+        "rp9",
+        "platform",
+        "n8n",
+        "drill",
+        "auth",
+        "login",
+        "billing",
+        "metrics",
+        "webhook",
+        "webhooks",
+        "static",
+        "cdn",
+        "docs",
+        "localhost",
+    }
 )
 
 
@@ -24,13 +82,28 @@ class InvalidRequest(ValueError):
 
 
 def check_slug(slug: str) -> None:
-    if not SLUG_RE.match(slug) or "--" in slug:
+    if not SLUG_RE.fullmatch(slug) or "--" in slug:
         raise InvalidRequest(
             "invalid_slug",
             f"slug {slug!r} must be 3-40 characters of a-z, 0-9 and inner single hyphens",
         )
-    if slug in RESERVED_SLUGS:
+    if slug in RESERVED_SLUGS or TenantNames(slug, "dedicated").db_name in PLATFORM_DATABASES:
         raise InvalidRequest("invalid_slug", f"slug {slug!r} is reserved by the platform")
+
+
+def check_tenant_database(names: "TenantNames") -> None:
+    """Refuse a dedicated tenant whose database would be a platform database (slug `shared`
+    gives `n8n_shared`) or not one of the platform's `n8n_<slug>` names: nothing is created in,
+    reused as or dropped as such a database, whatever the catalog holds."""
+    ident = names.db_name.removeprefix("n8n_")
+    if names.tier == "dedicated" and (
+        names.db_name in PLATFORM_DATABASES
+        or not names.db_name.startswith("n8n_")
+        or not SLUG_RE.fullmatch(ident.replace("_", "-"))
+    ):
+        raise InvalidRequest(
+            "invalid_slug", f"{names.slug!r} cannot have the database {names.db_name!r}"
+        )
 
 
 def check_custom_domain(domain: str | None, base_domain: str) -> None:
@@ -94,6 +167,41 @@ def check_resources(cpu: float | None, memory_mb: int | None) -> None:
         raise InvalidRequest(
             "invalid_resources", f"memory_mb {memory_mb} must be within 512..262144"
         )
+
+
+@dataclass(frozen=True)
+class RoleLimits:
+    """What the tenant's Postgres role may use: its connections (the server refuses more) and
+    the default statement timeout of its sessions."""
+
+    connection_limit: int
+    statement_timeout_ms: int
+
+
+# n8n's default DB_POSTGRESDB_POOL_SIZE: connections per n8n process (main or worker).
+N8N_POOL_SIZE = 2
+# Room for a second stack during a blue/green switch or a drain, and a CLI (`n8n export`).
+SPARE_CONNECTIONS = 2
+# n8n's longest statements are its migrations and the pruning of old executions (batched).
+STATEMENT_TIMEOUT_MS = 300_000
+
+
+def role_limits(limits: Limits) -> RoleLimits:
+    """The plan's Postgres limits: every n8n process of its largest stack (main and its
+    maximum of workers) with its pool, twice (old and new containers overlap while a stack
+    changes), plus spares."""
+    processes = 1 + limits.max_workers
+    return RoleLimits(
+        connection_limit=2 * N8N_POOL_SIZE * processes + SPARE_CONNECTIONS,
+        statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+    )
+
+
+# A new role's limits when its plan's are not given: a stack of main and four workers.
+DEFAULT_ROLE_LIMITS = RoleLimits(
+    connection_limit=2 * N8N_POOL_SIZE * 5 + SPARE_CONNECTIONS,
+    statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+)
 
 
 @dataclass(frozen=True)

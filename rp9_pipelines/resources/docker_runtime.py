@@ -9,16 +9,21 @@ import docker
 from docker.errors import APIError, NotFound
 from docker.models.containers import Container
 from docker.models.networks import Network
+from docker.types import LogConfig
 from pydantic import PrivateAttr
 
 from rp9_pipelines.domain.stack import (
+    CAP_DROP,
     GRACEFUL_SHUTDOWN_S,
     HEALTHCHECK,
     LABEL_CONFIG,
     LABEL_MANAGED,
     LABEL_ROLE,
     LABEL_TENANT,
+    LOG_DRIVER,
+    LOG_OPTIONS,
     SECRETS_MOUNT,
+    SECURITY_OPT,
     ContainerSpec,
     Observed,
 )
@@ -144,7 +149,9 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             mem_limit=spec.memory_mb * MIB,
             memswap_limit=spec.memory_mb * MIB,
             pids_limit=self.pids_limit,
-            security_opt=["no-new-privileges"],
+            cap_drop=list(CAP_DROP),
+            security_opt=list(SECURITY_OPT),
+            log_config=LogConfig(type=LOG_DRIVER, config=dict(LOG_OPTIONS)),
             restart_policy={"Name": "unless-stopped"},
             stop_signal="SIGTERM",
             extra_hosts={"host.docker.internal": "host-gateway"},

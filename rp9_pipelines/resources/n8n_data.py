@@ -2,8 +2,12 @@
 autoscaler's recent windows, enforcement's daily counts and usage's day, for one tenant or a
 whole fleet in bulk.
 
-Functions are called by their schema-qualified names (`pg_catalog.…`): the platform must never
-resolve one that a tenant could have defined in a schema it owns."""
+The tenant owns those tables and may define functions, operators, views, rules and policies in
+its schema: the platform never runs any of them (see `postgres_admin`). Its sessions resolve
+names in `pg_catalog` only and are read-only, functions are called by their qualified names,
+tables are read with `ONLY`, and before each read one catalog query per database checks that
+the tables read are still plain tables of the tenant with built-in column types: a tenant that
+fails it is reported unreadable, like a database that cannot be reached, and is not read."""
 
 import concurrent.futures
 import datetime as dt
@@ -11,18 +15,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
 from psycopg import sql
 
 from rp9_pipelines.domain.tenants import TenantNames
 from rp9_pipelines.domain.usage import ExecutionDay, day_bounds
-from rp9_pipelines.resources.postgres_admin import PostgresAdminResource, execute
+from rp9_pipelines.resources.postgres_admin import (
+    SESSION_OPTIONS,
+    PostgresAdminResource,
+    Reads,
+    UnsafeRelation,
+    check_relations,
+    execute,
+    raw_connection,
+)
 
 Rows = list[tuple[Any, ...]]
 
 # Each statement is one parenthesised SELECT per tenant schema, its first column the schema's
-# name (`{schema}`), from its `execution_entity` (`{table}`), so that many of them form one
-# UNION ALL.
+# name (`{schema}`), from its `execution_entity` (`{table}`, `ONLY`: no inheritance child), so
+# that many of them form one UNION ALL; with it, the columns it reads (checked first).
 
 # Executions, failures, and the p95s in milliseconds of the run time (started → stopped) and
 # of the queue wait (created → started).
@@ -40,9 +51,11 @@ _WINDOW = sql.SQL(
     "(SELECT {schema}, "
     + _AGGREGATES
     + """
-    FROM {table}
+    FROM ONLY {table}
     WHERE "stoppedAt" >= pg_catalog.now() - pg_catalog.make_interval(secs => {window_s}))"""
 )
+_AGGREGATED = ("status", "createdAt", "startedAt", "stoppedAt")
+_WINDOW_READS: Reads = {"execution_entity": _AGGREGATED}
 
 # A tenant's day as `usage` counts it: production executions (every mode but `manual`, the
 # editor's test runs) by the day they were created, as enforcement counts them, with their
@@ -53,19 +66,22 @@ _DAY = sql.SQL(
     + """,
     coalesce(pg_catalog.round(pg_catalog.sum(
         extract(epoch FROM "stoppedAt" - "startedAt") * 1000)), 0)
-    FROM {table}
+    FROM ONLY {table}
     WHERE "createdAt" >= {start} AND "createdAt" < {end} AND mode <> 'manual')"""
 )
+_DAY_READS: Reads = {"execution_entity": (*_AGGREGATED, "mode")}
 
 # Production executions per UTC day created since `{since}` (the connection is in UTC).
 _BY_DAY = sql.SQL(
     """
     (SELECT {schema}, "createdAt"::date, pg_catalog.count(*)
-     FROM {table}
+     FROM ONLY {table}
      WHERE "createdAt" >= {since} AND mode <> 'manual'
      GROUP BY 2)
     """
 )
+_BY_DAY_READS: Reads = {"execution_entity": ("createdAt", "mode")}
+_COUNT_READS: Reads = {"execution_entity": ()}
 
 # At most this many schemas in one UNION ALL.
 _BATCH = 100
@@ -103,21 +119,28 @@ class ExecutionWindow:
 
 @dataclass(frozen=True)
 class ExecutionWindows:
-    """`execution_window` of many tenants: by slug, and the databases that could not be read."""
+    """`execution_window` of many tenants: by slug, and by slug the tenants that could not be
+    read (their database unreachable, or their tables unsafe to read)."""
 
     windows: dict[str, ExecutionWindow]
     errors: dict[str, str]
 
 
 class N8nDataResource(PostgresAdminResource):
-    """The tenants' n8n tables, read through the platform's admin role: one connection per
-    database, in UTC, whatever the number of tenants in it."""
+    """The tenants' n8n tables, read through the platform's tenant administration login: one
+    read-only connection per database, in UTC, whatever the number of tenants in it."""
+
+    def session_options(self) -> str:
+        return f"{SESSION_OPTIONS} -c default_transaction_read_only=on -c TimeZone=UTC"
 
     def execution_window(self, names: TenantNames, window_s: int = 900) -> ExecutionWindow:
         """Executions finished in the last `window_s` seconds, from the tenant's own tables
-        (all zero when its n8n has none yet)."""
-        rows = self._read(names.db_name, [names.db_schema], _WINDOW, window_s=window_s)
-        aggregates = rows[names.db_schema][0][1:] if names.db_schema in rows else (0, 0, None, None)
+        (all zero when its n8n has none yet). Raises `UnsafeRelation` when they must not be
+        read."""
+        rows = self._read_one(
+            names.db_name, names.db_schema, names.db_role, _WINDOW, _WINDOW_READS, window_s=window_s
+        )
+        aggregates = rows[0][1:] if rows else (0, 0, None, None)
         return ExecutionWindow.from_row(window_s, *aggregates)
 
     def execution_windows(
@@ -125,7 +148,7 @@ class N8nDataResource(PostgresAdminResource):
     ) -> ExecutionWindows:
         """`execution_window` of many tenants at once (see `_fan_out`). Tenants whose n8n
         has no tables yet are left out."""
-        rows, errors = self._fan_out(tenants, parallel, _WINDOW, window_s=window_s)
+        rows, errors = self._fan_out(tenants, parallel, _WINDOW, _WINDOW_READS, window_s=window_s)
         windows = {
             slug: ExecutionWindow.from_row(window_s, *found[0][1:]) for slug, found in rows.items()
         }
@@ -135,25 +158,29 @@ class N8nDataResource(PostgresAdminResource):
         self, tenants: Sequence[TenantNames], since: dt.datetime, *, parallel: int = 4
     ) -> tuple[dict[str, dict[dt.date, int]], dict[str, str]]:
         """Production executions (every mode but `manual`, the editor's test runs) created since
-        `since`, per tenant slug and UTC day (see `_fan_out`). Returns the counts and, by
-        database, the errors of those that could not be read."""
-        rows, errors = self._fan_out(tenants, parallel, _BY_DAY, since=since)
+        `since`, per tenant slug and UTC day (see `_fan_out`). Returns the counts and, by slug,
+        the errors of the tenants that could not be read."""
+        rows, errors = self._fan_out(tenants, parallel, _BY_DAY, _BY_DAY_READS, since=since)
         counts = {slug: {day: int(n) for _, day, n in found} for slug, found in rows.items()}
         return counts, errors
 
     def execution_day(self, names: TenantNames, day: dt.date) -> ExecutionDay | None:
         """What the tenant's n8n recorded for its production executions (every mode but
         `manual`) created on `day` (UTC); None when its n8n has no tables (never started, or
-        purged), which is not the same as a day without executions."""
-        return self.execution_day_in(names.db_name, names.db_schema, day)
+        purged), which is not the same as a day without executions. Raises `UnsafeRelation`
+        when its tables must not be read."""
+        return self.execution_day_in(names.db_name, names.db_schema, day, owner=names.db_role)
 
-    def execution_day_in(self, database: str, schema: str, day: dt.date) -> ExecutionDay | None:
-        """`execution_day` of the `execution_entity` in `database`.`schema`."""
+    def execution_day_in(
+        self, database: str, schema: str, day: dt.date, *, owner: str = ""
+    ) -> ExecutionDay | None:
+        """`execution_day` of the `execution_entity` in `database`.`schema`, which must belong
+        to `owner` (or to a superuser: with no owner, only a superuser's table is read)."""
         start, end = day_bounds(day)
-        rows = self._read(database, [schema], _DAY, start=start, end=end)
-        if schema not in rows:
+        rows = self._read_one(database, schema, owner, _DAY, _DAY_READS, start=start, end=end)
+        if rows is None:
             return None
-        _, total, failed, latency, wait, duration_ms = rows[schema][0]
+        _, total, failed, latency, wait, duration_ms = rows[0]
         return ExecutionDay(
             executions=int(total),
             failures=int(failed),
@@ -163,67 +190,103 @@ class N8nDataResource(PostgresAdminResource):
         )
 
     def count_executions(self, names: TenantNames) -> int:
-        """Every row of the tenant's `execution_entity` (which must exist)."""
+        """Every row of the tenant's `execution_entity` (which must exist and be safe to read)."""
         with self.connect(names.db_name) as connection:
-            statement = sql.SQL("SELECT pg_catalog.count(*) FROM {}").format(
+            _, problems = check_relations(
+                raw_connection(connection), {names.db_schema: names.db_role}, _COUNT_READS
+            )
+            if problems:
+                raise UnsafeRelation(problems[names.db_schema])
+            statement = sql.SQL("SELECT pg_catalog.count(*) FROM ONLY {}").format(
                 _table(names.db_schema)
             )
             return int(execute(connection, statement)[0][0])
 
+    def _read_one(
+        self,
+        database: str,
+        schema: str,
+        owner: str,
+        statement: sql.SQL,
+        reads: Reads,
+        **values: object,
+    ) -> Rows | None:
+        """`_read` of one schema: its rows, None when it has no tables; raises
+        `UnsafeRelation` when they must not be read."""
+        rows, problems = self._read(database, {schema: owner}, statement, reads, **values)
+        if schema in problems:
+            raise UnsafeRelation(problems[schema])
+        return rows.get(schema)
+
     def _read(
-        self, database: str, schemas: Sequence[str], statement: sql.SQL, **values: object
-    ) -> dict[str, Rows]:
+        self,
+        database: str,
+        owners: dict[str, str],
+        statement: sql.SQL,
+        reads: Reads,
+        **values: object,
+    ) -> tuple[dict[str, Rows], dict[str, str]]:
         """`statement` (one of the SELECTs above, `values` filling its other placeholders) for
-        each of `schemas` in `database` that holds an `execution_entity`, one UNION ALL per
-        hundred schemas. Returns the rows by schema, for those schemas only (possibly none)."""
+        each schema of `owners` (schema → the tenant's role) in `database` whose tables pass
+        `check_relations`, one UNION ALL per hundred schemas. Returns the rows by schema, for
+        those schemas only (possibly none; schemas without the tables are left out), and what
+        is wrong with the schemas that were not read."""
         literals = {name: sql.Literal(value) for name, value in values.items()}
         with self.connect(database) as connection:
-            connection.execute(sa.text("SET TIME ZONE 'UTC'"))
-            present = [
-                str(schema)
-                for schema in connection.execute(
-                    sa.text(
-                        "SELECT n.nspname FROM pg_catalog.pg_class c"
-                        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-                        " WHERE c.relname = 'execution_entity' AND c.relkind IN ('r', 'p')"
-                        " AND n.nspname = ANY(:schemas)"
-                    ),
-                    {"schemas": sorted(set(schemas))},
-                ).scalars()
-            ]
-            rows: dict[str, Rows] = {schema: [] for schema in present}
-            for start in range(0, len(present), _BATCH):
+            absent, problems = check_relations(raw_connection(connection), owners, reads)
+            readable = sorted(set(owners) - absent - set(problems))
+            rows: dict[str, Rows] = {schema: [] for schema in readable}
+            for start in range(0, len(readable), _BATCH):
                 parts = [
                     statement.format(schema=sql.Literal(schema), table=_table(schema), **literals)
-                    for schema in present[start : start + _BATCH]
+                    for schema in readable[start : start + _BATCH]
                 ]
                 for row in execute(connection, sql.SQL(" UNION ALL ").join(parts)):
                     rows[row[0]].append(row)
-        return rows
+        return rows, problems
 
     def _fan_out(
-        self, tenants: Sequence[TenantNames], parallel: int, statement: sql.SQL, **values: object
+        self,
+        tenants: Sequence[TenantNames],
+        parallel: int,
+        statement: sql.SQL,
+        reads: Reads,
+        **values: object,
     ) -> tuple[dict[str, Rows], dict[str, str]]:
         """`_read` for many tenants: their databases read in parallel (the shared database
         holds every shared tenant's schema). Returns the rows of each tenant whose n8n has
-        tables (tenants without are left out) and, by database, the errors of those that
-        could not be read: reported, not raised, so the others still count."""
-        slugs: dict[str, dict[str, str]] = {}  # database → schema → slug
+        tables (tenants without are left out) and, by slug, the errors of the tenants that
+        could not be read (every tenant of a database that failed, and each whose tables are
+        unsafe to read): reported, not raised, so the others still count."""
+        by_database: dict[str, dict[str, TenantNames]] = {}  # database → schema → tenant
         for names in tenants:
-            slugs.setdefault(names.db_name, {})[names.db_schema] = names.slug
+            by_database.setdefault(names.db_name, {})[names.db_schema] = names
 
-        def read(database: str) -> dict[str, Rows]:
-            found = self._read(database, list(slugs[database]), statement, **values)
-            return {slugs[database][schema]: rows for schema, rows in found.items()}
+        def read(database: str) -> tuple[dict[str, Rows], dict[str, str]]:
+            schemas = by_database[database]
+            owners = {schema: names.db_role for schema, names in schemas.items()}
+            found, problems = self._read(database, owners, statement, reads, **values)
+            return (
+                {schemas[schema].slug: rows for schema, rows in found.items()},
+                {
+                    schemas[schema].slug: f"{UnsafeRelation.__name__}: {problem}"[:300]
+                    for schema, problem in problems.items()
+                },
+            )
 
         found: dict[str, Rows] = {}
         errors: dict[str, str] = {}
         with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-            futures = {pool.submit(read, database): database for database in slugs}
+            futures = {pool.submit(read, database): database for database in by_database}
             for future in concurrent.futures.as_completed(futures):
+                database = futures[future]
                 try:
-                    found.update(future.result())
+                    rows, problems = future.result()
                 except Exception as error:
                     first_line = (str(error).splitlines() or [""])[0]
-                    errors[futures[future]] = f"{type(error).__name__}: {first_line}"[:300]
+                    message = f"{type(error).__name__}: {first_line}"[:300]
+                    problems = {names.slug: message for names in by_database[database].values()}
+                    rows = {}
+                found.update(rows)
+                errors.update(problems)
         return found, errors

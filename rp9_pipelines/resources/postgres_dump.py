@@ -2,11 +2,18 @@
 it, `pg_dump` of that snapshot, `pg_restore` into a sandbox database, and the sandbox's
 database and role.
 
-The platform's admin role (DATABASE_URL) runs all of it. Its password reaches `pg_dump` and
+The platform's tenant administration login (TENANT_ADMIN_DATABASE_URL) takes the snapshot, counts
+the manifest (after `check_relations`: plain tables of the tenant only) and dumps; every session
+and tool runs with the pinned `SESSION_OPTIONS` (PGOPTIONS). What happens inside a sandbox —
+`pg_restore` of a tenant's dump, whose defaults, constraints, triggers and index expressions may
+call the tenant's functions, and the drill's reads and updates — runs as the sandbox's own
+unprivileged login (`create_sandbox` returns it), never as the administrator: `--role` alone
+would not do, since a tenant's function can `RESET ROLE`. Passwords reach `pg_dump` and
 `pg_restore` through their environment (PGPASSWORD), never their arguments, a log or a run's
 config.
 """
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -23,8 +30,10 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 
-from rp9_pipelines.domain.backups import SANDBOX_PREFIX, Manifest, SandboxNames, workflow_digest
+from rp9_pipelines.domain.backups import Manifest, workflow_digest
+from rp9_pipelines.domain.restore_drills import SANDBOX_PREFIX, SandboxNames
 from rp9_pipelines.domain.tenants import TenantNames
+from rp9_pipelines.resources.postgres_admin import SESSION_OPTIONS, Reads, require_readable
 from rp9_pipelines.settings import sqlalchemy_url
 
 STDERR_TAIL = 2000
@@ -36,7 +45,8 @@ class PgToolError(RuntimeError):
 
 @dataclass(frozen=True)
 class PgServer:
-    """Where the tenants' databases live, and the admin login that may dump and restore them."""
+    """Where the tenants' databases live, and a login on it: the administrator that dumps them,
+    or a sandbox's own role that restores into it (`login`)."""
 
     host: str
     port: int
@@ -54,6 +64,10 @@ class PgServer:
             password=url.password or "",
         )
 
+    def login(self, user: str, password: str) -> "PgServer":
+        """The same server, as another login."""
+        return dataclasses.replace(self, user=user, password=password)
+
     def env(self, database: str) -> dict[str, str]:
         """The environment of a libpq tool: only what it needs, the password included."""
         return {
@@ -66,6 +80,7 @@ class PgServer:
             "PGDATABASE": database,
             "PGCONNECT_TIMEOUT": str(self.connect_timeout_s),
             "PGAPPNAME": "rp9-backups",
+            "PGOPTIONS": SESSION_OPTIONS,
         }
 
     def connect(self, database: str, *, autocommit: bool = False) -> psycopg.Connection:
@@ -78,18 +93,20 @@ class PgServer:
             autocommit=autocommit,
             connect_timeout=self.connect_timeout_s,
             application_name="rp9-backups",
+            options=SESSION_OPTIONS,
         )
 
-    def tool(self, name: str) -> str:
+    def tool(self, name: str, database: str = "postgres") -> str:
         """The client binary of the server's major version (pg_dump refuses older servers'
-        newer dumps, and an older pg_dump refuses a newer server), else the one on PATH."""
-        return _tool(self.host, self.port, self.user, self.password, name)
+        newer dumps, and an older pg_dump refuses a newer server), else the one on PATH;
+        asked in `database`, which the login may connect to."""
+        return _tool(self.host, self.port, self.user, self.password, name, database)
 
 
 @functools.lru_cache(maxsize=16)
-def _tool(host: str, port: int, user: str, password: str, name: str) -> str:
+def _tool(host: str, port: int, user: str, password: str, name: str, database: str) -> str:
     server = PgServer(host, port, user, password)
-    with server.connect("postgres", autocommit=True) as connection:
+    with server.connect(database, autocommit=True) as connection:
         row = connection.execute("SHOW server_version_num").fetchone()
     major = int(str(row[0] if row else "0")) // 10000
     candidate = Path(f"/usr/lib/postgresql/{major}/bin/{name}")
@@ -105,15 +122,25 @@ def _table(names: TenantNames, table: str) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(names.db_schema), sql.Identifier(table))
 
 
-def count_manifest(connection: psycopg.Connection, names: TenantNames) -> Manifest:
-    """Workflows (with their versions), credentials and executions of one tenant's n8n."""
+# What the manifest reads.
+MANIFEST_READS: Reads = {
+    "workflow_entity": ("id", "versionId"),
+    "credentials_entity": (),
+    "execution_entity": (),
+}
+
+
+def count_manifest(connection: psycopg.Connection, names: TenantNames, owner: str) -> Manifest:
+    """Workflows (with their versions), credentials and executions of one tenant's n8n, whose
+    tables must be plain tables of `owner` (see `check_relations`)."""
+    require_readable(connection, names.db_schema, owner, MANIFEST_READS)
     versions = connection.execute(
-        sql.SQL('SELECT id, "versionId" FROM {}').format(_table(names, "workflow_entity"))
+        sql.SQL('SELECT id, "versionId" FROM ONLY {}').format(_table(names, "workflow_entity"))
     ).fetchall()
 
     def count(table: str) -> int:
         row = connection.execute(
-            sql.SQL("SELECT count(*) FROM {}").format(_table(names, table))
+            sql.SQL("SELECT pg_catalog.count(*) FROM ONLY {}").format(_table(names, table))
         ).fetchone()
         return int(row[0]) if row else 0
 
@@ -134,9 +161,9 @@ def exported_snapshot(server: PgServer, names: TenantNames) -> Iterator[tuple[st
     try:
         connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         connection.read_only = True
-        row = connection.execute("SELECT pg_export_snapshot()").fetchone()
+        row = connection.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
         assert row is not None
-        yield str(row[0]), count_manifest(connection, names)
+        yield str(row[0]), count_manifest(connection, names, names.db_role)
     finally:
         connection.rollback()
         connection.close()
@@ -194,14 +221,15 @@ class Restored:
 
 
 def restore_stream(server: PgServer, database: str, role: str, chunks: Iterable[bytes]) -> Restored:
-    """Feed a custom-format dump to `pg_restore` into `database`, its objects owned by `role`,
-    hashing every byte on the way. The whole stream is read even when pg_restore stops early,
-    so the hash always describes the complete stored object."""
+    """Feed a custom-format dump to `pg_restore` into `database`, logged in as `role` (the
+    sandbox's own login, `server`: what the dump runs can use no more than it), its objects
+    owned by that role, hashing every byte on the way. The whole stream is read even when
+    pg_restore stops early, so the hash always describes the complete stored object."""
+    _require_login(server, role)
     command = [
-        server.tool("pg_restore"),
+        server.tool("pg_restore", database),
         "--no-owner",
         "--no-privileges",
-        f"--role={role}",
         "--exit-on-error",
         "--no-password",
         f"--dbname={database}",
@@ -240,25 +268,73 @@ def _execute(connection: psycopg.Connection, statement: sql.Composed) -> None:
     connection.execute(statement)
 
 
-def create_sandbox(server: PgServer, sandbox: SandboxNames, password: str) -> None:
-    """A login role and an empty database it owns, reachable by nobody else."""
+def _require_login(server: PgServer, role: str) -> None:
+    if server.user != role:
+        raise PermissionError(
+            f"the sandbox is used as its own login {role}, not as {server.user} "
+            "(use the PgServer that create_sandbox returns)"
+        )
+
+
+def _require_sandbox_owner(connection: psycopg.Connection) -> str:
+    """The session's login, which must own the (sandbox) database it is connected to."""
+    row = connection.execute(
+        "SELECT session_user, pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database"
+        " WHERE datname = pg_catalog.current_database()"
+    ).fetchone()
+    assert row is not None
+    login, owner = str(row[0]), str(row[1])
+    if login != owner or not login.startswith(SANDBOX_PREFIX):
+        raise PermissionError(
+            f"a sandbox is used as its own login, not as {login} (it belongs to {owner})"
+        )
+    return login
+
+
+def _check_sandbox_name(name: str) -> None:
+    if not name.startswith(SANDBOX_PREFIX) or len(name) == len(SANDBOX_PREFIX):
+        raise ValueError(f"{name!r} is not a sandbox's name (they start with {SANDBOX_PREFIX})")
+
+
+def create_sandbox(server: PgServer, sandbox: SandboxNames, password: str) -> PgServer:
+    """A login role and an empty database it owns, reachable by nobody else; returns the
+    sandbox's own login, which restores into it and reads it."""
+    _check_sandbox_name(sandbox.database)
     role, database = sql.Identifier(sandbox.role), sql.Identifier(sandbox.database)
     with server.connect("postgres", autocommit=True) as connection:
         _execute(
             connection,
-            sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
-                role, sql.Literal(password)
-            ),
+            sql.SQL(
+                "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
+                " NOBYPASSRLS CONNECTION LIMIT 10 PASSWORD {}"
+            ).format(role, sql.Literal(password)),
         )
+        _adopt(connection, sandbox.role)
         _execute(connection, sql.SQL("CREATE DATABASE {} OWNER {}").format(database, role))
         _execute(connection, sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(database))
         _execute(connection, sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, role))
+    return server.login(sandbox.role, password)
+
+
+def _adopt(connection: psycopg.Connection, role: str) -> None:
+    """Make the (non-superuser) administrator a member of `role`, which dropping its database
+    and ending its sessions need."""
+    row = connection.execute(
+        "SELECT pg_catalog.pg_has_role(current_user, r.oid, 'USAGE'), u.rolsuper"
+        " FROM pg_catalog.pg_roles r, pg_catalog.pg_roles u"
+        " WHERE r.rolname = %s AND u.rolname = current_user",
+        (role,),
+    ).fetchone()
+    if row is not None and not row[0] and not row[1]:
+        _execute(connection, sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role)))
 
 
 def drop_sandbox(server: PgServer, name: str) -> None:
     """Drop a sandbox's database (closing its sessions) and its role of the same name; either
     may be missing already."""
+    _check_sandbox_name(name)
     with server.connect("postgres", autocommit=True) as connection:
+        _adopt(connection, name)
         _execute(
             connection,
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)),
@@ -271,23 +347,26 @@ def sandbox_leftovers(server: PgServer) -> set[str]:
     pattern = SANDBOX_PREFIX.replace("_", r"\_") + "%"
     with server.connect("postgres", autocommit=True) as connection:
         rows = connection.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE %s "
-            "UNION SELECT rolname FROM pg_roles WHERE rolname LIKE %s",
+            "SELECT datname FROM pg_catalog.pg_database WHERE datname LIKE %s "
+            "UNION SELECT rolname FROM pg_catalog.pg_roles WHERE rolname LIKE %s",
             (pattern, pattern),
         ).fetchall()
     return {str(row[0]) for row in rows}
 
 
 def restored_counts(server: PgServer, database: str, names: TenantNames) -> Manifest:
+    """The manifest of what was restored, read as the sandbox's own login (`server`)."""
     with server.connect(database) as connection:
-        return count_manifest(connection, names)
+        return count_manifest(connection, names, _require_sandbox_owner(connection))
 
 
 def deactivate_workflows(server: PgServer, database: str, names: TenantNames) -> int:
     """Unpublish every restored workflow before the sandbox boots, so no schedule, poll or
-    queue trigger of the tenant fires there. Versions (what the drill compares) stay."""
+    queue trigger of the tenant fires there. Versions (what the drill compares) stay. Runs as
+    the sandbox's own login (`server`): the update fires whatever triggers the dump held."""
     table = _table(names, "workflow_entity")
     with server.connect(database) as connection:
+        _require_sandbox_owner(connection)
         columns = {
             str(row[0])
             for row in connection.execute(

@@ -1,7 +1,17 @@
 """The tenants' databases, administered: one role and schema per shared tenant in the shared
 database, one role and database per dedicated tenant, and the pre-migrated n8n schema of each
-n8n version (the template) that new tenants start from."""
+n8n version (the template) that new tenants start from.
 
+The login is the platform's tenant administrator (TENANT_ADMIN_DATABASE_URL: CREATEDB and
+CREATEROLE, not a superuser), which owns the shared and template databases and is granted each
+tenant role it creates, so that it can clone, dump, drop and sign out as that role. What only a
+superuser can do was done once by `deploy/postgres/tenant_boundary.sql` (run by
+`deploy/local/stack.sh`): in the shared database an event trigger refuses any tenant's
+`CREATE SCHEMA`, `ALTER SCHEMA`, `CREATE EXTENSION` and other objects outside its own schema,
+and no tenant may connect to the platform's databases. A tenant role reaches only its own
+database, with a connection limit and a statement timeout from its plan."""
+
+import dataclasses
 import re
 import subprocess
 from collections.abc import Iterator
@@ -17,11 +27,31 @@ from rp9_pipelines.domain.template import (
     TEMPLATE_DATABASE,
     TEMPLATE_ROLE,
 )
-from rp9_pipelines.domain.tenants import SHARED_DATABASE, TenantNames
+from rp9_pipelines.domain.tenants import (
+    DEFAULT_ROLE_LIMITS,
+    SHARED_DATABASE,
+    RoleLimits,
+    TenantNames,
+    check_tenant_database,
+)
 from rp9_pipelines.resources.postgres_admin import PostgresAdminResource, execute
 from rp9_pipelines.resources.postgres_dump import PgServer
 
 _PSQL_META = re.compile(r"^\\(un)?restrict ")
+# The event trigger of `deploy/postgres/tenant_boundary.sql` in the shared database.
+BOUNDARY_TRIGGER = "rp9_tenant_boundary"
+# The template builder's n8n (main only, its pool of 2) and spares; its migrations take long.
+TEMPLATE_ROLE_LIMITS = RoleLimits(connection_limit=6, statement_timeout_ms=0)
+
+
+class NotTheExpectedOwner(RuntimeError):
+    """A role, schema or database of a tenant's name exists but is not what the platform made
+    (another owner, or privileges a tenant role never has): nothing was changed."""
+
+
+class BoundaryMissing(RuntimeError):
+    """The shared database lacks what only a superuser can set up (its owner, the event trigger
+    that keeps tenants inside their schemas)."""
 
 
 @dataclass(frozen=True)
@@ -32,29 +62,114 @@ class Template:
     sql: str
 
 
+def _scalar(connection: sa.Connection, query: str, **values: object) -> object:
+    return connection.execute(sa.text(query), values).scalar()
+
+
 class TenantDatabaseResource(PostgresAdminResource):
     """Administers the tenants' databases on the platform's Postgres server: the shared database
     with one schema and role per tenant, and one database and role per dedicated tenant."""
 
     def _role_exists(self, server: sa.Connection, role: str) -> bool:
-        query = sa.text("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = :r")
-        return server.execute(query, {"r": role}).scalar() is not None
-
-    def _database_exists(self, server: sa.Connection, database: str) -> bool:
-        query = sa.text("SELECT 1 FROM pg_catalog.pg_database WHERE datname = :d")
-        return server.execute(query, {"d": database}).scalar() is not None
-
-    def _ensure_role(self, server: sa.Connection, role: str, password: str) -> None:
-        verb = "ALTER" if self._role_exists(server, role) else "CREATE"
-        execute(
-            server,
-            sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
-                sql.Identifier(role), sql.Literal(password)
-            ),
+        return (
+            _scalar(server, "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = :r", r=role)
+            is not None
         )
 
-    def _ensure_database(self, server: sa.Connection, database: str, owner: str) -> None:
-        if not self._database_exists(server, database):
+    def _database_owner(self, server: sa.Connection, database: str) -> str | None:
+        owner = _scalar(
+            server,
+            "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database"
+            " WHERE datname = :d",
+            d=database,
+        )
+        return str(owner) if owner is not None else None
+
+    @staticmethod
+    def _schema_owner(connection: sa.Connection, schema: str) -> str | None:
+        owner = _scalar(
+            connection,
+            "SELECT pg_catalog.pg_get_userbyid(nspowner) FROM pg_catalog.pg_namespace"
+            " WHERE nspname = :s",
+            s=schema,
+        )
+        return str(owner) if owner is not None else None
+
+    @staticmethod
+    def _me(connection: sa.Connection) -> tuple[str, bool]:
+        """The login's name and whether it is a superuser (tests may administer as one)."""
+        row = connection.execute(
+            sa.text(
+                "SELECT current_user, rolsuper FROM pg_catalog.pg_roles"
+                " WHERE rolname = current_user"
+            )
+        ).one()
+        return str(row[0]), bool(row[1])
+
+    def _check_role(self, server: sa.Connection, role: str) -> None:
+        """An existing role of a tenant's name is reused only as a plain login: no attribute a
+        tenant role never has, and a member of no other role."""
+        row = server.execute(
+            sa.text(
+                "SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls,"
+                " EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members WHERE member = r.oid)"
+                " FROM pg_catalog.pg_roles r WHERE rolname = :r"
+            ),
+            {"r": role},
+        ).first()
+        if row is not None and (row[0] or row[1]):
+            raise NotTheExpectedOwner(
+                f"role {role} exists with privileges or memberships a tenant role never has; "
+                "nothing was changed"
+            )
+
+    def _check_owner(self, what: str, owner: str | None, expected: str) -> None:
+        if owner is not None and owner != expected:
+            raise NotTheExpectedOwner(
+                f"{what} exists, owned by {owner} instead of {expected}; nothing was changed"
+            )
+
+    def _adopt(self, server: sa.Connection, role: str) -> None:
+        """Make the login a member of `role` (with its privileges), which CREATE DATABASE …
+        OWNER, SET ROLE, dumps, terminating its sessions and dropping its objects need."""
+        held = _scalar(server, "SELECT pg_catalog.pg_has_role(current_user, :r, 'USAGE')", r=role)
+        if not held and not self._me(server)[1]:
+            execute(server, sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role)))
+
+    def _ensure_role(
+        self, server: sa.Connection, role: str, password: str, limits: RoleLimits | None
+    ) -> None:
+        exists = self._role_exists(server, role)
+        if limits is None:
+            # Without its plan's limits, an existing role keeps the connection limit it has.
+            kept = _scalar(
+                server, "SELECT rolconnlimit FROM pg_catalog.pg_roles WHERE rolname = :r", r=role
+            )
+            limits = DEFAULT_ROLE_LIMITS
+            if kept is not None and int(str(kept)) >= 0:
+                limits = dataclasses.replace(limits, connection_limit=int(str(kept)))
+        execute(
+            server,
+            sql.SQL(
+                ("ALTER" if exists else "CREATE")
+                + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+                " CONNECTION LIMIT {} PASSWORD {}"
+            ).format(
+                sql.Identifier(role), sql.Literal(limits.connection_limit), sql.Literal(password)
+            ),
+        )
+        execute(
+            server,
+            sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(
+                sql.Identifier(role), sql.Literal(limits.statement_timeout_ms)
+            ),
+        )
+        self._adopt(server, role)
+
+    def _create_database(self, server: sa.Connection, database: str, owner: str) -> None:
+        """Create `database` for `owner` unless it exists (its owner was checked); nobody else
+        may connect to it."""
+        if self._database_owner(server, database) is None:
             execute(
                 server,
                 sql.SQL("CREATE DATABASE {} OWNER {}").format(
@@ -66,36 +181,69 @@ class TenantDatabaseResource(PostgresAdminResource):
             sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database)),
         )
 
-    def _ensure_platform_database(self, server: sa.Connection, database: str, role: str) -> None:
-        """A database the platform owns, where `role` may connect and create its schema (n8n's
-        driver runs `CREATE SCHEMA IF NOT EXISTS` on every connection, and Postgres checks the
-        database privilege before it sees that the schema exists)."""
-        self._ensure_database(
-            server, database, server.execute(sa.text("SELECT current_user")).scalar_one()
-        )
-        execute(
-            server,
-            sql.SQL("GRANT CONNECT, CREATE ON DATABASE {} TO {}").format(
-                sql.Identifier(database), sql.Identifier(role)
-            ),
-        )
+    def _check_shared_database(self, server: sa.Connection) -> None:
+        """The shared database belongs to the platform's login, with the boundary trigger."""
+        login, superuser = self._me(server)
+        owner = self._database_owner(server, SHARED_DATABASE)
+        setup = "run deploy/postgres/tenant_boundary.sql as a superuser (stack.sh up does)"
+        if owner is None:
+            raise BoundaryMissing(f"database {SHARED_DATABASE} does not exist: {setup}")
+        if owner != login and not superuser:
+            raise BoundaryMissing(f"{SHARED_DATABASE} is owned by {owner}, not {login}: {setup}")
+        with self.connect(SHARED_DATABASE) as shared:
+            enabled = _scalar(
+                shared,
+                "SELECT evtenabled <> 'D' FROM pg_catalog.pg_event_trigger WHERE evtname = :e",
+                e=BOUNDARY_TRIGGER,
+            )
+        if not enabled:
+            raise BoundaryMissing(
+                f"{SHARED_DATABASE} has no enabled event trigger {BOUNDARY_TRIGGER}: {setup}"
+            )
 
-    def ensure(self, names: TenantNames, password: str, template: Template | None = None) -> bool:
+    def ensure(
+        self,
+        names: TenantNames,
+        password: str,
+        template: Template | None = None,
+        limits: RoleLimits | None = None,
+    ) -> bool:
         """Create (or repair) the tenant's role and its schema or database. Idempotent.
 
-        With a template, a schema that has no tables yet is created as a copy of it; returns
-        whether the tenant's schema holds n8n's tables (migrated) when this returns.
+        An existing role, schema or database is reused only when it is the one the platform
+        made (else `NotTheExpectedOwner`, before anything changes). The role gets `limits`
+        (its plan's; without, an existing role keeps its connection limit). With a template,
+        a schema that has no tables yet is created as a copy of it; returns whether the
+        tenant's schema holds n8n's tables (migrated) when this returns.
         """
+        check_tenant_database(names)
+        role, schema = sql.Identifier(names.db_role), sql.Identifier(names.db_schema)
         with self.connect("postgres") as server:
-            self._ensure_role(server, names.db_role, password)
+            self._check_role(server, names.db_role)
             if names.tier == "dedicated":
-                self._ensure_database(server, names.db_name, names.db_role)
+                self._check_owner(
+                    f"database {names.db_name}",
+                    self._database_owner(server, names.db_name),
+                    names.db_role,
+                )
             else:
-                # The shared database belongs to the platform; tenants only get their schema.
-                self._ensure_platform_database(server, SHARED_DATABASE, names.db_role)
-        if names.tier == "shared":
-            with self.connect(SHARED_DATABASE) as shared:
-                execute(shared, sql.SQL("REVOKE ALL ON SCHEMA public FROM PUBLIC"))
+                self._check_shared_database(server)
+                with self.connect(SHARED_DATABASE) as shared:
+                    self._check_owner(
+                        f"schema {names.db_schema}",
+                        self._schema_owner(shared, names.db_schema),
+                        names.db_role,
+                    )
+            self._ensure_role(server, names.db_role, password, limits)
+            if names.tier == "dedicated":
+                self._create_database(server, names.db_name, names.db_role)
+            else:
+                execute(
+                    server,
+                    sql.SQL("GRANT CONNECT, CREATE ON DATABASE {} TO {}").format(
+                        sql.Identifier(SHARED_DATABASE), role
+                    ),
+                )
         with self.connect(names.db_name) as database:
             if self._has_tables(database, names.db_schema):
                 return True
@@ -103,13 +251,57 @@ class TenantDatabaseResource(PostgresAdminResource):
                 self._clone(database, names, template)
                 return True
             if names.tier == "shared":
-                schema, role = sql.Identifier(names.db_schema), sql.Identifier(names.db_role)
                 execute(
                     database,
                     sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(schema, role),
                 )
                 execute(database, sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(schema))
         return False
+
+    def set_limits(self, names: TenantNames, limits: RoleLimits) -> None:
+        """Apply the plan's limits to the tenant's role (a plan change)."""
+        check_tenant_database(names)
+        role = sql.Identifier(names.db_role)
+        with self.connect("postgres") as server:
+            execute(
+                server,
+                sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(
+                    role, sql.Literal(limits.connection_limit)
+                ),
+            )
+            execute(
+                server,
+                sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(
+                    role, sql.Literal(limits.statement_timeout_ms)
+                ),
+            )
+
+    def set_login(self, names: TenantNames, enabled: bool) -> None:
+        """Let the tenant's role log in again, or take its login away and end its sessions
+        (suspend, delete). Nothing to do when the role is gone (purged)."""
+        check_tenant_database(names)
+        with self.connect("postgres") as server:
+            if not self._role_exists(server, names.db_role):
+                return
+            self._check_role(server, names.db_role)
+            self._adopt(server, names.db_role)
+            self._set_login(server, names.db_role, enabled)
+
+    def _set_login(self, server: sa.Connection, role: str, enabled: bool) -> None:
+        execute(
+            server,
+            sql.SQL("ALTER ROLE {} " + ("LOGIN" if enabled else "NOLOGIN")).format(
+                sql.Identifier(role)
+            ),
+        )
+        if not enabled:
+            server.execute(
+                sa.text(
+                    "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity"
+                    " WHERE usename = :r"
+                ),
+                {"r": role},
+            )
 
     def migrated(self, names: TenantNames) -> bool:
         """Whether n8n's migrations table exists in the tenant's schema."""
@@ -153,19 +345,31 @@ class TenantDatabaseResource(PostgresAdminResource):
             raw.autocommit = True
 
     def drop(self, names: TenantNames) -> None:
-        """Delete the tenant's data and role for good (purge)."""
+        """Delete the tenant's data and role for good (purge): its sessions first, then its
+        database (dedicated) or schema and objects (shared), then the role. Never a platform
+        database, nor a schema or database someone else owns."""
+        check_tenant_database(names)
         role = sql.Identifier(names.db_role)
         with self.connect("postgres") as server:
             role_exists = self._role_exists(server, names.db_role)
+            if role_exists:
+                self._check_role(server, names.db_role)
+                self._adopt(server, names.db_role)
+                self._set_login(server, names.db_role, False)
             if names.tier == "dedicated":
-                execute(
-                    server,
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(names.db_name)
-                    ),
-                )
+                owner = self._database_owner(server, names.db_name)
+                self._check_owner(f"database {names.db_name}", owner, names.db_role)
+                if owner is not None:
+                    execute(
+                        server,
+                        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                            sql.Identifier(names.db_name)
+                        ),
+                    )
         if names.tier == "shared" and role_exists:
             with self.connect(SHARED_DATABASE) as shared:
+                owner = self._schema_owner(shared, names.db_schema)
+                self._check_owner(f"schema {names.db_schema}", owner, names.db_role)
                 execute(
                     shared,
                     sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
@@ -206,7 +410,7 @@ class TenantDatabaseResource(PostgresAdminResource):
 
     def template_ready(self, schema: str) -> bool:
         with self.connect("postgres") as server:
-            if not self._database_exists(server, TEMPLATE_DATABASE):
+            if self._database_owner(server, TEMPLATE_DATABASE) is None:
                 return False
         with self.connect(TEMPLATE_DATABASE) as templates:
             comment = templates.execute(
@@ -221,8 +425,19 @@ class TenantDatabaseResource(PostgresAdminResource):
     def prepare_template(self, schema: str, password: str) -> None:
         """An empty schema for the builder n8n, owned by a login role it alone uses."""
         with self.connect("postgres") as server:
-            self._ensure_role(server, TEMPLATE_ROLE, password)
-            self._ensure_platform_database(server, TEMPLATE_DATABASE, TEMPLATE_ROLE)
+            self._check_role(server, TEMPLATE_ROLE)
+            login, superuser = self._me(server)
+            owner = self._database_owner(server, TEMPLATE_DATABASE)
+            if not superuser:
+                self._check_owner(f"database {TEMPLATE_DATABASE}", owner, login)
+            self._ensure_role(server, TEMPLATE_ROLE, password, TEMPLATE_ROLE_LIMITS)
+            self._create_database(server, TEMPLATE_DATABASE, login)
+            execute(
+                server,
+                sql.SQL("GRANT CONNECT, CREATE ON DATABASE {} TO {}").format(
+                    sql.Identifier(TEMPLATE_DATABASE), sql.Identifier(TEMPLATE_ROLE)
+                ),
+            )
         with self.connect(TEMPLATE_DATABASE) as templates:
             target = sql.Identifier(schema)
             execute(templates, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(target))
@@ -261,6 +476,8 @@ class TenantDatabaseResource(PostgresAdminResource):
     def template(self, schema: str) -> Template:
         """The template as SQL, from `pg_dump` (objects unowned, no grants, no comments) of the
         server's major version."""
+        with self.connect("postgres") as connection:
+            self._adopt(connection, TEMPLATE_ROLE)
         server = PgServer.from_url(self.admin_url)
         command = [
             server.tool("pg_dump"),

@@ -37,6 +37,8 @@ class Gathered:
     timings_ms: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     read_from_databases: int = 0
+    # Tenants whose queue could not be read (malformed keys): not judged this tick.
+    unreadable: list[Candidate] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,19 @@ def gather(
     gathered = Gathered([])
     watch = _Stopwatch(gathered.timings_ms)
     started = time.perf_counter()
-    queues = redis.queue_snapshots([c.names.bull_prefix for c in candidates])
+    snapshots = redis.queue_snapshots([c.names.bull_prefix for c in candidates])
     watch.lap("redis", started)
+    # A tenant writes its own keys as it likes: one whose queue cannot be read is left out of
+    # this tick (its figures would be zeros, a scale-down), and the others are judged as usual.
+    queues: dict[str, QueueSnapshot] = {}
+    for candidate in candidates:
+        queue = snapshots[candidate.names.bull_prefix]
+        if queue.readable:
+            queues[candidate.names.bull_prefix] = queue
+        else:
+            gathered.unreadable.append(candidate)
+            gathered.notes.append(f"queue of {candidate.slug} unreadable: {queue.error}")
+    candidates = [c for c in candidates if c.names.bull_prefix in queues]
 
     rates: dict[str, ExecutionRates] = {}
     if prometheus is not None and prometheus.configured:
@@ -105,8 +118,14 @@ def gather(
     result = n8n_data.execution_windows([c.names for c in busy], signal_window_s)
     watch.lap("databases", started)
     gathered.read_from_databases = len(busy)
-    gathered.notes.extend(f"database {db} unreadable: {e}" for db, e in result.errors.items())
+    gathered.notes.extend(
+        f"executions of {slug} unreadable: {e}" for slug, e in result.errors.items()
+    )
     busy_slugs = {c.slug for c in busy}
+    # Unreadable executions are left out like an unreadable queue: judged on no figures, a busy
+    # tenant would look idle and be scaled down.
+    gathered.unreadable.extend(c for c in candidates if c.slug in result.errors)
+    candidates = [c for c in candidates if c.slug not in result.errors]
 
     for candidate in candidates:
         queue = queues[candidate.names.bull_prefix]
@@ -153,7 +172,8 @@ def evaluate(
     now: float,
 ) -> Tick:
     """One autoscaler tick over `candidates`. A tenant with a run in flight (any tenant run: a
-    scale, a suspend...) is not judged: its count is about to change, and its history is kept."""
+    scale, a suspend...) is not judged: its count is about to change, and its history is kept;
+    so is the history of a tenant whose queue could not be read."""
     busy_ids = set(in_flight)
     waiting = [c for c in candidates if str(c.id) in busy_ids]
     judged_now = [c for c in candidates if str(c.id) not in busy_ids]
@@ -166,7 +186,8 @@ def evaluate(
     )
     started = time.perf_counter()
     judged = []
-    next_histories = {str(c.id): histories[str(c.id)] for c in waiting if str(c.id) in histories}
+    kept = [*waiting, *gathered.unreadable]
+    next_histories = {str(c.id): histories[str(c.id)] for c in kept if str(c.id) in histories}
     for observation in gathered.observations:
         tenant_id = str(observation.candidate.id)
         decision = decide(

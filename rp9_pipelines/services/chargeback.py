@@ -12,7 +12,7 @@ import pandas as pd
 import stripe
 
 from rp9_pipelines.catalog import billing as billing_catalog
-from rp9_pipelines.catalog import usage as usage_catalog
+from rp9_pipelines.catalog import chargeback as chargeback_catalog
 from rp9_pipelines.domain import chargeback as chargeback_math
 from rp9_pipelines.domain.billing import base_price_key, metered_price_key
 from rp9_pipelines.resources.catalog import CatalogResource
@@ -89,7 +89,7 @@ def compute_month(
     log: Log,
 ) -> tuple[chargeback_math.Chargeback, pd.DataFrame, list[str]]:
     with catalog.begin() as connection:
-        usage = usage_catalog.month_usage(connection, month)
+        usage = chargeback_catalog.month_usage(connection, month)
     tenants = usage.groupby("tenant_id", sort=True)[["slug", "plan"]].last()
     plans = sorted(set(tenants["plan"]))
     prices = plan_prices(catalog, stripe_client, plans, settings.currency, log)
@@ -126,7 +126,7 @@ def chargeback_month(
     ]
     catalog_rows = [{**row, "tenant_id": uuid.UUID(str(row["tenant_id"]))} for row in rows]
     with catalog.begin() as connection:
-        usage_catalog.upsert_chargeback(connection, month, catalog_rows, settings.currency)
+        chargeback_catalog.upsert_chargeback(connection, month, catalog_rows, settings.currency)
     csv_key = None
     if s3 is not None:
         csv_key = f"{settings.s3_prefix.strip('/')}/{month}.csv"

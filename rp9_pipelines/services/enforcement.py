@@ -92,7 +92,7 @@ def judge(
     live, errors = r.n8n_data.executions_by_day([s.names for s in subjects], since)
     judged = []
     for subject in subjects:
-        if subject.names.db_name in errors:
+        if subject.slug in errors:
             continue
         executions = month_to_date(live.get(subject.slug, {}), collected.get(subject.id, {}))
         situation = Situation(
@@ -122,8 +122,8 @@ def enforce(
     reported in `failed`), and the webhook is served last, whatever happened before."""
     period, judged, errors = judge(r, settings, refs, now)
     outcome = Outcome(period=period, judged=judged, unreadable=errors)
-    for database, error in errors.items():
-        log(f"executions of {database} unreadable, its tenants are not judged: {error}")
+    for slug, error in errors.items():
+        log(f"executions of {slug} unreadable, not judged: {error}")
     for item in judged:
         subject, decision = item.subject, item.decision
         defer = decision.act != "none" and str(subject.id) in in_flight

@@ -1,5 +1,6 @@
 """A restore drill: restore a backup into a sandbox database, boot n8n on it with the tenant's
-encryption key, check it through n8n itself, and tear everything down, whatever happened.
+encryption key, check it through n8n itself, and tear everything down, whatever happened; and
+what the API asks of drills: list a tenant's, and launch one after refusing what it would fail on.
 
 The RTO is measured from the first byte read from storage to the first execution the restored
 n8n served: restore, boot and a working instance, as a tenant would need after a loss.
@@ -7,23 +8,27 @@ n8n served: restore, boot and a working instance, as a tenant would need after a
 
 import datetime as dt
 import json
+import random
 import secrets
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
+import sqlalchemy as sa
 
-from rp9_pipelines.catalog import backups as catalog
+from rp9_pipelines import launches
+from rp9_pipelines.catalog import backups as backup_catalog
+from rp9_pipelines.catalog import restore_drills as catalog
 from rp9_pipelines.catalog.tenants import Tenant
-from rp9_pipelines.domain.backups import (
+from rp9_pipelines.domain.backups import BackupRecord, Manifest
+from rp9_pipelines.domain.restore_drills import (
     SANDBOX_LABEL,
     SANDBOX_PREFIX,
     Check,
-    Manifest,
     SandboxNames,
     canary_workflow,
     check_canary,
@@ -31,6 +36,7 @@ from rp9_pipelines.domain.backups import (
     check_credentials,
     check_object,
     check_workflows,
+    choose_drill_backup,
     drill_passed,
     sandbox_container,
     sandbox_url,
@@ -46,6 +52,7 @@ from rp9_pipelines.resources.postgres_dump import (
 )
 from rp9_pipelines.resources.stack import DrillResources
 from rp9_pipelines.services.backups import describe
+from rp9_pipelines.services.tenants import Conflict, Launcher
 
 Log = Callable[[str], None]
 # A drill takes minutes; one still `running` after this lost its run.
@@ -127,8 +134,8 @@ def _restore_and_check(
         return None
 
     password = secrets.token_urlsafe(32)
-    create_sandbox(server, sandbox, password)
-    restored = restore_stream(server, sandbox.database, sandbox.role, r.s3.chunks(key, bucket))
+    as_sandbox = create_sandbox(server, sandbox, password)
+    restored = restore_stream(as_sandbox, sandbox.database, sandbox.role, r.s3.chunks(key, bucket))
     checks.append(
         check_object(backup["size_bytes"], backup["sha256"], restored.size, restored.sha256)
     )
@@ -146,8 +153,8 @@ def _restore_and_check(
     if not (checks[-1].ok and checks[-2].ok):
         return None
 
-    unpublished = deactivate_workflows(server, sandbox.database, names)
-    counts = restored_counts(server, sandbox.database, names)
+    unpublished = deactivate_workflows(as_sandbox, sandbox.database, names)
+    counts = restored_counts(as_sandbox, sandbox.database, names)
     checks.append(check_counts(manifest, counts.workflows, counts.credentials, counts.executions))
     log(f"{checks[-1].detail}; {unpublished} workflow(s) unpublished in the sandbox")
 
@@ -306,3 +313,46 @@ def sweep_sandboxes(r: DrillResources, now: dt.datetime, log: Log) -> list[str]:
         log(f"swept sandbox {token}: {check.detail}")
         swept.append(token)
     return swept
+
+
+# What the API asks of drills.
+
+# The tenants a drill may restore: their data and their encryption key are there.
+DRILL_STATES = frozenset({"active", "suspended"})
+
+
+class Drills(Protocol):
+    """The catalog as the drill routes read it (`CatalogDrills`)."""
+
+    def backups(self, tenant_id: uuid.UUID) -> list[BackupRecord]:
+        """Every backup of the tenant, expired ones included."""
+
+    def latest(self, tenant_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
+        """The tenant's drills, newest first."""
+
+
+@dataclass(frozen=True)
+class CatalogDrills:
+    engine: sa.Engine
+
+    def backups(self, tenant_id: uuid.UUID) -> list[BackupRecord]:
+        with self.engine.connect() as connection:
+            return backup_catalog.backup_records(connection, tenant_id, include_expired=True)
+
+    def latest(self, tenant_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
+        with self.engine.connect() as connection:
+            return catalog.list_drills(connection, tenant_id, limit)
+
+
+def start_drill(
+    drills: Drills, launch: Launcher, tenant: Tenant, backup_id: uuid.UUID | None
+) -> str:
+    """Launch a drill of the given backup, or of a random recent `ok` one; the run's id. What
+    the run would fail on is refused now: a tenant in another state (`Conflict`), a backup that
+    is not the tenant's or not restorable, or no recent one (`NoRestorableBackup`)."""
+    if tenant.status not in DRILL_STATES:
+        raise Conflict("invalid_state", f"cannot drill a tenant that is {tenant.status}")
+    now = dt.datetime.now(dt.UTC)
+    choose_drill_backup(drills.backups(tenant.id), tenant.id, now, random.SystemRandom(), backup_id)
+    requested = None if backup_id is None else str(backup_id)
+    return launch(launches.restore_drill(str(tenant.id), tenant.slug, launches.API, requested))

@@ -37,6 +37,7 @@ from rp9_pipelines.domain.tenants import (
     check_slug,
     check_workers,
     effective_limits,
+    role_limits,
 )
 from rp9_pipelines.launches import Launch, tenant_job
 from rp9_pipelines.resources.stack import StackResources
@@ -90,7 +91,16 @@ def prepare_database(r: StackResources, tenant: Tenant, log: Log) -> bool:
     if not values:
         raise LookupError(f"no secrets for {tenant.slug}: run the secrets step first")
     template = ensure_template(r, log)
-    return r.tenant_db.ensure(tenant.names, values["db_password"], template)
+    with r.catalog.begin() as connection:
+        limits = role_limits(catalog.limits_for(connection, tenant.id))
+    return r.tenant_db.ensure(tenant.names, values["db_password"], template, limits)
+
+
+def apply_role_limits(r: StackResources, tenant: Tenant) -> None:
+    """The tenant's database role gets its (new) plan's connection limit and timeout."""
+    with r.catalog.begin() as connection:
+        limits = role_limits(catalog.limits_for(connection, tenant.id))
+    r.tenant_db.set_limits(tenant.names, limits)
 
 
 def ensure_template(r: StackResources, log: Log) -> Template:
@@ -127,6 +137,7 @@ def desired(r: StackResources, tenant: Tenant, connection: sa.Connection) -> lis
         memory_mb=limits.memory_mb,
         worker_concurrency=worker_concurrency(limits.concurrency),
         concurrency=limits.concurrency,
+        plan=tenant.plan,
     )
     return desired_containers(stack, r.platform.stack_config())
 

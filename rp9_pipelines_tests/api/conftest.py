@@ -6,10 +6,23 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from rp9_pipelines.api.deps import get_dagster, get_key_store, get_tenants
+from rp9_pipelines.api.deps import (
+    current_settings,
+    get_dagster,
+    get_key_store,
+    get_signatures,
+    get_tenants,
+)
 from rp9_pipelines.api.main import create_app
-from rp9_pipelines.settings import Settings, get_settings
-from rp9_pipelines_tests.api.fakes import FakeDagster, FakeKeyStore, FakeTenants
+from rp9_pipelines.api.routes.restore_drills import get_drills
+from rp9_pipelines.settings import Settings
+from rp9_pipelines_tests.api.fakes import (
+    FakeDagster,
+    FakeDrills,
+    FakeKeyStore,
+    FakeSignatures,
+    FakeTenants,
+)
 from rp9_pipelines_tests.api_client import Api
 
 BASE_DOMAIN = "rp9.test"
@@ -49,15 +62,32 @@ def keys() -> FakeKeyStore:
 
 
 @pytest.fixture
+def drills() -> FakeDrills:
+    return FakeDrills()
+
+
+@pytest.fixture
+def signatures() -> FakeSignatures:
+    return FakeSignatures()
+
+
+@pytest.fixture
 def app(
-    api_settings: Settings, dagster: FakeDagster, tenants: FakeTenants, keys: FakeKeyStore
+    api_settings: Settings,
+    dagster: FakeDagster,
+    tenants: FakeTenants,
+    keys: FakeKeyStore,
+    drills: FakeDrills,
+    signatures: FakeSignatures,
 ) -> FastAPI:
     app = create_app()
     app.dependency_overrides = {
-        get_settings: lambda: api_settings,
+        current_settings: lambda: api_settings,
         get_dagster: lambda: dagster,
         get_tenants: lambda: tenants,
         get_key_store: lambda: keys,
+        get_drills: lambda: drills,
+        get_signatures: lambda: signatures,
     }
     return app
 
@@ -65,6 +95,5 @@ def app(
 @pytest.fixture
 def api(app: FastAPI, api_settings: Settings) -> Api:
     """A caller with the token and the HMAC signature, as `make test`'s callers."""
-    caller = Api("http://testserver", api_settings)
-    caller.http = TestClient(app)  # in-process; no lifespan, so no Traefik file is written
-    return caller
+    # In-process, and no lifespan (the client is not entered): no Traefik file is written.
+    return Api("http://testserver", api_settings, http=TestClient(app))

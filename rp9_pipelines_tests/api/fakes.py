@@ -1,6 +1,8 @@
-"""In-memory stand-ins for what the routes reach: Dagster, the catalog's tenants, the
-idempotency keys. The stack tests prove the real ones; these pin the routes' contract."""
+"""In-memory stand-ins for what the routes reach: Dagster, the catalog's tenants, backups and
+drills, the idempotency keys and the accepted signatures. The stack tests prove the real ones;
+these pin the routes' contract."""
 
+import dataclasses
 import datetime as dt
 import uuid
 from typing import Any
@@ -9,6 +11,7 @@ from rp9_pipelines.api.dagster_client import RunInfo
 from rp9_pipelines.api.errors import ApiError
 from rp9_pipelines.api.idempotency import Kept
 from rp9_pipelines.catalog.tenants import Tenant
+from rp9_pipelines.domain.backups import BackupRecord
 from rp9_pipelines.launches import Launch
 from rp9_pipelines.services.tenants import Conflict
 
@@ -108,20 +111,80 @@ class FakeTenants:
         return tenant
 
 
-class FakeKeyStore:
-    """Idempotency keys in a dict (`api.idempotency.KeyStore`)."""
+class FakeDrills:
+    """The catalog's backups and drills as the drill routes read them
+    (`services.restore_drills.Drills`)."""
 
     def __init__(self) -> None:
-        self.kept: dict[tuple[str, str], Kept] = {}
+        self.records: list[BackupRecord] = []
+        self.rows: list[dict[str, Any]] = []
 
-    def claim(self, key: str, route: str, request_sha256: str) -> Kept | None:
-        if (key, route) in self.kept:
-            return self.kept[key, route]
-        self.kept[key, route] = Kept(request_sha256, 0, {})
-        return None
+    def backups(self, tenant_id: uuid.UUID) -> list[BackupRecord]:
+        return [b for b in self.records if b.tenant_id == tenant_id]
 
-    def keep(self, key: str, route: str, status_code: int, response: dict[str, Any]) -> None:
-        self.kept[key, route] = Kept(self.kept[key, route].request_sha256, status_code, response)
+    def latest(self, tenant_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
+        mine = [d for d in self.rows if d["tenant_id"] == tenant_id]
+        return sorted(mine, key=lambda d: d["started_at"], reverse=True)[:limit]
 
-    def release(self, key: str, route: str) -> None:
-        del self.kept[key, route]
+    def put_backup(
+        self, tenant: Tenant, status: str = "ok", age: dt.timedelta = dt.timedelta(days=1)
+    ) -> BackupRecord:
+        """A daily backup of `tenant` that finished `age` ago."""
+        finished = dt.datetime.now(dt.UTC) - age
+        record = BackupRecord(
+            id=uuid.uuid4(),
+            tenant_id=tenant.id,
+            kind="daily",
+            status=status,
+            bucket="rp9-backups",
+            key=f"tenants/{tenant.slug}/daily/{uuid.uuid4()}.pgdump",
+            started_at=finished - dt.timedelta(minutes=2),
+            finished_at=None if status == "running" else finished,
+            expires_at=finished + dt.timedelta(days=6),
+        )
+        self.records.append(record)
+        return record
+
+
+class FakeKeyStore:
+    """Idempotency keys in a dict (`api.idempotency.KeyStore`); `now` is its clock."""
+
+    def __init__(self) -> None:
+        self.kept: dict[str, Kept] = {}
+        self.now = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
+
+    def claim(self, key: str, fingerprint: str) -> Kept | None:
+        if key not in self.kept:
+            self.kept[key] = Kept(fingerprint, 0, {}, self.now)
+            return None
+        kept = self.kept[key]
+        assert kept.started_at is not None
+        return dataclasses.replace(kept, age_s=(self.now - kept.started_at).total_seconds())
+
+    def take_over(self, key: str, started_at: dt.datetime) -> bool:
+        kept = self.kept[key]
+        if kept.status_code != 0 or kept.started_at != started_at:
+            return False
+        self.kept[key] = dataclasses.replace(kept, started_at=self.now)
+        return True
+
+    def keep(self, key: str, status_code: int, response: dict[str, Any]) -> None:
+        self.kept[key] = dataclasses.replace(
+            self.kept[key], status_code=status_code, response=response
+        )
+
+    def release(self, key: str) -> None:
+        del self.kept[key]
+
+
+class FakeSignatures:
+    """Accepted signatures in a set (`api.auth.SignatureLedger`)."""
+
+    def __init__(self) -> None:
+        self.accepted: set[str] = set()
+
+    def accept(self, signature: str, fingerprint: str) -> bool:
+        if signature in self.accepted:
+            return False
+        self.accepted.add(signature)
+        return True

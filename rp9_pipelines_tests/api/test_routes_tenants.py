@@ -1,14 +1,15 @@
 """The tenant routes' contract: what each answers, and exactly which run it launches (job,
 config, tags); refusals launch nothing and leave no tenant behind."""
 
-import hashlib
+import datetime as dt
 import json
 import uuid
 from typing import Any
 
 import pytest
 
-from rp9_pipelines.api.idempotency import IN_PROGRESS, Kept
+from rp9_pipelines.api.auth import fingerprint
+from rp9_pipelines.api.idempotency import IN_PROGRESS_TTL_S
 from rp9_pipelines.api.routes.tenants import TenantPublic
 from rp9_pipelines.launches import Launch
 from rp9_pipelines_tests.api.conftest import BASE_DOMAIN
@@ -134,12 +135,21 @@ def test_a_replay_gets_the_first_answer_and_launches_nothing(
     assert (other.status_code, other.json()["error"]["code"]) == (422, "idempotency_key_reused")
 
 
-def test_a_key_still_at_work_is_a_conflict(api: Api, keys: FakeKeyStore) -> None:
+def test_a_key_still_at_work_is_a_conflict_until_its_request_is_known_dead(
+    api: Api, dagster: FakeDagster, keys: FakeKeyStore
+) -> None:
     body = {"slug": "acme", "name": "Acme"}
-    digest = hashlib.sha256(json.dumps(body).encode()).hexdigest()
-    keys.kept["k", "POST /tenants"] = Kept(digest, IN_PROGRESS, {})
+    # The first request claimed the key, then its process died before it answered.
+    assert keys.claim("k", fingerprint("POST", "/tenants", "", json.dumps(body).encode())) is None
+    keys.now += dt.timedelta(seconds=IN_PROGRESS_TTL_S - 1)
     response = api.post("/tenants", body, **{"Idempotency-Key": "k"})
     assert (response.status_code, response.json()["error"]["code"]) == (409, "request_in_progress")
+    assert dagster.launched == []
+    keys.now += dt.timedelta(seconds=2)
+    carried_on = api.post("/tenants", body, **{"Idempotency-Key": "k"})
+    assert carried_on.status_code == 202, carried_on.text
+    assert api.post("/tenants", body, **{"Idempotency-Key": "k"}).json() == carried_on.json()
+    assert len(dagster.launched) == 1
 
 
 def test_an_overlong_key_is_refused(api: Api, dagster: FakeDagster) -> None:
@@ -286,7 +296,7 @@ def test_scaling_to_a_plan_checks_the_workers_against_that_plan(
     assert dagster.launched[0].run_config == {"ops": {"apply_scale": {"config": config}}}
 
 
-def test_a_replayed_change_gets_the_same_run_and_keys_are_per_tenant_and_action(
+def test_a_replayed_change_gets_the_same_run_and_a_key_serves_one_request_only(
     api: Api, dagster: FakeDagster, tenants: FakeTenants
 ) -> None:
     tenants.put("acme")
@@ -296,11 +306,38 @@ def test_a_replayed_change_gets_the_same_run_and_keys_are_per_tenant_and_action(
     again = api.post("/tenants/acme/scale", {"workers": 1}, **key)
     assert again.json() == first.json()
     assert again.headers["Idempotent-Replayed"] == "true"
-    other = api.post("/tenants/acme/scale", {"workers": 1, "cpu": 1}, **key)
-    assert other.json()["error"]["code"] == "idempotency_key_reused"
-    assert api.post("/tenants/beta/scale", {"workers": 1}, **key).json()["run_id"] == "run-2"
-    assert api.post("/tenants/acme/backup", {"workers": 1}, **key).json()["run_id"] == "run-3"
-    assert len(dagster.launched) == 3
+    # Another body, tenant, action, method or query: refused, never answered with run-1.
+    for method, path, payload in [
+        ("POST", "/tenants/acme/scale", {"workers": 1, "cpu": 1}),
+        ("POST", "/tenants/beta/scale", {"workers": 1}),
+        ("POST", "/tenants/acme/backup", {"workers": 1}),
+        ("DELETE", "/tenants/acme", None),
+        ("POST", "/tenants/acme/scale?dry=1", {"workers": 1}),
+    ]:
+        other = api.request(method, path, payload, **key)
+        assert other.status_code == 422, (method, path, other.text)
+        assert other.json()["error"]["code"] == "idempotency_key_reused", (method, path)
+    assert len(dagster.launched) == 1
+
+
+def test_the_same_key_on_delete_with_and_without_purge_is_refused_not_replayed(
+    api: Api, dagster: FakeDagster, tenants: FakeTenants
+) -> None:
+    tenants.put("acme")
+    key = {"Idempotency-Key": "remove-acme"}
+    kept = api.request("DELETE", "/tenants/acme", **key)
+    assert kept.status_code == 202, kept.text
+    purge = api.request("DELETE", "/tenants/acme?purge=true", **key)
+    assert (purge.status_code, purge.json()["error"]["code"]) == (422, "idempotency_key_reused")
+    purges = [
+        launch.run_config["ops"]["remove_tenant"]["config"]["purge"] for launch in dagster.launched
+    ]
+    assert purges == [False]
+    # And the other way round, with another key.
+    other = {"Idempotency-Key": "purge-acme"}
+    assert api.request("DELETE", "/tenants/acme?purge=true", **other).status_code == 202
+    assert api.request("DELETE", "/tenants/acme", **other).status_code == 422
+    assert len(dagster.launched) == 2
 
 
 def test_a_change_dagster_cannot_take_is_503_and_may_be_retried(

@@ -11,7 +11,8 @@ import pytest
 import sqlalchemy as sa
 from botocore.exceptions import ClientError
 
-from rp9_pipelines.domain.backups import MIB, Manifest, SandboxNames, workflow_digest
+from rp9_pipelines.domain.backups import MIB, Manifest, workflow_digest
+from rp9_pipelines.domain.restore_drills import SandboxNames
 from rp9_pipelines.domain.tenants import TenantNames
 from rp9_pipelines.resources.postgres_dump import (
     DumpProcess,
@@ -95,14 +96,14 @@ def test_the_manifest_and_the_dump_describe_the_same_snapshot(
     assert manifest == Manifest(3, 2, 500, workflow_digest((i, v) for i, v in before))
 
     sandbox = SandboxNames(uuid.uuid4().hex[:12])
-    create_sandbox(server, sandbox, "sandbox-password-1")
+    as_sandbox = create_sandbox(server, sandbox, "sandbox-password-1")
     try:
         restored = restore_stream(
-            server, sandbox.database, sandbox.role, [data[:1000], data[1000:]]
+            as_sandbox, sandbox.database, sandbox.role, [data[:1000], data[1000:]]
         )
         assert (restored.exit_code, restored.stderr) == (0, "")
         assert (restored.size, restored.sha256) == (len(data), hashlib.sha256(data).hexdigest())
-        assert restored_counts(server, sandbox.database, tenant_database) == manifest
+        assert restored_counts(as_sandbox, sandbox.database, tenant_database) == manifest
     finally:
         drop_sandbox(server, sandbox.database)
     assert sandbox.database not in sandbox_leftovers(server)
@@ -121,11 +122,11 @@ def test_a_failed_pg_dump_raises_with_its_own_words(
 def test_a_corrupt_dump_is_refused_by_pg_restore_and_still_hashed_whole(settings: Settings) -> None:
     server = PgServer.from_url(settings.database_url)
     sandbox = SandboxNames(uuid.uuid4().hex[:12])
-    create_sandbox(server, sandbox, "sandbox-password-1")
+    as_sandbox = create_sandbox(server, sandbox, "sandbox-password-1")
     garbage = os.urandom(3 * MIB)
     try:
         restored = restore_stream(
-            server,
+            as_sandbox,
             sandbox.database,
             sandbox.role,
             (garbage[i : i + MIB] for i in range(0, 3 * MIB, MIB)),

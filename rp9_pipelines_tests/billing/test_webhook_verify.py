@@ -9,7 +9,7 @@ import time
 import pytest
 
 from rp9_pipelines.api.errors import ApiError
-from rp9_pipelines.api.routes.stripe_webhook import verify
+from rp9_pipelines.api.routes.billing import verify
 
 SECRET = "whsec_" + "a1b2c3d4" * 4
 BODY = json.dumps(

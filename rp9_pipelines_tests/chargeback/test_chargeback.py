@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from rp9_pipelines.catalog import usage as store
 from rp9_pipelines.catalog.tables import chargeback, plans, stripe_objects, tenants
-from rp9_pipelines.defs.usage.assets import tenant_chargeback
+from rp9_pipelines.defs.chargeback.assets import tenant_chargeback
 from rp9_pipelines.domain.billing import base_price_key, metered_price_key
 from rp9_pipelines.domain.usage import DayUsage
 from rp9_pipelines.resources.catalog import CatalogResource

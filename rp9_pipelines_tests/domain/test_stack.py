@@ -1,12 +1,18 @@
 import dataclasses
+import json
 
 import pytest
 
+from rp9_pipelines.domain import stack as stack_module
 from rp9_pipelines.domain.stack import (
+    FILES_DIR,
+    NODE_POLICIES,
     ContainerSpec,
     Observed,
     TenantStack,
     desired_containers,
+    hardening_env,
+    node_policy,
     plan_reconcile,
     public_url,
     startup_cpu,
@@ -133,3 +139,63 @@ def test_container_names_are_unique_and_hostnames_follow(workers: int) -> None:
 )
 def test_startup_cpu_boost(steady: float, boost: float, host_cpus: int, expected: float) -> None:
     assert startup_cpu(steady, boost, host_cpus) == expected
+
+
+def test_every_container_runs_n8n_hardened_with_pruning_pinned() -> None:
+    for spec in desired_containers(stack(plan="pro"), STACK_CONFIG):
+        assert spec.env["N8N_BLOCK_ENV_ACCESS_IN_NODE"] == "true"
+        assert spec.env["N8N_RESTRICT_FILE_ACCESS_TO"] == FILES_DIR
+        assert FILES_DIR.startswith("/home/node/")
+        assert spec.env["N8N_BLOCK_FILE_ACCESS_TO_N8N_FILES"] == "true"
+        assert spec.env["EXECUTIONS_DATA_PRUNE"] == "true"
+        assert spec.env["EXECUTIONS_DATA_MAX_AGE"] == "336"
+        assert spec.env["EXECUTIONS_DATA_PRUNE_MAX_COUNT"] == "10000"
+        assert spec.env["N8N_COMMUNITY_PACKAGES_ENABLED"] == "false"
+        assert json.loads(spec.env["NODES_EXCLUDE"]) == [
+            "n8n-nodes-base.executeCommand",
+            "n8n-nodes-base.localFileTrigger",
+            "n8n-nodes-base.git",
+        ]
+
+
+@pytest.mark.parametrize("plan", [*NODE_POLICIES, "", "gold", "Starter"])
+def test_every_plan_excludes_n8n_defaults_as_a_json_array(plan: str) -> None:
+    """NODES_EXCLUDE replaces n8n's own list; n8n reads anything but a JSON array of strings as
+    an empty list, which would exclude nothing."""
+    excluded = json.loads(hardening_env(plan)["NODES_EXCLUDE"])
+    assert isinstance(excluded, list)
+    assert all(isinstance(node, str) for node in excluded)
+    assert {"n8n-nodes-base.executeCommand", "n8n-nodes-base.localFileTrigger"} <= set(excluded)
+
+
+@pytest.mark.parametrize(
+    ("plan", "community", "git"),
+    [
+        ("starter", "false", False),
+        ("pro", "false", False),
+        ("business", "true", True),
+        ("enterprise", "true", True),
+        ("", "false", False),  # no plan known: the strictest
+        ("platinum", "false", False),
+    ],
+)
+def test_community_packages_and_the_git_node_follow_the_plan(
+    plan: str, community: str, git: bool
+) -> None:
+    env = hardening_env(plan)
+    assert env["N8N_COMMUNITY_PACKAGES_ENABLED"] == community
+    assert ("n8n-nodes-base.git" not in json.loads(env["NODES_EXCLUDE"])) is git
+    assert node_policy(plan).community_packages is (community == "true")
+
+
+def test_a_plan_change_or_a_host_setting_change_recreates_the_containers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    current = desired_containers(stack(plan="pro"), STACK_CONFIG)
+    upgraded = desired_containers(stack(plan="business"), STACK_CONFIG)
+    plan = plan_reconcile(upgraded, [observed(s) for s in current])
+    assert len(plan.recreate) == len(current)
+
+    hashes = [s.config_hash for s in current]
+    monkeypatch.setattr(stack_module, "LOG_OPTIONS", {"max-size": "1m", "max-file": "3"})
+    assert [s.config_hash for s in current] != hashes

@@ -2,15 +2,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rp9_pipelines.domain.template import TEMPLATE_DATABASE
 from rp9_pipelines.domain.tenants import (
+    PLATFORM_DATABASES,
+    RESERVED_SLUGS,
     InvalidRequest,
     Limits,
+    RoleLimits,
     TenantNames,
     check_custom_domain,
     check_resources,
     check_slug,
+    check_tenant_database,
     check_workers,
     effective_limits,
+    role_limits,
 )
 
 PLAN: dict[str, object] = {
@@ -36,6 +42,64 @@ def test_invalid_slugs(slug: str) -> None:
     with pytest.raises(InvalidRequest) as error:
         check_slug(slug)
     assert error.value.code == "invalid_slug"
+
+
+@pytest.mark.parametrize(
+    "slug",
+    [
+        "acme\n",  # `re.match` with `$` accepted a trailing newline
+        "acme\r\n",
+        "\nacme",
+        "ac\nme",
+        "acme ",
+        " acme",
+        "acme\x00",
+        "acm\u00e9",
+        "\uff41\uff43\uff4d\uff45",  # full-width letters
+    ],
+)
+def test_slugs_are_matched_whole_and_ascii_only(slug: str) -> None:
+    with pytest.raises(InvalidRequest) as error:
+        check_slug(slug)
+    assert error.value.code == "invalid_slug"
+
+
+@pytest.mark.parametrize(
+    "slug",
+    ["shared", "www", "api", "mail", "vault", "s3", "supabase", "postgres", "template", "rp9"],
+)
+def test_the_platforms_names_are_reserved(slug: str) -> None:
+    with pytest.raises(InvalidRequest) as error:  # `s3` is short as well
+        check_slug(slug)
+    assert error.value.code == "invalid_slug"
+
+
+def test_no_valid_slug_names_a_platform_database_in_either_tier() -> None:
+    assert TEMPLATE_DATABASE in PLATFORM_DATABASES
+    # `shared` dedicated would be exactly the shared database: reserved.
+    assert TenantNames("shared", "dedicated").db_name == "n8n_shared"
+    for database in PLATFORM_DATABASES:
+        if database.startswith("n8n_"):
+            assert database.removeprefix("n8n_").replace("_", "-") in RESERVED_SLUGS
+
+
+@pytest.mark.parametrize("slug", ["shared", "a", "UPPER", "x" * 41])
+def test_a_dedicated_database_is_never_a_platform_database(slug: str) -> None:
+    with pytest.raises(InvalidRequest):
+        check_tenant_database(TenantNames(slug, "dedicated"))
+
+
+def test_tenant_databases_pass_the_database_check() -> None:
+    check_tenant_database(TenantNames("acme-co", "dedicated"))
+    check_tenant_database(TenantNames("acme-co", "shared"))  # its schema in the shared one
+
+
+@pytest.mark.parametrize(("max_workers", "connections"), [(1, 10), (4, 22), (16, 70)])
+def test_role_limits_cover_every_process_twice_plus_spares(
+    max_workers: int, connections: int
+) -> None:
+    limits = effective_limits({"plan": {**PLAN, "max_workers": max_workers}})
+    assert role_limits(limits) == RoleLimits(connections, 300_000)
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ def vault(settings: Settings) -> VaultResource:
 
 @pytest.fixture(scope="session")
 def tenant_db(settings: Settings) -> TenantDatabaseResource:
-    return TenantDatabaseResource(admin_url=settings.database_url)
+    return TenantDatabaseResource(admin_url=settings.tenant_admin_url)
 
 
 @pytest.fixture(scope="session")

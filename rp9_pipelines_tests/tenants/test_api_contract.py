@@ -10,7 +10,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from rp9_pipelines.api.auth import sign
+from rp9_pipelines.api.auth import signature_headers
 from rp9_pipelines.settings import Settings, sqlalchemy_url
 from rp9_pipelines_tests.api_client import Api
 from rp9_pipelines_tests.conftest import Served
@@ -53,11 +53,7 @@ def auth_cases(api: Api) -> list[tuple[str, dict[str, str]]]:
         ("no signature", {k: v for k, v in good.items() if k != "X-Signature"}),
         (
             "stale timestamp",
-            good
-            | {
-                "X-Timestamp": str(int(now) - 301),
-                "X-Signature": sign(api.hmac, str(int(now) - 301), body),
-            },
+            good | signature_headers(api.hmac, "POST", "/tenants", body, str(int(now) - 301)),
         ),
     ]
 

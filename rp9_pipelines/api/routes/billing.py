@@ -26,7 +26,7 @@ from rp9_pipelines.resources.stripe import make_client
 from rp9_pipelines.services.billing import sync_customer
 from rp9_pipelines.settings import StripeSettings, get_stripe_settings, is_placeholder
 
-router = APIRouter(tags=["stripe"])
+router = APIRouter(tags=["billing"])
 log = logging.getLogger("rp9.stripe_webhook")
 
 ROUTE = "POST /stripe/webhook"

@@ -2,29 +2,37 @@
 same the 5-minute schedule runs), for every tenant or for the ones named."""
 
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from rp9_pipelines import launches
 from rp9_pipelines.api.deps import DagsterDep, EngineDep, IdempotencyDep, require_caller
 from rp9_pipelines.api.errors import LAUNCH_ERRORS, ApiError, errors
-from rp9_pipelines.catalog.tables import enforcement_events, tenants
+from rp9_pipelines.catalog import enforcement as catalog
 
 router = APIRouter(
     tags=["enforcement"], dependencies=[Depends(require_caller)], responses=errors(401)
 )
 
 MAX_TENANTS = 1000
+# A tenant named in a body or a query: a slug or a UUID. Nothing else reaches the catalog (a NUL
+# character, which Postgres refuses in a parameter, is a 422 here, not a 500 there).
+TENANT_REF = (
+    r"^(?:[a-z0-9][a-z0-9-]{1,38}[a-z0-9]"
+    r"|[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})$"
+)
+TenantRef = Annotated[str, StringConstraints(pattern=TENANT_REF)]
 
 
 class RunEnforcement(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tenants: list[str] | None = Field(
+    tenants: list[TenantRef] | None = Field(
         default=None,
         min_length=1,
         max_length=MAX_TENANTS,
@@ -57,34 +65,12 @@ class EnforcementEvents(BaseModel):
     events: list[EnforcementEvent]
 
 
-def _key(ref: str) -> str:
-    try:
-        return str(uuid.UUID(ref))
-    except ValueError:
-        return ref
-
-
-def _resolve(connection: sa.Connection, refs: list[str]) -> list[str]:
+def _resolve(connection: sa.Connection, refs: Sequence[str]) -> list[str]:
     """The tenants' ids, in the order given, once each; 404 naming every one not found."""
-    ids = [_key(ref) for ref in refs if _is_uuid(ref)]
-    query = sa.select(tenants.c.id, tenants.c.slug).where(
-        sa.or_(tenants.c.id.in_(ids), tenants.c.slug.in_(refs)), tenants.c.status != "deleted"
-    )
-    by_ref: dict[str, str] = {}
-    for row in connection.execute(query):
-        by_ref[str(row.id)] = by_ref[row.slug] = str(row.id)
-    missing = [ref for ref in refs if _key(ref) not in by_ref]
+    ids, missing = catalog.resolve_tenants(connection, refs)
     if missing:
         raise ApiError(404, "tenant_not_found", f"no tenant {', '.join(map(repr, missing))}")
-    return list(dict.fromkeys(by_ref[_key(ref)] for ref in refs))
-
-
-def _is_uuid(ref: str) -> bool:
-    try:
-        uuid.UUID(ref)
-    except ValueError:
-        return False
-    return True
+    return ids
 
 
 @router.post(
@@ -98,7 +84,7 @@ def run_enforcement(
 ) -> JSONResponse:
     """Apply plan limits now (warn at 80 % and 100 %, suspend or allow overage, resume) → 202
     with the run id; events land in `enforcement_events` and go to the warnings webhook."""
-    with idempotency.slot("POST /enforcement/run") as slot:
+    with idempotency.slot() as slot:
         if slot.replay is not None:
             return slot.replay
         scope: list[str] = []
@@ -112,41 +98,36 @@ def run_enforcement(
 @router.get("/enforcement/events", responses=errors(404, 422))
 def list_events(
     engine: EngineDep,
-    tenant: Annotated[str | None, Query(description="a tenant id or slug")] = None,
+    tenant: Annotated[
+        str | None, Query(pattern=TENANT_REF, description="a tenant id or slug")
+    ] = None,
     period: Annotated[str | None, Query(pattern=r"^[0-9]{4}-[0-9]{2}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EnforcementEvents:
     """Enforcement events, newest first: threshold, action, usage against the limit, and
     whether the warnings webhook acknowledged each."""
-    query = (
-        sa.select(enforcement_events, tenants.c.slug)
-        .join(tenants, tenants.c.id == enforcement_events.c.tenant_id)
-        .order_by(enforcement_events.c.created_at.desc(), enforcement_events.c.threshold.desc())
-        .limit(limit)
-    )
+    tenant_id: uuid.UUID | None = None
     with engine.connect() as connection:
         if tenant is not None:
-            (tenant_id,) = _resolve(connection, [tenant])
-            query = query.where(enforcement_events.c.tenant_id == uuid.UUID(tenant_id))
-        if period is not None:
-            query = query.where(enforcement_events.c.period == period)
-        rows = connection.execute(query).all()
+            (found,) = _resolve(connection, [tenant])
+            tenant_id = uuid.UUID(found)
+        rows = catalog.list_events(connection, tenant_id=tenant_id, period=period, limit=limit)
     return EnforcementEvents(
         events=[
             EnforcementEvent(
-                id=str(row.id),
-                tenant_id=str(row.tenant_id),
-                slug=row.slug,
-                period=row.period,
-                metric=row.metric,
-                value=row.value,
-                limit=row.limit_value,
-                threshold=row.threshold,
-                action=row.action,
-                run_id=row.run_id,
-                created_at=row.created_at.isoformat(),
-                notified_at=row.notified_at.isoformat() if row.notified_at else None,
-                notify_error=row.notify_error,
+                id=str(row["id"]),
+                tenant_id=str(row["tenant_id"]),
+                slug=row["slug"],
+                period=row["period"],
+                metric=row["metric"],
+                value=row["value"],
+                limit=row["limit_value"],
+                threshold=row["threshold"],
+                action=row["action"],
+                run_id=row["run_id"],
+                created_at=row["created_at"].isoformat(),
+                notified_at=row["notified_at"].isoformat() if row["notified_at"] else None,
+                notify_error=row["notify_error"],
             )
             for row in rows
         ]

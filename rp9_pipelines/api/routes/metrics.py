@@ -4,7 +4,8 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from rp9_pipelines.api.deps import DockerDep, N8nDataDep, RedisDep, TenantDep, require_caller
-from rp9_pipelines.api.errors import errors
+from rp9_pipelines.api.errors import ApiError, errors
+from rp9_pipelines.resources.postgres_admin import UnsafeRelation
 
 router = APIRouter(tags=["metrics"], dependencies=[Depends(require_caller)], responses=errors(401))
 
@@ -49,7 +50,7 @@ class TenantMetrics(BaseModel):
     executions: Executions
 
 
-@router.get("/metrics/tenant/{ref}", responses=errors(404, 422))
+@router.get("/metrics/tenant/{ref}", responses=errors(404, 409, 422))
 def tenant_metrics(
     tenant: TenantDep,
     docker_runtime: DockerDep,
@@ -62,7 +63,12 @@ def tenant_metrics(
     names = tenant.names
     stats = docker_runtime.stats(tenant.slug)
     queue = redis.queue_counts(names.bull_prefix)
-    executions = n8n_data.execution_window(names, window_s)
+    try:
+        executions = n8n_data.execution_window(names, window_s)
+    except UnsafeRelation as error:
+        # The tenant changed its n8n tables so that reading them would run its code: the
+        # platform does not read them (see the README's security model).
+        raise ApiError(409, "tenant_data_unreadable", str(error)) from None
     return TenantMetrics(
         tenant_id=str(tenant.id),
         slug=tenant.slug,

@@ -1,4 +1,6 @@
-from fastapi import APIRouter, Depends
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, Field
 
 from rp9_pipelines.api.deps import DagsterDep, require_caller
@@ -18,7 +20,10 @@ class Run(BaseModel):
 
 
 @router.get("/runs/{run_id}", responses=errors(404, 422, 502, 503))
-def get_run(run_id: str, dagster: DagsterDep) -> Run:
+def get_run(
+    run_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Dagster's run id")],
+    dagster: DagsterDep,
+) -> Run:
     """A Dagster run's status (QUEUED, STARTED, SUCCESS, FAILURE, CANCELED, …) and tags."""
     run = dagster.run(run_id)
     if run is None:

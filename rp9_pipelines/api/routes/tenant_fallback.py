@@ -6,6 +6,13 @@ wins whenever its n8n runs. So a suspended tenant answers 503 `tenant_suspended`
 Traefik's 404, a tenant being created or changed 503 `tenant_unavailable`, and an unknown
 host 404 `tenant_not_found`. No Bearer token: this is what the tenant's users see.
 
+It is public and can be flooded (any host name reaches it), so it must not starve the admin
+API: it runs on the event loop, asks the catalog from a few threads of its own
+(`LOOKUP_THREADS`, so it never holds more of the catalog's connections or of the threads the
+admin routes run in), answers a host that is no DNS name without asking, and past
+`MAX_WAITING` waiting visitors answers 503 at once. A custom domain's answer names no slug:
+who owns a domain is the tenant's business.
+
 The API writes that router at startup (`published`, from `api/main.py`'s lifespan) into
 `TRAEFIK_DYNAMIC_DIR`, one file per API instance pointing at `ORCH_PUBLIC_URL` (default
 `http://127.0.0.1:$ORCH_PORT`), and removes it at shutdown; files of instances that no longer
@@ -16,10 +23,12 @@ import contextlib
 import datetime as dt
 import html
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import httpx
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
@@ -29,11 +38,19 @@ from rp9_pipelines.api.deps import EngineDep, SettingsDep
 from rp9_pipelines.api.errors import error_body
 from rp9_pipelines.catalog.tables import tenants
 from rp9_pipelines.domain.enforcement import next_period_start, period_of
-from rp9_pipelines.domain.routing import FALLBACK_PATH, fallback_config, unavailable
+from rp9_pipelines.domain.routing import (
+    FALLBACK_PATH,
+    Unavailable,
+    fallback_config,
+    unavailable,
+)
 from rp9_pipelines.resources.traefik_dynamic import TraefikDynamicResource
 from rp9_pipelines.settings import Settings
 
 FILE_PREFIX = "rp9-fallback-"
+LOOKUP_THREADS = 4
+MAX_WAITING = 64
+HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
 log = logging.getLogger(__name__)
 
 
@@ -123,22 +140,35 @@ async def published(settings: Settings) -> AsyncIterator[None]:
 router = APIRouter(tags=["fallback"], include_in_schema=False)
 
 
-@router.api_route(
-    FALLBACK_PATH, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-)
-def tenant_fallback(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
-    """Why this tenant address has no n8n behind it right now."""
-    host = host_of(request)
+class _Lookups:
+    """The catalog look-ups of this process's fallback answers: how many threads, how many wait."""
+
+    def __init__(self) -> None:
+        self.limiter: anyio.CapacityLimiter | None = None  # made on the event loop, when first used
+        self.waiting = 0
+
+
+_lookups = _Lookups()
+
+
+def _find(engine: sa.Engine, host: str, base_domain: str) -> Any:
     with engine.connect() as connection:
-        row = _lookup(connection, host, settings.base_domain)
-    now = dt.datetime.now(dt.UTC)
-    answer = unavailable(
-        row.slug if row else None,
-        row.status if row else None,
-        row.suspension_reason if row else None,
-        now,
-        next_period_start(period_of(now)),
-    )
+        return _lookup(connection, host, base_domain)
+
+
+async def _find_bounded(engine: sa.Engine, host: str, base_domain: str) -> Any:
+    if _lookups.limiter is None:
+        _lookups.limiter = anyio.CapacityLimiter(LOOKUP_THREADS)
+    _lookups.waiting += 1
+    try:
+        return await anyio.to_thread.run_sync(
+            _find, engine, host, base_domain, limiter=_lookups.limiter
+        )
+    finally:
+        _lookups.waiting -= 1
+
+
+def _answer(request: Request, answer: Unavailable) -> Response:
     headers = {"Cache-Control": "no-store"}
     if answer.retry_after_s is not None:
         headers["Retry-After"] = str(answer.retry_after_s)
@@ -147,6 +177,32 @@ def tenant_fallback(request: Request, engine: EngineDep, settings: SettingsDep) 
         page = _page(titles.get(answer.code, "Not found"), answer.message)
         return HTMLResponse(page, status_code=answer.status_code, headers=headers)
     body: dict[str, Any] = error_body(answer.code, answer.message)
-    if row is not None:
-        body["tenant"] = row.slug
     return JSONResponse(body, status_code=answer.status_code, headers=headers)
+
+
+BUSY = Unavailable(503, "tenant_unavailable", "this address is temporarily unavailable", 5)
+
+
+@router.api_route(
+    FALLBACK_PATH, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+)
+async def tenant_fallback(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
+    """Why this tenant address has no n8n behind it right now."""
+    host = host_of(request)
+    if not HOSTNAME.fullmatch(host):
+        row = None
+    elif _lookups.waiting >= MAX_WAITING:
+        return _answer(request, BUSY)
+    else:
+        row = await _find_bounded(engine, host, settings.base_domain)
+    now = dt.datetime.now(dt.UTC)
+    # A tenant's own address names it already; its custom domain must not give its slug away.
+    own_host = row is not None and host == f"{row.slug}.{settings.base_domain}"
+    answer = unavailable(
+        (row.slug if own_host else "this address") if row else None,
+        row.status if row else None,
+        row.suspension_reason if row else None,
+        now,
+        next_period_start(period_of(now)),
+    )
+    return _answer(request, answer)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from rp9_pipelines import launches
 from rp9_pipelines.api.dagster_client import DagsterClient
@@ -31,25 +31,27 @@ router = APIRouter(tags=["tenants"], dependencies=[Depends(require_caller)], res
 
 # What a change to an existing tenant can answer besides 202.
 CHANGE_ERRORS = errors(404, 409, 422, *LAUNCH_ERRORS)
+# Text without control characters: a NUL, which Postgres refuses, is a 422 here.
+Text = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
 class CreateTenant(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    slug: str = Field(description="DNS label, 3-40 characters of a-z, 0-9 and hyphens")
-    name: str = Field(min_length=1, max_length=200)
-    plan: str = "starter"
+    slug: Text = Field(description="DNS label, 3-40 characters of a-z, 0-9 and hyphens")
+    name: Text = Field(min_length=1, max_length=200)
+    plan: Text = Field(default="starter", max_length=40)
     tier: Tier = "shared"
     workers: int | None = Field(default=None, description="default: the plan's minimum")
-    custom_domain: str | None = None
-    region: str = Field(default="eu-1", max_length=40)
+    custom_domain: Text | None = Field(default=None, max_length=253)
+    region: Text = Field(default="eu-1", max_length=40)
     requires_dedicated: bool = Field(default=False, description="compliance: own database")
 
 
 class ScaleTenant(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    plan: str | None = None
+    plan: Text | None = Field(default=None, max_length=40)
     cpu: float | None = None
     memory_mb: int | None = None
     workers: int | None = None
@@ -131,7 +133,7 @@ def create_tenant(
     settings: SettingsDep,
 ) -> JSONResponse:
     """Create a tenant: catalog row, then a provisioning run. 202 with the tenant and run ids."""
-    with idempotency.slot("POST /tenants") as slot:
+    with idempotency.slot() as slot:
         if slot.replay is not None:
             return slot.replay
         new = service.NewTenant(**body.model_dump())
@@ -190,7 +192,7 @@ def _change(
     idempotency: Idempotency,
     check: Callable[[], None] | None = None,
 ) -> JSONResponse:
-    with idempotency.slot(f"POST /tenants/{tenant.id}/{action.name}") as slot:
+    with idempotency.slot() as slot:
         if slot.replay is not None:
             return slot.replay
         run_id = service.change_tenant(dagster.launch, tenant, action, run, check)

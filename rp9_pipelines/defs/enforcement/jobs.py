@@ -63,7 +63,7 @@ def enforce_quotas(
     if outcome.failed or outcome.unreadable:
         raise dg.Failure(
             description=f"enforcement failed for {sorted(outcome.failed)}; unreadable "
-            f"databases {sorted(outcome.unreadable)}",
+            f"tenants {sorted(outcome.unreadable)}",
             metadata={"summary": dg.MetadataValue.json(summary)},
         )
     return summary

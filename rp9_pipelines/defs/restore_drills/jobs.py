@@ -10,8 +10,10 @@ import dagster as dg
 
 from rp9_pipelines import launches
 from rp9_pipelines.catalog import backups as backup_catalog
+from rp9_pipelines.catalog import restore_drills as drill_catalog
 from rp9_pipelines.catalog import tenants as tenant_catalog
-from rp9_pipelines.domain.backups import SandboxNames, choose_drill_backup, scheduled_runs
+from rp9_pipelines.domain.backups import scheduled_runs
+from rp9_pipelines.domain.restore_drills import SandboxNames, choose_drill_backup
 from rp9_pipelines.launches import KIND_TAG, RESTORE_DRILL_KIND
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.stack import DrillResources
@@ -41,7 +43,7 @@ def run_restore_drill(
         chosen = choose_drill_backup(records, tenant.id, now, random.SystemRandom(), requested)
         backup = backup_catalog.get_backup(connection, chosen.id)
         drill_id = uuid.uuid4()
-        backup_catalog.insert_drill(
+        drill_catalog.insert_drill(
             connection,
             drill_id=drill_id,
             tenant_id=tenant.id,
@@ -58,7 +60,7 @@ def run_restore_drill(
         outcome = run_drill(drill, tenant, backup, drill_id, context.log.info)
     except BaseException as error:  # interrupted: the teardown ran, the row must not say running
         with drill.catalog.begin() as connection:
-            backup_catalog.finish_drill(
+            drill_catalog.finish_drill(
                 connection,
                 drill_id,
                 passed=False,
@@ -68,7 +70,7 @@ def run_restore_drill(
             )
         raise
     with drill.catalog.begin() as connection:
-        backup_catalog.finish_drill(
+        drill_catalog.finish_drill(
             connection,
             drill_id,
             passed=outcome.passed,

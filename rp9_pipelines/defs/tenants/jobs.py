@@ -156,6 +156,8 @@ def apply_scale(context: dg.OpExecutionContext, config: ScaleRequest, stack: Sta
             context.log.info(f"{tenant.slug} is {tenant.status}: recorded, applied when it resumes")
             return config.tenant_id
         tenant = tenants.load(stack, config.tenant_id)
+        if config.plan:
+            tenants.apply_role_limits(stack, tenant)
         changes = tenants.converge(stack, tenant, context.log.info, roles={"main", "worker"})
         tenants.set_status(stack, tenant, last_error=None)
     context.log.info(f"scaled: {changes or 'no change'}")

@@ -1,5 +1,5 @@
-"""Usage as data products: each tenant's day measured into `usage`, its business metrics
-upserted into Supabase, and the monthly chargeback (catalog, S3 CSV, Supabase)."""
+"""Usage as data products: each tenant's day measured into `usage`, and its business metrics
+upserted into Supabase (the monthly chargeback that reads them is in `defs/chargeback/`)."""
 
 import datetime as dt
 from typing import Any
@@ -7,18 +7,10 @@ from typing import Any
 import dagster as dg
 
 from rp9_pipelines.catalog import tenants as tenant_catalog
-from rp9_pipelines.defs.partitions import (
-    DAY_DIMENSION,
-    monthly_partitions,
-    tenant_day,
-    tenant_day_partitions,
-)
+from rp9_pipelines.defs.partitions import tenant_day, tenant_day_partitions
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.n8n_data import N8nDataResource
-from rp9_pipelines.resources.s3 import S3Resource
-from rp9_pipelines.resources.stripe import StripeResource
 from rp9_pipelines.resources.supabase import SupabaseResource
-from rp9_pipelines.services.chargeback import chargeback_month
 from rp9_pipelines.services.usage import collect_day, push_business_metrics
 from rp9_pipelines.settings import PlatformSettings
 
@@ -85,54 +77,6 @@ def supabase_business_metrics(
     )
 
 
-# A month reads every tenant's days of that month.
-month_of_days = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=DAY_DIMENSION)
-
-
-@dg.asset(
-    partitions_def=monthly_partitions,
-    deps=[dg.AssetDep(tenant_usage_daily, partition_mapping=month_of_days)],
-    group_name=USAGE_GROUP,
-    kinds={"pandas", "s3"},
-)
-def tenant_chargeback(
-    context: dg.AssetExecutionContext,
-    catalog: CatalogResource,
-    s3: S3Resource,
-    supabase: SupabaseResource,
-    stripe: StripeResource,
-    settings: dg.ResourceParam[PlatformSettings],
-) -> dg.MaterializeResult:  # type: ignore[type-arg]
-    """Each tenant's month: executions and duration plus CPU core-hours and memory GB-hours at
-    the configured rates (`CHARGEBACK_*`), with the idle capacity shared out in proportion to
-    usage cost (OpenCost's model); margin against Stripe list prices where they are known.
-    Written to the catalog (`chargeback`), to S3 as CSV and to Supabase (`chargeback_monthly`)."""
-    month = context.partition_key[:7]
-    outcome = chargeback_month(
-        catalog, s3, supabase, stripe.client, settings.chargeback, month, context.log.info
-    )
-    totals = outcome.result.totals
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": len(outcome.rows),
-            "month": month,
-            "capacity_cost": totals.capacity_cost,
-            "used_cost": totals.used_cost,
-            "idle_cost": totals.idle_cost,
-            "total_cost": totals.total_cost,
-            **_present(
-                {
-                    "cpu_utilisation": totals.cpu_utilisation,
-                    "memory_utilisation": totals.memory_utilisation,
-                    "csv": f"s3://{s3.bucket}/{outcome.csv_key}" if outcome.csv_key else None,
-                }
-            ),
-            "plans_without_prices": ", ".join(outcome.unpriced_plans) or "none",
-            "currency": settings.chargeback.currency,
-        }
-    )
-
-
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(assets=[tenant_usage_daily, supabase_business_metrics, tenant_chargeback])
+    return dg.Definitions(assets=[tenant_usage_daily, supabase_business_metrics])

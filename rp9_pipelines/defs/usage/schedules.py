@@ -1,6 +1,5 @@
 """Usage automation: every tenant gets its partition key, yesterday's usage is materialised
-for every billable tenant after midnight UTC, containers are sampled every minute, and the
-chargeback of a month runs once it is over."""
+for every billable tenant after midnight UTC, and containers are sampled every minute."""
 
 import datetime as dt
 from typing import Any
@@ -28,13 +27,6 @@ usage_daily_job = dg.define_asset_job(
     "usage_daily",
     selection=[dg.AssetKey("tenant_usage_daily"), dg.AssetKey("supabase_business_metrics")],
     tags={KIND_TAG: "usage"},
-    executor_def=dg.in_process_executor,
-)
-
-chargeback_job = dg.define_asset_job(
-    "monthly_chargeback",
-    selection=[dg.AssetKey("tenant_chargeback")],
-    tags={KIND_TAG: "chargeback"},
     executor_def=dg.in_process_executor,
 )
 
@@ -150,24 +142,11 @@ def build_sampling_schedule(settings: UsageSettings) -> dg.ScheduleDefinition:
     )
 
 
-chargeback_schedule = dg.build_schedule_from_partitioned_job(
-    chargeback_job,
-    name="monthly_chargeback_schedule",
-    hour_of_day=3,
-    minute_of_hour=0,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
-
-
 @dg.definitions
 def defs() -> dg.Definitions:
     settings = PlatformSettings().usage
     return dg.Definitions(
-        jobs=[usage_daily_job, chargeback_job, sample_resources_job],
-        schedules=[
-            build_usage_daily_schedule(settings),
-            build_sampling_schedule(settings),
-            chargeback_schedule,
-        ],
+        jobs=[usage_daily_job, sample_resources_job],
+        schedules=[build_usage_daily_schedule(settings), build_sampling_schedule(settings)],
         sensors=[register_tenant_partitions],
     )

@@ -1,0 +1,98 @@
+"""The Dagster client never launches one request twice: every launch carries the request's id,
+a launch that timed out is looked up by it, and a keyed request looks before launching."""
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from rp9_pipelines.api.dagster_client import DagsterClient
+from rp9_pipelines.api.errors import ApiError
+from rp9_pipelines.launches import REQUEST_ID_TAG, Launch
+
+LAUNCH = Launch("suspend_tenant", {}, {"rp9/tenant": "acme"})
+
+
+class FakeGraphql:
+    """Dagster's GraphQL endpoint: runs by tag, and launches that may time out."""
+
+    def __init__(self, launch_times_out: bool = False, records_timed_out: bool = True) -> None:
+        self.runs: list[dict[str, str]] = []  # each run's tags
+        self.launch_times_out = launch_times_out
+        self.records_timed_out = records_timed_out
+        self.calls: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        sent = json.loads(request.content)
+        if "launchRun" in sent["query"]:
+            self.calls.append("launch")
+            tags = sent["variables"]["params"]["executionMetadata"]["tags"]
+            if not self.launch_times_out or self.records_timed_out:
+                self.runs.append({t["key"]: t["value"] for t in tags})
+            if self.launch_times_out:
+                raise httpx.ReadTimeout("no answer in time", request=request)
+            run = {"__typename": "LaunchRunSuccess", "run": {"runId": f"run-{len(self.runs)}"}}
+            return httpx.Response(200, json={"data": {"launchRun": run}})
+        self.calls.append("find")
+        (tag,) = sent["variables"]["filter"]["tags"]
+        found = [
+            {"runId": f"run-{n}"}
+            for n, tags in enumerate(self.runs, 1)
+            if tags.get(tag["key"]) == tag["value"]
+        ]
+        return httpx.Response(
+            200, json={"data": {"runsOrError": {"__typename": "Runs", "results": found[-1:]}}}
+        )
+
+
+def client(graphql: Any, request_id: str | None = None) -> DagsterClient:
+    return DagsterClient(
+        "http://dagster/graphql",
+        request_id=request_id,
+        confirm_s=0,
+        transport=httpx.MockTransport(graphql),
+    )
+
+
+def test_every_launch_carries_a_request_id() -> None:
+    graphql = FakeGraphql()
+    assert client(graphql).launch(LAUNCH) == "run-1"
+    assert client(graphql).launch(LAUNCH) == "run-2"
+    first, second = (run[REQUEST_ID_TAG] for run in graphql.runs)
+    assert first != second
+    assert graphql.runs[0]["rp9/tenant"] == "acme"
+    assert graphql.calls == ["launch", "launch"]
+
+
+def test_a_keyed_request_finds_the_run_an_earlier_try_launched() -> None:
+    graphql = FakeGraphql()
+    assert client(graphql, "req-1").launch(LAUNCH) == "run-1"
+    assert client(graphql, "req-1").launch(LAUNCH) == "run-1"
+    assert client(graphql, "req-2").launch(LAUNCH) == "run-2"
+    assert graphql.calls == ["find", "launch", "find", "find", "launch"]
+
+
+def test_a_launch_that_timed_out_is_found_not_made_again() -> None:
+    graphql = FakeGraphql(launch_times_out=True)
+    assert client(graphql).launch(LAUNCH) == "run-1"
+    assert graphql.calls == ["launch", "find"]
+    assert len(graphql.runs) == 1
+
+
+def test_a_launch_that_timed_out_and_left_no_run_is_503() -> None:
+    graphql = FakeGraphql(launch_times_out=True, records_timed_out=False)
+    with pytest.raises(ApiError) as error:
+        client(graphql, "req-1").launch(LAUNCH)
+    assert (error.value.status_code, error.value.code) == (503, "dagster_unavailable")
+    assert "retry with the same Idempotency-Key" in error.value.message
+    assert graphql.calls == ["find", "launch", "find"]
+
+
+def test_an_unreachable_dagster_is_503() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with pytest.raises(ApiError) as error:
+        client(refuse).launch(LAUNCH)
+    assert (error.value.status_code, error.value.code) == (503, "dagster_unavailable")
