@@ -387,7 +387,14 @@ resource_samples = sa.Table(
 execution_tally = sa.Table(
     "execution_tally",
     metadata,
-    _tenant_fk(index=False),
+    # A tenant's row is never deleted once it ran (it is marked deleted); one removed with no
+    # run (the API's "no run, no tenant") has no tally either way.
+    sa.Column(
+        "tenant_id",
+        UUID(as_uuid=True),
+        sa.ForeignKey("tenants.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
     sa.Column("day", sa.Date, nullable=False),
     sa.Column("executions", sa.BigInteger, nullable=False),
     _updated_at(),

@@ -3,14 +3,14 @@
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 
-from rp9_pipelines.catalog.tables import resource_samples, usage
+from rp9_pipelines.catalog.tables import execution_tally, resource_samples, tenants, usage
 from rp9_pipelines.domain.usage import DayUsage, Sample
 
 USAGE_FIELDS = tuple(field.name for field in dataclasses.fields(DayUsage))
@@ -104,3 +104,56 @@ def upsert_usage(
         where=changed,
     )
     return bool(connection.execute(statement).rowcount)
+
+
+def tally_marks(connection: sa.Connection, tenant_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """The `execution_entity` id each tenant's executions were counted through."""
+    query = sa.select(tenants.c.id, tenants.c.executions_seen_through).where(
+        tenants.c.id.in_(list(tenant_ids))
+    )
+    return {row.id: int(row.executions_seen_through) for row in connection.execute(query)}
+
+
+def add_to_tally(
+    connection: sa.Connection,
+    tenant_id: uuid.UUID,
+    seen_through: int,
+    now_through: int,
+    by_day: Mapping[dt.date, int],
+) -> bool:
+    """Count the executions seen between the two ids, once: the mark moves only from where it
+    was read (another counter that moved it first wins, and this count is dropped)."""
+    moved = connection.execute(
+        sa.update(tenants)
+        .where(tenants.c.id == tenant_id, tenants.c.executions_seen_through == seen_through)
+        .values(executions_seen_through=now_through)
+    ).rowcount
+    if not moved:
+        return False
+    for day, executions in by_day.items():
+        statement = insert(execution_tally).values(
+            tenant_id=tenant_id, day=day, executions=executions
+        )
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=["tenant_id", "day"],
+                set_={
+                    "executions": execution_tally.c.executions + statement.excluded.executions,
+                    "updated_at": sa.func.now(),
+                },
+            )
+        )
+    return True
+
+
+def tallied(
+    connection: sa.Connection, tenant_ids: Iterable[uuid.UUID], since: dt.date
+) -> dict[uuid.UUID, dict[dt.date, int]]:
+    """Executions per tenant and day the platform saw appear since `since`."""
+    query = sa.select(execution_tally).where(
+        execution_tally.c.tenant_id.in_(list(tenant_ids)), execution_tally.c.day >= since
+    )
+    found: dict[uuid.UUID, dict[dt.date, int]] = {}
+    for row in connection.execute(query):
+        found.setdefault(row.tenant_id, {})[row.day] = int(row.executions)
+    return found

@@ -154,11 +154,13 @@ def decide(s: Situation) -> Decision:
     return Decision(warnings + _action_event(s, SUSPEND, RESUME), "suspend", usage)
 
 
-def month_to_date(live: Mapping[dt.date, int], collected: Mapping[dt.date, int]) -> int:
-    """Executions of the period: per day, the larger of what n8n still holds (`live`, which it
-    prunes after 14 days or 10,000 rows by default) and what usage collected (`collected`,
-    kept), so neither pruning nor a day not collected yet hides executions."""
-    return sum(max(live.get(day, 0), collected.get(day, 0)) for day in {*live, *collected})
+def month_to_date(*sources: Mapping[dt.date, int]) -> int:
+    """Executions of the period: per day, the largest of its sources' counts: what n8n still
+    holds (it prunes, and its tenant may delete), what usage collected and what the platform
+    tallied as executions appeared (both kept), so neither pruning, a deletion nor a day not
+    collected yet hides executions."""
+    days = {day for source in sources for day in source}
+    return sum(max(source.get(day, 0) for source in sources) for day in days)
 
 
 _CONCURRENCY_FLAG = re.compile(r"--concurrency[= ](\d+)")

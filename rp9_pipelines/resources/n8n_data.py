@@ -11,7 +11,7 @@ fails it is reported unreadable, like a database that cannot be reached, and is 
 
 import concurrent.futures
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +81,19 @@ _BY_DAY = sql.SQL(
     """
 )
 _BY_DAY_READS: Reads = {"execution_entity": ("createdAt", "mode")}
+
+# Rows added since the platform last looked (`id` above `{after}`: ids only grow): production
+# executions per UTC day of creation, and the highest id seen (manual runs included).
+_NEW = sql.SQL(
+    """
+    (SELECT {schema}, "createdAt"::date, pg_catalog.count(*) FILTER (WHERE mode <> 'manual'),
+            pg_catalog.max(id)
+     FROM ONLY {table}
+     WHERE id > {after}
+     GROUP BY 2)
+    """
+)
+_NEW_READS: Reads = {"execution_entity": ("id", "createdAt", "mode")}
 _COUNT_READS: Reads = {"execution_entity": ()}
 
 # At most this many schemas in one UNION ALL.
@@ -115,6 +128,14 @@ class ExecutionWindow:
             latency_p95_ms=round(latency, 1) if latency is not None else None,
             queue_wait_p95_ms=round(wait, 1) if wait is not None else None,
         )
+
+
+@dataclass(frozen=True)
+class NewExecutions:
+    """Executions a tenant's n8n recorded after the id the platform had seen through."""
+
+    through_id: int
+    by_day: dict[dt.date, int]
 
 
 @dataclass(frozen=True)
@@ -163,6 +184,25 @@ class N8nDataResource(PostgresAdminResource):
         rows, errors = self._fan_out(tenants, parallel, _BY_DAY, _BY_DAY_READS, since=since)
         counts = {slug: {day: int(n) for _, day, n in found} for slug, found in rows.items()}
         return counts, errors
+
+    def new_executions(
+        self, seen: Sequence[tuple[TenantNames, int]], *, parallel: int = 4
+    ) -> tuple[dict[str, NewExecutions], dict[str, str]]:
+        """Per tenant slug, the executions recorded since each tenant's id in `seen` (tenants
+        with none are left out), and the errors of the tenants that could not be read."""
+        after = {names.slug: {"after": mark} for names, mark in seen}
+        rows, errors = self._fan_out(
+            [names for names, _ in seen], parallel, _NEW, _NEW_READS, per_tenant=after
+        )
+        new = {
+            slug: NewExecutions(
+                through_id=max(int(row[3]) for row in found),
+                by_day={row[1]: int(row[2]) for row in found},
+            )
+            for slug, found in rows.items()
+            if found
+        }
+        return new, errors
 
     def execution_day(self, names: TenantNames, day: dt.date) -> ExecutionDay | None:
         """What the tenant's n8n recorded for its production executions (every mode but
@@ -213,7 +253,7 @@ class N8nDataResource(PostgresAdminResource):
     ) -> Rows | None:
         """`_read` of one schema: its rows, None when it has no tables; raises
         `UnsafeRelation` when they must not be read."""
-        rows, problems = self._read(database, {schema: owner}, statement, reads, **values)
+        rows, problems = self._read(database, {schema: owner}, statement, reads, None, **values)
         if schema in problems:
             raise UnsafeRelation(problems[schema])
         return rows.get(schema)
@@ -224,9 +264,11 @@ class N8nDataResource(PostgresAdminResource):
         owners: dict[str, str],
         statement: sql.SQL,
         reads: Reads,
+        per_schema: Mapping[str, Mapping[str, object]] | None,
         **values: object,
     ) -> tuple[dict[str, Rows], dict[str, str]]:
-        """`statement` (one of the SELECTs above, `values` filling its other placeholders) for
+        """`statement` (one of the SELECTs above, `values` and each schema's `per_schema`
+        values filling its other placeholders) for
         each schema of `owners` (schema → the tenant's role) in `database` whose tables pass
         `check_relations`, one UNION ALL per hundred schemas. Returns the rows by schema, for
         those schemas only (possibly none; schemas without the tables are left out), and what
@@ -238,7 +280,15 @@ class N8nDataResource(PostgresAdminResource):
             rows: dict[str, Rows] = {schema: [] for schema in readable}
             for start in range(0, len(readable), _BATCH):
                 parts = [
-                    statement.format(schema=sql.Literal(schema), table=_table(schema), **literals)
+                    statement.format(
+                        schema=sql.Literal(schema),
+                        table=_table(schema),
+                        **literals,
+                        **{
+                            name: sql.Literal(value)
+                            for name, value in (per_schema or {}).get(schema, {}).items()
+                        },
+                    )
                     for schema in readable[start : start + _BATCH]
                 ]
                 for row in execute(connection, sql.SQL(" UNION ALL ").join(parts)):
@@ -251,10 +301,12 @@ class N8nDataResource(PostgresAdminResource):
         parallel: int,
         statement: sql.SQL,
         reads: Reads,
+        per_tenant: Mapping[str, Mapping[str, object]] | None = None,
         **values: object,
     ) -> tuple[dict[str, Rows], dict[str, str]]:
-        """`_read` for many tenants: their databases read in parallel (the shared database
-        holds every shared tenant's schema). Returns the rows of each tenant whose n8n has
+        """`_read` for many tenants (`per_tenant`: each tenant's own values, by slug): their
+        databases read in parallel (the shared database holds every shared tenant's schema).
+        Returns the rows of each tenant whose n8n has
         tables (tenants without are left out) and, by slug, the errors of the tenants that
         could not be read (every tenant of a database that failed, and each whose tables are
         unsafe to read): reported, not raised, so the others still count."""
@@ -265,7 +317,8 @@ class N8nDataResource(PostgresAdminResource):
         def read(database: str) -> tuple[dict[str, Rows], dict[str, str]]:
             schemas = by_database[database]
             owners = {schema: names.db_role for schema, names in schemas.items()}
-            found, problems = self._read(database, owners, statement, reads, **values)
+            own = {schema: (per_tenant or {}).get(n.slug, {}) for schema, n in schemas.items()}
+            found, problems = self._read(database, owners, statement, reads, own, **values)
             return (
                 {schemas[schema].slug: rows for schema, rows in found.items()},
                 {

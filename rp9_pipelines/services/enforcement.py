@@ -17,6 +17,7 @@ import httpx
 
 from rp9_pipelines.catalog import enforcement as store
 from rp9_pipelines.catalog import tenants as tenant_catalog
+from rp9_pipelines.catalog import usage as usage_catalog
 from rp9_pipelines.catalog.enforcement import Subject
 from rp9_pipelines.domain.autoscaling import worker_concurrency
 from rp9_pipelines.domain.enforcement import (
@@ -33,6 +34,7 @@ from rp9_pipelines.domain.stack import LABEL_MANAGED, LABEL_ROLE, LABEL_TENANT
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.stack import StackResources
 from rp9_pipelines.services import tenants as stack
+from rp9_pipelines.services.usage import tally_executions
 from rp9_pipelines.settings import EnforcementSettings
 
 Log = Callable[[str], None]
@@ -87,14 +89,19 @@ def judge(
     with r.catalog.begin() as connection:
         subjects = store.subjects(connection, settings.tenants, refs)
         ids = [s.id for s in subjects]
+    tally_executions(r.catalog, r.n8n_data, [(s.id, s.names) for s in subjects])
+    with r.catalog.begin() as connection:
         events = store.recorded(connection, ids, period)
         collected = store.collected_usage(connection, ids, since.date())
+        tallied = usage_catalog.tallied(connection, ids, since.date())
     live, errors = r.n8n_data.executions_by_day([s.names for s in subjects], since)
     judged = []
     for subject in subjects:
         if subject.slug in errors:
             continue
-        executions = month_to_date(live.get(subject.slug, {}), collected.get(subject.id, {}))
+        executions = month_to_date(
+            live.get(subject.slug, {}), collected.get(subject.id, {}), tallied.get(subject.id, {})
+        )
         situation = Situation(
             period=period,
             status=subject.status,

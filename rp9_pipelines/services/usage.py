@@ -3,9 +3,10 @@ functions of `domain.usage`, write the results (catalog, Supabase); the containe
 reading of every running rp9-managed container recorded in `resource_samples`."""
 
 import concurrent.futures
+import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from rp9_pipelines.catalog import usage as usage_catalog
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.catalog.usage import SampleRow
 from rp9_pipelines.domain.stack import LABEL_MANAGED, LABEL_TENANT
+from rp9_pipelines.domain.tenants import TenantNames
 from rp9_pipelines.domain.usage import (
     DayUsage,
     ExecutionDay,
@@ -37,6 +39,36 @@ BUSINESS_METRICS_KEY = "tenant_id,day"
 BUSINESS_METRICS_METRIC = "business_metrics"
 
 Log = Callable[[str], None]
+
+
+# The execution tally ----------------------------------------------------------------------
+
+
+# Tenants whose executions are counted: suspended ones ran executions before they stopped.
+TALLIED_STATUSES = frozenset({"active", "suspended"})
+
+
+def tally_executions(
+    catalog: CatalogResource,
+    n8n_data: N8nDataResource,
+    tenants: Sequence[tuple[uuid.UUID, TenantNames]],
+) -> dict[str, str]:
+    """Count the executions each tenant's n8n recorded since the platform last looked into
+    `execution_tally`, once: deleting them in n8n afterwards does not lower metering or
+    enforcement. Returns, by slug, the tenants that could not be read."""
+    if not tenants:
+        return {}
+    with catalog.begin() as connection:
+        marks = usage_catalog.tally_marks(connection, [tenant_id for tenant_id, _ in tenants])
+    seen = [(names, marks.get(tenant_id, 0)) for tenant_id, names in tenants]
+    new, errors = n8n_data.new_executions(seen)
+    for tenant_id, names in tenants:
+        found, mark = new.get(names.slug), marks.get(tenant_id, 0)
+        if found is None or found.through_id <= mark:
+            continue
+        with catalog.begin() as connection:
+            usage_catalog.add_to_tally(connection, tenant_id, mark, found.through_id, found.by_day)
+    return errors
 
 
 # Daily usage ----------------------------------------------------------------------------
@@ -58,10 +90,15 @@ def collect_day(
     day: dt.date,
     max_gap: dt.timedelta,
 ) -> Collected:
-    """Measure the tenant's day and upsert it into `usage` (idempotent)."""
+    """Measure the tenant's day and upsert it into `usage` (idempotent). Its executions are the
+    larger of what n8n still holds and what the platform tallied as they appeared."""
+    tally_executions(catalog, n8n_data, [(tenant.id, tenant.names)])
     executions = n8n_data.execution_day(tenant.names, day)
     start, end = day_bounds(day)
     with catalog.begin() as connection:
+        seen = usage_catalog.tallied(connection, [tenant.id], day).get(tenant.id, {}).get(day, 0)
+        if executions is not None and seen > executions.executions:
+            executions = dataclasses.replace(executions, executions=seen)
         samples = usage_catalog.samples_framing(connection, tenant.id, start, end)
         existing = usage_catalog.get_usage(connection, tenant.id, day)
         if executions is None and existing is not None:

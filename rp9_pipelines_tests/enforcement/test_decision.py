@@ -187,6 +187,8 @@ def test_month_to_date_takes_the_larger_count_of_each_day() -> None:
     d1, d2, d3 = (dt.date(2026, 11, day) for day in (1, 2, 3))
     # d1 pruned from n8n (kept by usage), d2 both, d3 not collected yet.
     assert month_to_date({d2: 5, d3: 7}, {d1: 10, d2: 4}) == 10 + 5 + 7
+    # d3's executions deleted in n8n after the platform tallied them: the tally holds.
+    assert month_to_date({d2: 5}, {d1: 10, d2: 4}, {d2: 5, d3: 7}) == 10 + 5 + 7
 
 
 # Properties: a whole period, step by step, with the shell's effects modelled -------------

@@ -19,6 +19,7 @@ from rp9_pipelines.domain.enforcement import period_of
 from rp9_pipelines.domain.tenants import SHARED_DATABASE, TenantNames
 from rp9_pipelines.launches import TENANT_ID_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
+from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.services import enforcement as notify
 from rp9_pipelines.settings import EnforcementSettings, Settings, sqlalchemy_url
 from rp9_pipelines_tests.enforcement.receiver import Receiver, receiving
@@ -41,6 +42,8 @@ class Fleet:
 
     def __init__(self, settings: Settings, admin_engine: sa.Engine) -> None:
         self.engine = sa.create_engine(sqlalchemy_url(settings.database_url))
+        # Schemas and roles made as the platform makes them, so it reads them as it reads n8n's.
+        self.tenant_db = TenantDatabaseResource(admin_url=settings.tenant_admin_url)
         url = sa.make_url(sqlalchemy_url(settings.database_url)).set(database=SHARED_DATABASE)
         self.shared = sa.create_engine(url)
         with admin_engine.connect() as connection:
@@ -77,8 +80,9 @@ class Fleet:
             manual = {"executions_per_month": limit, "overage_allowed": overage}
             catalog.set_quota(connection, t.id, "manual", manual)
         schema = t.names.db_schema
+        self.tenant_db.ensure(t.names, uuid.uuid4().hex)
         with self.shared.begin() as connection:
-            connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+            connection.execute(sa.text(f'SET LOCAL ROLE "{t.names.db_role}"'))
             connection.execute(
                 sa.text(
                     f'CREATE TABLE "{schema}".execution_entity (id serial PRIMARY KEY,'
@@ -121,9 +125,8 @@ class Fleet:
             for table in (enforcement_events, quotas, usage):
                 connection.execute(sa.delete(table).where(table.c.tenant_id.in_(ids)))
             connection.execute(sa.delete(tenants).where(tenants.c.id.in_(ids)))
-        with self.shared.begin() as connection:
-            for t in self.made:
-                connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{t.names.db_schema}" CASCADE'))
+        for t in self.made:
+            self.tenant_db.drop(t.names)
         self.engine.dispose()
         self.shared.dispose()
 

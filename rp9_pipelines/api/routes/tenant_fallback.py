@@ -168,7 +168,7 @@ async def _find_bounded(engine: sa.Engine, host: str, base_domain: str) -> Any:
         _lookups.waiting -= 1
 
 
-def _answer(request: Request, answer: Unavailable) -> Response:
+def _answer(request: Request, answer: Unavailable, tenant: str | None = None) -> Response:
     headers = {"Cache-Control": "no-store"}
     if answer.retry_after_s is not None:
         headers["Retry-After"] = str(answer.retry_after_s)
@@ -177,6 +177,8 @@ def _answer(request: Request, answer: Unavailable) -> Response:
         page = _page(titles.get(answer.code, "Not found"), answer.message)
         return HTMLResponse(page, status_code=answer.status_code, headers=headers)
     body: dict[str, Any] = error_body(answer.code, answer.message)
+    if tenant is not None:
+        body["tenant"] = tenant
     return JSONResponse(body, status_code=answer.status_code, headers=headers)
 
 
@@ -197,12 +199,14 @@ async def tenant_fallback(request: Request, engine: EngineDep, settings: Setting
         row = await _find_bounded(engine, host, settings.base_domain)
     now = dt.datetime.now(dt.UTC)
     # A tenant's own address names it already; its custom domain must not give its slug away.
-    own_host = row is not None and host == f"{row.slug}.{settings.base_domain}"
+    own_slug = (
+        row.slug if row is not None and host == f"{row.slug}.{settings.base_domain}" else None
+    )
     answer = unavailable(
-        (row.slug if own_host else "this address") if row else None,
+        (own_slug or "this address") if row else None,
         row.status if row else None,
         row.suspension_reason if row else None,
         now,
         next_period_start(period_of(now)),
     )
-    return _answer(request, answer)
+    return _answer(request, answer, own_slug)

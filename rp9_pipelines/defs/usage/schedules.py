@@ -16,7 +16,8 @@ from rp9_pipelines.defs.partitions import (
 from rp9_pipelines.launches import KIND_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
-from rp9_pipelines.services.usage import sample_resources
+from rp9_pipelines.resources.n8n_data import N8nDataResource
+from rp9_pipelines.services.usage import TALLIED_STATUSES, sample_resources, tally_executions
 from rp9_pipelines.settings import PlatformSettings, UsageSettings
 
 # Tenants whose day is measured: suspended ones ran executions before they were suspended.
@@ -98,10 +99,12 @@ def sample_containers(
     context: dg.OpExecutionContext,
     catalog: CatalogResource,
     docker_runtime: DockerRuntimeResource,
+    n8n_data: N8nDataResource,
     settings: dg.ResourceParam[PlatformSettings],
 ) -> dict[str, Any]:
     """Read cumulative CPU time and memory of every running tenant container into
-    `resource_samples`; once an hour, delete samples past their retention."""
+    `resource_samples`; once an hour, delete samples past their retention. Then tally the
+    executions every tenant's n8n recorded since the last minute (`execution_tally`)."""
     now = dt.datetime.now(dt.UTC)
     sampled = sample_resources(
         catalog,
@@ -114,10 +117,20 @@ def sample_containers(
         f"{sampled.recorded} sample(s) of {sampled.containers} container(s) recorded, "
         f"{sampled.pruned} pruned" + (f"; not in the catalog: {unknown}" if unknown else "")
     )
+    with catalog.begin() as connection:
+        tallied = [
+            (t.id, t.names)
+            for t in tenant_catalog.list_tenants(connection)
+            if t.status in TALLIED_STATUSES
+        ]
+    unreadable = tally_executions(catalog, n8n_data, tallied)
+    for slug, error in unreadable.items():
+        context.log.warning(f"executions of {slug} not tallied: {error}")
     return {
         "containers": sampled.containers,
         "recorded": sampled.recorded,
         "pruned": sampled.pruned,
+        "tallied": len(tallied) - len(unreadable),
     }
 
 

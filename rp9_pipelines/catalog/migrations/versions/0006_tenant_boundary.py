@@ -39,7 +39,7 @@ def upgrade() -> None:
             ["tenant_id"],
             ["tenants.id"],
             name=op.f("fk_execution_tally_tenant_id_tenants"),
-            ondelete="RESTRICT",
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("tenant_id", "day", name=op.f("pk_execution_tally")),
     )
