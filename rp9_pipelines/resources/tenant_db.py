@@ -148,12 +148,20 @@ class TenantDatabaseResource(PostgresAdminResource):
             limits = DEFAULT_ROLE_LIMITS
             if kept is not None and int(str(kept)) >= 0:
                 limits = dataclasses.replace(limits, connection_limit=int(str(kept)))
+        # An existing role was checked to be a plain login (`_check_role`); restating its
+        # superuser, replication or bypassrls attribute is for superusers only.
+        attributes = (
+            "LOGIN"
+            if exists
+            else "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+        )
         execute(
             server,
             sql.SQL(
                 ("ALTER" if exists else "CREATE")
-                + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
-                " CONNECTION LIMIT {} PASSWORD {}"
+                + " ROLE {} "
+                + attributes
+                + " CONNECTION LIMIT {} PASSWORD {}"
             ).format(
                 sql.Identifier(role), sql.Literal(limits.connection_limit), sql.Literal(password)
             ),

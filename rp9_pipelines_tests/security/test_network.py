@@ -26,6 +26,7 @@ from rp9_pipelines.resources.vault import VaultResource
 from rp9_pipelines.settings import Settings
 from rp9_pipelines_tests.api_client import Api
 from rp9_pipelines_tests.conftest import Served
+from rp9_pipelines_tests.n8n_workflows import node, respond, webhook, workflow
 from rp9_pipelines_tests.tenants.conftest import TenantN8n, unique_slug
 from rp9_pipelines_tests.waiting import wait_until
 
@@ -204,60 +205,26 @@ def test_another_tenants_container_is_out_of_reach_and_its_own_worker_is_not(
 def probe_workflow(path: str) -> dict[str, Any]:
     """Webhook → HTTP Request to the URL it is sent (errors become its output) → Respond with
     whether the request reached anything and the error it met."""
-    return {
-        "name": f"probe {path}",
-        "nodes": [
-            {
-                "id": str(uuid.uuid4()),
-                "name": "Webhook",
-                "type": "n8n-nodes-base.webhook",
-                "typeVersion": 2,
-                "position": [0, 0],
-                "webhookId": str(uuid.uuid4()),
-                "parameters": {
-                    "httpMethod": "POST",
-                    "path": path,
-                    "responseMode": "responseNode",
-                    "options": {},
-                },
+    fetch = node(
+        "Fetch",
+        "httpRequest",
+        4.2,
+        240,
+        onError="continueRegularOutput",
+        parameters={
+            "url": "={{ $json.body.url }}",
+            "options": {
+                "timeout": 3000,
+                "response": {"response": {"neverError": True, "responseFormat": "text"}},
             },
-            {
-                "id": str(uuid.uuid4()),
-                "name": "Fetch",
-                "type": "n8n-nodes-base.httpRequest",
-                "typeVersion": 4.2,
-                "position": [240, 0],
-                "onError": "continueRegularOutput",
-                "parameters": {
-                    "url": "={{ $json.body.url }}",
-                    "options": {
-                        "timeout": 3000,
-                        "response": {"response": {"neverError": True, "responseFormat": "text"}},
-                    },
-                },
-            },
-            {
-                "id": str(uuid.uuid4()),
-                "name": "Respond to Webhook",
-                "type": "n8n-nodes-base.respondToWebhook",
-                "typeVersion": 1.1,
-                "position": [480, 0],
-                "parameters": {
-                    "respondWith": "json",
-                    "responseBody": (
-                        "={{ { reached: !$json.error, "
-                        "error: $json.error ? JSON.stringify($json.error).slice(0, 500) : null } }}"
-                    ),
-                    "options": {},
-                },
-            },
-        ],
-        "connections": {
-            "Webhook": {"main": [[{"node": "Fetch", "type": "main", "index": 0}]]},
-            "Fetch": {"main": [[{"node": "Respond to Webhook", "type": "main", "index": 0}]]},
         },
-        "settings": {"executionOrder": "v1"},
-    }
+    )
+    answer = respond(
+        "={{ { reached: !$json.error, "
+        "error: $json.error ? JSON.stringify($json.error).slice(0, 500) : null } }}",
+        480,
+    )
+    return workflow(f"probe {path}", [webhook(path), fetch, answer])
 
 
 def test_a_workflows_http_request_reaches_no_platform_service(

@@ -73,7 +73,12 @@ def test_n_executions_reach_usage_supabase_and_stripe_once(
         wait_until(recorded, timeout_s=60, what=f"{N} executions in {slug}'s execution_entity")
 
         # Two samples of each running container, as the every-minute schedule takes them.
-        sampling = {"catalog": catalog, "docker_runtime": runtime, "settings": settings}
+        sampling = {
+            "catalog": catalog,
+            "docker_runtime": runtime,
+            "n8n_data": n8n_data,
+            "settings": settings,
+        }
         for _ in range(2):
             assert sample_resources_job.execute_in_process(resources=sampling).success
         with catalog.begin() as connection:
