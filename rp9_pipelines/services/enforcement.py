@@ -19,6 +19,7 @@ from rp9_pipelines.catalog import enforcement as store
 from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.catalog import usage as usage_catalog
 from rp9_pipelines.catalog.enforcement import Subject
+from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.autoscaling import worker_concurrency
 from rp9_pipelines.domain.enforcement import (
     ENFORCEMENT,
@@ -170,19 +171,21 @@ def _apply(
     defer: bool,
 ) -> None:
     if item.decision.act == "none" or defer:
-        _apply_locked(r, subject, item, period, run_id, outcome, log, defer=defer)
+        _record_and_act(r, subject, item, period, run_id, outcome, log, tenant=None)
         return
     # Serialised with the tenant's own runs: one that holds the tenant now defers the action.
     with tenant_catalog.tenant_lock(r.catalog.engine, subject.id, wait=False) as held:
-        if held:
-            _apply_locked(r, subject, item, period, run_id, outcome, log, defer=False)
+        tenant = stack.load(r, str(subject.id)) if held else None
+        if tenant is not None and tenant.status == subject.status:
+            _record_and_act(r, subject, item, period, run_id, outcome, log, tenant=tenant)
             return
+    why = "another run holds the tenant" if tenant is None else "its state changed since judged"
     outcome.deferred.append(subject.slug)
-    log(f"{subject.slug}: {item.decision.act} deferred, another run holds the tenant")
-    _apply_locked(r, subject, item, period, run_id, outcome, log, defer=True)
+    log(f"{subject.slug}: {item.decision.act} deferred, {why}")
+    _record_and_act(r, subject, item, period, run_id, outcome, log, tenant=None)
 
 
-def _apply_locked(
+def _record_and_act(
     r: StackResources,
     subject: Subject,
     item: Judged,
@@ -191,14 +194,12 @@ def _apply_locked(
     outcome: Outcome,
     log: Log,
     *,
-    defer: bool,
+    tenant: Tenant | None,
 ) -> None:
+    """Record the decision's events and carry out its action on `tenant` (loaded under its
+    lock); without one, the action is deferred and only its warnings are recorded."""
     decision = item.decision
-    if not defer and stack.load(r, str(subject.id)).status != subject.status:
-        # Changed since it was judged (an operator, a delete): judged again next time.
-        outcome.deferred.append(subject.slug)
-        log(f"{subject.slug}: {decision.act} deferred, its state changed since it was judged")
-        defer = True
+    defer = tenant is None
     # A deferred action records its warnings now, and its own event with the action itself
     # (next time): a suspend event without the suspension would read as an operator's resume.
     events = decision.events
@@ -217,9 +218,8 @@ def _apply_locked(
             tenant_catalog.update_tenant(connection, subject.id, suspension_reason=ENFORCEMENT)
     if events or decision.act != "none":
         log(f"{subject.slug}: {decision.act}, {len(events)} event(s): {decision.reason}")
-    if decision.act == "none" or defer:
+    if decision.act == "none" or tenant is None:
         return
-    tenant = stack.load(r, str(subject.id))
     if decision.act == "suspend":
         stack.suspend(r, tenant, ENFORCEMENT, log)
         outcome.suspended.append(subject.slug)

@@ -8,24 +8,8 @@ from starlette.requests import Request
 from rp9_pipelines.api.auth import fingerprint
 from rp9_pipelines.api.deps import get_dagster
 from rp9_pipelines.api.idempotency import Idempotency, request_id
-from rp9_pipelines.settings import Settings
 from rp9_pipelines_tests.api.fakes import FakeKeyStore
-
-STRONG = "a" * 16 + "b" * 16 + "c" * 8
-BASE = {
-    "DATABASE_URL": "postgresql://rp9:pw@db:5432/rp9_platform",
-    "REDIS_URL": "redis://redis:6379/0",
-    "VAULT_ADDR": "http://vault:8200",
-    "VAULT_TOKEN": "s.real-token-value",
-}
-
-
-def make(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
-    for key in Settings.variables():
-        monkeypatch.delenv(key, raising=False)
-    for key, value in {**BASE, **env}.items():
-        monkeypatch.setenv(key, value)
-    return Settings()
+from rp9_pipelines_tests.test_settings import STRONG, make
 
 
 def test_the_default_environment_is_production(monkeypatch: pytest.MonkeyPatch) -> None:
