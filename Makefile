@@ -12,13 +12,14 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 # Every target that talks to the stack runs with its environment (generated secrets included).
 WITH_ENV := set -a && source .stack/env && set +a &&
 
-.PHONY: bench-autoscale bench-backup bench-provision bench-usage demo-credentials help install stack-up stack-down stack-status migrate lint format test test-fast dev api dagster
+.PHONY: bench-autoscale bench-backup bench-provision bench-usage demo-credentials help install stack-up stack-down stack-status migrate lint format test test-fast dev api dagster validate-production
 
 help:
 	@echo "make dev          platform up on embedded defaults: stack, migrations, Dagster UI, API"
 	@echo "make test         install + start everything, then lint and the full test suite"
 	@echo "make test-fast    pure unit tests only (no services)"
 	@echo "make lint         ruff + mypy"
+	@echo "make validate-production  check deploy/production offline (compose config, promtool, structure)"
 	@echo "make stack-up     start the local stack (idempotent); stack-down stops it"
 	@echo "make bench-provision  POST /tenants → first webhook vs. a bare docker run (TENANTS=5)"
 	@echo "make bench-backup     backup to S3 vs. pg_dump -Fc to a file, 200 MB of executions (MB=200); drill RTO"
@@ -44,6 +45,9 @@ stack-status:
 migrate: stack-up
 	$(WITH_ENV) $(BIN)/python -m rp9_pipelines.catalog.migrate up
 	$(WITH_ENV) $(BIN)/python -m rp9_pipelines.catalog.supabase_migrate
+
+validate-production: install
+	bash deploy/production/validate.sh
 
 lint: install
 	$(BIN)/ruff check .

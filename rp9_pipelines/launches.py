@@ -109,6 +109,23 @@ def restore_drill(
     )
 
 
+def platform_backup(kind: str, requested_by: str) -> Launch:
+    return Launch(
+        "backup_platform",
+        _op_config("back_up_platform", {"kind": kind}),
+        {REQUESTED_BY_TAG: requested_by},
+    )
+
+
+def platform_dr_drill(drill_id: str, requested_by: str, tenants: list[str] | None = None) -> Launch:
+    """The drill's id is chosen by whoever launches it, so the API can answer with it."""
+    return Launch(
+        "platform_dr_drill",
+        _op_config("run_platform_dr_drill", {"drill_id": drill_id, "tenants": tenants or []}),
+        {REQUESTED_BY_TAG: requested_by},
+    )
+
+
 def enforcement(
     tenants: list[str] | None, requested_by: str, as_of: dt.datetime | None = None
 ) -> Launch:

@@ -14,6 +14,7 @@ load, so a reloaded code location (or a test that sets a variable first) sees th
 it is then.
 """
 
+import re
 from functools import lru_cache
 from typing import Literal
 
@@ -253,6 +254,9 @@ class Settings(PlatformSettings):
     s3_access_key_id: str = ""
     s3_secret_access_key: SecretStr = SecretStr("")
     prometheus_url: str = ""
+    # Seals the platform's secrets snapshot (64 hex characters); the operator keeps a copy away
+    # from the backups: without it the snapshot, and so every tenant's key, cannot be restored.
+    platform_backup_key: SecretStr = SecretStr("")
     dagster_graphql_url: str = "http://127.0.0.1:3000/graphql"
 
     @property
@@ -290,6 +294,11 @@ class Settings(PlatformSettings):
         stripe_key = self.stripe_secret_key.get_secret_value()
         if stripe_key and is_placeholder(stripe_key):
             raise ValueError("STRIPE_SECRET_KEY is a placeholder; set a real key or leave it empty")
+        backup_key = self.platform_backup_key.get_secret_value()
+        if backup_key and not re.fullmatch(r"[0-9a-fA-F]{64}", backup_key):
+            raise ValueError(
+                "PLATFORM_BACKUP_KEY must be 64 hexadecimal characters (openssl rand -hex 32)"
+            )
         if "__PASS__" in self.database_url:
             raise ValueError("DATABASE_URL still holds the __PASS__ placeholder")
         if "__PASS__" in self.tenant_admin_database_url:

@@ -197,3 +197,9 @@ def api_server(
         timeout_s=60,
     ) as served:
         yield served
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that restart the stack's services run last (a stable sort keeps every other
+    order): every other test sees a steady stack."""
+    items.sort(key=lambda item: item.get_closest_marker("restarts_stack") is not None)

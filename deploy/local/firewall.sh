@@ -19,6 +19,9 @@ set -euo pipefail
 
 input_chain=RP9-TENANT-INPUT
 forward_chain=RP9-TENANT-FORWARD
+# A platform DR drill's scratch networks (bridges named rp9dr*, rp9_pipelines/resources/scratch.py)
+# reach nothing on the host: the scratch platform has no route to the live one.
+dr_chain=RP9-DR-INPUT
 
 die() { printf '[firewall] error: %s\n' "$*" >&2; exit 1; }
 
@@ -61,9 +64,19 @@ apply() {
 -A $input_chain -j REJECT --reject-with icmp-admin-prohibited
 -A $forward_chain -d 169.254.0.0/16 -j REJECT --reject-with icmp-admin-prohibited
 -A $forward_chain -j RETURN
+:$dr_chain - [0:0]
+-A $dr_chain -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+-A $dr_chain -p tcp -j REJECT --reject-with tcp-reset
+-A $dr_chain -j REJECT --reject-with icmp-admin-prohibited
 COMMIT
 RULES
   jump INPUT "$pool" "$input_chain"
+  # First in INPUT, ahead of the tenants' jump (scratch networks are in the tenants' pool).
+  local line
+  while read -r line; do
+    iptables -D INPUT "$line"
+  done < <(iptables -L INPUT --line-numbers -n | awk -v c="$dr_chain" '$2==c {print $1}' | sort -rn)
+  iptables -I INPUT 1 -i rp9dr+ -j "$dr_chain"
   jump DOCKER-USER "$pool" "$forward_chain"
   printf '[firewall] tenants in %s reach the host on tcp/%s only\n' "$pool" "$ports"
 }
@@ -71,8 +84,9 @@ RULES
 remove() {
   unjump INPUT "$input_chain"
   unjump DOCKER-USER "$forward_chain"
+  unjump INPUT "$dr_chain"
   local chain
-  for chain in "$input_chain" "$forward_chain"; do
+  for chain in "$input_chain" "$forward_chain" "$dr_chain"; do
     if iptables -S "$chain" >/dev/null 2>&1; then
       iptables -F "$chain"
       iptables -X "$chain"

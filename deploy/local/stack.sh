@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The real local stack on 127.0.0.1: Docker Engine, Postgres, Redis, OpenBao (dev server),
-# an S3 server (moto), Traefik (Docker and file providers), Prometheus, the project's
+# The real local stack on 127.0.0.1: Docker Engine, Postgres, Redis, OpenBao (sealed at rest),
+# an S3 server (moto, objects on disk), Traefik (Docker and file providers), Prometheus, the project's
 # Stripe-compatible server, Supabase's REST API (PostgREST on a `supabase` database, behind
 # Traefik at /rest/v1), and the locally built n8n image.
 #
@@ -104,7 +104,7 @@ ensure_database() {
 install_packages() {
   apt_install docker.io:dockerd debootstrap:debootstrap redis-server:redis-server \
     postgresql:$pg_bin/postgres prometheus:prometheus iptables:iptables iproute2:ip curl:curl \
-    npm:npm
+    npm:npm pebble:pebble
   [ -x "$venv/bin/traefik" ] || die "$venv has no traefik: run \`make install\` first"
 }
 
@@ -208,7 +208,9 @@ bind 127.0.0.1 $bridge_ip
 port $redis_port
 dir $state/redis
 aclfile $state/redis/users.acl
-appendonly no
+# Bull's queues survive a restart: the append-only file, fsynced every second.
+appendonly yes
+appendfsync everysec
 save ""
 CONF
   # The platform's user is `default`; tenants get ACL users limited to their own key prefix.
@@ -220,21 +222,90 @@ CONF
   wait_for redis 20 redis-cli -p $redis_port -a "$(secret redis)" --no-auth-warning ping
 }
 
+# OpenBao keeps its data on disk (integrated raft storage), sealed at rest. The first `up`
+# initialises it with one unseal key and a root token, mounts KV v2 at secret/ and issues the
+# platform a token limited to secret/rp9/*; every `up` unseals it with the key. Like Postgres's,
+# the data and its keys live outside the tree, keyed by the checkout's path (root-only), and the
+# keys are copied beside the stack's other generated secrets.
+bao_dir=${RP9_BAO_DIR:-/var/lib/rp9/openbao-$(printf %s "$root" | md5sum | cut -c1-8)}
+# The stack env (VAULT_TOKEN, VAULT_ADDR) may be exported by the caller: the CLI would prefer them.
+bao() { env -u VAULT_TOKEN -u VAULT_ADDR BAO_ADDR="http://127.0.0.1:$bao_port" "$venv/bin/bao" "$@"; }
+bao_health() { curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$bao_port/v1/sys/health"; }
+bao_json() { "$venv/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$@"; }
+
 start_openbao() {
-  if running openbao; then return 0; fi
-  claim_port openbao $bao_port
-  log "starting OpenBao dev server on 127.0.0.1:$bao_port"
-  spawn openbao "$venv/bin/bao" server -dev -dev-root-token-id="$(secret vault)" \
-    -dev-listen-address="127.0.0.1:$bao_port"
-  wait_for openbao 30 curl -fsS "http://127.0.0.1:$bao_port/v1/sys/health"
+  mkdir -p "$bao_dir/data"
+  chmod 700 "$bao_dir"
+  if running openbao && ! tr '\0' ' ' <"/proc/$(cat "$state/run/openbao.pid")/cmdline" | grep -q -- "-config="; then
+    # A dev server from an older stack keeps nothing: replace it with the persistent one.
+    local pid
+    pid=$(cat "$state/run/openbao.pid")
+    log "replacing OpenBao's dev server (in memory) with the persistent one"
+    kill "$pid"
+    wait_for openbao-stop 30 bash -c "! kill -0 $pid 2>/dev/null"
+  fi
+  if ! running openbao; then
+    claim_port openbao $bao_port
+    cat >"$bao_dir/openbao.hcl" <<CONF
+storage "raft" {
+  path    = "$bao_dir/data"
+  node_id = "rp9-local"
 }
+listener "tcp" {
+  address     = "127.0.0.1:$bao_port"
+  tls_disable = true
+}
+api_addr     = "http://127.0.0.1:$bao_port"
+cluster_addr = "http://127.0.0.1:$((bao_port + 1))"
+ui           = false
+CONF
+    log "starting OpenBao on 127.0.0.1:$bao_port (raft storage in $bao_dir/data)"
+    spawn openbao "$venv/bin/bao" server -config="$bao_dir/openbao.hcl"
+    # Sealed or uninitialised answers are fine here: the server is listening.
+    wait_for openbao 30 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$bao_port/v1/sys/health)\" != 000 ]"
+  fi
+  if [ ! -s "$bao_dir/init.json" ]; then
+    log "initialising OpenBao (one unseal key, kept in $bao_dir and $state/secrets)"
+    (umask 077 && bao operator init -key-shares=1 -key-threshold=1 -format=json >"$bao_dir/init.json.tmp")
+    mv "$bao_dir/init.json.tmp" "$bao_dir/init.json"
+  fi
+  (umask 077 && bao_json "$bao_dir/init.json" root_token >"$state/secrets/vault-root" \
+    && bao_json "$bao_dir/init.json" unseal_keys_b64 | tr -d "[]' " >"$state/secrets/vault-unseal")
+  if [ "$(bao_health)" = 503 ]; then
+    log "unsealing OpenBao"
+    bao operator unseal "$(cat "$state/secrets/vault-unseal")" >/dev/null
+  fi
+  wait_for openbao-unsealed 30 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$bao_port/v1/sys/health)\" = 200 ]"
+  local root_token
+  root_token=$(cat "$state/secrets/vault-root")
+  BAO_TOKEN=$root_token bao secrets list -format=json | grep -q '"secret/"' \
+    || BAO_TOKEN=$root_token bao secrets enable -path=secret kv-v2 >/dev/null
+  BAO_TOKEN=$root_token bao policy write rp9-platform - >/dev/null <<'HCL'
+path "secret/data/rp9/*"     { capabilities = ["create", "read", "update", "delete"] }
+path "secret/metadata/rp9/*" { capabilities = ["read", "list", "delete"] }
+path "secret/metadata/rp9"   { capabilities = ["list"] }
+HCL
+  # The platform's token (VAULT_TOKEN): periodic, renewed by every `up`, kept with the data.
+  if ! BAO_TOKEN=$(cat "$bao_dir/platform.token" 2>/dev/null) bao token renew >/dev/null 2>&1; then
+    log "issuing the platform's OpenBao token (policy rp9-platform)"
+    (umask 077 && BAO_TOKEN=$root_token bao token create -policy=rp9-platform -orphan \
+      -period=768h -display-name=rp9-platform -field=token >"$bao_dir/platform.token")
+  fi
+  (umask 077 && cp "$bao_dir/platform.token" "$state/secrets/vault")
+}
+
+# The local S3 server keeps every object on disk (deploy/local/s3_server.py: moto's S3 API,
+# written through to files), outside the tree like Postgres's data.
+s3_dir=${RP9_S3_DIR:-/var/lib/rp9/s3-$(printf %s "$root" | md5sum | cut -c1-8)}
 
 start_s3() {
   if running s3; then return 0; fi
   claim_port s3 $s3_port
-  log "starting S3 (moto server) on 127.0.0.1:$s3_port"
-  spawn s3 "$venv/bin/moto_server" -H 127.0.0.1 -p $s3_port
-  wait_for s3 30 curl -fsS "http://127.0.0.1:$s3_port/moto-api/"
+  mkdir -p "$s3_dir"
+  chmod 700 "$s3_dir"
+  log "starting S3 (moto, objects on disk in $s3_dir) on 127.0.0.1:$s3_port"
+  spawn s3 "$venv/bin/python" "$root/deploy/local/s3_server.py" --host 127.0.0.1 --port $s3_port --data "$s3_dir"
+  wait_for s3 60 curl -fsS "http://127.0.0.1:$s3_port/moto-api/"
 }
 
 traefik_config() {
@@ -438,6 +509,9 @@ start_prometheus() {
 
 build_image() {
   RP9_CACHE_DIR=${RP9_CACHE_DIR:-/var/cache/rp9} bash "$root/deploy/images/n8n/build.sh" "$n8n_version"
+  # The platform DR drill's scratch Postgres, Redis and OpenBao (cached by its inputs).
+  RP9_CACHE_DIR=${RP9_CACHE_DIR:-/var/cache/rp9} RP9_VENV="$venv" \
+    bash "$root/deploy/images/scratch/build.sh" >/dev/null
 }
 
 print_env() {
@@ -452,7 +526,8 @@ DATABASE_URL=postgresql://rp9:$(secret postgres)@127.0.0.1:$pg_port/rp9_platform
 TENANT_ADMIN_DATABASE_URL=postgresql://$tenant_admin:$(secret postgres-tenant-admin)@127.0.0.1:$pg_port/postgres
 REDIS_URL=redis://:$(secret redis)@127.0.0.1:$redis_port/0
 VAULT_ADDR=http://127.0.0.1:$bao_port
-VAULT_TOKEN=$(secret vault)
+VAULT_TOKEN=$(cat "$state/secrets/vault" 2>/dev/null)
+PLATFORM_BACKUP_KEY=$(secret platform-backup)
 N8N_IMAGE=rp9/n8n
 N8N_VERSION=$n8n_version
 DOCKER_HOST=unix:///var/run/docker.sock

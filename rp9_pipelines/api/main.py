@@ -24,6 +24,7 @@ from rp9_pipelines.api.routes import (
     enforcement,
     health,
     metrics,
+    platform,
     restore_drills,
     runs,
     tenant_fallback,
@@ -62,6 +63,7 @@ def create_app() -> FastAPI:
     app.include_router(restore_drills.router)
     app.include_router(billing.router)
     app.include_router(enforcement.router)
+    app.include_router(platform.router)
     app.include_router(tenant_fallback.router)
     return app
 

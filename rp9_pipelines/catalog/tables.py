@@ -148,6 +148,8 @@ tenants = sa.Table(
     sa.Column("purged_at", sa.DateTime(timezone=True)),
     # The highest `execution_entity.id` counted into `execution_tally` (ids only grow).
     sa.Column("executions_seen_through", sa.BigInteger, nullable=False, server_default="0"),
+    # When its secrets were first stored: from then on they are only ever read, never generated.
+    sa.Column("secrets_issued_at", sa.DateTime(timezone=True)),
     sa.CheckConstraint(f"slug ~ '{SLUG_PATTERN}'", name="slug_dns_label"),
     sa.CheckConstraint("workers >= 0", name="workers_non_negative"),
 )
@@ -287,6 +289,63 @@ restore_drills = sa.Table(
     ),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Column("rto_seconds", sa.Float),
+    sa.Column("checks", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("error", sa.Text),
+)
+
+# The platform's own state, backed up as a set per run: the catalog database, the Dagster
+# instance's storage and an encrypted snapshot of the secret store.
+PLATFORM_COMPONENTS = ("catalog", "dagster", "secrets")
+
+platform_backups = sa.Table(
+    "platform_backups",
+    metadata,
+    _id(),
+    sa.Column("set_id", UUID(as_uuid=True), nullable=False, index=True),
+    sa.Column("component", _enum("platform_component", PLATFORM_COMPONENTS), nullable=False),
+    sa.Column("kind", _enum("backup_kind", BACKUP_KINDS), nullable=False),
+    sa.Column("bucket", sa.String(63), nullable=False),
+    sa.Column("key", sa.String(1024), nullable=False),
+    sa.Column("size_bytes", sa.BigInteger),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("manifest", JSONB),
+    sa.Column(
+        "status", _enum("backup_status", BACKUP_STATUSES), nullable=False, server_default="running"
+    ),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column(
+        "started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("error", sa.Text),
+    sa.UniqueConstraint("bucket", "key", name="uq_platform_backups_object"),
+    sa.CheckConstraint(
+        "status <> 'ok' OR "
+        "(size_bytes IS NOT NULL AND sha256 IS NOT NULL AND finished_at IS NOT NULL)",
+        name="ok_is_verified",
+    ),
+)
+
+platform_dr_drills = sa.Table(
+    "platform_dr_drills",
+    metadata,
+    _id(),
+    sa.Column("set_id", UUID(as_uuid=True)),
+    sa.Column(
+        "status", _enum("drill_status", DRILL_STATUSES), nullable=False, server_default="running"
+    ),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("request_id", sa.String(128)),
+    sa.Column(
+        "started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    # From the drill's start to the last tenant's canary execution, and per tenant.
+    sa.Column("rto_seconds", sa.Float),
+    # The age of the oldest backup restored (the platform set's and every tenant's).
+    sa.Column("rpo_seconds", sa.Float),
+    sa.Column("tenants", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
     sa.Column("checks", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
     sa.Column("error", sa.Text),
 )

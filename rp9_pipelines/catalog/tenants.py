@@ -37,6 +37,7 @@ class Tenant:
     last_error: str | None
     created_at: Any
     updated_at: Any
+    secrets_issued_at: Any = None
 
     @property
     def names(self) -> TenantNames:

@@ -14,7 +14,11 @@ from rp9_pipelines.resources.prometheus import PrometheusResource
 from rp9_pipelines.resources.redis_queue import RedisResource
 from rp9_pipelines.resources.s3 import S3Resource
 from rp9_pipelines.resources.secret_files import SecretFilesResource
-from rp9_pipelines.resources.stack import DrillResources, StackResources
+from rp9_pipelines.resources.stack import (
+    DrillResources,
+    PlatformBackupResources,
+    StackResources,
+)
 from rp9_pipelines.resources.stripe import StripeResource
 from rp9_pipelines.resources.supabase import SupabaseResource
 from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
@@ -88,6 +92,12 @@ def resources() -> dg.Definitions:
                 redis=redis,
                 tenant_db=tenant_db,
                 n8n_data=n8n_data,
+            ),
+            "platform_backup": PlatformBackupResources(
+                catalog=catalog,
+                s3=s3,
+                vault=vault,
+                backup_key=dg.EnvVar("PLATFORM_BACKUP_KEY"),
             ),
             "drill": DrillResources(
                 catalog=catalog,

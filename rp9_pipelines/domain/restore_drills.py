@@ -198,15 +198,21 @@ SANDBOX_MEMORY_MB = 2048  # n8n plus its CLI (the workflow and credential export
 
 
 def sandbox_container(
-    names: TenantNames, sandbox: SandboxNames, config: StackConfig
+    names: TenantNames,
+    sandbox: SandboxNames,
+    config: StackConfig,
+    *,
+    network: str | None = None,
+    db_host: str | None = None,
+    db_port: int | None = None,
 ) -> ContainerSpec:
     """n8n on the restored database with the tenant's encryption key: regular mode (no queue,
     so nothing reaches the tenant's Redis or workers), on its own network, and with no
     `io.rp9.managed` or Traefik label, so no route and no scrape ever finds it."""
     env = {
         "DB_TYPE": "postgresdb",
-        "DB_POSTGRESDB_HOST": config.services_host,
-        "DB_POSTGRESDB_PORT": str(config.postgres_port),
+        "DB_POSTGRESDB_HOST": db_host or config.services_host,
+        "DB_POSTGRESDB_PORT": str(db_port or config.postgres_port),
         "DB_POSTGRESDB_DATABASE": sandbox.database,
         "DB_POSTGRESDB_SCHEMA": names.db_schema,
         "DB_POSTGRESDB_USER": sandbox.role,
@@ -230,7 +236,7 @@ def sandbox_container(
         labels={SANDBOX_LABEL: sandbox.container, SANDBOX_TENANT_LABEL: names.slug},
         cpu=SANDBOX_CPU,
         memory_mb=SANDBOX_MEMORY_MB,
-        network=sandbox.network,
+        network=network or sandbox.network,
         healthcheck_interval_s=config.healthcheck_interval_s,
     )
 

@@ -38,8 +38,12 @@ def traefik_labels(
 ) -> dict[str, str]:
     """Labels that route `hosts` on `entrypoint` to the container's `port`.
 
-    With a certificate resolver the router terminates TLS with ACME certificates; without one it
-    serves plain HTTP (development).
+    With a certificate resolver the router terminates TLS with ACME certificates, one per host;
+    without one it serves plain HTTP (development). One certificate per host, not one for the
+    whole rule: an ACME order fails as a whole when one of its names fails validation, so a
+    custom domain whose DNS does not point at the platform yet would leave the tenant's own
+    address without a certificate too; and a certificate shared by both would name the slug to
+    every visitor of the custom domain.
     """
     if not hosts:
         raise ValueError("a route needs at least one host")
@@ -58,6 +62,8 @@ def traefik_labels(
     if cert_resolver:
         labels[f"{prefix}.tls"] = "true"
         labels[f"{prefix}.tls.certresolver"] = cert_resolver
+        for index, host in enumerate(hosts):
+            labels[f"{prefix}.tls.domains[{index}].main"] = host
     return labels
 
 

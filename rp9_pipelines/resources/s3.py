@@ -234,3 +234,12 @@ class S3Resource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def delete(self, key: str, bucket: str | None = None) -> None:
         """Idempotent: deleting a missing key succeeds."""
         self.client().delete_object(Bucket=bucket or self.bucket, Key=key)
+
+    def list_keys(self, prefix: str, bucket: str | None = None) -> list[str]:
+        """Every key under `prefix`, in S3's (lexicographic) order."""
+        pages = self.client().get_paginator("list_objects_v2")
+        return [
+            item["Key"]
+            for page in pages.paginate(Bucket=bucket or self.bucket, Prefix=prefix)
+            for item in page.get("Contents", [])
+        ]

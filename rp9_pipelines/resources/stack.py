@@ -40,3 +40,14 @@ class DrillResources(dg.ConfigurableResource):  # type: ignore[type-arg]
     platform: PlatformResource
     secret_files: SecretFilesResource
     vault: VaultResource
+
+
+class PlatformBackupResources(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """What the platform's own backups read and write: the catalog (its database is dumped),
+    the secret store (snapshotted) and S3; `backup_key` seals the secrets snapshot (64 hex
+    characters, PLATFORM_BACKUP_KEY: kept by the operator away from the backups)."""
+
+    catalog: CatalogResource
+    s3: S3Resource
+    vault: VaultResource
+    backup_key: str

@@ -4,12 +4,24 @@ from typing import Any
 import bcrypt
 import dagster as dg
 import hvac
-from hvac.exceptions import InvalidPath
+from hvac.exceptions import InvalidPath, InvalidRequest
 
 from rp9_pipelines.resources.health import Health, probe
 
 # What every tenant has in the store. The n8n API key is added after bootstrap.
 GENERATED = ("encryption_key", "db_password", "redis_password", "owner_password")
+
+
+class SecretsMissing(LookupError):
+    """An existing tenant's secrets are not in the store: nothing is generated in their place."""
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(
+            f"the tenant's secrets at {path} are {why}: secrets are generated only when a tenant "
+            "is created, so this run changed nothing; restore them from the platform's secrets "
+            "snapshot (docs/runbooks/disaster-recovery.md) and run it again"
+        )
+        self.path = path
 
 
 def new_tenant_secrets(owner_email: str) -> dict[str, str]:
@@ -61,15 +73,49 @@ class VaultResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             path=path, secret=values, mount_point=self.mount_point
         )
 
-    def ensure(self, path: str, owner_email: str) -> dict[str, str]:
-        """The tenant's secrets, generated once: a re-run keeps the same keys (changing the
-        encryption key would make every stored credential unreadable)."""
+    def issue(self, path: str, owner_email: str) -> dict[str, str]:
+        """A new tenant's secrets, written only where none exist (KV v2 check-and-set 0): two
+        runs racing on one tenant cannot both write, and no run ever writes a second encryption
+        key over the first. Secrets a previous attempt already stored are kept as they are."""
         current = self.read(path)
-        if current and all(current.get(key) for key in GENERATED):
+        if current is not None:
+            missing = [key for key in GENERATED if not current.get(key)]
+            if missing:
+                raise SecretsMissing(path, f"incomplete: {', '.join(missing)} missing")
             return current
-        values = {**new_tenant_secrets(owner_email), **(current or {})}
-        self.write(path, values)
+        values = new_tenant_secrets(owner_email)
+        try:
+            self.client().secrets.kv.v2.create_or_update_secret(
+                path=path, secret=values, cas=0, mount_point=self.mount_point
+            )
+        except InvalidRequest:  # written by a racing run a moment ago: that one stands
+            return self.require(path)
         return values
+
+    def require(self, path: str) -> dict[str, str]:
+        """An existing tenant's secrets, complete, or `SecretsMissing`: they are never
+        generated again (a new encryption key would make every stored credential unreadable)."""
+        current = self.read(path)
+        if current is None:
+            raise SecretsMissing(path, "not found")
+        missing = [key for key in GENERATED if not current.get(key)]
+        if missing:
+            raise SecretsMissing(path, f"incomplete: {', '.join(missing)} missing")
+        return current
+
+    def list_paths(self, prefix: str) -> list[str]:
+        """Every secret path under `prefix` (recursively), in order."""
+        try:
+            listed = self.client().secrets.kv.v2.list_secrets(
+                path=prefix, mount_point=self.mount_point
+            )
+        except InvalidPath:
+            return []
+        paths: list[str] = []
+        for key in sorted(listed["data"]["keys"]):
+            child = f"{prefix.rstrip('/')}/{key}"
+            paths.extend(self.list_paths(child) if key.endswith("/") else [child])
+        return paths
 
     def merge(self, path: str, values: dict[str, str]) -> None:
         self.write(path, {**(self.read(path) or {}), **values})

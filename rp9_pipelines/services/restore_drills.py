@@ -104,7 +104,7 @@ def run_drill(
     rto: float | None = None
     error: str | None = None
     try:
-        rto = _restore_and_check(r, server, tenant, backup, sandbox, checks, log)
+        rto = restore_and_check(r, server, tenant, backup, sandbox, checks, log)
     except Exception as failure:
         error = describe(failure)
         log(f"drill stopped: {error}")
@@ -117,7 +117,19 @@ def run_drill(
     )
 
 
-def _restore_and_check(
+@dataclass(frozen=True)
+class Elsewhere:
+    """A drill into another environment than the live one (a platform DR drill's scratch
+    environment): the secrets come from its store, the sandbox joins its network and reaches
+    its Postgres at `db_host:db_port`."""
+
+    vault: Any
+    network: str
+    db_host: str
+    db_port: int
+
+
+def restore_and_check(
     r: DrillResources,
     server: PgServer,
     tenant: Tenant,
@@ -125,7 +137,11 @@ def _restore_and_check(
     sandbox: SandboxNames,
     checks: list[Check],
     log: Log,
+    elsewhere: Elsewhere | None = None,
 ) -> float | None:
+    """Restore `backup` into a sandbox database on `server`, boot n8n on it with the tenant's
+    key and check it through n8n; returns the seconds from the first byte read to the canary
+    execution (None when a check failed), every check appended to `checks`."""
     manifest = Manifest.from_json(backup["manifest"])
     bucket, key, names = backup["bucket"], backup["key"], tenant.names
     started = time.monotonic()
@@ -158,15 +174,27 @@ def _restore_and_check(
     checks.append(check_counts(manifest, counts.workflows, counts.credentials, counts.executions))
     log(f"{checks[-1].detail}; {unpublished} workflow(s) unpublished in the sandbox")
 
-    tenant_secrets = r.vault.read(names.vault_path) or {}
+    vault = elsewhere.vault if elsewhere else r.vault
+    tenant_secrets = vault.read(names.vault_path) or {}
     if not tenant_secrets.get("encryption_key"):
         raise LookupError(f"no encryption key for {tenant.slug} in Vault")
     r.secret_files.write(
         sandbox.secrets_key,
         {"db_password": password, "encryption_key": tenant_secrets["encryption_key"]},
     )
-    r.docker_runtime.ensure_network(sandbox.network, tenant.slug)
-    spec = sandbox_container(names, sandbox, r.platform.stack_config())
+    config = r.platform.stack_config()
+    if elsewhere is None:
+        r.docker_runtime.ensure_network(sandbox.network, tenant.slug)
+        spec = sandbox_container(names, sandbox, config)
+    else:
+        spec = sandbox_container(
+            names,
+            sandbox,
+            config,
+            network=elsewhere.network,
+            db_host=elsewhere.db_host,
+            db_port=elsewhere.db_port,
+        )
     r.docker_runtime.create(spec, r.platform.image, r.secret_files.path(sandbox.secrets_key))
     checks.append(_wait_ready(r, sandbox, r.platform.ready_timeout_s))
     log(checks[-1].detail)
@@ -261,15 +289,18 @@ def _credential_counts(r: DrillResources, sandbox: SandboxNames) -> dict[str, in
     return {"listed": int(counts["listed"]), "decrypted": int(counts["decrypted"])}
 
 
-def teardown(r: DrillResources, server: PgServer, sandbox: SandboxNames) -> Check:
+def teardown(
+    r: DrillResources, server: PgServer, sandbox: SandboxNames, *, own_network: bool = True
+) -> Check:
     """Remove the container, its network, the database and role, and the secret files; then
     look again, so a leftover fails the drill instead of lingering unseen."""
     steps: list[tuple[str, Callable[[], None]]] = [
         ("container", lambda: r.docker_runtime.remove(sandbox.container, graceful=False)),
-        ("network", lambda: r.docker_runtime.remove_network(sandbox.network)),
         ("database", lambda: drop_sandbox(server, sandbox.database)),
         ("secret files", lambda: r.secret_files.remove(sandbox.secrets_key)),
     ]
+    if own_network:
+        steps.insert(1, ("network", lambda: r.docker_runtime.remove_network(sandbox.network)))
     problems = []
     for what, step in steps:
         try:

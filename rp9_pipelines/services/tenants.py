@@ -75,9 +75,15 @@ def set_status(r: StackResources, tenant: Tenant, **values: object) -> None:
 
 
 def prepare_secrets(r: StackResources, tenant: Tenant) -> None:
-    """Vault is the source of truth; the files are what the containers mount."""
+    """Vault is the source of truth; the files are what the containers mount. A tenant's secrets
+    are generated once, when it is created; afterwards a run that does not find them stops here,
+    before anything is written (`SecretsMissing`)."""
     names = tenant.names
-    values = r.vault.ensure(names.vault_path, owner_email(r, tenant))
+    if tenant.secrets_issued_at is None:
+        values = r.vault.issue(names.vault_path, owner_email(r, tenant))
+        set_status(r, tenant, secrets_issued_at=dt.datetime.now(dt.UTC))
+    else:
+        values = r.vault.require(names.vault_path)
     # File names are the Vault keys.
     files = {name: values[name] for name in [*SECRET_FILES.values(), OWNER_PASSWORD_HASH_FILE]}
     r.secret_files.write(tenant.slug, files)

@@ -27,6 +27,8 @@ EXPECTED_JOBS = {
     "monthly_chargeback",
     "sample_resources_job",
     "enforce_limits",
+    "backup_platform",
+    "platform_dr_drill",
     "__ASSET_JOB",
 }
 EXPECTED_SCHEDULES = {
@@ -41,6 +43,8 @@ EXPECTED_SCHEDULES = {
     "resource_sampling": "sample_resources_job",
     "monthly_chargeback_schedule": "monthly_chargeback",
     "enforce_limits_every_5_minutes": "enforce_limits",
+    "platform_daily_backup": "backup_platform",
+    "platform_weekly_backup": "backup_platform",
 }
 EXPECTED_SENSORS = {"autoscale_workers", "stripe_meter_after_usage", "register_tenant_partitions"}
 EXPECTED_RESOURCES = {
@@ -61,6 +65,7 @@ EXPECTED_RESOURCES = {
     "settings",
     "stack",
     "drill",
+    "platform_backup",
 }
 TENANT_ID = "00000000-0000-0000-0000-000000000001"
 LAUNCHES = [
@@ -73,6 +78,8 @@ LAUNCHES = [
     launches.enforcement(["acme"], "api"),
     launches.stripe_meter("acme"),
     launches.usage_daily("usage_daily_schedule"),
+    launches.platform_backup("on_demand", "api"),
+    launches.platform_dr_drill(TENANT_ID, "api"),
 ]
 
 

@@ -29,6 +29,24 @@ def test_labels_with_a_cert_resolver_terminate_tls() -> None:
     assert labels["traefik.docker.network"] == "rp9-t-acme"
 
 
+def test_with_a_cert_resolver_each_host_gets_its_own_certificate() -> None:
+    """One ACME order per host: a custom domain that fails validation does not hold up the
+    tenant's own address, and its certificate does not name the slug."""
+    labels = traefik_labels(
+        router="t-acme",
+        hosts=["acme.rp9.io", "n8n.acme.com"],
+        port=5678,
+        entrypoint="websecure",
+        cert_resolver="letsencrypt",
+    )
+    domains = {key: value for key, value in labels.items() if ".tls.domains" in key}
+    assert domains == {
+        "traefik.http.routers.t-acme.tls.domains[0].main": "acme.rp9.io",
+        "traefik.http.routers.t-acme.tls.domains[1].main": "n8n.acme.com",
+    }
+    assert labels["traefik.http.routers.t-acme.tls"] == "true"
+
+
 def test_a_route_needs_a_host() -> None:
     with pytest.raises(ValueError, match="at least one host"):
         traefik_labels(router="r", hosts=[], port=1, entrypoint="web")
