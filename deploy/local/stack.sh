@@ -236,7 +236,7 @@ bao_json() { "$venv/bin/python" -c 'import json,sys; print(json.load(open(sys.ar
 start_openbao() {
   mkdir -p "$bao_dir/data"
   chmod 700 "$bao_dir"
-  if running openbao && ! tr '\0' ' ' <"/proc/$(cat "$state/run/openbao.pid")/cmdline" | grep -q -- "-config="; then
+  if running openbao && [[ $(tr '\0' ' ' <"/proc/$(cat "$state/run/openbao.pid")/cmdline") != *-config=* ]]; then
     # A dev server from an older stack keeps nothing: replace it with the persistent one.
     local pid
     pid=$(cat "$state/run/openbao.pid")
@@ -278,7 +278,10 @@ CONF
   wait_for openbao-unsealed 30 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$bao_port/v1/sys/health)\" = 200 ]"
   local root_token
   root_token=$(cat "$state/secrets/vault-root")
-  BAO_TOKEN=$root_token bao secrets list -format=json | grep -q '"secret/"' \
+  # Read whole before matching: `grep -q` closing the pipe early would fail it (pipefail).
+  local mounts
+  mounts=$(BAO_TOKEN=$root_token bao secrets list -format=json)
+  grep -q '"secret/"' <<<"$mounts" \
     || BAO_TOKEN=$root_token bao secrets enable -path=secret kv-v2 >/dev/null
   BAO_TOKEN=$root_token bao policy write rp9-platform - >/dev/null <<'HCL'
 path "secret/data/rp9/*"     { capabilities = ["create", "read", "update", "delete"] }

@@ -26,6 +26,22 @@ def host_rule(hosts: list[str]) -> str:
     return " || ".join(f"Host(`{host}`)" for host in hosts)
 
 
+@dataclass(frozen=True)
+class EdgeRate:
+    """Requests a second Traefik admits for one of a tenant's hosts."""
+
+    average: int
+    burst: int
+
+
+def edge_rate(concurrency: int) -> EdgeRate:
+    """What a plan admits at the edge: twice its concurrency a second, at least 20 (a starter's
+    single worker serves about 30 short webhooks a second on two cores: `make bench-load`),
+    with a one-second burst of twice that."""
+    average = max(20, 2 * concurrency)
+    return EdgeRate(average=average, burst=2 * average)
+
+
 def traefik_labels(
     *,
     router: str,
@@ -35,8 +51,14 @@ def traefik_labels(
     network: str | None = None,
     cert_resolver: str = "",
     priority: int = TENANT_ROUTER_PRIORITY,
+    rate_limit: EdgeRate | None = None,
 ) -> dict[str, str]:
     """Labels that route `hosts` on `entrypoint` to the container's `port`.
+
+    With `rate_limit`, Traefik admits at most `average` requests a second per host (bursts up
+    to `burst`) and answers the rest at once with 429 and `Retry-After`: an overloaded tenant
+    sheds load at the edge, quickly and visibly, instead of queueing callers for tens of
+    seconds (or looking missing).
 
     With a certificate resolver the router terminates TLS with ACME certificates, one per host;
     without one it serves plain HTTP (development). One certificate per host, not one for the
@@ -59,6 +81,15 @@ def traefik_labels(
     }
     if network:
         labels["traefik.docker.network"] = network
+    if rate_limit is not None:
+        middleware = f"traefik.http.middlewares.{router}-rate.ratelimit"
+        labels |= {
+            f"{middleware}.average": str(rate_limit.average),
+            f"{middleware}.burst": str(rate_limit.burst),
+            f"{middleware}.period": "1s",
+            f"{middleware}.sourcecriterion.requesthost": "true",
+            f"{prefix}.middlewares": f"{router}-rate",
+        }
     if cert_resolver:
         labels[f"{prefix}.tls"] = "true"
         labels[f"{prefix}.tls.certresolver"] = cert_resolver

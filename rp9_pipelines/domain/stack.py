@@ -4,8 +4,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from rp9_pipelines.domain.routing import traefik_labels
-from rp9_pipelines.domain.tenants import TenantNames
+from rp9_pipelines.domain.routing import edge_rate, traefik_labels
+from rp9_pipelines.domain.tenants import TenantNames, pool_sizes
 
 N8N_PORT = 5678
 SECRETS_MOUNT = "/run/secrets"
@@ -23,13 +23,25 @@ GRACEFUL_SHUTDOWN_S = 30
 # Docker runs a check `interval` after the previous one ended and, before Engine 25's
 # `start_interval`, at that pace during startup too: a plain probe every second leaves a new
 # container unrouted (Traefik waits for "healthy") for half a second on average after n8n is
-# ready. So each check polls readiness every 0.1 s for up to ~2 s and answers at the first 200;
-# once healthy, a check is one probe per second as before.
+# ready. So until the process has been ready once, each check polls readiness every 0.1 s for
+# up to ~2 s and answers at the first 200.
+# Once ready, the container stays healthy (routed) while n8n lives: a readiness probe that
+# fails or times out under the tenant's own load (its database pool busy, its event loop
+# saturated) is followed by the liveness probe, and only a dead process turns it unhealthy. A
+# tenant must never look missing (Traefik's 404, which webhook senders treat as permanent)
+# because it is busy. "Ready once" is remembered per process: a marker holding PID 1's start
+# time, so a restarted container (a new PID 1) waits for readiness again.
 READINESS_URL = "http://127.0.0.1:5678/healthz/readiness"
+LIVENESS_URL = "http://127.0.0.1:5678/healthz"
+READY_MARKER = "/tmp/.rp9-ready"  # noqa: S108 (the container's own /tmp)
 HEALTHCHECK = [
     "CMD-SHELL",
-    "for _ in $(seq 20); do wget -q -T 1 -O /dev/null " + READINESS_URL + " && exit 0;"
-    " sleep 0.1; done; exit 1",
+    "b=$(cut -d' ' -f22 /proc/1/stat);"
+    f' if [ "$(cat {READY_MARKER} 2>/dev/null)" = "$b" ]; then'
+    f" wget -q -T 1 -O /dev/null {READINESS_URL} || wget -q -T 1 -O /dev/null {LIVENESS_URL};"
+    " exit $?; fi;"
+    f" for _ in $(seq 20); do wget -q -T 1 -O /dev/null {READINESS_URL}"
+    f' && {{ echo "$b" > {READY_MARKER}; exit 0; }}; sleep 0.1; done; exit 1',
 ]
 
 # Every container the platform runs may hold a tenant's code (n8n runs it; an n8n escape runs
@@ -217,6 +229,7 @@ def desired_containers(stack: TenantStack, config: StackConfig) -> list[Containe
         LABEL_COLOR: stack.color,
         LABEL_METRICS: "true",
     }
+    pools = pool_sizes(stack.concurrency or stack.worker_concurrency)
     main_env = {
         **_common_env(stack, config),
         "N8N_HOST": f"{names.slug}.{config.base_domain}",
@@ -231,6 +244,7 @@ def desired_containers(stack: TenantStack, config: StackConfig) -> list[Containe
         "N8N_INSTANCE_OWNER_MANAGED_BY_ENV": "true",
         "N8N_INSTANCE_OWNER_EMAIL": stack.owner_email,
         "N8N_INSTANCE_OWNER_PASSWORD_HASH_FILE": f"{SECRETS_MOUNT}/{OWNER_PASSWORD_HASH_FILE}",
+        "DB_POSTGRESDB_POOL_SIZE": str(pools.main),
     }
     if not stack.workers and stack.concurrency is not None:
         # Main runs executions itself only without workers; with workers, n8n ignores this
@@ -243,6 +257,7 @@ def desired_containers(stack: TenantStack, config: StackConfig) -> list[Containe
         entrypoint=config.traefik_entrypoint,
         network=names.network,
         cert_resolver=config.cert_resolver,
+        rate_limit=edge_rate(stack.concurrency) if stack.concurrency is not None else None,
     )
     specs = [
         ContainerSpec(
@@ -258,7 +273,11 @@ def desired_containers(stack: TenantStack, config: StackConfig) -> list[Containe
             healthcheck_interval_s=config.healthcheck_interval_s,
         )
     ]
-    worker_env = {**_common_env(stack, config), "QUEUE_HEALTH_CHECK_ACTIVE": "true"}
+    worker_env = {
+        **_common_env(stack, config),
+        "QUEUE_HEALTH_CHECK_ACTIVE": "true",
+        "DB_POSTGRESDB_POOL_SIZE": str(pools.worker),
+    }
     for index in range(1, stack.workers + 1):
         specs.append(
             ContainerSpec(

@@ -186,13 +186,35 @@ SPARE_CONNECTIONS = 2
 STATEMENT_TIMEOUT_MS = 300_000
 
 
+@dataclass(frozen=True)
+class PoolSizes:
+    """DB_POSTGRESDB_POOL_SIZE of the main and of each worker."""
+
+    main: int
+    worker: int
+
+
+def pool_sizes(concurrency: int) -> PoolSizes:
+    """Sized for the plan's concurrency. In queue mode the main writes every webhook's execution
+    and reads its result while the caller waits: with n8n's default of two connections, 20
+    webhooks a second queue for the pool until n8n's own database ping times out and it calls
+    the database "not ready" (503 on every route, readiness down). A worker holds a connection
+    per running execution step; half its job slots plus one covers its saves and reads."""
+    per_worker_jobs = max(1, min(concurrency, 10))
+    return PoolSizes(
+        main=max(4, min(12, concurrency // 2)),
+        worker=max(N8N_POOL_SIZE, min(6, per_worker_jobs // 2 + 1)),
+    )
+
+
 def role_limits(limits: Limits) -> RoleLimits:
     """The plan's Postgres limits: every n8n process of its largest stack (main and its
     maximum of workers) with its pool, twice (old and new containers overlap while a stack
     changes), plus spares."""
-    processes = 1 + limits.max_workers
+    pools = pool_sizes(limits.concurrency)
+    per_stack = pools.main + limits.max_workers * pools.worker
     return RoleLimits(
-        connection_limit=2 * N8N_POOL_SIZE * processes + SPARE_CONNECTIONS,
+        connection_limit=2 * per_stack + SPARE_CONNECTIONS,
         statement_timeout_ms=STATEMENT_TIMEOUT_MS,
     )
 

@@ -30,6 +30,8 @@ EXPECTED_TABLES = {
     "stripe_objects",
     "chargeback",
     "execution_tally",
+    "platform_backups",
+    "platform_dr_drills",
 }
 
 
@@ -46,7 +48,7 @@ def test_up_from_empty_down_to_base_and_up_again(fresh_database_url: str) -> Non
 
     migrate.upgrade(fresh_database_url)
     assert table_names(fresh_database_url) == EXPECTED_TABLES
-    assert migrate.current_revision(fresh_database_url) == "0006"
+    assert migrate.current_revision(fresh_database_url) == "0007"
 
     migrate.downgrade(fresh_database_url)
     assert table_names(fresh_database_url) == set()

@@ -1,6 +1,12 @@
 import pytest
 
-from rp9_pipelines.domain.routing import host_rule, is_valid_hostname, traefik_labels
+from rp9_pipelines.domain.routing import (
+    EdgeRate,
+    edge_rate,
+    host_rule,
+    is_valid_hostname,
+    traefik_labels,
+)
 
 
 def test_labels_route_every_host_to_the_port_in_plain_http() -> None:
@@ -71,3 +77,25 @@ def test_hostname_validation(host: str, valid: bool) -> None:
 
 def test_host_rule_single() -> None:
     assert host_rule(["a.localhost"]) == "Host(`a.localhost`)"
+
+
+@pytest.mark.parametrize(("concurrency", "average"), [(1, 20), (5, 20), (20, 40), (200, 400)])
+def test_a_plans_edge_rate_grows_with_its_concurrency(concurrency: int, average: int) -> None:
+    assert edge_rate(concurrency) == EdgeRate(average, 2 * average)
+
+
+def test_a_rate_limited_route_sheds_per_host_with_a_named_middleware() -> None:
+    labels = traefik_labels(
+        router="rp9-acme",
+        hosts=["acme.rp9.io"],
+        port=5678,
+        entrypoint="web",
+        rate_limit=EdgeRate(40, 80),
+    )
+    assert labels["traefik.http.routers.rp9-acme.middlewares"] == "rp9-acme-rate"
+    middleware = "traefik.http.middlewares.rp9-acme-rate.ratelimit"
+    assert labels[f"{middleware}.average"] == "40"
+    assert labels[f"{middleware}.burst"] == "80"
+    assert labels[f"{middleware}.sourcecriterion.requesthost"] == "true"
+    plain = traefik_labels(router="rp9-acme", hosts=["acme.rp9.io"], port=5678, entrypoint="web")
+    assert not [k for k in plain if "middlewares" in k]

@@ -8,6 +8,7 @@ from rp9_pipelines.domain.tenants import (
     RESERVED_SLUGS,
     InvalidRequest,
     Limits,
+    PoolSizes,
     RoleLimits,
     TenantNames,
     check_custom_domain,
@@ -16,6 +17,7 @@ from rp9_pipelines.domain.tenants import (
     check_tenant_database,
     check_workers,
     effective_limits,
+    pool_sizes,
     role_limits,
 )
 
@@ -89,12 +91,22 @@ def test_a_dedicated_database_is_never_a_platform_database(slug: str) -> None:
         check_tenant_database(TenantNames(slug, "dedicated"))
 
 
+@pytest.mark.parametrize(
+    ("concurrency", "main", "worker"), [(1, 4, 2), (5, 4, 3), (20, 10, 6), (200, 12, 6)]
+)
+def test_pools_grow_with_the_plans_concurrency_within_bounds(
+    concurrency: int, main: int, worker: int
+) -> None:
+    assert pool_sizes(concurrency) == PoolSizes(main, worker)
+
+
 def test_tenant_databases_pass_the_database_check() -> None:
     check_tenant_database(TenantNames("acme-co", "dedicated"))
     check_tenant_database(TenantNames("acme-co", "shared"))  # its schema in the shared one
 
 
-@pytest.mark.parametrize(("max_workers", "connections"), [(1, 10), (4, 22), (16, 70)])
+# Concurrency 20: a main pool of 10, 6 per worker (10 job slots each).
+@pytest.mark.parametrize(("max_workers", "connections"), [(1, 34), (4, 70), (16, 214)])
 def test_role_limits_cover_every_process_twice_plus_spares(
     max_workers: int, connections: int
 ) -> None:

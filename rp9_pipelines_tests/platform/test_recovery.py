@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -246,7 +247,11 @@ def container_names() -> list[str]:
 
 
 def test_a_restart_of_every_service_keeps_every_tenant_secret_and_backup(
-    api: Api, runtime: DockerRuntimeResource, s3: S3Resource, tenants: list[Recovered]
+    api: Api,
+    settings: Settings,
+    runtime: DockerRuntimeResource,
+    s3: S3Resource,
+    tenants: list[Recovered],
 ) -> None:
     index = newest_set_index(s3)
     assert index is not None
@@ -263,6 +268,29 @@ def test_a_restart_of_every_service_keeps_every_tenant_secret_and_backup(
         ok = [b for b in backups if b["status"] == "ok"]
         assert ok
         assert all(s3.head(b["key"], b["bucket"]) for b in ok)
+    # Traefik's fallback router (published by the API, which kept running) answers for
+    # addresses no container serves: rp9's JSON, never Traefik's bare 404.
+    edge = httpx.Client(base_url=settings.traefik_url, timeout=30)
+    unknown = f"nobody-{uuid.uuid4().hex[:8]}.{settings.base_domain}"
+
+    def fallback_answers() -> bool:
+        answer = edge.get("/", headers={"Host": unknown})
+        return answer.status_code == 404 and answer.json()["error"]["code"] == "tenant_not_found"
+
+    wait_until(fallback_answers, timeout_s=30, what="the fallback router after the restart")
+    suspended = tenants[1]
+    assert (
+        api.wait_run(api.post(f"/tenants/{suspended.id}/suspend").json()["run_id"])["status"]
+        == "SUCCESS"
+    )
+    answer = edge.get("/", headers={"Host": suspended.n8n.host})
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"]["code"] == "tenant_suspended"
+    assert answer.headers["Retry-After"]
+    assert (
+        api.wait_run(api.post(f"/tenants/{suspended.id}/resume").json()["run_id"])["status"]
+        == "SUCCESS"
+    )
     # Restorable: a restore drill of one of them passes; every one is repaired.
     drill = api.post(f"/tenants/{tenants[2].id}/restore-drills", {})
     assert drill.status_code == 202, drill.text

@@ -15,7 +15,8 @@ who owns a domain is the tenant's business.
 
 The API writes that router at startup (`published`, from `api/main.py`'s lifespan) into
 `TRAEFIK_DYNAMIC_DIR`, one file per API instance pointing at `ORCH_PUBLIC_URL` (default
-`http://127.0.0.1:$ORCH_PORT`), and removes it at shutdown; files of instances that no longer
+`http://127.0.0.1:$ORCH_PORT`), puts it back within seconds whenever it goes missing (a stack
+restarted under the running API), and removes it at shutdown; files of instances that no longer
 answer are removed by the next one to start.
 """
 
@@ -49,6 +50,8 @@ from rp9_pipelines.settings import Settings
 
 FILE_PREFIX = "rp9-fallback-"
 LOOKUP_THREADS = 4
+# How soon a fallback router that disappeared from Traefik's directory is put back.
+REPUBLISH_EVERY_S = 2.0
 MAX_WAITING = 64
 HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
 log = logging.getLogger(__name__)
@@ -131,9 +134,27 @@ async def published(settings: Settings) -> AsyncIterator[None]:
         return
     log.info("fallback route %s → %s%s", name, url, FALLBACK_PATH)
     try:
-        yield
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_keep_published, files, name, config)
+            try:
+                yield
+            finally:
+                tasks.cancel_scope.cancel()
     finally:
         files.remove(name)
+
+
+async def _keep_published(files: TraefikDynamicResource, name: str, config: Any) -> None:
+    """Put the router back whenever it is gone or changed (a stack restarted under the running
+    API, a directory emptied by hand): Traefik must always have it while the API runs."""
+    while True:
+        await anyio.sleep(REPUBLISH_EVERY_S)
+        try:
+            if files.read(name) != config:
+                files.write(name, config)
+                log.warning("fallback route %s was missing or changed: published it again", name)
+        except OSError as error:
+            log.error("cannot publish the fallback route in %s: %s", files.directory, error)
 
 
 # Traefik's, not a caller's: no token, and not in the API's schema.
