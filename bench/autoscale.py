@@ -14,7 +14,6 @@ Starts its own Dagster (webserver + daemon) and API, like `make dev`; needs the 
 """
 
 import argparse
-import os
 import statistics
 import time
 import uuid
@@ -24,6 +23,7 @@ import dagster as dg
 import redis
 import sqlalchemy as sa
 
+from bench.serving import api_for
 from rp9_pipelines.api.dagster_client import DagsterClient
 from rp9_pipelines.catalog import autoscaling as autoscaling_catalog
 from rp9_pipelines.catalog import migrate
@@ -47,7 +47,6 @@ from rp9_pipelines_tests.autoscaling.synthetic import (
     fill_queue,
     insert_tenants,
 )
-from rp9_pipelines_tests.conftest import BIN, free_port, serve
 from rp9_pipelines_tests.tenants.conftest import TenantN8n
 from rp9_pipelines_tests.waiting import wait_until
 
@@ -155,26 +154,7 @@ def end_to_end(settings: Settings) -> None:
     )
     with ExitStack() as stack:
         dagster = stack.enter_context(load.dagster_with_autoscaler(slug))
-        api_port = free_port()
-        api_env = {**os.environ, "DAGSTER_GRAPHQL_URL": f"{dagster.url}/graphql"}
-        api_cmd = [
-            str(BIN / "uvicorn"),
-            "rp9_pipelines.api.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(api_port),
-        ]
-        api_server = stack.enter_context(
-            serve(
-                api_cmd,
-                url=f"http://127.0.0.1:{api_port}",
-                ready_path="/healthz",
-                log=dagster.log.parent / "api.log",
-                env=api_env,
-                timeout_s=60,
-            )
-        )
+        api_server = stack.enter_context(api_for(dagster.url, dagster.log.parent))
         api = Api(api_server.url, settings)
         tenant = load.provision(api, settings, slug)
         try:

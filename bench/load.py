@@ -35,13 +35,13 @@ from typing import Any
 import docker
 import httpx
 
+from bench.serving import api_for
 from rp9_pipelines import launches
 from rp9_pipelines.api.dagster_client import DagsterClient
 from rp9_pipelines.resources.vault import VaultResource
 from rp9_pipelines.settings import Settings
 from rp9_pipelines_tests.api_client import Api
 from rp9_pipelines_tests.autoscaling import load
-from rp9_pipelines_tests.conftest import BIN, free_port, serve
 from rp9_pipelines_tests.n8n_workflows import node, respond, webhook, workflow
 from rp9_pipelines_tests.tenants.conftest import TenantN8n
 from rp9_pipelines_tests.waiting import wait_until
@@ -318,26 +318,7 @@ def main() -> None:
     settings = Settings()
     with ExitStack() as stack:
         dagster = stack.enter_context(load.dagster_with_autoscaler("none"))
-        api_port = free_port()
-        api_env = {**os.environ, "DAGSTER_GRAPHQL_URL": f"{dagster.url}/graphql"}
-        api_cmd = [
-            str(BIN / "uvicorn"),
-            "rp9_pipelines.api.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(api_port),
-        ]
-        api_server = stack.enter_context(
-            serve(
-                api_cmd,
-                url=f"http://127.0.0.1:{api_port}",
-                ready_path="/healthz",
-                log=dagster.log.parent / "api.log",
-                env=api_env,
-                timeout_s=60,
-            )
-        )
+        api_server = stack.enter_context(api_for(dagster.url, dagster.log.parent))
         api = Api(api_server.url, settings)
         print(f"bench-load on {os.cpu_count()} cores", flush=True)
         for plan in args.plans.split(","):

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import docker
 import httpx
 
+from bench.serving import api_for
 from rp9_pipelines.domain.stack import startup_cpu
 from rp9_pipelines.domain.template import template_schema
 from rp9_pipelines.domain.tenants import TenantNames
@@ -138,7 +139,7 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="rp9-bench-dagster-"))
     (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
-    dagster_port, api_port = free_port(), free_port()
+    dagster_port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     dagster_cmd = [
         str(BIN / "dagster"),
@@ -150,34 +151,20 @@ def main() -> None:
         "-w",
         str(ROOT / "workspace.yaml"),
     ]
-    with serve(
-        dagster_cmd,
-        url=f"http://127.0.0.1:{dagster_port}",
-        ready_path="/server_info",
-        log=home / "dagster.log",
-        env=env,
-        timeout_s=180,
+    with (
+        serve(
+            dagster_cmd,
+            url=f"http://127.0.0.1:{dagster_port}",
+            ready_path="/server_info",
+            log=home / "dagster.log",
+            env=env,
+            timeout_s=180,
+        ),
+        api_for(f"http://127.0.0.1:{dagster_port}", home, env) as api_server,
     ):
-        api_env = {**env, "DAGSTER_GRAPHQL_URL": f"http://127.0.0.1:{dagster_port}/graphql"}
-        api_cmd = [
-            str(BIN / "uvicorn"),
-            "rp9_pipelines.api.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(api_port),
-        ]
-        with serve(
-            api_cmd,
-            url=f"http://127.0.0.1:{api_port}",
-            ready_path="/healthz",
-            log=home / "api.log",
-            env=api_env,
-            timeout_s=60,
-        ) as api_server:
-            api = Api(api_server.url, settings)
-            print(f"POST /tenants → first webhook through Traefik, {args.tenants} tenants:")
-            ours = orchestrated(api, settings, vault, args.tenants)
+        api = Api(api_server.url, settings)
+        print(f"POST /tenants → first webhook through Traefik, {args.tenants} tenants:")
+        ours = orchestrated(api, settings, vault, args.tenants)
 
     template = tenant_db.template(template_schema(settings.n8n_version))
     print(f"bare docker run to readiness on a copy of the template, {args.tenants} times:")

@@ -231,7 +231,8 @@ bao_dir=${RP9_BAO_DIR:-/var/lib/rp9/openbao-$(printf %s "$root" | md5sum | cut -
 # The stack env (VAULT_TOKEN, VAULT_ADDR) may be exported by the caller: the CLI would prefer them.
 bao() { env -u VAULT_TOKEN -u VAULT_ADDR BAO_ADDR="http://127.0.0.1:$bao_port" "$venv/bin/bao" "$@"; }
 bao_health() { curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$bao_port/v1/sys/health"; }
-bao_json() { "$venv/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$@"; }
+# bao_json FILE KEY: a value of `bao operator init`'s JSON (a list's first item).
+bao_json() { "$venv/bin/python" -c 'import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; print(v[0] if isinstance(v, list) else v)' "$@"; }
 
 start_openbao() {
   mkdir -p "$bao_dir/data"
@@ -270,7 +271,7 @@ CONF
     mv "$bao_dir/init.json.tmp" "$bao_dir/init.json"
   fi
   (umask 077 && bao_json "$bao_dir/init.json" root_token >"$state/secrets/vault-root" \
-    && bao_json "$bao_dir/init.json" unseal_keys_b64 | tr -d "[]' " >"$state/secrets/vault-unseal")
+    && bao_json "$bao_dir/init.json" unseal_keys_b64 >"$state/secrets/vault-unseal")
   if [ "$(bao_health)" = 503 ]; then
     log "unsealing OpenBao"
     bao operator unseal "$(cat "$state/secrets/vault-unseal")" >/dev/null

@@ -223,12 +223,17 @@ class S3Resource(dg.ConfigurableResource):  # type: ignore[type-arg]
         finally:
             body.close()
 
-    def read_sha256(self, key: str, bucket: str | None = None) -> tuple[int, str]:
-        """Read the stored object back: its size and sha256 as the bytes arrive."""
+    def read_sha256(
+        self, key: str, bucket: str | None = None, into: IO[bytes] | None = None
+    ) -> tuple[int, str]:
+        """Read the stored object back: its size and sha256 as the bytes arrive (also written
+        to `into`, for a caller that checks the content too without reading it again)."""
         digest, size = hashlib.sha256(), 0
         for chunk in self.chunks(key, bucket):
             digest.update(chunk)
             size += len(chunk)
+            if into is not None:
+                into.write(chunk)
         return size, digest.hexdigest()
 
     def delete(self, key: str, bucket: str | None = None) -> None:

@@ -24,6 +24,13 @@ class SecretsMissing(LookupError):
         self.path = path
 
 
+def _complete(path: str, secrets_: dict[str, str]) -> dict[str, str]:
+    missing = [key for key in GENERATED if not secrets_.get(key)]
+    if missing:
+        raise SecretsMissing(path, f"incomplete: {', '.join(missing)} missing")
+    return secrets_
+
+
 def new_tenant_secrets(owner_email: str) -> dict[str, str]:
     password = secrets.token_urlsafe(18) + "A7"  # n8n wants a digit and an uppercase letter
     return {
@@ -79,10 +86,7 @@ class VaultResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         key over the first. Secrets a previous attempt already stored are kept as they are."""
         current = self.read(path)
         if current is not None:
-            missing = [key for key in GENERATED if not current.get(key)]
-            if missing:
-                raise SecretsMissing(path, f"incomplete: {', '.join(missing)} missing")
-            return current
+            return _complete(path, current)
         values = new_tenant_secrets(owner_email)
         try:
             self.client().secrets.kv.v2.create_or_update_secret(
@@ -98,10 +102,7 @@ class VaultResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         current = self.read(path)
         if current is None:
             raise SecretsMissing(path, "not found")
-        missing = [key for key in GENERATED if not current.get(key)]
-        if missing:
-            raise SecretsMissing(path, f"incomplete: {', '.join(missing)} missing")
-        return current
+        return _complete(path, current)
 
     def list_paths(self, prefix: str) -> list[str]:
         """Every secret path under `prefix` (recursively), in order."""

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import IO
 
 from rp9_pipelines.catalog import backups as catalog
 from rp9_pipelines.catalog.tenants import Tenant
@@ -47,8 +48,9 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"[:2000]
 
 
-def verify_object(s3: S3Resource, stored: StoredObject) -> None:
-    """HEAD for the size and the encryption, then the bytes themselves, re-hashed."""
+def verify_object(s3: S3Resource, stored: StoredObject, into: IO[bytes] | None = None) -> None:
+    """HEAD for the size and the encryption, then the bytes themselves, re-hashed (and kept in
+    `into` when given)."""
     head = s3.head(stored.key)
     if head is None:
         raise BackupVerificationError(f"{stored.key} is missing right after its upload")
@@ -59,7 +61,7 @@ def verify_object(s3: S3Resource, stored: StoredObject) -> None:
             f"server-side encryption was requested, the store reports "
             f"{head.server_side_encryption!r}"
         )
-    size, sha256 = s3.read_sha256(stored.key)
+    size, sha256 = s3.read_sha256(stored.key, into=into)
     if (size, sha256) != (stored.size, stored.sha256):
         raise BackupVerificationError(
             f"read back {size} bytes with sha256 {sha256}, wrote {stored.size} with {stored.sha256}"

@@ -137,7 +137,10 @@ def take_platform_backup(
     # Written last, once every part is verified: a recovery that has nothing but the bucket
     # finds complete sets (and what each part must hash to) from these alone.
     index = set_index(set_id, kind, started, parts)
-    _upload(r, set_index_key(started, set_id), "set", io.BytesIO(json.dumps(index).encode()))
+    written = _upload(
+        r, set_index_key(started, set_id), "set", io.BytesIO(json.dumps(index).encode())
+    )
+    verify_object(r.s3, written)
     return PlatformBackupOutcome(set_id, tuple(parts))
 
 
@@ -180,9 +183,17 @@ def _upload(
 ) -> StoredObject:
     with r.s3.multipart(key, _metadata(component, key)) as upload:
         upload.pump(source)
-        stored = upload.complete()
-    verify_object(r.s3, stored)
-    return stored
+        return upload.complete()
+
+
+@contextmanager
+def _read_back(r: PlatformBackupResources, stored: StoredObject) -> Iterator[IO[bytes]]:
+    """Verify the stored object (HEAD, then its bytes re-hashed) and keep what was read, for
+    the part's own check of its content: each object is read back once."""
+    with tempfile.TemporaryFile() as copy:
+        verify_object(r.s3, stored, into=copy)
+        copy.seek(0)
+        yield copy
 
 
 # Catalog -------------------------------------------------------------------------------------
@@ -210,19 +221,15 @@ def _pg_dump(
                 process.kill()
             process.wait()
             process.stdout.close()
-    verify_object(r.s3, stored)
-    _check_archive(server, database, r, key)
+    with _read_back(r, stored) as copy:
+        _check_archive(server, database, copy)
     return stored
 
 
-def _check_archive(server: PgServer, database: str, r: PlatformBackupResources, key: str) -> None:
+def _check_archive(server: PgServer, database: str, stored: IO[bytes]) -> None:
     """The stored bytes are a dump pg_restore can read (its table of contents lists)."""
     command = [server.tool("pg_restore", database), "--list"]
-    with tempfile.TemporaryFile() as stdin:
-        for chunk in r.s3.chunks(key):
-            stdin.write(chunk)
-        stdin.seek(0)
-        listed = subprocess.run(command, stdin=stdin, capture_output=True, timeout=300)
+    listed = subprocess.run(command, stdin=stored, capture_output=True, timeout=300)
     if listed.returncode != 0:
         raise BackupVerificationError(
             f"pg_restore cannot read the stored dump: {listed.stderr[-600:].decode()}"
@@ -288,13 +295,9 @@ def _dagster_part(r: PlatformBackupResources, dagster: DagsterStorage, key: str)
         return StoredPart("dagster", key, stored.size, stored.sha256, manifest)
     with _sqlite_tar(Path(dagster.location)) as (archive, manifest):
         stored = _upload(r, key, "dagster", archive)
-    with tempfile.TemporaryFile() as copy:
-        for chunk in r.s3.chunks(key):
-            copy.write(chunk)
-        copy.seek(0)
-        with tarfile.open(fileobj=copy) as tar:
-            if len(tar.getmembers()) != manifest["databases"]:
-                raise BackupVerificationError("the stored archive lacks some databases")
+    with _read_back(r, stored) as copy, tarfile.open(fileobj=copy) as tar:
+        if len(tar.getmembers()) != manifest["databases"]:
+            raise BackupVerificationError("the stored archive lacks some databases")
     return StoredPart("dagster", key, stored.size, stored.sha256, manifest)
 
 
@@ -315,7 +318,8 @@ def _secrets_part(r: PlatformBackupResources, key: str) -> StoredPart:
     stored copy with the key and comparing it with what was read."""
     snapshot = read_all_secrets(r)
     stored = _upload(r, key, "secrets", io.BytesIO(seal(snapshot, r.backup_key)))
-    opened = unseal(b"".join(r.s3.chunks(key)), r.backup_key)
+    with _read_back(r, stored) as copy:
+        opened = unseal(copy.read(), r.backup_key)
     if opened != snapshot:
         raise BackupVerificationError("the stored snapshot does not open to what was read")
     digest = hashlib.sha256("\n".join(sorted(snapshot)).encode()).hexdigest()
@@ -340,9 +344,9 @@ def apply_retention(r: PlatformBackupResources, now: dt.datetime, log: Log) -> i
         log(f"expired {record.key} ({record.component}, {record.kind}, due {record.expires_at})")
     with r.catalog.begin() as connection:
         kept = {record.set_id for record in catalog.records(connection)}
-    for set_id in {record.set_id for record in expire} - kept:
-        for key in r.s3.list_keys(SETS_PREFIX):
-            if key.endswith(f"-{set_id}.json"):
-                r.s3.delete(key)
-                log(f"expired the index {key}")
+    gone = {f"-{set_id}.json" for set_id in {record.set_id for record in expire} - kept}
+    for key in r.s3.list_keys(SETS_PREFIX) if gone else []:
+        if key.endswith(tuple(gone)):
+            r.s3.delete(key)
+            log(f"expired the index {key}")
     return len(expire)

@@ -2,7 +2,6 @@
 catalog."""
 
 import datetime as dt
-import os
 import uuid
 from pathlib import Path
 
@@ -10,8 +9,6 @@ import pytest
 import sqlalchemy as sa
 
 from rp9_pipelines.catalog.tables import platform_backups
-from rp9_pipelines.resources.catalog import CatalogResource
-from rp9_pipelines.resources.s3 import S3Resource
 from rp9_pipelines.resources.stack import PlatformBackupResources
 from rp9_pipelines.resources.vault import SecretsMissing, VaultResource
 from rp9_pipelines.services.platform_backups import (
@@ -20,24 +17,8 @@ from rp9_pipelines.services.platform_backups import (
     apply_retention,
     take_platform_backup,
 )
-from rp9_pipelines.settings import Settings
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-def resources(settings: Settings, vault: VaultResource) -> PlatformBackupResources:
-    return PlatformBackupResources(
-        catalog=CatalogResource(database_url=settings.database_url),
-        s3=S3Resource(
-            endpoint_url=settings.s3_endpoint_url,
-            bucket=settings.s3_bucket,
-            access_key_id=settings.s3_access_key_id,
-            secret_access_key=settings.s3_secret_access_key.get_secret_value(),
-        ),
-        vault=vault,
-        backup_key=os.environ["PLATFORM_BACKUP_KEY"],
-    )
 
 
 def test_a_tenants_secrets_are_issued_once_and_never_regenerated(vault: VaultResource) -> None:
@@ -58,28 +39,28 @@ def test_a_tenants_secrets_are_issued_once_and_never_regenerated(vault: VaultRes
 
 
 def test_retention_removes_due_sets_with_their_index_and_keeps_the_newest(
-    resources: PlatformBackupResources, tmp_path: Path
+    backup_resources: PlatformBackupResources, tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
     home.mkdir()
     storage = DagsterStorage("sqlite", str(home))
-    first = take_platform_backup(resources, storage, "daily", None, print)
-    second = take_platform_backup(resources, storage, "daily", None, print)
-    with resources.catalog.begin() as connection:
+    first = take_platform_backup(backup_resources, storage, "daily", None, print)
+    second = take_platform_backup(backup_resources, storage, "daily", None, print)
+    with backup_resources.catalog.begin() as connection:
         connection.execute(
             sa.update(platform_backups)
             .where(platform_backups.c.set_id.in_([first.set_id, second.set_id]))
             .values(expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
         )
-    apply_retention(resources, dt.datetime.now(dt.UTC), print)
-    indexes = resources.s3.list_keys(SETS_PREFIX)
+    apply_retention(backup_resources, dt.datetime.now(dt.UTC), print)
+    indexes = backup_resources.s3.list_keys(SETS_PREFIX)
     assert not [k for k in indexes if str(first.set_id) in k]
     assert [k for k in indexes if str(second.set_id) in k], "the newest set must stay"
     for stored in first.parts:
-        assert resources.s3.head(stored.key) is None
+        assert backup_resources.s3.head(stored.key) is None
     for stored in second.parts:
-        assert resources.s3.head(stored.key) is not None
-    with resources.catalog.begin() as connection:
+        assert backup_resources.s3.head(stored.key) is not None
+    with backup_resources.catalog.begin() as connection:
         statuses = dict(
             connection.execute(
                 sa.select(platform_backups.c.set_id, platform_backups.c.status).where(

@@ -24,7 +24,6 @@ from rp9_pipelines.catalog.tables import platform_backups
 from rp9_pipelines.domain.platform_backups import unseal
 from rp9_pipelines.domain.stack import LABEL_ROLE, LABEL_TENANT
 from rp9_pipelines.domain.tenants import TenantNames
-from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.resources.s3 import S3Resource
 from rp9_pipelines.resources.stack import PlatformBackupResources
@@ -52,28 +51,6 @@ def stack(command: str) -> None:
         ["bash", str(STACK), command], capture_output=True, text=True, timeout=600, check=False
     )
     assert done.returncode == 0, f"stack.sh {command}: {done.stdout[-1500:]}{done.stderr[-1500:]}"
-
-
-@pytest.fixture(scope="module")
-def s3(settings: Settings) -> S3Resource:
-    return S3Resource(
-        endpoint_url=settings.s3_endpoint_url,
-        bucket=settings.s3_bucket,
-        access_key_id=settings.s3_access_key_id,
-        secret_access_key=settings.s3_secret_access_key.get_secret_value(),
-    )
-
-
-@pytest.fixture(scope="module")
-def backup_resources(
-    settings: Settings, vault: VaultResource, s3: S3Resource
-) -> PlatformBackupResources:
-    return PlatformBackupResources(
-        catalog=CatalogResource(database_url=settings.database_url),
-        s3=s3,
-        vault=vault,
-        backup_key=os.environ["PLATFORM_BACKUP_KEY"],
-    )
 
 
 class Recovered:
