@@ -603,8 +603,13 @@ down() {
   local name
   for name in postgrest stripe prometheus traefik s3 openbao redis; do
     if running "$name"; then
+      local pid
+      pid=$(cat "$state/run/$name.pid")
       log "stopping $name"
-      kill "$(cat "$state/run/$name.pid")" 2>/dev/null || true
+      kill "$pid" 2>/dev/null || true
+      # Gone before `down` returns: an `up` right after (a restart, another checkout's stack)
+      # must find the port free, not a process still flushing to disk.
+      wait_for "$name-stop" 60 bash -c "! kill -0 $pid 2>/dev/null"
     fi
     rm -f "$state/run/$name.pid"
   done
