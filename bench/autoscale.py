@@ -135,7 +135,9 @@ def fleet_ticks(settings: Settings, count: int, busy_share: float, ticks: int) -
 
 def drain(settings: Settings, n8n: TenantN8n, workflow: str, already: int) -> tuple[float, float]:
     """Enqueue the backlog and wait until it ran: (start, drained) epoch seconds."""
-    began = load.enqueue(n8n, "bench", EXECUTIONS)
+    sent = load.enqueue(n8n, "bench", EXECUTIONS, rate=40)
+    assert sent.statuses == {200: EXECUTIONS}, sent.statuses
+    began = sent.started
 
     def finished() -> load.Executions | None:
         seen = load.executions(settings, n8n.names, workflow)

@@ -27,6 +27,7 @@ bao_port=58200
 s3_port=59000
 traefik_web_port=8088
 traefik_admin_port=8089
+traefik_fallback_port=8087
 prom_port=59090
 stripe_port=12111
 postgrest_port=54330
@@ -322,6 +323,10 @@ entryPoints:
     address: "127.0.0.1:$traefik_admin_port"
   supabase:
     address: "127.0.0.1:$supabase_port"
+  # Where Traefik asks the fallback router for a tenant's page when its n8n cannot answer
+  # (rp9-edge.yml); only Traefik itself calls it.
+  rp9-fallback:
+    address: "127.0.0.1:$traefik_fallback_port"
 providers:
   # A tenant's main is routed once Docker calls it healthy; with the default 2 s throttle that
   # event could wait up to 2 s behind the previous reload (its worker's, a moment earlier).
@@ -351,6 +356,8 @@ CONF
 
 start_traefik() {
   mkdir -p "$state/traefik/dynamic"
+  # Before Traefik reads its directory: tenant routers name this file's middleware.
+  install -m 0644 "$root/deploy/production/traefik/rp9-edge.yml" "$state/traefik/dynamic/rp9-edge.yml"
   if running traefik; then
     # Entry points and providers are static configuration: a changed file needs a restart.
     traefik_config | cmp -s - "$state/traefik/traefik.yml" && return 0
@@ -361,6 +368,7 @@ start_traefik() {
     wait_for traefik-stop 30 bash -c "! kill -0 $pid 2>/dev/null"
   fi
   claim_port traefik $traefik_web_port
+  claim_port traefik-fallback $traefik_fallback_port
   claim_port traefik-supabase $supabase_port
   log "starting Traefik: web on 127.0.0.1:$traefik_web_port, api/metrics on 127.0.0.1:$traefik_admin_port, Supabase API on 127.0.0.1:$supabase_port"
   traefik_config >"$state/traefik/traefik.yml"

@@ -14,6 +14,17 @@ MANAGED_LABEL = "io.rp9.managed"
 TENANT_ROUTER_PRIORITY = 1000
 FALLBACK_ROUTER_PRIORITY = 1
 FALLBACK_PATH = "/_rp9/fallback"
+# The deployment's own dynamic configuration (`edge_config`): Traefik has it from its first
+# start, whether or not the API runs, so tenant routers can always name its middleware.
+UNAVAILABLE_MIDDLEWARE = "rp9-unavailable"
+# An entry point only Traefik itself reaches, where the fallback router also listens: the error
+# pages of tenant routers are asked there, so they can never loop back into a tenant's router.
+FALLBACK_ENTRYPOINT = "rp9-fallback"
+FALLBACK_ENTRYPOINT_ADDRESS = "127.0.0.1:8087"
+UPSTREAM_PARAM = "upstream"
+# What Traefik answers itself when a tenant's n8n cannot: connection refused or reset (a main
+# stopping, crashed, restarting) and a gateway timeout.
+UPSTREAM_FAILURES = ("502", "504")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
 
@@ -52,6 +63,7 @@ def traefik_labels(
     cert_resolver: str = "",
     priority: int = TENANT_ROUTER_PRIORITY,
     rate_limit: EdgeRate | None = None,
+    answer_unavailable: bool = False,
 ) -> dict[str, str]:
     """Labels that route `hosts` on `entrypoint` to the container's `port`.
 
@@ -66,6 +78,10 @@ def traefik_labels(
     custom domain whose DNS does not point at the platform yet would leave the tenant's own
     address without a certificate too; and a certificate shared by both would name the slug to
     every visitor of the custom domain.
+
+    With `answer_unavailable`, an answer Traefik makes itself because n8n could not (502, 504:
+    a main stopping or restarting) becomes the fallback's 503 with `Retry-After` for that
+    tenant (`edge_config`'s middleware): a sender retries later instead of giving up.
     """
     if not hosts:
         raise ValueError("a route needs at least one host")
@@ -81,6 +97,7 @@ def traefik_labels(
     }
     if network:
         labels["traefik.docker.network"] = network
+    middlewares = []
     if rate_limit is not None:
         middleware = f"traefik.http.middlewares.{router}-rate.ratelimit"
         labels |= {
@@ -88,8 +105,12 @@ def traefik_labels(
             f"{middleware}.burst": str(rate_limit.burst),
             f"{middleware}.period": "1s",
             f"{middleware}.sourcecriterion.requesthost": "true",
-            f"{prefix}.middlewares": f"{router}-rate",
         }
+        middlewares.append(f"{router}-rate")
+    if answer_unavailable:
+        middlewares.append(f"{UNAVAILABLE_MIDDLEWARE}@file")
+    if middlewares:
+        labels[f"{prefix}.middlewares"] = ",".join(middlewares)
     if cert_resolver:
         labels[f"{prefix}.tls"] = "true"
         labels[f"{prefix}.tls.certresolver"] = cert_resolver
@@ -98,16 +119,48 @@ def traefik_labels(
     return labels
 
 
+def edge_config() -> dict[str, Any]:
+    """The deployment's dynamic configuration for every tenant router (a file beside Traefik's
+    static configuration, written before Traefik starts: `deploy/traefik/rp9-edge.yml`).
+
+    `UNAVAILABLE_MIDDLEWARE` turns Traefik's own 502/504 for a tenant into 503 with the page and
+    headers (`Retry-After`) the fallback route gives for that host, asked through
+    `FALLBACK_ENTRYPOINT` with the visitor's `Host`. Without a running API there is no fallback
+    router: the visitor still gets a 503, with Traefik's plain body.
+    """
+    return {
+        "http": {
+            "middlewares": {
+                UNAVAILABLE_MIDDLEWARE: {
+                    "errors": {
+                        "status": list(UPSTREAM_FAILURES),
+                        "statusRewrites": {status: 503 for status in UPSTREAM_FAILURES},
+                        "service": UNAVAILABLE_MIDDLEWARE,
+                        "query": f"{FALLBACK_PATH}?{UPSTREAM_PARAM}={{status}}",
+                    }
+                }
+            },
+            "services": {
+                UNAVAILABLE_MIDDLEWARE: {
+                    "loadBalancer": {"servers": [{"url": f"http://{FALLBACK_ENTRYPOINT_ADDRESS}"}]}
+                }
+            },
+        }
+    }
+
+
 def fallback_config(*, name: str, url: str, entrypoint: str, tls: bool = False) -> dict[str, Any]:
     """Traefik dynamic configuration (file provider) of the catch-all route to the control
-    plane's fallback endpoint at `url`.
+    plane's fallback endpoint at `url`, on the tenants' entry point and on
+    `FALLBACK_ENTRYPOINT` (where `edge_config`'s middleware asks it).
 
-    Every path is rewritten to `FALLBACK_PATH`, so nothing but that one public endpoint of the
-    control plane is reachable through a tenant's host. Traefik passes the original `Host`.
+    Every path is rewritten to `FALLBACK_PATH` (the query stays), so nothing but that one public
+    endpoint of the control plane is reachable through a tenant's host. Traefik passes the
+    original `Host`.
     """
     router: dict[str, Any] = {
         "rule": "PathPrefix(`/`)",
-        "entryPoints": [entrypoint],
+        "entryPoints": [entrypoint, FALLBACK_ENTRYPOINT],
         "priority": FALLBACK_ROUTER_PRIORITY,
         "service": name,
         "middlewares": [name],
@@ -141,10 +194,17 @@ def unavailable(
     suspension_reason: str | None,
     now: dt.datetime,
     resumes_at: dt.datetime | None,
+    upstream: bool = False,
 ) -> Unavailable:
     """The answer for a host: unknown or deleted → 404; suspended → 503 `tenant_suspended`
     (Retry-After: when enforcement resumes it, the next period, if it was enforcement); being
-    created or changed, or not answering → 503 `tenant_unavailable`."""
+    created or changed, or not answering → 503 `tenant_unavailable`. `upstream`: asked for a
+    routed tenant whose n8n did not answer (`edge_config`), which is never a 404: a known
+    tenant is restarting, an unknown one is unavailable."""
+    if upstream and (slug is None or status in (None, "deleted", "deleting", "active")):
+        what = slug or "this address"
+        message = f"{what} is restarting or not answering"
+        return Unavailable(503, "tenant_unavailable", message, 5)
     if slug is None or status in (None, "deleted", "deleting"):
         return Unavailable(404, "tenant_not_found", "no n8n is served at this address", None)
     if status == "suspended":
@@ -153,6 +213,10 @@ def unavailable(
             why = "it reached its plan's execution limit for this month"
             return Unavailable(503, "tenant_suspended", f"{slug} is suspended: {why}", wait)
         return Unavailable(503, "tenant_suspended", f"{slug} is suspended by its operator", 3600)
+    if status == "active":
+        # Its main is (re)starting: Docker does not call it healthy yet, so Traefik routes it
+        # here until it is.
+        return Unavailable(503, "tenant_unavailable", f"{slug} is starting", 10)
     retry = {"provisioning": 30, "upgrading": 30, "promoting": 30}.get(status, 10)
     return Unavailable(
         503, "tenant_unavailable", f"{slug} is temporarily unavailable ({status})", retry

@@ -258,6 +258,7 @@ def desired_containers(stack: TenantStack, config: StackConfig) -> list[Containe
         network=names.network,
         cert_resolver=config.cert_resolver,
         rate_limit=edge_rate(stack.concurrency) if stack.concurrency is not None else None,
+        answer_unavailable=True,
     )
     specs = [
         ContainerSpec(

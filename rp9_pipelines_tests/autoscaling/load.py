@@ -8,6 +8,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -91,26 +92,38 @@ def install_slow(n8n: TenantN8n, path: str, seconds: float) -> str:
     return install(n8n, slow_webhook(path, seconds))
 
 
-def enqueue(n8n: TenantN8n, path: str, count: int, threads: int = 8) -> float:
-    """POST `count` webhook calls through Traefik (each answers once enqueued); returns when
-    the first was sent (epoch seconds)."""
+@dataclass(frozen=True)
+class Sent:
+    started: float  # epoch seconds of the first call
+    statuses: Counter[int]  # every answer by status (0: none), nothing retried
+
+
+def enqueue(n8n: TenantN8n, path: str, count: int, rate: float = 20.0) -> Sent:
+    """POST `count` webhook calls through Traefik, `rate` a second whatever the answers (as a
+    sender's events arrive; 20/s is within every plan's edge limit), each answered once
+    enqueued. Nothing is retried: every answer is counted."""
     started = time.time()
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    with httpx.Client(
+        base_url=n8n.http.base_url, headers={"Host": n8n.host}, timeout=60, limits=limits
+    ) as http:
 
-    def call(i: int) -> None:
-        # As a well-behaved sender: a 429 from the tenant's edge rate limit is sent again
-        # after its Retry-After.
-        with httpx.Client(base_url=n8n.http.base_url, headers={"Host": n8n.host}) as http:
-            deadline = time.monotonic() + 120
-            while True:
-                answer = http.post(f"/webhook/{path}", json={"i": i}, timeout=60)
-                if answer.status_code != 429 or time.monotonic() > deadline:
-                    break
-                time.sleep(float(answer.headers.get("Retry-After", "1")))
-        assert answer.status_code == 200, answer.text
+        def call(i: int) -> None:
+            delay = started + i / rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                status = http.post(f"/webhook/{path}", json={"i": i}).status_code
+            except httpx.HTTPError:
+                status = 0
+            with lock:
+                statuses[status] += 1
 
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        list(pool.map(call, range(count)))
-    return started
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            list(pool.map(call, range(count)))
+    return Sent(started, statuses)
 
 
 @dataclass(frozen=True)
@@ -207,16 +220,20 @@ class Sample:
 
 @dataclass
 class Watch:
-    """Samples a tenant's queue (Redis) and healthy workers (Docker) every half second."""
+    """Samples a tenant's queue (Redis) and healthy workers (Docker) every half second, and asks
+    its address through Traefik (`/healthz`) each time: `edge` counts the answers by status."""
 
     settings: Settings
     names: TenantNames
     samples: list[Sample] = field(default_factory=list)
+    edge: Counter[int] = field(default_factory=Counter)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
         redis = RedisResource(redis_url=self.settings.redis_url)
         client = docker.DockerClient(base_url=self.settings.docker_host)
+        host = self.names.host(self.settings.base_domain)
+        http = httpx.Client(base_url=self.settings.traefik_url, headers={"Host": host}, timeout=10)
         filters = {"label": [f"io.rp9.tenant={self.names.slug}", "io.rp9.role=worker"]}
         try:
             while not self._stop.is_set():
@@ -226,8 +243,13 @@ class Watch:
                     health = container.attrs.get("State", {}).get("Health", {}).get("Status")
                     healthy += health == "healthy"
                 self.samples.append(Sample(time.time(), queue.waiting, queue.active, healthy))
+                try:
+                    self.edge[http.get("/healthz").status_code] += 1
+                except httpx.HTTPError:
+                    self.edge[0] += 1
                 self._stop.wait(0.5)
         finally:
+            http.close()
             client.close()
 
     @contextmanager

@@ -4,12 +4,15 @@ running in a Dagster daemon, scale runs converging Docker. Nothing may be lost o
 
 import math
 import re
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -80,7 +83,9 @@ def test_a_removed_worker_finishes_its_executions_before_it_goes(
     assert api.wait_run(scaled.json()["run_id"])["status"] == "SUCCESS"
 
     # Four long executions fill both workers' two slots each.
-    started = load.enqueue(n8n, "hold", 4)
+    sent = load.enqueue(n8n, "hold", 4)
+    assert sent.statuses == {200: 4}
+    started = sent.started
     redis = RedisResource(redis_url=settings.redis_url)
     wait_until(
         lambda: redis.queue_snapshots([names.bull_prefix])[names.bull_prefix].active == 4,
@@ -123,7 +128,7 @@ def test_the_autoscaler_scales_a_backlog_up_and_back_down_losing_nothing(
     prometheus = PrometheusResource(base_url=settings.prometheus_url)
     # One execution before the load, so that Prometheus holds the tenant's duration series
     # before it grows (a counter's first sample is not counted by increase()).
-    load.enqueue(n8n, "slow", 1)
+    assert load.enqueue(n8n, "slow", 1).statuses == {200: 1}
     knobs = {
         "interval_s": str(INTERVAL_S),
         "stabilisation_window_s": str(WINDOW_S),
@@ -141,7 +146,9 @@ def test_the_autoscaler_scales_a_backlog_up_and_back_down_losing_nothing(
 
         watch = load.Watch(settings, names)
         with watch.running():
-            began = load.enqueue(n8n, "slow", EXECUTIONS)
+            # Sent over 20 s, across the first scale-up (ticks every 5 s).
+            sent = load.enqueue(n8n, "slow", EXECUTIONS, rate=EXECUTIONS / 20)
+            began = sent.started
             wait_until(
                 lambda: catalog_workers(settings, slug) > 1,
                 timeout_s=60,
@@ -182,6 +189,10 @@ def test_the_autoscaler_scales_a_backlog_up_and_back_down_losing_nothing(
         f"{EXECUTIONS} executions drained in {drained.last_stopped.timestamp() - began:.1f} s; "
         f"peak {max(s.healthy_workers for s in watch.samples)} workers"
     )
+    # Every call answered 2xx while workers came and went: the webhooks, and the tenant's
+    # address asked twice a second from the backlog's start to the return to one worker.
+    assert sent.statuses == {200: EXECUTIONS}
+    assert set(watch.edge) == {200}, watch.edge
     # Nothing lost, nothing crashed: every execution the webhook accepted ran to success.
     assert drained.by_status == {"success": EXECUTIONS + 1}
     queue = RedisResource(redis_url=settings.redis_url).queue_snapshots([names.bull_prefix])
@@ -215,6 +226,60 @@ def test_the_autoscaler_scales_a_backlog_up_and_back_down_losing_nothing(
     assert all(run.tags.get("rp9/requested_by") == "autoscaler" for run in runs if run)
 
     assert_sources_agree(settings, prometheus, names, began, watch)
+
+
+def test_a_restarting_main_answers_503_with_retry_after_and_never_looks_missing(
+    settings: Settings,
+    vault: VaultResource,
+    tenant: dict[str, Any],
+    docker_client: docker.DockerClient,
+) -> None:
+    """While its main stops and boots again, a tenant's address answers 503 with `Retry-After`
+    (Traefik's 502 turned into the fallback's page; then the fallback router while Docker does
+    not call the new process healthy), never a 502 or Traefik's 404."""
+    n8n = TenantN8n(settings, vault, tenant)
+    main = docker_client.containers.get(f"rp9-{tenant['slug']}-blue-main")
+    answers: Counter[tuple[int, bool, str]] = Counter()
+    stop = threading.Event()
+    edge = httpx.Client(base_url=settings.traefik_url, headers={"Host": n8n.host}, timeout=30)
+
+    def probe() -> None:
+        while not stop.is_set():
+            try:
+                answer = edge.get("/healthz")
+                error = answer.json().get("error", {}) if answer.is_error else {}
+                code = f"{error.get('code', '')}: {error.get('message', '')}"
+                answers[(answer.status_code, "retry-after" in answer.headers, code)] += 1
+            except (httpx.HTTPError, ValueError) as error:
+                answers[(0, False, type(error).__name__)] += 1
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: sum(answers.values()) >= 5, timeout_s=10, what="the probe")
+        main.restart(timeout=30)
+        wait_until(
+            lambda: sum(n for (status, *_), n in answers.items() if status == 503) > 0,
+            timeout_s=60,
+            what="the restarting main to be answered for",
+        )
+        wait_until(
+            lambda: edge.get("/healthz").status_code == 200,
+            timeout_s=120,
+            what="the main back",
+        )
+    finally:
+        stop.set()
+        thread.join(timeout=35)
+        edge.close()
+    print(f"\nanswers while the main restarted: {dict(answers)}")
+    assert {status for status, *_ in answers} <= {200, 503}, answers
+    assert all(
+        retry_after and code.startswith("tenant_unavailable:")
+        for (status, retry_after, code) in answers
+        if status == 503
+    ), answers
 
 
 def assert_sources_agree(

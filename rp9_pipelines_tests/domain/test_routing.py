@@ -1,7 +1,14 @@
+from pathlib import Path
+
 import pytest
+import yaml
 
 from rp9_pipelines.domain.routing import (
+    FALLBACK_ENTRYPOINT,
+    FALLBACK_ENTRYPOINT_ADDRESS,
+    UNAVAILABLE_MIDDLEWARE,
     EdgeRate,
+    edge_config,
     edge_rate,
     host_rule,
     is_valid_hostname,
@@ -99,3 +106,36 @@ def test_a_rate_limited_route_sheds_per_host_with_a_named_middleware() -> None:
     assert labels[f"{middleware}.sourcecriterion.requesthost"] == "true"
     plain = traefik_labels(router="rp9-acme", hosts=["acme.rp9.io"], port=5678, entrypoint="web")
     assert not [k for k in plain if "middlewares" in k]
+
+
+def test_a_tenant_route_answers_for_its_n8n_after_the_rate_limit() -> None:
+    labels = traefik_labels(
+        router="rp9-acme",
+        hosts=["acme.rp9.io"],
+        port=5678,
+        entrypoint="web",
+        rate_limit=EdgeRate(40, 80),
+        answer_unavailable=True,
+    )
+    assert labels["traefik.http.routers.rp9-acme.middlewares"] == (
+        f"rp9-acme-rate,{UNAVAILABLE_MIDDLEWARE}@file"
+    )
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_deployments_edge_file_is_the_edge_config_and_its_entry_point_exists() -> None:
+    """One file serves the local stack and production: it must say what the code expects, and
+    both Traefiks must have the entry point its service calls."""
+    edge = ROOT / "deploy/production/traefik/rp9-edge.yml"
+    assert yaml.safe_load(edge.read_text()) == edge_config()
+    errors = edge_config()["http"]["middlewares"][UNAVAILABLE_MIDDLEWARE]["errors"]
+    assert errors["status"] == ["502", "504"]
+    assert set(errors["statusRewrites"].values()) == {503}
+    static = yaml.safe_load((ROOT / "deploy/production/traefik/traefik.yml").read_text())
+    assert static["entryPoints"][FALLBACK_ENTRYPOINT]["address"] == FALLBACK_ENTRYPOINT_ADDRESS
+    stack = (ROOT / "deploy/local/stack.sh").read_text()
+    port = FALLBACK_ENTRYPOINT_ADDRESS.rsplit(":", 1)[1]
+    assert f"traefik_fallback_port={port}" in stack
+    assert f"{FALLBACK_ENTRYPOINT}:" in stack

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -14,7 +15,7 @@ import yaml
 
 from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.catalog.tables import quotas, tenants
-from rp9_pipelines.domain.routing import FALLBACK_PATH
+from rp9_pipelines.domain.routing import FALLBACK_ENTRYPOINT, FALLBACK_PATH, traefik_labels
 from rp9_pipelines.settings import Settings, sqlalchemy_url
 from rp9_pipelines_tests.conftest import Served, free_port, serve
 from rp9_pipelines_tests.waiting import wait_until
@@ -90,6 +91,59 @@ def test_the_fallback_answers_by_host_through_traefik_without_a_token(
     assert httpx.get(f"{api_server.url}/tenants", timeout=10).status_code == 401
 
 
+def test_a_routed_container_that_does_not_answer_gets_503_with_retry_after_not_502(
+    settings: Settings,
+    api_server: Served,
+    tenant_row: tuple[str, sa.Engine],
+    docker_client: docker.DockerClient,
+) -> None:
+    """A tenant's router whose n8n refuses connections (a main stopping, crashed): Traefik's
+    502 becomes the fallback's 503 with `Retry-After` for that host, and a host the catalog
+    does not know is never called missing while a container claims it."""
+    slug, _ = tenant_row
+    host, stranger = f"{slug}.{settings.base_domain}", f"x{slug}.{settings.base_domain}"
+    name = f"rp9-refusing-{uuid.uuid4().hex[:8]}"
+    network = docker_client.networks.create(name, driver="bridge")
+    container = docker_client.containers.run(
+        settings.image,
+        name=name,
+        entrypoint=["sleep", "infinity"],  # nothing listens on the routed port
+        healthcheck={"test": ["NONE"]},
+        detach=True,
+        network=network.name,
+        labels=traefik_labels(
+            router=name,
+            hosts=[host, stranger],
+            port=5678,
+            entrypoint=settings.traefik_entrypoint,
+            network=network.name,
+            answer_unavailable=True,
+        ),
+    )
+    try:
+
+        def routed() -> bool:
+            routers = httpx.get(f"{settings.traefik_api_url}/api/http/routers", timeout=10)
+            ours = [r for r in routers.json() if r["name"] == f"{name}@docker"]
+            return bool(ours) and ours[0]["status"] == "enabled"
+
+        wait_until(routed, timeout_s=30, what="the container's router in Traefik, enabled")
+        answer = ask(settings, host)
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["Retry-After"] == "30"
+        assert answer.json()["error"]["code"] == "tenant_unavailable"
+        # The catch-all would call this one unknown (404): the answer comes from its router.
+        posted = httpx.post(
+            f"{settings.traefik_url}/webhook/x", json={}, headers={"Host": stranger}, timeout=10
+        )
+        assert posted.status_code == 503, posted.text
+        assert posted.headers["Retry-After"] == "5"
+        assert posted.json()["error"]["message"] == "this address is restarting or not answering"
+    finally:
+        container.remove(force=True)
+        network.remove()
+
+
 def test_each_api_publishes_its_route_while_it_runs_and_prunes_dead_ones(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -129,7 +183,7 @@ def test_each_api_publishes_its_route_while_it_runs_and_prunes_dead_ones(
     ):
         published = yaml.safe_load(mine.read_text())
         router = published["http"]["routers"][mine.stem]
-        assert router["entryPoints"] == [settings.traefik_entrypoint]
+        assert router["entryPoints"] == [settings.traefik_entrypoint, FALLBACK_ENTRYPOINT]
         servers = published["http"]["services"][mine.stem]["loadBalancer"]["servers"]
         assert servers == [{"url": f"http://127.0.0.1:{port}"}]
         assert not dead.exists()

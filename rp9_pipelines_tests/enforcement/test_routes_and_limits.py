@@ -8,6 +8,7 @@ import pytest
 from rp9_pipelines.domain.autoscaling import worker_concurrency
 from rp9_pipelines.domain.enforcement import concurrency_drift, concurrency_of
 from rp9_pipelines.domain.routing import (
+    FALLBACK_ENTRYPOINT,
     FALLBACK_PATH,
     FALLBACK_ROUTER_PRIORITY,
     TENANT_ROUTER_PRIORITY,
@@ -90,7 +91,7 @@ def test_the_fallback_route_catches_every_host_and_reaches_only_the_fallback_pat
     config = fallback_config(name="rp9-fallback-x", url="http://127.0.0.1:8080", entrypoint="web")
     router = config["http"]["routers"]["rp9-fallback-x"]
     assert router["rule"] == "PathPrefix(`/`)"
-    assert router["entryPoints"] == ["web"]
+    assert router["entryPoints"] == ["web", FALLBACK_ENTRYPOINT]
     assert router["priority"] == FALLBACK_ROUTER_PRIORITY
     assert "tls" not in router
     middleware = config["http"]["middlewares"][router["middlewares"][0]]
@@ -122,6 +123,24 @@ def test_fallback_answers(
     slug: str | None, status: str | None, reason: str | None, expected: tuple[int, str, int]
 ) -> None:
     answer = unavailable(slug, status, reason, NOW, NEXT)
+    assert (answer.status_code, answer.code, answer.retry_after_s) == expected
+
+
+@pytest.mark.parametrize(
+    ("slug", "status", "expected"),
+    [
+        ("acme", "active", (503, "tenant_unavailable", 5)),
+        (None, None, (503, "tenant_unavailable", 5)),
+        ("acme", "deleting", (503, "tenant_unavailable", 5)),
+        ("acme", "suspended", (503, "tenant_suspended", 3600)),
+        ("acme", "upgrading", (503, "tenant_unavailable", 30)),
+    ],
+)
+def test_a_routed_tenant_whose_n8n_did_not_answer_is_never_missing(
+    slug: str | None, status: str | None, expected: tuple[int, str, int]
+) -> None:
+    """Traefik's 502 for a main that is restarting: a webhook sender must retry, not give up."""
+    answer = unavailable(slug, status, None, NOW, NEXT, upstream=True)
     assert (answer.status_code, answer.code, answer.retry_after_s) == expected
 
 

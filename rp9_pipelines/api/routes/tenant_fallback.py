@@ -11,7 +11,9 @@ API: it runs on the event loop, asks the catalog from a few threads of its own
 (`LOOKUP_THREADS`, so it never holds more of the catalog's connections or of the threads the
 admin routes run in), answers a host that is no DNS name without asking, and past
 `MAX_WAITING` waiting visitors answers 503 at once. A custom domain's answer names no slug:
-who owns a domain is the tenant's business.
+who owns a domain is the tenant's business. Traefik also asks it for the page of a routed
+tenant whose n8n did not answer (`?upstream=502`, from `domain.routing.edge_config`): never a
+404 then.
 
 The API writes that router at startup (`published`, from `api/main.py`'s lifespan) into
 `TRAEFIK_DYNAMIC_DIR`, one file per API instance pointing at `ORCH_PUBLIC_URL` (default
@@ -41,6 +43,7 @@ from rp9_pipelines.catalog.tables import tenants
 from rp9_pipelines.domain.enforcement import next_period_start, period_of
 from rp9_pipelines.domain.routing import (
     FALLBACK_PATH,
+    UPSTREAM_PARAM,
     Unavailable,
     fallback_config,
     unavailable,
@@ -229,5 +232,6 @@ async def tenant_fallback(request: Request, engine: EngineDep, settings: Setting
         row.suspension_reason if row else None,
         now,
         next_period_start(period_of(now)),
+        upstream=UPSTREAM_PARAM in request.query_params,
     )
     return _answer(request, answer, own_slug)
