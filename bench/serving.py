@@ -25,7 +25,12 @@ def api_for(dagster_url: str, log_dir: Path, env: dict[str, str] | None = None) 
         url=f"http://127.0.0.1:{port}",
         ready_path="/healthz",
         log=log_dir / "api.log",
-        env={**(env or os.environ), "DAGSTER_GRAPHQL_URL": f"{dagster_url}/graphql"},
+        # ORCH_PORT: the address Traefik's fallback route reaches this API at.
+        env={
+            **(env or os.environ),
+            "DAGSTER_GRAPHQL_URL": f"{dagster_url}/graphql",
+            "ORCH_PORT": str(port),
+        },
         timeout_s=60,
     ) as served:
         yield served

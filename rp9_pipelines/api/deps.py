@@ -23,7 +23,7 @@ from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.resources.n8n_data import N8nDataResource
 from rp9_pipelines.resources.redis_queue import RedisResource
-from rp9_pipelines.services.tenants import CatalogTenants, Tenants
+from rp9_pipelines.services.tenants import CatalogTenants, Queues, RedisQueues, Tenants
 from rp9_pipelines.settings import Settings, get_settings, sqlalchemy_url
 
 
@@ -152,6 +152,10 @@ def get_redis(settings: SettingsDep) -> RedisResource:
     return RedisResource(redis_url=settings.redis_url)
 
 
+def get_queues(engine: EngineDep, settings: SettingsDep) -> Queues:
+    return RedisQueues(engine, RedisResource(redis_url=settings.redis_url))
+
+
 def get_n8n_data(settings: SettingsDep) -> N8nDataResource:
     return N8nDataResource(admin_url=settings.tenant_admin_url)
 
@@ -160,4 +164,5 @@ def get_n8n_data(settings: SettingsDep) -> N8nDataResource:
 TenantDep = Annotated[Tenant, Depends(tenant_by_ref)]
 DockerDep = Annotated[DockerRuntimeResource, Depends(get_docker)]
 RedisDep = Annotated[RedisResource, Depends(get_redis)]
+QueuesDep = Annotated[Queues, Depends(get_queues)]
 N8nDataDep = Annotated[N8nDataResource, Depends(get_n8n_data)]

@@ -26,6 +26,21 @@ def worker_concurrency(concurrency_limit: int) -> int:
     return max(1, min(concurrency_limit, 10))
 
 
+def scale_down_refusal(
+    workers_to: int, slots_per_worker: int, running: int, waiting: int
+) -> str | None:
+    """Why scaling down to `workers_to` now would leave the tenant a backlog: the executions
+    running and waiting already fill the remaining workers' slots (a worker told to go finishes
+    what it runs, but everything after queues behind fewer slots). None: it may go ahead."""
+    slots = workers_to * slots_per_worker
+    if running + waiting <= slots:
+        return None
+    return (
+        f"{running} executions are running and {waiting} waiting; {workers_to} worker(s) run "
+        f"{slots} at once: scale down once the queue is under that, or pass force"
+    )
+
+
 @dataclass(frozen=True)
 class Signals:
     """What was seen of one tenant; None where a source had nothing (no executions yet)."""

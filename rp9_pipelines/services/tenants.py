@@ -9,13 +9,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import redis
 import sqlalchemy as sa
 from docker.errors import NotFound
 
 from rp9_pipelines.catalog import backups as backup_catalog
 from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.catalog.tenants import Tenant
-from rp9_pipelines.domain.autoscaling import worker_concurrency
+from rp9_pipelines.domain.autoscaling import scale_down_refusal, worker_concurrency
 from rp9_pipelines.domain.backups import PURGE_GRACE
 from rp9_pipelines.domain.lifecycle import Refused, TenantJob, Verdict, verdict
 from rp9_pipelines.domain.stack import (
@@ -40,6 +41,7 @@ from rp9_pipelines.domain.tenants import (
     role_limits,
 )
 from rp9_pipelines.launches import Launch, tenant_job
+from rp9_pipelines.resources.redis_queue import RedisResource
 from rp9_pipelines.resources.stack import StackResources
 from rp9_pipelines.resources.tenant_db import Template
 
@@ -386,6 +388,38 @@ class CatalogTenants:
 
 
 @dataclass(frozen=True)
+class InFlight:
+    """A tenant's executions now (its Bull queue) and the slots each of its workers has."""
+
+    running: int
+    waiting: int
+    slots_per_worker: int
+    error: str | None = None  # the queue could not be read
+
+
+class Queues(Protocol):
+    """How busy a tenant is now, for changes that take capacity away (`RedisQueues`)."""
+
+    def in_flight(self, tenant: Tenant) -> InFlight: ...
+
+
+@dataclass(frozen=True)
+class RedisQueues:
+    engine: sa.Engine
+    redis: RedisResource
+
+    def in_flight(self, tenant: Tenant) -> InFlight:
+        with self.engine.connect() as connection:
+            limits = catalog.limits_for(connection, tenant.id)
+        prefix, slots = tenant.names.bull_prefix, worker_concurrency(limits.concurrency)
+        try:
+            queue = self.redis.queue_snapshots([prefix])[prefix]
+        except redis.RedisError as error:
+            return InFlight(0, 0, slots, f"Redis: {error}")
+        return InFlight(queue.active, queue.waiting, slots, queue.error)
+
+
+@dataclass(frozen=True)
 class NewTenant:
     slug: str
     name: str
@@ -476,8 +510,16 @@ class Scale:
     workers: int | None = None
 
 
-def check_scale(tenants: Tenants, tenant: Tenant, scale: Scale) -> None:
-    """A known plan, sane resources, workers within the (new) plan's range, something to do."""
+def check_scale(
+    tenants: Tenants,
+    tenant: Tenant,
+    scale: Scale,
+    queues: Queues | None = None,
+    force: bool = False,
+) -> None:
+    """A known plan, sane resources, workers within the (new) plan's range, something to do;
+    and, unless `force`, no scale-down while the executions in flight need the workers it
+    would remove (`Conflict` `capacity_in_use`, with the figures)."""
     if scale.plan is not None and tenants.plan_limits(scale.plan) is None:
         raise InvalidRequest("unknown_plan", f"no plan named {scale.plan!r}")
     check_resources(scale.cpu, scale.memory_mb)
@@ -487,3 +529,14 @@ def check_scale(tenants: Tenants, tenant: Tenant, scale: Scale) -> None:
         check_workers(tenant.workers if scale.workers is None else scale.workers, limits, plan)
     if scale == Scale():
         raise InvalidRequest("nothing_to_change", "give plan, cpu, memory_mb or workers")
+    fewer = scale.workers is not None and scale.workers < tenant.workers
+    if fewer and queues is not None and not force:
+        assert scale.workers is not None
+        load = queues.in_flight(tenant)
+        if load.error is not None:
+            raise Conflict(
+                "queue_unreadable", f"cannot tell how busy the tenant is ({load.error}): pass force"
+            )
+        why = scale_down_refusal(scale.workers, load.slots_per_worker, load.running, load.waiting)
+        if why is not None:
+            raise Conflict("capacity_in_use", why)

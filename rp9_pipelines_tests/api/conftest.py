@@ -10,6 +10,7 @@ from rp9_pipelines.api.deps import (
     current_settings,
     get_dagster,
     get_key_store,
+    get_queues,
     get_signatures,
     get_tenants,
 )
@@ -20,6 +21,7 @@ from rp9_pipelines_tests.api.fakes import (
     FakeDagster,
     FakeDrills,
     FakeKeyStore,
+    FakeQueues,
     FakeSignatures,
     FakeTenants,
 )
@@ -72,10 +74,16 @@ def signatures() -> FakeSignatures:
 
 
 @pytest.fixture
+def queues() -> FakeQueues:
+    return FakeQueues()
+
+
+@pytest.fixture
 def app(
     api_settings: Settings,
     dagster: FakeDagster,
     tenants: FakeTenants,
+    queues: FakeQueues,
     keys: FakeKeyStore,
     drills: FakeDrills,
     signatures: FakeSignatures,
@@ -85,6 +93,7 @@ def app(
         current_settings: lambda: api_settings,
         get_dagster: lambda: dagster,
         get_tenants: lambda: tenants,
+        get_queues: lambda: queues,
         get_key_store: lambda: keys,
         get_drills: lambda: drills,
         get_signatures: lambda: signatures,

@@ -13,7 +13,7 @@ from rp9_pipelines.api.idempotency import Kept
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.backups import BackupRecord
 from rp9_pipelines.launches import Launch
-from rp9_pipelines.services.tenants import Conflict
+from rp9_pipelines.services.tenants import Conflict, InFlight
 
 # As migration 0002 seeds them.
 PLANS: dict[str, dict[str, Any]] = {
@@ -188,3 +188,13 @@ class FakeSignatures:
             return False
         self.accepted.add(signature)
         return True
+
+
+class FakeQueues:
+    """How busy each tenant is (`services.tenants.Queues`): idle unless a test says so."""
+
+    def __init__(self) -> None:
+        self.loads: dict[str, InFlight] = {}
+
+    def in_flight(self, tenant: Tenant) -> InFlight:
+        return self.loads.get(tenant.slug, InFlight(running=0, waiting=0, slots_per_worker=5))

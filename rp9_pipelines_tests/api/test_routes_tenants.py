@@ -12,8 +12,9 @@ from rp9_pipelines.api.auth import fingerprint
 from rp9_pipelines.api.idempotency import IN_PROGRESS_TTL_S
 from rp9_pipelines.api.routes.tenants import TenantPublic
 from rp9_pipelines.launches import Launch
+from rp9_pipelines.services.tenants import InFlight
 from rp9_pipelines_tests.api.conftest import BASE_DOMAIN
-from rp9_pipelines_tests.api.fakes import FakeDagster, FakeKeyStore, FakeTenants
+from rp9_pipelines_tests.api.fakes import FakeDagster, FakeKeyStore, FakeQueues, FakeTenants
 from rp9_pipelines_tests.api_client import Api
 
 
@@ -294,6 +295,32 @@ def test_scaling_to_a_plan_checks_the_workers_against_that_plan(
     assert response.status_code == 202, response.text
     config = {"tenant_id": str(tenant.id), "plan": "pro", "workers": 4}
     assert dagster.launched[0].run_config == {"ops": {"apply_scale": {"config": config}}}
+
+
+def test_a_scale_down_the_load_in_flight_needs_is_refused_unless_forced(
+    api: Api, dagster: FakeDagster, tenants: FakeTenants, queues: FakeQueues
+) -> None:
+    tenants.put("acme", plan="pro", workers=3)
+    # 3 workers of 5 slots: 12 running and 6 waiting would not fit in 2 workers' 10 slots.
+    queues.loads["acme"] = InFlight(running=12, waiting=6, slots_per_worker=5)
+    refused = api.post("/tenants/acme/scale", {"workers": 2})
+    assert (refused.status_code, refused.json()["error"]["code"]) == (409, "capacity_in_use")
+    assert "12 executions are running and 6 waiting" in refused.json()["error"]["message"]
+    assert dagster.launched == []
+    # Scaling up, or down to what still fits, is not held back.
+    assert api.post("/tenants/acme/scale", {"workers": 4}).status_code == 202
+    queues.loads["acme"] = InFlight(running=8, waiting=2, slots_per_worker=5)
+    assert api.post("/tenants/acme/scale", {"workers": 2}).status_code == 202
+    # An operator may insist; `force` is not part of the run's configuration.
+    queues.loads["acme"] = InFlight(running=15, waiting=40, slots_per_worker=5)
+    forced = api.post("/tenants/acme/scale", {"workers": 1, "force": True})
+    assert forced.status_code == 202, forced.text
+    config = dagster.launched[-1].run_config["ops"]["apply_scale"]["config"]
+    assert config == {"tenant_id": str(tenants.get("acme").id), "workers": 1}  # type: ignore[union-attr]
+    # A queue that cannot be read is not taken for an idle one.
+    queues.loads["acme"] = InFlight(0, 0, 5, error="Redis: connection refused")
+    unread = api.post("/tenants/acme/scale", {"workers": 1})
+    assert (unread.status_code, unread.json()["error"]["code"]) == (409, "queue_unreadable")
 
 
 def test_a_replayed_change_gets_the_same_run_and_a_key_serves_one_request_only(

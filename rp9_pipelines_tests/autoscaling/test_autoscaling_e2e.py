@@ -154,6 +154,12 @@ def test_the_autoscaler_scales_a_backlog_up_and_back_down_losing_nothing(
                 timeout_s=60,
                 what="the autoscaler to scale up",
             )
+            # An operator's scale-down to one worker now would leave a backlog: refused, with
+            # the figures read from the tenant's queue.
+            refused = api.post(f"/tenants/{slug}/scale", {"workers": 1})
+            assert refused.status_code == 409, refused.text
+            assert refused.json()["error"]["code"] == "capacity_in_use"
+            assert "waiting" in refused.json()["error"]["message"]
             second = wait_until(
                 lambda: load.first_execution_on(settings, f"rp9-{slug}-blue-worker-2", began),
                 timeout_s=120,

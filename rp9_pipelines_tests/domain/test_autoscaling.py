@@ -14,6 +14,7 @@ from rp9_pipelines.domain.autoscaling import (
     event_id,
     load_histories,
     run_key,
+    scale_down_refusal,
     votes,
     worker_concurrency,
 )
@@ -293,3 +294,16 @@ def test_no_scale_down_within_the_window_after_a_scale_up(
         if d.direction == "up":
             last_up = now
         workers, history = d.workers_to, d.history
+
+
+@pytest.mark.parametrize(
+    ("workers_to", "running", "waiting", "refused"),
+    [(2, 10, 0, False), (2, 8, 2, False), (2, 10, 1, True), (1, 0, 6, True), (3, 0, 0, False)],
+)
+def test_a_scale_down_is_refused_while_what_is_in_flight_overflows_the_remaining_slots(
+    workers_to: int, running: int, waiting: int, refused: bool
+) -> None:
+    why = scale_down_refusal(workers_to, 5, running, waiting)
+    assert (why is not None) == refused
+    if why:
+        assert f"{workers_to} worker(s) run {workers_to * 5} at once" in why

@@ -15,6 +15,7 @@ from rp9_pipelines.api.deps import (
     DagsterDep,
     EngineDep,
     IdempotencyDep,
+    QueuesDep,
     SettingsDep,
     TenantDep,
     TenantsDep,
@@ -55,6 +56,10 @@ class ScaleTenant(BaseModel):
     cpu: float | None = None
     memory_mb: int | None = None
     workers: int | None = None
+    force: bool = Field(
+        default=False,
+        description="scale down even while the executions in flight need the workers it removes",
+    )
 
 
 class TenantCreated(BaseModel):
@@ -206,13 +211,18 @@ def scale_tenant(
     body: ScaleTenant,
     tenant: TenantDep,
     tenants: TenantsDep,
+    queues: QueuesDep,
     dagster: DagsterDep,
     idempotency: IdempotencyDep,
 ) -> JSONResponse:
-    """Change plan, CPU/memory or the number of workers (within the plan's range)."""
-    changes = body.model_dump(exclude_none=True)
+    """Change plan, CPU/memory or the number of workers (within the plan's range). A
+    scale-down while the tenant's running and waiting executions fill more than the remaining
+    workers' slots is refused (409 `capacity_in_use`) unless `force`."""
+    changes = body.model_dump(exclude_none=True, exclude={"force"})
     run = launches.tenant_job("scale_tenant", str(tenant.id), tenant.slug, **changes)
-    check = partial(service.check_scale, tenants, tenant, service.Scale(**changes))
+    check = partial(
+        service.check_scale, tenants, tenant, service.Scale(**changes), queues, body.force
+    )
     return _change(service.SCALE, tenant, run, dagster, idempotency, check)
 
 
