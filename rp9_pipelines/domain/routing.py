@@ -22,9 +22,11 @@ UNAVAILABLE_MIDDLEWARE = "rp9-unavailable"
 FALLBACK_ENTRYPOINT = "rp9-fallback"
 FALLBACK_ENTRYPOINT_ADDRESS = "127.0.0.1:8087"
 UPSTREAM_PARAM = "upstream"
-# What Traefik answers itself when a tenant's n8n cannot: connection refused or reset (a main
-# stopping, crashed, restarting) and a gateway timeout.
-UPSTREAM_FAILURES = ("502", "504")
+# What Traefik answers itself when a tenant's n8n cannot take a request: too many in flight
+# (the in-flight limit's 429), connection refused or reset (a main stopping, crashed,
+# restarting) and a gateway timeout. n8n's own answers with these codes get the same page.
+AT_CAPACITY = 429
+UPSTREAM_FAILURES = (str(AT_CAPACITY), "502", "504")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
 
@@ -39,18 +41,22 @@ def host_rule(hosts: list[str]) -> str:
 
 @dataclass(frozen=True)
 class EdgeRate:
-    """Requests a second Traefik admits for one of a tenant's hosts."""
+    """What Traefik admits for one of a tenant's hosts: requests a second, and requests in
+    flight at once."""
 
     average: int
     burst: int
+    in_flight: int
 
 
 def edge_rate(concurrency: int) -> EdgeRate:
     """What a plan admits at the edge: twice its concurrency a second, at least 20 (a starter's
-    single worker serves about 30 short webhooks a second on two cores: `make bench-load`),
-    with a one-second burst of twice that."""
+    single worker serves 15-30 short webhooks a second on two cores: `make bench-load`), with a
+    one-second burst of twice that; and at most four times its concurrency in flight, at least
+    50 (an editor's first page load asks for a few dozen files at once). Beyond what is in
+    flight, a request is answered at once instead of queueing behind seconds of backlog."""
     average = max(20, 2 * concurrency)
-    return EdgeRate(average=average, burst=2 * average)
+    return EdgeRate(average=average, burst=2 * average, in_flight=max(50, 4 * concurrency))
 
 
 def traefik_labels(
@@ -68,9 +74,9 @@ def traefik_labels(
     """Labels that route `hosts` on `entrypoint` to the container's `port`.
 
     With `rate_limit`, Traefik admits at most `average` requests a second per host (bursts up
-    to `burst`) and answers the rest at once with 429 and `Retry-After`: an overloaded tenant
-    sheds load at the edge, quickly and visibly, instead of queueing callers for tens of
-    seconds (or looking missing).
+    to `burst`) and answers the rest at once with 429 and `Retry-After`, and at most
+    `in_flight` at once: an overloaded tenant sheds load at the edge, quickly and visibly,
+    instead of queueing callers for tens of seconds (or looking missing).
 
     With a certificate resolver the router terminates TLS with ACME certificates, one per host;
     without one it serves plain HTTP (development). One certificate per host, not one for the
@@ -79,9 +85,10 @@ def traefik_labels(
     address without a certificate too; and a certificate shared by both would name the slug to
     every visitor of the custom domain.
 
-    With `answer_unavailable`, an answer Traefik makes itself because n8n could not (502, 504:
-    a main stopping or restarting) becomes the fallback's 503 with `Retry-After` for that
-    tenant (`edge_config`'s middleware): a sender retries later instead of giving up.
+    With `answer_unavailable`, an answer Traefik makes itself because n8n could not take the
+    request (the in-flight limit's 429; 502, 504: a main stopping or restarting) becomes the
+    fallback's 503 with `Retry-After` for that tenant (`edge_config`'s middleware, between the
+    rate and in-flight limits): a sender retries later instead of giving up.
     """
     if not hosts:
         raise ValueError("a route needs at least one host")
@@ -109,6 +116,13 @@ def traefik_labels(
         middlewares.append(f"{router}-rate")
     if answer_unavailable:
         middlewares.append(f"{UNAVAILABLE_MIDDLEWARE}@file")
+    if rate_limit is not None:
+        middleware = f"traefik.http.middlewares.{router}-inflight.inflightreq"
+        labels |= {
+            f"{middleware}.amount": str(rate_limit.in_flight),
+            f"{middleware}.sourcecriterion.requesthost": "true",
+        }
+        middlewares.append(f"{router}-inflight")
     if middlewares:
         labels[f"{prefix}.middlewares"] = ",".join(middlewares)
     if cert_resolver:
@@ -123,8 +137,8 @@ def edge_config() -> dict[str, Any]:
     """The deployment's dynamic configuration for every tenant router (a file beside Traefik's
     static configuration, written before Traefik starts: `deploy/traefik/rp9-edge.yml`).
 
-    `UNAVAILABLE_MIDDLEWARE` turns Traefik's own 502/504 for a tenant into 503 with the page and
-    headers (`Retry-After`) the fallback route gives for that host, asked through
+    `UNAVAILABLE_MIDDLEWARE` turns Traefik's own 429/502/504 for a tenant into 503 with the page
+    and headers (`Retry-After`) the fallback route gives for that host, asked through
     `FALLBACK_ENTRYPOINT` with the visitor's `Host`. Without a running API there is no fallback
     router: the visitor still gets a 503, with Traefik's plain body.
     """
@@ -136,7 +150,7 @@ def edge_config() -> dict[str, Any]:
                         "status": list(UPSTREAM_FAILURES),
                         "statusRewrites": {status: 503 for status in UPSTREAM_FAILURES},
                         "service": UNAVAILABLE_MIDDLEWARE,
-                        "query": f"{FALLBACK_PATH}?{UPSTREAM_PARAM}={{status}}",
+                        "query": f"{FALLBACK_PATH}?{UPSTREAM_PARAM}={{originalStatus}}",
                     }
                 }
             },
@@ -194,15 +208,17 @@ def unavailable(
     suspension_reason: str | None,
     now: dt.datetime,
     resumes_at: dt.datetime | None,
-    upstream: bool = False,
+    upstream: int | None = None,
 ) -> Unavailable:
     """The answer for a host: unknown or deleted → 404; suspended → 503 `tenant_suspended`
     (Retry-After: when enforcement resumes it, the next period, if it was enforcement); being
-    created or changed, or not answering → 503 `tenant_unavailable`. `upstream`: asked for a
-    routed tenant whose n8n did not answer (`edge_config`), which is never a 404: a known
-    tenant is restarting, an unknown one is unavailable."""
-    if upstream and (slug is None or status in (None, "deleted", "deleting", "active")):
+    created or changed, or not answering → 503 `tenant_unavailable`. `upstream`: the status
+    Traefik had for a routed tenant (`edge_config`), which is never a 404: a known tenant is at
+    capacity or restarting, an unknown one unavailable."""
+    if upstream is not None and (slug is None or status in (None, "deleted", "deleting", "active")):
         what = slug or "this address"
+        if upstream == AT_CAPACITY:
+            return Unavailable(503, "tenant_busy", f"{what} is at capacity", 2)
         message = f"{what} is restarting or not answering"
         return Unavailable(503, "tenant_unavailable", message, 5)
     if slug is None or status in (None, "deleted", "deleting"):

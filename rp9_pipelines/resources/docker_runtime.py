@@ -16,6 +16,8 @@ from rp9_pipelines.domain.stack import (
     CAP_DROP,
     GRACEFUL_SHUTDOWN_S,
     HEALTHCHECK,
+    HEALTHCHECK_RETRIES,
+    HEALTHCHECK_TIMEOUT_S,
     LABEL_CONFIG,
     LABEL_MANAGED,
     LABEL_ROLE,
@@ -159,8 +161,8 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             healthcheck={
                 "test": HEALTHCHECK,
                 "interval": interval_ns,
-                "timeout": 3 * NANO,
-                "retries": 3,
+                "timeout": HEALTHCHECK_TIMEOUT_S * NANO,
+                "retries": HEALTHCHECK_RETRIES,
                 "start_period": 180 * NANO,
             },
         )

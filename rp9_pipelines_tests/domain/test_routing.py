@@ -86,9 +86,14 @@ def test_host_rule_single() -> None:
     assert host_rule(["a.localhost"]) == "Host(`a.localhost`)"
 
 
-@pytest.mark.parametrize(("concurrency", "average"), [(1, 20), (5, 20), (20, 40), (200, 400)])
-def test_a_plans_edge_rate_grows_with_its_concurrency(concurrency: int, average: int) -> None:
-    assert edge_rate(concurrency) == EdgeRate(average, 2 * average)
+@pytest.mark.parametrize(
+    ("concurrency", "average", "in_flight"),
+    [(1, 20, 50), (5, 20, 50), (20, 40, 80), (200, 400, 800)],
+)
+def test_a_plans_edge_rate_grows_with_its_concurrency(
+    concurrency: int, average: int, in_flight: int
+) -> None:
+    assert edge_rate(concurrency) == EdgeRate(average, 2 * average, in_flight)
 
 
 def test_a_rate_limited_route_sheds_per_host_with_a_named_middleware() -> None:
@@ -97,9 +102,9 @@ def test_a_rate_limited_route_sheds_per_host_with_a_named_middleware() -> None:
         hosts=["acme.rp9.io"],
         port=5678,
         entrypoint="web",
-        rate_limit=EdgeRate(40, 80),
+        rate_limit=EdgeRate(40, 80, 80),
     )
-    assert labels["traefik.http.routers.rp9-acme.middlewares"] == "rp9-acme-rate"
+    assert labels["traefik.http.routers.rp9-acme.middlewares"] == "rp9-acme-rate,rp9-acme-inflight"
     middleware = "traefik.http.middlewares.rp9-acme-rate.ratelimit"
     assert labels[f"{middleware}.average"] == "40"
     assert labels[f"{middleware}.burst"] == "80"
@@ -114,12 +119,17 @@ def test_a_tenant_route_answers_for_its_n8n_after_the_rate_limit() -> None:
         hosts=["acme.rp9.io"],
         port=5678,
         entrypoint="web",
-        rate_limit=EdgeRate(40, 80),
+        rate_limit=EdgeRate(40, 80, 80),
         answer_unavailable=True,
     )
+    # The rate limit answers its own 429 with Retry-After; the in-flight limit's 429 goes
+    # through the fallback's page.
     assert labels["traefik.http.routers.rp9-acme.middlewares"] == (
-        f"rp9-acme-rate,{UNAVAILABLE_MIDDLEWARE}@file"
+        f"rp9-acme-rate,{UNAVAILABLE_MIDDLEWARE}@file,rp9-acme-inflight"
     )
+    inflight = "traefik.http.middlewares.rp9-acme-inflight.inflightreq"
+    assert labels[f"{inflight}.amount"] == "80"
+    assert labels[f"{inflight}.sourcecriterion.requesthost"] == "true"
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,7 +141,7 @@ def test_the_deployments_edge_file_is_the_edge_config_and_its_entry_point_exists
     edge = ROOT / "deploy/production/traefik/rp9-edge.yml"
     assert yaml.safe_load(edge.read_text()) == edge_config()
     errors = edge_config()["http"]["middlewares"][UNAVAILABLE_MIDDLEWARE]["errors"]
-    assert errors["status"] == ["502", "504"]
+    assert errors["status"] == ["429", "502", "504"]
     assert set(errors["statusRewrites"].values()) == {503}
     static = yaml.safe_load((ROOT / "deploy/production/traefik/traefik.yml").read_text())
     assert static["entryPoints"][FALLBACK_ENTRYPOINT]["address"] == FALLBACK_ENTRYPOINT_ADDRESS

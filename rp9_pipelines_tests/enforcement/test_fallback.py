@@ -1,6 +1,7 @@
 """The fallback route: the API publishes it to Traefik's file provider for as long as it runs,
 and answers by `Host`, without a token, for tenants that no container serves."""
 
+import concurrent.futures
 import os
 import sys
 import uuid
@@ -15,7 +16,12 @@ import yaml
 
 from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.catalog.tables import quotas, tenants
-from rp9_pipelines.domain.routing import FALLBACK_ENTRYPOINT, FALLBACK_PATH, traefik_labels
+from rp9_pipelines.domain.routing import (
+    FALLBACK_ENTRYPOINT,
+    FALLBACK_PATH,
+    EdgeRate,
+    traefik_labels,
+)
 from rp9_pipelines.settings import Settings, sqlalchemy_url
 from rp9_pipelines_tests.conftest import Served, free_port, serve
 from rp9_pipelines_tests.waiting import wait_until
@@ -91,23 +97,32 @@ def test_the_fallback_answers_by_host_through_traefik_without_a_token(
     assert httpx.get(f"{api_server.url}/tenants", timeout=10).status_code == 401
 
 
-def test_a_routed_container_that_does_not_answer_gets_503_with_retry_after_not_502(
+# A stand-in for an n8n that cannot take requests: `/reset` closes the connection (Traefik's
+# 502, as for a main stopping), anything else is never answered (requests stay in flight).
+# Each request's path is logged as it arrives.
+UNANSWERING = (
+    "require('http').createServer((q) => { console.log(q.url);"
+    " if (q.url === '/reset') q.socket.destroy(); })"
+)
+
+
+def test_a_routed_tenant_that_cannot_take_requests_gets_503_with_retry_after(
     settings: Settings,
     api_server: Served,
     tenant_row: tuple[str, sa.Engine],
     docker_client: docker.DockerClient,
 ) -> None:
-    """A tenant's router whose n8n refuses connections (a main stopping, crashed): Traefik's
-    502 becomes the fallback's 503 with `Retry-After` for that host, and a host the catalog
-    does not know is never called missing while a container claims it."""
+    """Traefik's own answers for a routed tenant (502: its n8n reset the connection; 429: its
+    in-flight limit) become the fallback's 503 with `Retry-After` for that host; a host the
+    catalog does not know is never called missing while a container claims it."""
     slug, _ = tenant_row
     host, stranger = f"{slug}.{settings.base_domain}", f"x{slug}.{settings.base_domain}"
-    name = f"rp9-refusing-{uuid.uuid4().hex[:8]}"
+    name = f"rp9-unanswering-{uuid.uuid4().hex[:8]}"
     network = docker_client.networks.create(name, driver="bridge")
     container = docker_client.containers.run(
         settings.image,
         name=name,
-        entrypoint=["sleep", "infinity"],  # nothing listens on the routed port
+        entrypoint=["node", "-e", UNANSWERING + ".listen(5678)"],
         healthcheck={"test": ["NONE"]},
         detach=True,
         network=network.name,
@@ -117,9 +132,11 @@ def test_a_routed_container_that_does_not_answer_gets_503_with_retry_after_not_5
             port=5678,
             entrypoint=settings.traefik_entrypoint,
             network=network.name,
+            rate_limit=EdgeRate(average=100, burst=200, in_flight=2),
             answer_unavailable=True,
         ),
     )
+    edge = httpx.Client(base_url=settings.traefik_url, timeout=30)
     try:
 
         def routed() -> bool:
@@ -127,19 +144,51 @@ def test_a_routed_container_that_does_not_answer_gets_503_with_retry_after_not_5
             ours = [r for r in routers.json() if r["name"] == f"{name}@docker"]
             return bool(ours) and ours[0]["status"] == "enabled"
 
+        def reset(on: str) -> httpx.Response | None:
+            answer = edge.post("/reset", json={}, headers={"Host": on})
+            # Until the process listens, Traefik's 502 for a refused connection: the same page.
+            return answer if answer.status_code != 404 else None
+
         wait_until(routed, timeout_s=30, what="the container's router in Traefik, enabled")
-        answer = ask(settings, host)
+        answer = wait_until(lambda: reset(host), timeout_s=30, what="the container's route")
         assert answer.status_code == 503, answer.text
         assert answer.headers["Retry-After"] == "30"
         assert answer.json()["error"]["code"] == "tenant_unavailable"
         # The catch-all would call this one unknown (404): the answer comes from its router.
-        posted = httpx.post(
-            f"{settings.traefik_url}/webhook/x", json={}, headers={"Host": stranger}, timeout=10
-        )
+        posted = reset(stranger)
+        assert posted is not None
         assert posted.status_code == 503, posted.text
         assert posted.headers["Retry-After"] == "5"
         assert posted.json()["error"]["message"] == "this address is restarting or not answering"
+        # Two requests in flight fill the limit; the next is answered at once.
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            hanging = [
+                pool.submit(
+                    httpx.get,
+                    f"{settings.traefik_url}/hang",
+                    headers={"Host": stranger},
+                    timeout=10,
+                )
+                for _ in range(2)
+            ]
+            wait_until(
+                lambda: container.logs().decode().count("/hang") == 2,
+                timeout_s=10,
+                what="two requests in flight",
+            )
+            busy = edge.get("/more", headers={"Host": stranger}, timeout=5)
+            assert busy.status_code == 503, busy.text
+            assert busy.headers["Retry-After"] == "2"
+            assert busy.json()["error"] == {
+                "code": "tenant_busy",
+                "message": "this address is at capacity",
+            }
+            assert "/more" not in container.logs().decode()
+            for request in hanging:
+                with pytest.raises(httpx.TimeoutException):
+                    request.result()
     finally:
+        edge.close()
         container.remove(force=True)
         network.remove()
 

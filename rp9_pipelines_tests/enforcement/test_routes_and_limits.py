@@ -127,20 +127,24 @@ def test_fallback_answers(
 
 
 @pytest.mark.parametrize(
-    ("slug", "status", "expected"),
+    ("slug", "status", "upstream", "expected"),
     [
-        ("acme", "active", (503, "tenant_unavailable", 5)),
-        (None, None, (503, "tenant_unavailable", 5)),
-        ("acme", "deleting", (503, "tenant_unavailable", 5)),
-        ("acme", "suspended", (503, "tenant_suspended", 3600)),
-        ("acme", "upgrading", (503, "tenant_unavailable", 30)),
+        ("acme", "active", 502, (503, "tenant_unavailable", 5)),
+        ("acme", "active", 504, (503, "tenant_unavailable", 5)),
+        ("acme", "active", 429, (503, "tenant_busy", 2)),
+        (None, None, 502, (503, "tenant_unavailable", 5)),
+        (None, None, 0, (503, "tenant_unavailable", 5)),
+        ("acme", "deleting", 502, (503, "tenant_unavailable", 5)),
+        ("acme", "suspended", 502, (503, "tenant_suspended", 3600)),
+        ("acme", "upgrading", 429, (503, "tenant_unavailable", 30)),
     ],
 )
-def test_a_routed_tenant_whose_n8n_did_not_answer_is_never_missing(
-    slug: str | None, status: str | None, expected: tuple[int, str, int]
+def test_a_routed_tenant_whose_n8n_could_not_answer_is_never_missing(
+    slug: str | None, status: str | None, upstream: int, expected: tuple[int, str, int]
 ) -> None:
-    """Traefik's 502 for a main that is restarting: a webhook sender must retry, not give up."""
-    answer = unavailable(slug, status, None, NOW, NEXT, upstream=True)
+    """Traefik's 502 for a main that is restarting, its 429 beyond the in-flight limit: a
+    webhook sender must retry, not give up."""
+    answer = unavailable(slug, status, None, NOW, NEXT, upstream=upstream)
     assert (answer.status_code, answer.code, answer.retry_after_s) == expected
 
 

@@ -12,8 +12,8 @@ API: it runs on the event loop, asks the catalog from a few threads of its own
 admin routes run in), answers a host that is no DNS name without asking, and past
 `MAX_WAITING` waiting visitors answers 503 at once. A custom domain's answer names no slug:
 who owns a domain is the tenant's business. Traefik also asks it for the page of a routed
-tenant whose n8n did not answer (`?upstream=502`, from `domain.routing.edge_config`): never a
-404 then.
+tenant whose n8n could not take a request (`?upstream=502`, `429`: from
+`domain.routing.edge_config`): never a 404 then.
 
 The API writes that router at startup (`published`, from `api/main.py`'s lifespan) into
 `TRAEFIK_DYNAMIC_DIR`, one file per API instance pointing at `ORCH_PUBLIC_URL` (default
@@ -197,13 +197,24 @@ def _answer(request: Request, answer: Unavailable, tenant: str | None = None) ->
     if answer.retry_after_s is not None:
         headers["Retry-After"] = str(answer.retry_after_s)
     if "text/html" in request.headers.get("accept", ""):
-        titles = {"tenant_suspended": "Suspended", "tenant_unavailable": "Unavailable"}
+        titles = {
+            "tenant_suspended": "Suspended",
+            "tenant_unavailable": "Unavailable",
+            "tenant_busy": "Busy",
+        }
         page = _page(titles.get(answer.code, "Not found"), answer.message)
         return HTMLResponse(page, status_code=answer.status_code, headers=headers)
     body: dict[str, Any] = error_body(answer.code, answer.message)
     if tenant is not None:
         body["tenant"] = tenant
     return JSONResponse(body, status_code=answer.status_code, headers=headers)
+
+
+def _status(value: str | None) -> int | None:
+    """The status Traefik had for a routed tenant (`?upstream=502`), when it asked."""
+    if value is None:
+        return None
+    return int(value) if value.isdigit() and len(value) == 3 else 0
 
 
 BUSY = Unavailable(503, "tenant_unavailable", "this address is temporarily unavailable", 5)
@@ -232,6 +243,6 @@ async def tenant_fallback(request: Request, engine: EngineDep, settings: Setting
         row.suspension_reason if row else None,
         now,
         next_period_start(period_of(now)),
-        upstream=UPSTREAM_PARAM in request.query_params,
+        upstream=_status(request.query_params.get(UPSTREAM_PARAM)),
     )
     return _answer(request, answer, own_slug)
