@@ -100,8 +100,14 @@ def test_a_removed_worker_finishes_its_executions_before_it_goes(
         what="worker-2 to log one of the executions",
     )
 
+    # Four running executions need both workers' slots: a plain scale-down is refused...
+    refused = api.post(f"/tenants/{slug}/scale", {"workers": 1})
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "capacity_in_use"
+    assert "4 executions are running and 0 waiting" in refused.json()["error"]["message"]
+    # ...and a forced one drains the worker it removes.
     with load.following_logs(settings, second) as lines:
-        response = api.post(f"/tenants/{slug}/scale", {"workers": 1})
+        response = api.post(f"/tenants/{slug}/scale", {"workers": 1, "force": True})
         run = api.wait_run(response.json()["run_id"])
     assert run["status"] == "SUCCESS"
     # The worker was told to stop while it still ran its two executions, and waited for them.
