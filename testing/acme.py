@@ -343,11 +343,13 @@ def traefik(
     websecure: int,
     default_host: str,
     email: str = "ops@rp9.test",
+    dynamic: dict[str, dict[str, Any]] | None = None,
 ) -> Iterator[Traefik]:
     """A Traefik of the test's own, `web` and `websecure` on those 127.0.0.1 ports and its API
     on a free one, with Pebble as its ACME CA. Its default certificate (served to a client
     whose server name no router claims) is one Pebble issues for `default_host`; it is ready
-    once it serves that one."""
+    once it serves that one. `dynamic`: more files for its file provider, by name (the
+    middlewares the routers it will see name)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "dynamic").mkdir(exist_ok=True)
     admin = free_port()
@@ -364,6 +366,8 @@ def traefik(
     default = {"resolver": RESOLVER, "domain": {"main": default_host}}
     stores = {"tls": {"stores": {"default": {"defaultGeneratedCert": default}}}}
     (directory / "dynamic" / "default-certificate.yaml").write_text(json.dumps(stores))
+    for name, content in (dynamic or {}).items():
+        (directory / "dynamic" / f"{name}.yaml").write_text(json.dumps(content))
     env = {**os.environ, "LEGO_CA_CERTIFICATES": str(ca.listener.ca)}
     command = [str(binary), f"--configFile={directory / 'traefik.yaml'}"]
     with running(command, log=directory / "traefik.log", env=env) as server:

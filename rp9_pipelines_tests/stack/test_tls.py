@@ -34,6 +34,7 @@ from cryptography import x509
 from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.definitions import defs
+from rp9_pipelines.domain.routing import edge_config
 from rp9_pipelines.launches import Launch, tenant_job
 from rp9_pipelines.services import tenants as service
 from rp9_pipelines.settings import Settings, sqlalchemy_url
@@ -82,6 +83,8 @@ def edge(tmp_path: Path) -> Iterator[Edge]:
             web=web,
             websecure=websecure,
             default_host=PLATFORM_HOST,
+            # Tenant routers name the deployment's errors middleware.
+            dynamic={"rp9-edge": edge_config()},
         ) as traefik,
     ):
         chain = tmp_path / "pebble-chain.pem"
