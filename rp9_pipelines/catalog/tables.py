@@ -402,6 +402,25 @@ promotions = sa.Table(
     *_change_progress("promotion_status"),
 )
 
+# The `promotion_candidates` sensor's verdict on a shared tenant, one per tenant and day (the
+# usage it judges changes daily): whether it proposes a promotion, on which trigger, and every
+# reason, proposed or not.
+promotion_decisions = sa.Table(
+    "promotion_decisions",
+    metadata,
+    _id(),
+    _tenant_fk(index=False),
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column(
+        "judged_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("propose", sa.Boolean, nullable=False),
+    sa.Column("trigger", _enum("promotion_trigger", PROMOTION_TRIGGERS)),
+    sa.Column("reasons", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.UniqueConstraint("tenant_id", "day", name="uq_promotion_decisions_tenant_day"),
+    sa.CheckConstraint("propose = (trigger IS NOT NULL)", name="trigger_when_proposed"),
+)
+
 upgrades = sa.Table(
     "upgrades",
     metadata,

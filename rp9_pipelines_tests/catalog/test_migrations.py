@@ -32,6 +32,7 @@ EXPECTED_TABLES = {
     "execution_tally",
     "platform_backups",
     "platform_dr_drills",
+    "promotion_decisions",
 }
 
 
@@ -48,7 +49,7 @@ def test_up_from_empty_down_to_base_and_up_again(fresh_database_url: str) -> Non
 
     migrate.upgrade(fresh_database_url)
     assert table_names(fresh_database_url) == EXPECTED_TABLES
-    assert migrate.current_revision(fresh_database_url) == "0007"
+    assert migrate.current_revision(fresh_database_url) == "0008"
 
     migrate.downgrade(fresh_database_url)
     assert table_names(fresh_database_url) == set()

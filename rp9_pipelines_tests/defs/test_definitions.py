@@ -46,7 +46,12 @@ EXPECTED_SCHEDULES = {
     "platform_daily_backup": "backup_platform",
     "platform_weekly_backup": "backup_platform",
 }
-EXPECTED_SENSORS = {"autoscale_workers", "stripe_meter_after_usage", "register_tenant_partitions"}
+EXPECTED_SENSORS = {
+    "autoscale_workers",
+    "stripe_meter_after_usage",
+    "register_tenant_partitions",
+    "promotion_candidates",
+}
 EXPECTED_RESOURCES = {
     "catalog",
     "docker_runtime",
@@ -171,4 +176,4 @@ def test_migrate_catalog_job_brings_a_database_to_head(
     monkeypatch.setenv("DATABASE_URL", fresh_database_url)
     result = defs().get_job_def("migrate_catalog").execute_in_process()
     assert result.success
-    assert result.output_for_node("upgrade_catalog") == "0007"
+    assert result.output_for_node("upgrade_catalog") == "0008"
