@@ -238,10 +238,10 @@ class Watch:
         try:
             while not self._stop.is_set():
                 queue = redis.queue_snapshots([self.names.bull_prefix])[self.names.bull_prefix]
-                healthy = 0
-                for container in client.containers.list(filters=filters):
-                    health = container.attrs.get("State", {}).get("Health", {}).get("Status")
-                    healthy += health == "healthy"
+                # One listing, no inspect per container: a worker removed between a list and an
+                # inspect (a scale-down) would raise NotFound and end the watch.
+                listed = client.api.containers(filters=filters)
+                healthy = sum(1 for c in listed if "(healthy)" in c.get("Status", ""))
                 self.samples.append(Sample(time.time(), queue.waiting, queue.active, healthy))
                 try:
                     self.edge[http.get("/healthz").status_code] += 1
