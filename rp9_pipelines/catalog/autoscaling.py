@@ -8,8 +8,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from rp9_pipelines.catalog.tables import autoscaling_events, tenants
-from rp9_pipelines.catalog.tenants import quota_overrides
-from rp9_pipelines.domain.tenants import Limits, TenantNames, Tier, effective_limits
+from rp9_pipelines.catalog.tenants import limits_of
+from rp9_pipelines.domain.tenants import Limits, TenantNames, Tier
 
 
 @dataclass(frozen=True)
@@ -38,15 +38,13 @@ def candidates(connection: sa.Connection, pattern: str = "*") -> list[Candidate]
     rows = [row for row in connection.execute(active) if fnmatchcase(row.slug, pattern)]
     if not rows:
         return []
-    overrides = quota_overrides(connection, [row.id for row in rows])
-    found = []
-    for row in rows:
-        try:
-            limits = effective_limits(overrides.get(row.id, {}))
-        except KeyError:
-            continue  # no plan quota (a catalog row still being created): nothing to scale yet
-        found.append(Candidate(row.id, row.slug, row.tier, row.workers, limits))
-    return found
+    limits = limits_of(connection, [row.id for row in rows])
+    # A row without a plan quota yet (still being created) has nothing to scale.
+    return [
+        Candidate(row.id, row.slug, row.tier, row.workers, limits[row.id])
+        for row in rows
+        if row.id in limits
+    ]
 
 
 def record_events(connection: sa.Connection, events: list[dict[str, Any]]) -> None:

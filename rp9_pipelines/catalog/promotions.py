@@ -10,9 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
 from rp9_pipelines.catalog.tables import promotion_decisions, tenants, usage
-from rp9_pipelines.catalog.tenants import quota_overrides
+from rp9_pipelines.catalog.tenants import limits_of
 from rp9_pipelines.domain.promotion import Judgement, UsageDay
-from rp9_pipelines.domain.tenants import effective_limits
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ def shared_tenants(connection: sa.Connection, since: dt.date) -> list[SharedTena
     if not rows:
         return []
     ids = [row.id for row in rows]
-    overrides = quota_overrides(connection, ids)
+    limits = limits_of(connection, ids)
     days: dict[uuid.UUID, list[UsageDay]] = {}
     for day in connection.execute(
         sa.select(usage)
@@ -51,22 +50,17 @@ def shared_tenants(connection: sa.Connection, since: dt.date) -> list[SharedTena
                 day.cpu_seconds,
             )
         )
-    found = []
-    for row in rows:
-        try:
-            limits = effective_limits(overrides.get(row.id, {}))
-        except KeyError:
-            continue  # no plan quota yet (a row still being created)
-        found.append(
-            SharedTenant(
-                row.id,
-                row.slug,
-                bool((row.compliance or {}).get("requires_dedicated")),
-                limits.executions_per_month,
-                days.get(row.id, []),
-            )
+    return [
+        SharedTenant(
+            row.id,
+            row.slug,
+            bool((row.compliance or {}).get("requires_dedicated")),
+            limits[row.id].executions_per_month,
+            days.get(row.id, []),
         )
-    return found
+        for row in rows
+        if row.id in limits  # no plan quota yet (a row still being created)
+    ]
 
 
 def record_decisions(

@@ -151,6 +151,20 @@ def quota_overrides(
     return overrides
 
 
+def limits_of(
+    connection: sa.Connection, tenant_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, Limits]:
+    """Each tenant's effective limits in one query; a tenant without a plan quota yet (a row
+    still being created) is left out."""
+    found = {}
+    for tenant_id, overrides in quota_overrides(connection, tenant_ids).items():
+        try:
+            found[tenant_id] = effective_limits(overrides)
+        except KeyError:
+            continue
+    return found
+
+
 def limits_for(connection: sa.Connection, tenant_id: uuid.UUID) -> Limits:
     return effective_limits(quota_overrides(connection, [tenant_id]).get(tenant_id, {}))
 

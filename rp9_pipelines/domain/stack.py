@@ -25,20 +25,16 @@ GRACEFUL_SHUTDOWN_S = 30
 # container unrouted (Traefik waits for "healthy") for half a second on average after n8n is
 # ready. So until the process has been ready once, each check polls readiness every 0.1 s for
 # up to ~2 s and answers at the first 200.
-# Once ready, the container stays healthy (routed) while n8n lives: only liveness is probed
-# then, with a long timeout, because readiness fails and any probe slows under the tenant's own
-# load (its database pool busy, its event loop saturated), and only a process that stops
-# answering turns it unhealthy. A tenant must never look missing (Traefik's 404, which webhook
-# senders treat as permanent, or the fallback's 503) because it is busy. "Ready once" is
-# remembered per process: a marker holding PID 1's start time, so a restarted container (a new
-# PID 1) waits for readiness again.
+# "Ready once" is remembered per process: a marker holding PID 1's start time, so a restarted
+# container (a new PID 1) waits for readiness again.
 READINESS_URL = "http://127.0.0.1:5678/healthz/readiness"
 LIVENESS_URL = "http://127.0.0.1:5678/healthz"
 READY_MARKER = "/tmp/.rp9-ready"  # noqa: S108 (the container's own /tmp)
-# Once a process has been ready, it stays healthy while it answers liveness within
-# `LIVENESS_TIMEOUT_S`: a main saturated by its own requests answers slowly, not never, and must
-# keep its route (Traefik drops a container Docker calls unhealthy, and a webhook sender takes
-# the fallback's answers for an outage). Only a process that does not answer for
+# Once a process has been ready, only liveness is probed, and it stays healthy (routed) while it
+# answers within `LIVENESS_TIMEOUT_S`: readiness fails and any probe slows under the tenant's own
+# load (its database pool busy, its event loop saturated), and a busy main must keep its route
+# (Traefik drops a container Docker calls unhealthy; a webhook sender takes Traefik's 404 as
+# permanent and the fallback's 503 as an outage). Only a process that does not answer for
 # `HEALTHCHECK_RETRIES` checks in a row leaves the routing.
 LIVENESS_TIMEOUT_S = 10
 HEALTHCHECK_TIMEOUT_S = LIVENESS_TIMEOUT_S + 2
