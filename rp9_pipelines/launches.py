@@ -86,6 +86,26 @@ def tenant_job(
     )
 
 
+def promotion(
+    job: Literal["promote_tenant", "roll_back_promotion", "remove_shared_schema"],
+    promotion_id: str,
+    tenant_id: str,
+    slug: str,
+    requested_by: str = API,
+) -> Launch:
+    """A promotion's run (`defs/promotion/jobs.py`), one per tenant at a time like any change."""
+    first = {
+        "promote_tenant": "prepare_dedicated",
+        "roll_back_promotion": "return_to_shared",
+        "remove_shared_schema": "drop_shared_schema",
+    }[job]
+    return Launch(
+        job,
+        _op_config(first, {"promotion_id": promotion_id}),
+        tenant_tags(tenant_id, slug, requested_by),
+    )
+
+
 def autoscale(tenant_id: str, slug: str, workers: int, event_id: str) -> Launch:
     launch = tenant_job("scale_tenant", tenant_id, slug, AUTOSCALER, workers=workers)
     return Launch(launch.job, launch.run_config, {**launch.tags, AUTOSCALING_EVENT_TAG: event_id})

@@ -55,6 +55,20 @@ class TenantStackSettings(BaseSettings):
     startup_cpu: float = 2.0
 
 
+class PromotionSettings(BaseSettings):
+    """Promotions from the shared tier to a dedicated database (`PROMOTION_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="PROMOTION_", extra="ignore", frozen=True)
+
+    # How long after a promotion `POST /tenants/{id}/promotion/rollback` may go back; the shared
+    # schema is kept until then, and removed by the next `promotion_windows` tick after.
+    rollback_window_s: float = 86_400.0
+    # "propose": the `promotion_candidates` sensor records its proposals for an operator to
+    # approve (`POST /tenants/{id}/promote`, or `promote_tenant` in the Dagster UI); "auto": it
+    # requests the promotion run itself.
+    mode: Literal["propose", "auto"] = "propose"
+
+
 class AutoscalingSettings(BaseSettings):
     """The worker autoscaler (`AUTOSCALE_*`). Every field has a working default, because the
     sensor is defined when the code location loads, where no secret may be required."""
@@ -186,6 +200,7 @@ class PlatformSettings(BaseSettings):
 
     tenant_stack: TenantStackSettings = Field(default_factory=TenantStackSettings)
     autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
+    promotion: PromotionSettings = Field(default_factory=PromotionSettings)
     usage: UsageSettings = Field(default_factory=UsageSettings)
     chargeback: ChargebackSettings = Field(default_factory=ChargebackSettings)
     enforcement: EnforcementSettings = Field(default_factory=EnforcementSettings)

@@ -338,6 +338,11 @@ providers:
   file:
     directory: "$state/traefik/dynamic"
     watch: true
+# n8n (Node) closes a keep-alive connection idle for 5 s; Traefik closes its idle ones first, so
+# it never sends a request down a connection n8n is closing (a 502 after a burst).
+serversTransport:
+  forwardingTimeouts:
+    idleConnTimeout: "4s"
 api:
   insecure: true
   dashboard: true

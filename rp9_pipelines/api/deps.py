@@ -23,6 +23,7 @@ from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.resources.n8n_data import N8nDataResource
 from rp9_pipelines.resources.redis_queue import RedisResource
+from rp9_pipelines.services.promotion import CatalogPromotions, Promotions
 from rp9_pipelines.services.tenants import CatalogTenants, Queues, RedisQueues, Tenants
 from rp9_pipelines.settings import Settings, get_settings, sqlalchemy_url
 
@@ -54,6 +55,10 @@ def get_tenants(engine: EngineDep) -> Tenants:
     return CatalogTenants(engine)
 
 
+def get_promotions(engine: EngineDep) -> Promotions:
+    return CatalogPromotions(engine)
+
+
 def get_key_store(engine: EngineDep) -> KeyStore:
     return CatalogKeyStore(engine)
 
@@ -76,6 +81,7 @@ async def raw_body(request: Request) -> bytes:
 
 RawBodyDep = Annotated[bytes, Depends(raw_body)]
 TenantsDep = Annotated[Tenants, Depends(get_tenants)]
+PromotionsDep = Annotated[Promotions, Depends(get_promotions)]
 
 
 async def require_caller(

@@ -31,24 +31,28 @@ def _content_length(scope: Scope) -> int | None:
 
 
 class RequestLimits:
-    """ASGI middleware; `exempt` paths (the public tenant fallback, which reads no body) pass
-    untouched."""
+    """ASGI middleware; `exempt` paths (the public tenant fallback, which reads no body) and
+    paths under `exempt_prefixes` (held tenant requests, which the holder bounds itself and
+    sends on as they came) pass untouched."""
 
     def __init__(
         self,
         app: ASGIApp,
         max_body_bytes: int = MAX_BODY_BYTES,
         exempt: frozenset[str] = frozenset(),
+        exempt_prefixes: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.exempt = exempt
+        self.exempt_prefixes = exempt_prefixes
 
     def _too_large(self) -> JSONResponse:
         return _refusal(413, "payload_too_large", f"the body is over {self.max_body_bytes} bytes")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in self.exempt or path.startswith(self.exempt_prefixes):
             await self.app(scope, receive, send)
             return
         query = unquote_plus(scope.get("query_string", b"").decode("latin-1"))

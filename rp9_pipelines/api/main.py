@@ -21,16 +21,18 @@ from rp9_pipelines.api.limits import RequestLimits
 from rp9_pipelines.api.routes import (
     backups,
     billing,
+    edge_hold,
     enforcement,
     health,
     metrics,
     platform,
+    promotions,
     restore_drills,
     runs,
     tenant_fallback,
     tenants,
 )
-from rp9_pipelines.domain.routing import FALLBACK_PATH
+from rp9_pipelines.domain.routing import FALLBACK_PATH, HOLD_PATH
 from rp9_pipelines.domain.tenants import InvalidRequest
 from rp9_pipelines.services.tenants import Conflict
 from rp9_pipelines.settings import get_settings
@@ -54,7 +56,9 @@ def create_app() -> FastAPI:
     app.add_exception_handler(sa.exc.DataError, data_error_handler)
     app.add_exception_handler(Exception, internal_error_handler)
     # Before routing: oversized bodies and control characters never reach a route.
-    app.add_middleware(RequestLimits, exempt=frozenset({FALLBACK_PATH}))
+    app.add_middleware(
+        RequestLimits, exempt=frozenset({FALLBACK_PATH}), exempt_prefixes=(HOLD_PATH + "/",)
+    )
     app.include_router(health.router)
     app.include_router(tenants.router)
     app.include_router(runs.router)
@@ -64,7 +68,9 @@ def create_app() -> FastAPI:
     app.include_router(billing.router)
     app.include_router(enforcement.router)
     app.include_router(platform.router)
+    app.include_router(promotions.router)
     app.include_router(tenant_fallback.router)
+    app.include_router(edge_hold.router)
     return app
 
 

@@ -7,9 +7,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import JSONB, insert
 
-from rp9_pipelines.catalog.tables import promotion_decisions, tenants, usage
+from rp9_pipelines.catalog.tables import (
+    edge_holds,
+    promotion_decisions,
+    promotions,
+    tenants,
+    usage,
+)
 from rp9_pipelines.catalog.tenants import limits_of
 from rp9_pipelines.domain.promotion import Judgement, UsageDay
 
@@ -101,3 +107,135 @@ def decisions(connection: sa.Connection, tenant_id: uuid.UUID) -> list[dict[str,
         .order_by(promotion_decisions.c.day.desc())
     )
     return [dict(row._mapping) for row in connection.execute(query)]
+
+
+# Promotion runs ------------------------------------------------------------------------------
+
+
+class PromotionRunning(Exception):
+    """The tenant has a promotion running already (one at a time: `uq_promotions_one_running`)."""
+
+
+def start(connection: sa.Connection, tenant_id: uuid.UUID, trigger: str) -> uuid.UUID:
+    """Record a requested promotion and mark the tenant `promoting`, in the caller's
+    transaction; `PromotionRunning` if one runs already."""
+    try:
+        with connection.begin_nested():
+            promotion_id = connection.execute(
+                sa.insert(promotions)
+                .values(tenant_id=tenant_id, trigger=trigger)
+                .returning(promotions.c.id)
+            ).scalar_one()
+            assert isinstance(promotion_id, uuid.UUID)
+    except sa.exc.IntegrityError:
+        raise PromotionRunning(str(tenant_id)) from None
+    connection.execute(
+        sa.update(tenants).where(tenants.c.id == tenant_id).values(status="promoting")
+    )
+    return promotion_id
+
+
+def forget(connection: sa.Connection, promotion_id: uuid.UUID, tenant_status: str) -> None:
+    """Undo `start` (its run could not be launched)."""
+    row = connection.execute(
+        sa.delete(promotions)
+        .where(promotions.c.id == promotion_id)
+        .returning(promotions.c.tenant_id)
+    ).first()
+    if row is not None:
+        connection.execute(
+            sa.update(tenants).where(tenants.c.id == row.tenant_id).values(status=tenant_status)
+        )
+
+
+def get(connection: sa.Connection, promotion_id: uuid.UUID | str) -> dict[str, Any] | None:
+    row = connection.execute(sa.select(promotions).where(promotions.c.id == promotion_id)).first()
+    return dict(row._mapping) if row else None
+
+
+def of_tenant(connection: sa.Connection, tenant_id: uuid.UUID) -> list[dict[str, Any]]:
+    """A tenant's promotions, newest first."""
+    query = (
+        sa.select(promotions)
+        .where(promotions.c.tenant_id == tenant_id)
+        .order_by(promotions.c.started_at.desc())
+    )
+    return [dict(row._mapping) for row in connection.execute(query)]
+
+
+def running(connection: sa.Connection, tenant_id: uuid.UUID) -> bool:
+    query = sa.select(promotions.c.id).where(
+        promotions.c.tenant_id == tenant_id, promotions.c.status == "running"
+    )
+    return connection.execute(query).first() is not None
+
+
+def advance(
+    connection: sa.Connection,
+    promotion_id: uuid.UUID,
+    phase: str,
+    figures: dict[str, Any] | None = None,
+    **values: Any,
+) -> None:
+    """Record that the run reached `phase` (a step with its time) and what it measured."""
+    step = {"phase": phase, "at": dt.datetime.now(dt.UTC).isoformat()}
+    connection.execute(
+        sa.update(promotions)
+        .where(promotions.c.id == promotion_id)
+        .values(
+            phase=phase,
+            steps=promotions.c.steps.op("||")(sa.cast([step], JSONB)),
+            figures=promotions.c.figures.op("||")(sa.cast(figures or {}, JSONB)),
+            **values,
+        )
+    )
+
+
+def to_remove(connection: sa.Connection, now: dt.datetime) -> list[dict[str, Any]]:
+    """Succeeded promotions whose rollback window is over and whose shared schema is still
+    there."""
+    query = sa.select(promotions).where(
+        promotions.c.status == "succeeded",
+        promotions.c.rollback_until < now,
+        promotions.c.shared_removed_at.is_(None),
+    )
+    return [dict(row._mapping) for row in connection.execute(query)]
+
+
+def last_switched(connection: sa.Connection, tenant_id: uuid.UUID) -> dict[str, Any] | None:
+    """The tenant's latest promotion that switched it to its dedicated database."""
+    row = connection.execute(
+        sa.select(promotions)
+        .where(promotions.c.tenant_id == tenant_id, promotions.c.switched_at.is_not(None))
+        .order_by(promotions.c.switched_at.desc())
+        .limit(1)
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+# Edge holds ----------------------------------------------------------------------------------
+
+
+def hold(connection: sa.Connection, tenant_id: uuid.UUID, reason: str, token: str) -> None:
+    statement = insert(edge_holds).values(tenant_id=tenant_id, reason=reason, token=token)
+    connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=["tenant_id"],
+            set_={"reason": reason, "token": token, "held_at": sa.func.now(), "released_at": None},
+        )
+    )
+
+
+def release(connection: sa.Connection, tenant_id: uuid.UUID) -> None:
+    connection.execute(
+        sa.update(edge_holds)
+        .where(edge_holds.c.tenant_id == tenant_id, edge_holds.c.released_at.is_(None))
+        .values(released_at=sa.func.now())
+    )
+
+
+def hold_token(connection: sa.Connection, tenant_id: uuid.UUID) -> str | None:
+    token = connection.execute(
+        sa.select(edge_holds.c.token).where(edge_holds.c.tenant_id == tenant_id)
+    ).scalar()
+    return str(token) if token is not None else None

@@ -400,6 +400,42 @@ promotions = sa.Table(
     _tenant_fk(),
     sa.Column("trigger", _enum("promotion_trigger", PROMOTION_TRIGGERS), nullable=False),
     *_change_progress("promotion_status"),
+    # Where the run is (`domain.promotion.PHASES`): a re-run resumes or rolls back from it.
+    sa.Column("phase", sa.String(32), nullable=False, server_default="requested"),
+    # What it measured: rows copied, counts and digests compared, the hold's length, …
+    sa.Column("figures", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("switched_at", sa.DateTime(timezone=True)),
+    # Until when `POST /tenants/{id}/promotion/rollback` may go back to the shared schema,
+    # which is kept until then and removed by a later run (`shared_removed_at`).
+    sa.Column("rollback_until", sa.DateTime(timezone=True)),
+    sa.Column("shared_removed_at", sa.DateTime(timezone=True)),
+    # One promotion per tenant at a time.
+    sa.Index(
+        "uq_promotions_one_running",
+        "tenant_id",
+        unique=True,
+        postgresql_where=sa.text("status = 'running'"),
+    ),
+)
+
+# A tenant's requests held at the edge while its n8n changes places (a promotion's cutover):
+# Traefik routes its hosts to the API's holder, which waits until `released_at` and then sends
+# each held request on through Traefik, to wherever the tenant is served by then.
+edge_holds = sa.Table(
+    "edge_holds",
+    metadata,
+    sa.Column(
+        "tenant_id",
+        UUID(as_uuid=True),
+        sa.ForeignKey("tenants.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("reason", sa.String(32), nullable=False),
+    # What the holder sends released requests with (`routing.release_config`): they alone take
+    # the release's route, past the tenant's edge limits.
+    sa.Column("token", sa.String(64), nullable=False),
+    sa.Column("held_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("released_at", sa.DateTime(timezone=True)),
 )
 
 # The `promotion_candidates` sensor's verdict on a shared tenant, one per tenant and day (the

@@ -22,7 +22,9 @@ from rp9_pipelines.resources.stack import (
 from rp9_pipelines.resources.stripe import StripeResource
 from rp9_pipelines.resources.supabase import SupabaseResource
 from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
+from rp9_pipelines.resources.traefik_dynamic import TraefikDynamicResource
 from rp9_pipelines.resources.vault import VaultResource
+from rp9_pipelines.services.promotion import PromotionResources
 from rp9_pipelines.settings import PlatformSettings
 
 
@@ -55,6 +57,17 @@ def resources() -> dg.Definitions:
     # Tenants' databases through the tenant administrator login, never the catalog's.
     tenant_db = TenantDatabaseResource(admin_url=dg.EnvVar("TENANT_ADMIN_DATABASE_URL"))
     n8n_data = N8nDataResource(admin_url=dg.EnvVar("TENANT_ADMIN_DATABASE_URL"))
+    n8n = N8nResource(traefik_url=dg.EnvVar("TRAEFIK_URL"))
+    stack = StackResources(
+        catalog=catalog,
+        docker_runtime=docker_runtime,
+        platform=platform,
+        secret_files=secret_files,
+        vault=vault,
+        redis=redis,
+        tenant_db=tenant_db,
+        n8n_data=n8n_data,
+    )
     return dg.Definitions(
         resources={
             "settings": settings,
@@ -71,7 +84,7 @@ def resources() -> dg.Definitions:
             "secret_files": secret_files,
             "tenant_db": tenant_db,
             "n8n_data": n8n_data,
-            "n8n": N8nResource(traefik_url=dg.EnvVar("TRAEFIK_URL")),
+            "n8n": n8n,
             "stripe": StripeResource(
                 api_key=dg.EnvVar("STRIPE_SECRET_KEY"),
                 api_base=dg.EnvVar("STRIPE_API_BASE"),
@@ -83,15 +96,13 @@ def resources() -> dg.Definitions:
                 service_role_key=dg.EnvVar("SUPABASE_SERVICE_ROLE_KEY"),
             ),
             # What several ops need at once, from the same instances as above.
-            "stack": StackResources(
-                catalog=catalog,
-                docker_runtime=docker_runtime,
-                platform=platform,
-                secret_files=secret_files,
-                vault=vault,
-                redis=redis,
-                tenant_db=tenant_db,
-                n8n_data=n8n_data,
+            "stack": stack,
+            "promotion": PromotionResources(
+                stack=stack,
+                n8n=n8n,
+                traefik_dynamic=TraefikDynamicResource(directory=dg.EnvVar("TRAEFIK_DYNAMIC_DIR")),
+                traefik_api_url=dg.EnvVar("TRAEFIK_API_URL"),
+                rollback_window_s=settings.promotion.rollback_window_s,
             ),
             "platform_backup": PlatformBackupResources(
                 catalog=catalog,

@@ -8,7 +8,7 @@ queued behind a delete).
 
 from typing import Literal
 
-TenantJob = Literal["provision", "scale", "suspend", "resume", "delete"]
+TenantJob = Literal["provision", "scale", "suspend", "resume", "delete", "promote"]
 # act: do the work; record: write the change to the catalog but leave the stack as it is (a
 # suspended tenant stays stopped; its next resume starts it as recorded); skip: nothing to do,
 # the tenant already is where the job would put it; refuse: fail the run, changing nothing.
@@ -19,6 +19,8 @@ _VERDICTS: dict[TenantJob, dict[str, Verdict]] = {
     "scale": {"active": "act", "failed": "act", "suspended": "record"},
     "suspend": {"active": "act", "failed": "act", "suspended": "act"},
     "resume": {"suspended": "act", "failed": "act", "active": "skip"},
+    # A promotion (or its rollback) marks the tenant `promoting` when it is requested.
+    "promote": {"promoting": "act"},
     "delete": {
         "provisioning": "act", "active": "act", "suspended": "act", "failed": "act",
         "deleting": "act", "deleted": "act",

@@ -10,6 +10,7 @@ against the plan's allowance; the tenant's share of the shared tier's CPU over t
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 # Why a promotion is proposed, strongest first (`promotions.trigger`).
 COMPLIANCE, USAGE, LATENCY = "compliance", "usage", "latency"
@@ -109,3 +110,108 @@ def judge(
 def _verdict(triggers: list[str], reasons: list[str]) -> Judgement:
     ranked = [t for t in (COMPLIANCE, USAGE, LATENCY) if t in triggers]
     return Judgement(bool(ranked), ranked[0] if ranked else None, tuple(reasons))
+
+
+# The promotion run --------------------------------------------------------------------------
+#
+# A promotion moves a shared tenant (a schema in `n8n_shared`) into a database of its own while
+# it keeps serving: the data is copied live from one snapshot (`prepared`), then, with the
+# tenant's requests held at the edge and its shared n8n stopped and drained, what changed since
+# is copied again (`frozen` → `verified`), and its dedicated n8n starts on the copy
+# (`switched`), when the held requests are sent on to it. Each phase is recorded before the next
+# begins; a run that dies is re-run: before the switch it puts the tenant back on its shared
+# schema, from the switch on it finishes.
+
+PHASES = (
+    "requested",  # recorded by the API or the sensor; nothing changed yet
+    "preparing",  # the dedicated database is being built and filled beside the shared schema
+    "prepared",  # a consistent copy is in it; the tenant still serves from the shared schema
+    "holding",  # the tenant's requests are held at the edge
+    "frozen",  # its shared n8n is stopped and drained, its shared role cannot log in
+    "verified",  # the copy was caught up and compared: row counts, digests, sequences
+    "switched",  # its n8n runs on the dedicated database; the held requests were released
+    "done",
+)
+# From here on the dedicated side is the tenant's: a re-run finishes forward.
+SWITCHED = "switched"
+# The one table copied again by difference at the freeze instead of whole: execution payloads,
+# most of the data and immutable once their execution stopped.
+DELTA_TABLE = "execution_data"
+DELTA_KEY = "executionId"
+
+
+def after_switch(phase: str) -> bool:
+    """Whether a run recorded at `phase` had put the tenant on its dedicated side."""
+    return phase in PHASES and PHASES.index(phase) >= PHASES.index(SWITCHED)
+
+
+def refusal(tier: str, status: str, running: bool) -> tuple[str, str] | None:
+    """Why a tenant cannot be promoted now (a stable code and a message), or None."""
+    if status in ("deleted", "deleting"):
+        return "invalid_state", f"the tenant is {status}"
+    if running or status == "promoting":
+        return "promotion_in_progress", "a promotion of this tenant is already running"
+    if tier == "dedicated":
+        return "already_dedicated", "the tenant already has a dedicated database"
+    if status != "active":
+        return "invalid_state", f"only an active tenant can be promoted; it is {status}"
+    return None
+
+
+def rollback_refusal(
+    tier: str, status: str, last: dict[str, Any] | None, now: dt.datetime
+) -> tuple[str, str] | None:
+    """Why a promoted tenant cannot go back to its shared schema now, or None."""
+    if status != "active" or tier != "dedicated":
+        return "invalid_state", f"only an active dedicated tenant can go back; it is {status}"
+    if last is None or last["status"] != "succeeded":
+        return "no_promotion", "the tenant has no completed promotion to roll back"
+    if last["shared_removed_at"] is not None or (
+        last["rollback_until"] is not None and now > last["rollback_until"]
+    ):
+        return "rollback_window_over", "the shared schema is gone: the rollback window is over"
+    return None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What the freeze copies of `DELTA_TABLE`: ids to delete from the copy and ids to copy."""
+
+    delete: tuple[int, ...]
+    copy: tuple[int, ...]
+
+
+def delta(source: set[int], copied: set[int], floor: int) -> Delta:
+    """Executions from `floor` on may have changed since the snapshot (they had not stopped):
+    copied again; the rest: what is gone from the source is deleted, what is new is copied."""
+    changed = {i for i in source if i >= floor}
+    delete = (copied - source) | (copied & changed)
+    copy = (source - copied) | changed
+    return Delta(tuple(sorted(delete)), tuple(sorted(copy)))
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side's figures for the comparison: rows per table, digests, sequence values."""
+
+    rows: dict[str, int]
+    digests: dict[str, str]
+    sequences: dict[str, int]
+
+
+def mismatches(source: Side, copy: Side) -> list[str]:
+    """Every difference between the frozen source and its copy (none: the copy is exact)."""
+    found = []
+    for table in sorted(source.rows.keys() | copy.rows.keys()):
+        a, b = source.rows.get(table), copy.rows.get(table)
+        if a != b:
+            found.append(f"{table}: {a} rows in the shared schema, {b} in the copy")
+    for name in sorted(source.digests.keys() | copy.digests.keys()):
+        if source.digests.get(name) != copy.digests.get(name):
+            found.append(f"{name}: digests differ")
+    for name in sorted(source.sequences.keys() | copy.sequences.keys()):
+        if source.sequences.get(name) != copy.sequences.get(name):
+            found.append(
+                f"sequence {name}: {source.sequences.get(name)} against {copy.sequences.get(name)}"
+            )
+    return found

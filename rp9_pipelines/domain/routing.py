@@ -13,6 +13,14 @@ MANAGED_LABEL = "io.rp9.managed"
 # answers for hosts that no running container claims (a suspended tenant, an unknown host).
 TENANT_ROUTER_PRIORITY = 1000
 FALLBACK_ROUTER_PRIORITY = 1
+# A held tenant's hosts go to the API's holder, above its own router (`hold_config`).
+HOLD_ROUTER_PRIORITY = 5000
+HOLD_PATH = "/_rp9/hold"
+# Where the run that holds a tenant asks the holder how many requests it still has to send on.
+HOLDING_PATH = "/_rp9/holding"
+# Set on a request the holder sends on through Traefik: should it come back to a holder (the
+# hold's router still in force), it is answered at once instead of looping.
+HELD_HEADER = "X-Rp9-Held"
 FALLBACK_PATH = "/_rp9/fallback"
 # The deployment's own dynamic configuration (`edge_config`): Traefik has it from its first
 # start, whether or not the API runs, so tenant routers can always name its middleware.
@@ -190,6 +198,60 @@ def fallback_config(*, name: str, url: str, entrypoint: str, tls: bool = False) 
             "services": {name: {"loadBalancer": {"servers": [{"url": url}]}}},
         }
     }
+
+
+def hold_name(slug: str) -> str:
+    return f"rp9-hold-{slug}"
+
+
+def hold_config(
+    *, slug: str, hosts: list[str], holder_url: str, entrypoint: str, tls: bool = False
+) -> dict[str, Any]:
+    """Traefik dynamic configuration (file provider) that holds a tenant's requests: its hosts,
+    above its own router, to the control plane's holder at `holder_url`, every path prefixed
+    with `HOLD_PATH` (the holder sends each one on, unprefixed, once the hold is released)."""
+    if not hosts:
+        raise ValueError("a hold needs at least one host")
+    name = hold_name(slug)
+    router: dict[str, Any] = {
+        "rule": host_rule(hosts),
+        "entryPoints": [entrypoint],
+        "priority": HOLD_ROUTER_PRIORITY,
+        "service": name,
+        "middlewares": [name],
+    }
+    if tls:
+        router["tls"] = {}  # the hosts' certificates are in Traefik's store already
+    return {
+        "http": {
+            "routers": {name: router},
+            "middlewares": {name: {"addPrefix": {"prefix": HOLD_PATH}}},
+            "services": {name: {"loadBalancer": {"servers": [{"url": holder_url}]}}},
+        }
+    }
+
+
+def release_name(slug: str) -> str:
+    return f"rp9-release-{slug}"
+
+
+def release_config(
+    *, slug: str, hosts: list[str], service: str, token: str, entrypoint: str, tls: bool = False
+) -> dict[str, Any]:
+    """The route the holder's released requests take (file provider): the tenant's hosts with
+    `HELD_HEADER` set to the hold's `token`, above the hold's router, straight to the tenant's
+    own `service` without its edge limits (a backlog released at once is not a burst of new
+    traffic to shed). Nobody else knows the token; the route goes after the cutover."""
+    name = release_name(slug)
+    router: dict[str, Any] = {
+        "rule": f"({host_rule(hosts)}) && Header(`{HELD_HEADER}`, `{token}`)",
+        "entryPoints": [entrypoint],
+        "priority": HOLD_ROUTER_PRIORITY + 1,
+        "service": service,
+    }
+    if tls:
+        router["tls"] = {}
+    return {"http": {"routers": {name: router}}}
 
 
 @dataclass(frozen=True)

@@ -184,10 +184,13 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         client = self.client()
         client.containers.get(name).start()
 
-    def stop(self, name: str) -> None:
-        """Graceful stop: SIGTERM, then n8n finishes its running executions before it exits."""
+    def stop(self, name: str, timeout_s: int | None = None) -> None:
+        """Graceful stop: SIGTERM, then n8n finishes its running executions before it exits
+        (killed after `timeout_s`, by default n8n's own graceful shutdown timeout and then
+        some)."""
+        timeout = GRACEFUL_SHUTDOWN_S + 10 if timeout_s is None else timeout_s
         with contextlib.suppress(NotFound):
-            self.client().containers.get(name).stop(timeout=GRACEFUL_SHUTDOWN_S + 10)
+            self.client().containers.get(name).stop(timeout=timeout)
 
     def remove(self, name: str, *, graceful: bool = True) -> None:
         client = self.client()

@@ -10,6 +10,7 @@ from rp9_pipelines.api.deps import (
     current_settings,
     get_dagster,
     get_key_store,
+    get_promotions,
     get_queues,
     get_signatures,
     get_tenants,
@@ -21,6 +22,7 @@ from rp9_pipelines_tests.api.fakes import (
     FakeDagster,
     FakeDrills,
     FakeKeyStore,
+    FakePromotions,
     FakeQueues,
     FakeSignatures,
     FakeTenants,
@@ -74,6 +76,11 @@ def signatures() -> FakeSignatures:
 
 
 @pytest.fixture
+def promotions(tenants: FakeTenants) -> FakePromotions:
+    return FakePromotions(tenants)
+
+
+@pytest.fixture
 def queues() -> FakeQueues:
     return FakeQueues()
 
@@ -87,6 +94,7 @@ def app(
     keys: FakeKeyStore,
     drills: FakeDrills,
     signatures: FakeSignatures,
+    promotions: FakePromotions,
 ) -> FastAPI:
     app = create_app()
     app.dependency_overrides = {
@@ -97,6 +105,7 @@ def app(
         get_key_store: lambda: keys,
         get_drills: lambda: drills,
         get_signatures: lambda: signatures,
+        get_promotions: lambda: promotions,
     }
     return app
 

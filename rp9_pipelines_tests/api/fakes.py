@@ -12,6 +12,7 @@ from rp9_pipelines.api.errors import ApiError
 from rp9_pipelines.api.idempotency import Kept
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.backups import BackupRecord
+from rp9_pipelines.domain.promotion import refusal, rollback_refusal
 from rp9_pipelines.launches import Launch
 from rp9_pipelines.services.tenants import Conflict, InFlight
 
@@ -198,3 +199,67 @@ class FakeQueues:
 
     def in_flight(self, tenant: Tenant) -> InFlight:
         return self.loads.get(tenant.slug, InFlight(running=0, waiting=0, slots_per_worker=5))
+
+
+class FakePromotions:
+    """The catalog's promotions (`services.promotion.Promotions`), over `FakeTenants`' rows."""
+
+    def __init__(self, tenants: FakeTenants) -> None:
+        self.tenants = tenants
+        self.rows: dict[uuid.UUID, dict[str, Any]] = {}
+
+    def _set_status(self, tenant: Tenant, status: str) -> None:
+        self.tenants.rows[tenant.id] = dataclasses.replace(tenant, status=status)
+
+    def start(self, tenant: Tenant, trigger: str) -> uuid.UUID:
+        current = self.tenants.rows[tenant.id]
+        running = any(
+            p["tenant_id"] == tenant.id and p["status"] == "running" for p in self.rows.values()
+        )
+        why = refusal(current.tier, current.status, running)
+        if why is not None:
+            raise Conflict(*why)
+        promotion_id = uuid.uuid4()
+        now = dt.datetime(2026, 12, 2, tzinfo=dt.UTC)
+        self.rows[promotion_id] = {
+            "id": promotion_id,
+            "tenant_id": tenant.id,
+            "trigger": trigger,
+            "status": "running",
+            "phase": "requested",
+            "run_id": None,
+            "started_at": now,
+            "finished_at": None,
+            "switched_at": None,
+            "rollback_until": None,
+            "shared_removed_at": None,
+            "error": None,
+            "steps": [],
+            "figures": {},
+        }
+        self._set_status(current, "promoting")
+        return promotion_id
+
+    def forget(self, promotion_id: uuid.UUID, tenant: Tenant) -> None:
+        del self.rows[promotion_id]
+        self._set_status(tenant, tenant.status)
+
+    def start_rollback(self, tenant: Tenant, now: dt.datetime) -> uuid.UUID:
+        current = self.tenants.rows[tenant.id]
+        switched = [
+            p for p in self.rows.values() if p["tenant_id"] == tenant.id and p["switched_at"]
+        ]
+        last = max(switched, key=lambda p: p["switched_at"], default=None)
+        why = rollback_refusal(current.tier, current.status, last, now)
+        if why is not None:
+            raise Conflict(*why)
+        assert last is not None
+        self._set_status(current, "promoting")
+        promotion_id: uuid.UUID = last["id"]
+        return promotion_id
+
+    def forget_rollback(self, tenant: Tenant) -> None:
+        self._set_status(tenant, tenant.status)
+
+    def of_tenant(self, tenant_id: uuid.UUID) -> list[dict[str, Any]]:
+        return [p for p in self.rows.values() if p["tenant_id"] == tenant_id]

@@ -176,4 +176,4 @@ def test_migrate_catalog_job_brings_a_database_to_head(
     monkeypatch.setenv("DATABASE_URL", fresh_database_url)
     result = defs().get_job_def("migrate_catalog").execute_in_process()
     assert result.success
-    assert result.output_for_node("upgrade_catalog") == "0008"
+    assert result.output_for_node("upgrade_catalog") == "0009"

@@ -1,17 +1,28 @@
 import datetime as dt
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rp9_pipelines.domain.promotion import (
     COMPLIANCE,
     LATENCY,
+    PHASES,
     USAGE,
+    Delta,
     PromotionPolicy,
+    Side,
     UsageDay,
+    after_switch,
+    delta,
     judge,
+    mismatches,
+    refusal,
+    rollback_refusal,
 )
 
 POLICY = PromotionPolicy()
+HOUR = dt.timedelta(hours=1)
 START = dt.date(2026, 11, 20)
 
 
@@ -121,3 +132,84 @@ def test_an_unlimited_plan_or_an_idle_tier_is_not_a_usage_signal() -> None:
 def test_a_policy_that_cannot_hold_is_refused(changes: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must be"):
         PromotionPolicy(**changes)  # type: ignore[arg-type]
+
+
+# The promotion run's decisions ---------------------------------------------------------------
+
+
+def test_the_freeze_copies_what_is_new_and_unsettled_and_deletes_what_is_gone() -> None:
+    source = {1, 2, 3, 5, 6, 7}  # 4 pruned since the snapshot; 6 and 7 new
+    copied = {1, 2, 3, 4, 5}  # 5 had not stopped at the snapshot (floor 5)
+    change = delta(source, copied, floor=5)
+    assert change.delete == (4, 5)
+    assert change.copy == (5, 6, 7)
+
+
+def test_a_settled_copy_needs_nothing_at_the_freeze() -> None:
+    assert delta({1, 2}, {1, 2}, floor=3) == Delta((), ())
+
+
+@given(st.sets(st.integers(1, 60)), st.sets(st.integers(1, 60)), st.integers(1, 61))
+def test_after_the_delta_the_copy_holds_exactly_the_source(
+    source: set[int], copied: set[int], floor: int
+) -> None:
+    change = delta(source, copied, floor)
+    after = (copied - set(change.delete)) | set(change.copy)
+    assert after == source
+    assert not set(change.copy) & (copied - set(change.delete))  # never a duplicate key
+
+
+def test_mismatches_name_every_difference() -> None:
+    same = Side({"a": 1, "b": 2}, {"workflow_entity": "x"}, {"s": 3})
+    assert mismatches(same, same) == []
+    other = Side({"a": 1, "b": 3}, {"workflow_entity": "y"}, {"s": 4})
+    found = mismatches(same, other)
+    assert found == [
+        "b: 2 rows in the shared schema, 3 in the copy",
+        "workflow_entity: digests differ",
+        "sequence s: 3 against 4",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tier", "status", "running", "code"),
+    [
+        ("shared", "active", False, None),
+        ("dedicated", "active", False, "already_dedicated"),
+        ("shared", "suspended", False, "invalid_state"),
+        ("shared", "deleted", False, "invalid_state"),
+        ("shared", "promoting", False, "promotion_in_progress"),
+        ("shared", "active", True, "promotion_in_progress"),
+    ],
+)
+def test_who_can_be_promoted(tier: str, status: str, running: bool, code: str | None) -> None:
+    why = refusal(tier, status, running)
+    assert (why[0] if why else None) == code
+
+
+def test_a_rollback_needs_a_succeeded_promotion_inside_its_window() -> None:
+    now = dt.datetime(2026, 12, 2, 12, tzinfo=dt.UTC)
+    done = {"status": "succeeded", "shared_removed_at": None, "rollback_until": now + HOUR}
+    assert rollback_refusal("dedicated", "active", done, now) is None
+    assert rollback_refusal("dedicated", "active", None, now)[0] == "no_promotion"  # type: ignore[index]
+    late = {**done, "rollback_until": now - HOUR}
+    assert rollback_refusal("dedicated", "active", late, now)[0] == "rollback_window_over"  # type: ignore[index]
+    removed = {**done, "shared_removed_at": now}
+    assert rollback_refusal("dedicated", "active", removed, now)[0] == "rollback_window_over"  # type: ignore[index]
+    assert rollback_refusal("shared", "active", done, now)[0] == "invalid_state"  # type: ignore[index]
+    failed = {**done, "status": "failed"}
+    assert rollback_refusal("dedicated", "active", failed, now)[0] == "no_promotion"  # type: ignore[index]
+
+
+def test_phases_before_the_switch_roll_back_and_after_it_finish() -> None:
+    assert [p for p in PHASES if not after_switch(p)] == [
+        "requested",
+        "preparing",
+        "prepared",
+        "holding",
+        "frozen",
+        "verified",
+    ]
+    assert after_switch("switched")
+    assert after_switch("done")
+    assert not after_switch("rolled_back")

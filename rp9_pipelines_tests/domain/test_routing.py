@@ -6,10 +6,13 @@ import yaml
 from rp9_pipelines.domain.routing import (
     FALLBACK_ENTRYPOINT,
     FALLBACK_ENTRYPOINT_ADDRESS,
+    HOLD_PATH,
+    TENANT_ROUTER_PRIORITY,
     UNAVAILABLE_MIDDLEWARE,
     EdgeRate,
     edge_config,
     edge_rate,
+    hold_config,
     host_rule,
     is_valid_hostname,
     traefik_labels,
@@ -149,3 +152,31 @@ def test_the_deployments_edge_file_is_the_edge_config_and_its_entry_point_exists
     port = FALLBACK_ENTRYPOINT_ADDRESS.rsplit(":", 1)[1]
     assert f"traefik_fallback_port={port}" in stack
     assert f"{FALLBACK_ENTRYPOINT}:" in stack
+
+
+def test_a_hold_routes_every_host_of_the_tenant_above_its_own_router_to_the_holder() -> None:
+    config = hold_config(
+        slug="acme",
+        hosts=["acme.rp9.test", "n8n.acme.com"],
+        holder_url="http://127.0.0.1:8080",
+        entrypoint="web",
+    )
+    router = config["http"]["routers"]["rp9-hold-acme"]
+    assert router["rule"] == "Host(`acme.rp9.test`) || Host(`n8n.acme.com`)"
+    assert router["priority"] > TENANT_ROUTER_PRIORITY
+    assert router["entryPoints"] == ["web"]
+    assert "tls" not in router
+    middleware = config["http"]["middlewares"][router["middlewares"][0]]
+    assert middleware == {"addPrefix": {"prefix": HOLD_PATH}}
+    service = config["http"]["services"][router["service"]]
+    assert service["loadBalancer"]["servers"] == [{"url": "http://127.0.0.1:8080"}]
+    with_tls = hold_config(
+        slug="acme",
+        hosts=["acme.rp9.test"],
+        holder_url="http://h",
+        entrypoint="websecure",
+        tls=True,
+    )
+    assert with_tls["http"]["routers"]["rp9-hold-acme"]["tls"] == {}
+    with pytest.raises(ValueError, match="at least one host"):
+        hold_config(slug="acme", hosts=[], holder_url="http://h", entrypoint="web")

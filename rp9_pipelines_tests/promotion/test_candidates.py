@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from rp9_pipelines.catalog import migrate
 from rp9_pipelines.catalog import promotions as catalog
 from rp9_pipelines.catalog.tables import tenants, usage
-from rp9_pipelines.defs.promotion.sensor import build_promotion_candidates
+from rp9_pipelines.defs.promotion.sensor import build_promotion_candidates, promotion_windows
 from rp9_pipelines.domain.promotion import PromotionPolicy
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.settings import sqlalchemy_url
@@ -109,3 +109,74 @@ def test_busy_and_compliance_bound_tenants_are_proposed_with_their_reasons(
     with engine.connect() as connection:
         again = catalog.decisions(connection, slow.id)
     assert [(r["propose"], r["trigger"]) for r in again] == [(False, None)]
+
+
+def test_in_auto_mode_a_proposal_starts_one_promotion_and_no_second(
+    catalog_url: str, engine: sa.Engine
+) -> None:
+    made = insert_tenants(engine, ["calm", "flagged", "other", "more", "last", "sixth"])
+    bound = made[1]
+    # Six quiet tenants, a sixth of the shared tier's CPU each (a fifth once one is promoting):
+    # only a flag proposes.
+    for tenant in made:
+        add_usage(engine, tenant.id, executions=100, latency_p95_ms=300.0, cpu_seconds=20.0)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(tenants)
+            .where(tenants.c.id == bound.id)
+            .values(compliance={"requires_dedicated": True})
+        )
+    sensor = build_promotion_candidates(PromotionPolicy(), today=TODAY, mode="auto")
+    context = dg.build_sensor_context(
+        instance=dg.DagsterInstance.ephemeral(),
+        resources={"catalog": CatalogResource(database_url=catalog_url)},
+    )
+    result = sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    (request,) = result.run_requests or []
+    assert request.job_name == "promote_tenant"
+    assert request.tags["rp9/tenant"] == "flagged"
+    with engine.connect() as connection:
+        (promotion,) = catalog.of_tenant(connection, bound.id)
+        status = connection.execute(
+            sa.select(tenants.c.status).where(tenants.c.id == bound.id)
+        ).scalar_one()
+    assert promotion["trigger"] == "compliance"
+    assert request.run_config["ops"]["prepare_dedicated"]["config"] == {
+        "promotion_id": str(promotion["id"])
+    }
+    assert status == "promoting"
+    # The next tick: the tenant is promoting, no longer an active shared tenant to judge.
+    again = sensor(context)
+    assert isinstance(again, dg.SkipReason)
+    with engine.connect() as connection:
+        assert len(catalog.of_tenant(connection, bound.id)) == 1
+
+
+def test_a_rollback_window_that_is_over_removes_the_shared_schema_once(
+    catalog_url: str, engine: sa.Engine
+) -> None:
+    (tenant,) = insert_tenants(engine, ["moved"], tier="dedicated")
+    now = dt.datetime.now(dt.UTC)
+    with engine.begin() as connection:
+        promotion_id = catalog.start(connection, tenant.id, "manual")
+        catalog.advance(
+            connection,
+            promotion_id,
+            "done",
+            status="succeeded",
+            switched_at=now - dt.timedelta(days=2),
+            rollback_until=now - dt.timedelta(days=1),
+        )
+    context = dg.build_sensor_context(
+        instance=dg.DagsterInstance.ephemeral(),
+        resources={"catalog": CatalogResource(database_url=catalog_url)},
+    )
+    result = promotion_windows(context)
+    assert isinstance(result, dg.SensorResult)
+    (request,) = result.run_requests or []
+    assert request.job_name == "remove_shared_schema"
+    assert request.run_key == f"remove-shared-{promotion_id}"
+    with engine.begin() as connection:
+        catalog.advance(connection, promotion_id, "done", shared_removed_at=now)
+    assert isinstance(promotion_windows(context), dg.SkipReason)

@@ -27,8 +27,8 @@ import datetime as dt
 import html
 import logging
 import re
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -58,6 +58,7 @@ REPUBLISH_EVERY_S = 2.0
 MAX_WAITING = 64
 HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def host_of(request: Request) -> str:
@@ -66,14 +67,19 @@ def host_of(request: Request) -> str:
     return host.rsplit(":", 1)[0] if not host.endswith("]") else host
 
 
-def _lookup(connection: sa.Connection, host: str, base_domain: str) -> Any:
+def host_condition(host: str, base_domain: str) -> sa.ColumnElement[bool]:
+    """The tenant whose address `host` is: its custom domain, or its slug's subdomain."""
     condition = tenants.c.custom_domain == host
     suffix = "." + base_domain
     if host.endswith(suffix) and "." not in host[: -len(suffix)]:
         condition = sa.or_(condition, tenants.c.slug == host[: -len(suffix)])
+    return condition
+
+
+def _lookup(connection: sa.Connection, host: str, base_domain: str) -> Any:
     query = (
         sa.select(tenants.c.slug, tenants.c.status, tenants.c.suspension_reason)
-        .where(condition)
+        .where(host_condition(host, base_domain))
         .order_by((tenants.c.status == "deleted").asc())
         .limit(1)
     )
@@ -180,16 +186,23 @@ def _find(engine: sa.Engine, host: str, base_domain: str) -> Any:
         return _lookup(connection, host, base_domain)
 
 
-async def _find_bounded(engine: sa.Engine, host: str, base_domain: str) -> Any:
+async def run_lookup(
+    find: Callable[[sa.Engine, str, str], T], engine: sa.Engine, host: str, base_domain: str
+) -> T:
+    """A catalog look-up for a tenant's address, in one of the fallback's few threads."""
     if _lookups.limiter is None:
         _lookups.limiter = anyio.CapacityLimiter(LOOKUP_THREADS)
     _lookups.waiting += 1
     try:
         return await anyio.to_thread.run_sync(
-            _find, engine, host, base_domain, limiter=_lookups.limiter
+            find, engine, host, base_domain, limiter=_lookups.limiter
         )
     finally:
         _lookups.waiting -= 1
+
+
+async def _find_bounded(engine: sa.Engine, host: str, base_domain: str) -> Any:
+    return await run_lookup(_find, engine, host, base_domain)
 
 
 def _answer(request: Request, answer: Unavailable, tenant: str | None = None) -> Response:

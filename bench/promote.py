@@ -1,0 +1,194 @@
+"""make bench-promote: a shared tenant with 200 MB of execution data promoted to a dedicated
+database under 20 webhooks a second, then rolled back under the same load.
+
+Prints: the data promoted, the promotion's total time and each phase's (copy, freeze, catch-up,
+hold), the hold as the senders saw it (p50/p99/max of the requests sent while it was in force),
+requests failed, and the rollback's time. Goals (issue #14): hold p99 <= 5 s, max <= 8 s,
+0 failed, rollback <= 60 s. Everything runs on the real stack (`make stack-up`).
+"""
+
+import argparse
+import datetime as dt
+import os
+import statistics
+import threading
+import time
+import uuid
+from contextlib import ExitStack
+from typing import Any
+
+import sqlalchemy as sa
+
+from bench.serving import api_for
+from rp9_pipelines.domain.tenants import TenantNames
+from rp9_pipelines.resources.vault import VaultResource
+from rp9_pipelines.settings import Settings, sqlalchemy_url
+from rp9_pipelines_tests.api_client import Api
+from rp9_pipelines_tests.autoscaling.load import dagster_with_autoscaler
+from rp9_pipelines_tests.n8n_workflows import webhook, workflow
+from rp9_pipelines_tests.promotion.traffic import Load, every_minute, install
+from rp9_pipelines_tests.tenants.conftest import TenantN8n
+
+ROW_KB = 100
+
+
+def fill(settings: Settings, names: TenantNames, workflow_id: str, megabytes: int) -> int:
+    """Finished executions of `workflow_id` whose payloads add up to `megabytes` (random hex,
+    which Postgres cannot compress away), written as the tenant's role; the bytes on disk."""
+    url = sa.make_url(sqlalchemy_url(settings.tenant_admin_url)).set(database=names.db_name)
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    rows = megabytes * 1024 // ROW_KB
+    schema = f'"{names.db_schema}"'
+    with engine.begin() as connection:
+        connection.execute(sa.text(f'SET LOCAL ROLE "{names.db_role}"'))
+        connection.execute(sa.text("SET LOCAL statement_timeout = 0"))
+        for start in range(0, rows, 200):
+            batch = min(200, rows - start)
+            connection.execute(
+                sa.text(
+                    f"WITH made AS (INSERT INTO {schema}.execution_entity"
+                    ' (finished, mode, status, "createdAt", "startedAt", "stoppedAt", "workflowId")'
+                    " SELECT true, 'webhook', 'success', now(), now(), now(), :w"
+                    " FROM generate_series(1, :n) RETURNING id)"
+                    f' INSERT INTO {schema}.execution_data ("executionId", "workflowData", data)'
+                    " SELECT id, '{}'::json, (SELECT string_agg(md5(random()::text || id), '')"
+                    " FROM generate_series(1, :chunks)) FROM made"
+                ),
+                {"w": workflow_id, "n": batch, "chunks": ROW_KB * 1024 // 32},
+            )
+        size = connection.execute(
+            sa.text("SELECT pg_total_relation_size(:t)"), {"t": f"{schema}.execution_data"}
+        ).scalar_one()
+    engine.dispose()
+    return int(size)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def phase_times(promotion: dict[str, Any]) -> dict[str, float]:
+    return {
+        step["phase"]: dt.datetime.fromisoformat(step["at"]).timestamp()
+        for step in promotion["steps"]
+    }
+
+
+def under_load(load: Load, action: Any) -> tuple[Any, float]:
+    thread = threading.Thread(target=load.run, daemon=True)
+    thread.start()
+    time.sleep(3)
+    started = time.monotonic()
+    try:
+        result = action()
+    finally:
+        elapsed = time.monotonic() - started
+        time.sleep(3)
+        load.stop.set()
+        thread.join(timeout=120)
+    return result, elapsed
+
+
+def report_load(load: Load, held_from: float, held_until: float, what: str) -> None:
+    held = [latency for sent, latency, _ in load.calls if held_from <= sent <= held_until]
+    every = [latency for _, latency, _ in load.calls]
+    failed = load.failures()
+    print(
+        f"  requests: {len(load.calls)} sent at 20/s, failed {sum(failed.values())}"
+        f" {dict(failed) if failed else ''}",
+        flush=True,
+    )
+    print(
+        f"  {what}: {len(held)} requests, p50 {pct(held, 0.5):.2f} s,"
+        f" p99 {pct(held, 0.99):.2f} s, max {max(held, default=0):.2f} s"
+        f" (goal p99 <= 5 s, max <= 8 s)",
+        flush=True,
+    )
+    print(
+        f"  every request: p50 {statistics.median(every) if every else 0:.2f} s,"
+        f" p99 {pct(every, 0.99):.2f} s, max {max(every, default=0):.2f} s",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megabytes", type=int, default=int(os.environ.get("MEGABYTES", 200)))
+    args = parser.parse_args()
+    settings = Settings()
+    vault = VaultResource(
+        vault_addr=settings.vault_addr, vault_token=settings.vault_token.get_secret_value()
+    )
+    with ExitStack() as stack:
+        dagster = stack.enter_context(dagster_with_autoscaler("none"))
+        api_server = stack.enter_context(api_for(dagster.url, dagster.log.parent))
+        api = Api(api_server.url, settings)
+        slug = f"bp-{uuid.uuid4().hex[:8]}"
+        print(f"bench-promote on {os.cpu_count()} cores: tenant {slug}", flush=True)
+        tenant = api.create_tenant(slug=slug, name="Bench promote", plan="starter")
+        try:
+            n8n = TenantN8n(settings, vault, tenant)
+            path = f"bench-{uuid.uuid4().hex[:6]}"
+            workflow_id = install(n8n, workflow(f"receive {path}", [webhook(path, "onReceived")]))
+            install(n8n, every_minute())
+            started = time.monotonic()
+            size = fill(settings, TenantNames(slug, "shared"), workflow_id, args.megabytes)
+            print(
+                f"  execution data: {size / 1e6:.0f} MB on disk"
+                f" (written in {time.monotonic() - started:.0f} s)",
+                flush=True,
+            )
+
+            def promote() -> dict[str, Any]:
+                asked = api.post(f"/tenants/{slug}/promote")
+                assert asked.status_code == 202, asked.text
+                run = api.wait_run(asked.json()["run_id"], timeout_s=1800)
+                found: dict[str, Any] = api.get(f"/tenants/{slug}/promotions").json()["promotions"][
+                    0
+                ]
+                assert run["status"] == "SUCCESS", (run, found["error"])
+                return found
+
+            load = Load(n8n, path)
+            promotion, total = under_load(load, promote)
+            figures, at = promotion["figures"], phase_times(promotion)
+            print(
+                f"promotion: {total:.1f} s in all; copy {figures['copy_s']:.1f} s while serving,"
+                f" hold {figures['hold_s']:.1f} s (freeze {figures['freeze_s']:.1f} s, catch-up"
+                f" {figures['catch_up_s']:.1f} s, release {figures['release_s']:.1f} s)",
+                flush=True,
+            )
+            report_load(load, at["holding"] - 0.5, at["switched"], "sent while held")
+
+            def roll_back() -> dict[str, Any]:
+                asked = api.post(f"/tenants/{slug}/promotion/rollback")
+                assert asked.status_code == 202, asked.text
+                run = api.wait_run(asked.json()["run_id"], timeout_s=900)
+                found: dict[str, Any] = api.get(f"/tenants/{slug}/promotions").json()["promotions"][
+                    0
+                ]
+                assert run["status"] == "SUCCESS", (run, found["error"])
+                return found
+
+            load = Load(n8n, path)
+            back, elapsed = under_load(load, roll_back)
+            print(
+                f"rollback: serving from the shared schema {back['figures']['rollback_s']:.1f} s"
+                f" after the run took hold (goal <= 60 s); the run"
+                f" {back['figures']['rollback_total_s']:.1f} s with the backlog and workers;"
+                f" {elapsed:.1f} s from the request to the run's end;"
+                f" {back['figures']['executions_left_behind']} execution(s) left behind",
+                flush=True,
+            )
+            report_load(load, 0, time.time(), "sent during the rollback")
+        finally:
+            gone = api.request("DELETE", f"/tenants/{slug}?purge=true")
+            if gone.status_code == 202:
+                api.wait_run(gone.json()["run_id"])
+
+
+if __name__ == "__main__":
+    main()

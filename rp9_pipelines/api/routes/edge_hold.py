@@ -1,0 +1,202 @@
+"""The holder: where Traefik sends a tenant's requests while its n8n changes places (a
+promotion's cutover, `domain.routing.hold_config`), so that they wait instead of failing.
+
+Each held request waits until the tenant's hold (`edge_holds`) is released, then goes on through
+Traefik with its own method, path, query, headers and body and the hold's token in
+`HELD_HEADER`, which Traefik's release route (`routing.release_config`, in force before the
+release) sends straight to wherever the tenant is served by then, past its edge limits; its
+answer comes back as n8n gave it. A request that carries `HELD_HEADER` here came back (no
+release route): it, and a request held past `HOLD_LIMIT_S`, is answered 503 with `Retry-After`,
+as the fallback answers. No Bearer token: these are the tenant's visitors.
+
+However many requests wait, the catalog is asked about a tenant's hold at most every `POLL_S`
+(one look-up serves every waiter), from the fallback's few threads.
+"""
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+import anyio
+import httpx
+import sqlalchemy as sa
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from rp9_pipelines.api.deps import EngineDep, SettingsDep
+from rp9_pipelines.api.routes.tenant_fallback import (
+    HOSTNAME,
+    _answer,
+    host_condition,
+    host_of,
+    run_lookup,
+)
+from rp9_pipelines.catalog.tables import edge_holds, tenants
+from rp9_pipelines.domain.routing import HELD_HEADER, HOLD_PATH, HOLDING_PATH, Unavailable
+
+# Longer than any cutover's hold lasts (`make bench-promote`: 11-19 s on two cores), shorter
+# than the minute after which most senders give up: a sender that waits gets its answer late
+# rather than a 503.
+HOLD_LIMIT_S = 50.0
+POLL_S = 0.1
+MAX_HELD = 2000
+MAX_BODY_BYTES = 16 * 1024 * 1024  # n8n's own limit (N8N_PAYLOAD_SIZE_MAX)
+# Headers of one hop only (RFC 9110 §7.6.1), and what is recomputed for the next one.
+HOP_HEADERS = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+}
+TIMED_OUT = Unavailable(503, "tenant_unavailable", "this address is changing servers", 5)
+LOOPED = Unavailable(503, "tenant_unavailable", "this address is changing servers", 2)
+TOO_MANY = Unavailable(503, "tenant_busy", "this address is changing servers", 2)
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["hold"], include_in_schema=False)
+
+
+class _Holds:
+    """This process's view of the tenants' holds: when each was last asked, and the answer."""
+
+    def __init__(self) -> None:
+        self.checked: dict[uuid.UUID, tuple[float, bool, str]] = {}
+        self.locks: dict[uuid.UUID, anyio.Lock] = {}
+        self.held = 0
+        # Requests of each tenant here whose way on Traefik has not chosen yet (waiting, or sent
+        # without an answer's headers): the release route stays until none is left.
+        self.unrouted: dict[uuid.UUID, int] = {}
+        # Requests of each tenant here until their answer goes back: while a released backlog
+        # is worked through, the tenant stays behind the holder (no in-flight limit sheds).
+        self.open: dict[uuid.UUID, int] = {}
+        self.client: httpx.AsyncClient | None = None
+
+
+_holds = _Holds()
+
+
+def _held(engine: sa.Engine, host: str, base_domain: str) -> tuple[uuid.UUID, bool, str] | None:
+    """The tenant at `host`, whether its requests are still held, and the hold's token."""
+    query = (
+        sa.select(tenants.c.id, edge_holds.c.held_at, edge_holds.c.released_at, edge_holds.c.token)
+        .select_from(tenants.outerjoin(edge_holds, edge_holds.c.tenant_id == tenants.c.id))
+        .where(host_condition(host, base_domain), tenants.c.status != "deleted")
+        .limit(1)
+    )
+    with engine.connect() as connection:
+        row = connection.execute(query).first()
+    if row is None:
+        return None
+    return row.id, row.held_at is not None and row.released_at is None, row.token or ""
+
+
+async def _still_held(
+    engine: sa.Engine, host: str, tenant_id: uuid.UUID, base: str
+) -> tuple[bool, str]:
+    """Whether the tenant's requests are still held, and the hold's token."""
+    lock = _holds.locks.setdefault(tenant_id, anyio.Lock())
+    async with lock:
+        at, held, token = _holds.checked.get(tenant_id, (0.0, True, ""))
+        if time.monotonic() - at >= POLL_S:
+            found = await run_lookup(_held, engine, host, base)
+            held, token = (found[1], found[2]) if found is not None else (False, "")
+            _holds.checked[tenant_id] = (time.monotonic(), held, token)
+        return held, token
+
+
+def _client() -> httpx.AsyncClient:
+    if _holds.client is None:
+        limits = httpx.Limits(max_connections=MAX_HELD, max_keepalive_connections=50)
+        _holds.client = httpx.AsyncClient(timeout=120, limits=limits)
+    return _holds.client
+
+
+async def _send_on(
+    request: Request, body: bytes, traefik_url: str, token: str, routed: Callable[[], None]
+) -> Response:
+    path = request.url.path.removeprefix(HOLD_PATH) or "/"
+    url = traefik_url.rstrip("/") + path + (f"?{request.url.query}" if request.url.query else "")
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_HEADERS]
+    headers.append((HELD_HEADER, token or "released"))
+    outgoing = _client().build_request(request.method, url, headers=headers, content=body)
+    try:
+        answer = await _client().send(outgoing, stream=True)
+    finally:
+        routed()
+    try:
+        content = b"".join([chunk async for chunk in answer.aiter_raw()])
+    finally:
+        await answer.aclose()
+    kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_HEADERS}
+    return Response(content=content, status_code=answer.status_code, headers=kept)
+
+
+@router.api_route(
+    HOLD_PATH + "/{rest:path}",
+    methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+)
+async def held_request(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
+    """Wait for the tenant's hold to be released, then send the request on."""
+    del request.path_params["rest"]
+    if request.headers.get(HELD_HEADER):
+        return _answer(request, LOOPED)
+    host = host_of(request)
+    if not HOSTNAME.fullmatch(host):
+        return _answer(request, TIMED_OUT)
+    if _holds.held >= MAX_HELD:
+        return _answer(request, TOO_MANY)
+    _holds.held += 1
+    try:
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            return Response(status_code=413)
+        found = await run_lookup(_held, engine, host, settings.base_domain)
+        token = found[2] if found is not None else ""
+        if found is None:
+            return await _send_on(request, body, settings.traefik_url, token, lambda: None)
+        tenant_id = found[0]
+        _holds.unrouted[tenant_id] = _holds.unrouted.get(tenant_id, 0) + 1
+        _holds.open[tenant_id] = _holds.open.get(tenant_id, 0) + 1
+        counted = True
+
+        def routed() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                _holds.unrouted[tenant_id] -= 1
+
+        try:
+            deadline = time.monotonic() + HOLD_LIMIT_S
+            while True:
+                held, token = await _still_held(engine, host, tenant_id, settings.base_domain)
+                if not held:
+                    break
+                if time.monotonic() > deadline:
+                    log.warning("hold of %s outlasted %s s: answered 503", host, HOLD_LIMIT_S)
+                    return _answer(request, TIMED_OUT)
+                await anyio.sleep(POLL_S)
+            return await _send_on(request, body, settings.traefik_url, token, routed)
+        finally:
+            routed()
+            _holds.open[tenant_id] -= 1
+    except httpx.HTTPError as error:
+        log.warning("a held request to %s could not be sent on: %s", host, error)
+        return _answer(request, TIMED_OUT)
+    finally:
+        _holds.held -= 1
+
+
+@router.get(HOLDING_PATH + "/{tenant_id}")
+async def holding(tenant_id: uuid.UUID) -> dict[str, int]:
+    """The tenant's requests in this holder: `open` until answered, `unrouted` until sent on
+    (the run that held them lifts the hold once few are open, and removes the release route
+    once none is unrouted). Not routed from any tenant's host."""
+    return {
+        "open": _holds.open.get(tenant_id, 0),
+        "unrouted": _holds.unrouted.get(tenant_id, 0),
+    }

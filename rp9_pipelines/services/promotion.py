@@ -1,0 +1,495 @@
+"""The shells of a promotion (`domain/promotion.py` names the phases): build and fill the
+dedicated database while the tenant serves, hold its requests at the edge, freeze and drain its
+shared n8n, catch the copy up and compare it, start its n8n on the copy and release what was
+held; or, on any failure before the switch, put it back on its shared schema, serving.
+
+Never two mains on one tenant's data: the shared main is stopped (and its role's login taken
+away) before the dedicated one starts, and the shared one starts again only after the
+dedicated one was removed.
+"""
+
+import contextlib
+import datetime as dt
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import dagster as dg
+import httpx
+import sqlalchemy as sa
+
+from rp9_pipelines import launches
+from rp9_pipelines.catalog import promotions as catalog
+from rp9_pipelines.catalog import tenants as tenant_catalog
+from rp9_pipelines.catalog.tenants import Tenant
+from rp9_pipelines.domain.promotion import after_switch, mismatches, refusal, rollback_refusal
+from rp9_pipelines.domain.routing import (
+    HOLDING_PATH,
+    hold_config,
+    hold_name,
+    release_config,
+    release_name,
+)
+from rp9_pipelines.domain.tenants import TenantNames, Tier, role_limits
+from rp9_pipelines.resources.n8n import N8nResource
+from rp9_pipelines.resources.stack import StackResources
+from rp9_pipelines.resources.tenant_copy import TenantCopy
+from rp9_pipelines.resources.traefik_dynamic import TraefikDynamicResource
+from rp9_pipelines.services import tenants
+
+Log = Callable[[str], None]
+FALLBACK_FILES = "rp9-fallback-"
+ROUTE_TIMEOUT_S = 15.0
+DRAIN_TIMEOUT_S = 60.0
+MAIN_STOP_TIMEOUT_S = 1
+# The hold's route stays until at most this many requests are open in the holder (a released
+# backlog worked through), for at most `BACKLOG_TIMEOUT_S`.
+OPEN_TO_LIFT = 10
+BACKLOG_TIMEOUT_S = 120.0
+
+
+class PromotionResources(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """What a promotion acts on: the tenant's stack, Traefik (its dynamic directory and API)
+    and the tenant's n8n through it."""
+
+    stack: StackResources
+    n8n: N8nResource
+    traefik_dynamic: TraefikDynamicResource
+    traefik_api_url: str
+    rollback_window_s: float = 86_400.0
+
+
+class PromotionFailed(RuntimeError):
+    """The promotion stopped; the tenant serves from the side named in the message."""
+
+
+def sides(tenant: Tenant) -> tuple[TenantNames, TenantNames]:
+    return TenantNames(tenant.slug, "shared"), TenantNames(tenant.slug, "dedicated")
+
+
+def as_tier(tenant: Tenant, tier: Tier) -> Tenant:
+    return replace(tenant, tier=tier)
+
+
+def record(
+    r: PromotionResources,
+    promotion_id: uuid.UUID,
+    phase: str,
+    columns: dict[str, Any] | None = None,
+    **figures: Any,
+) -> None:
+    """The run reached `phase`, having measured `figures` (and set `columns` of its row)."""
+    with r.stack.catalog.begin() as connection:
+        catalog.advance(connection, promotion_id, phase, figures, **(columns or {}))
+
+
+def finish(r: PromotionResources, promotion_id: uuid.UUID, status: str, **values: Any) -> None:
+    with r.stack.catalog.begin() as connection:
+        promotion = catalog.get(connection, promotion_id)
+        assert promotion is not None
+        catalog.advance(
+            connection,
+            promotion_id,
+            promotion["phase"],
+            status=status,
+            finished_at=dt.datetime.now(dt.UTC),
+            **values,
+        )
+
+
+# Prepare ------------------------------------------------------------------------------------
+
+
+def prepare(r: PromotionResources, tenant: Tenant, promotion_id: uuid.UUID, log: Log) -> None:
+    """A dedicated database from the n8n template, nobody able to log in to it yet, filled from
+    one snapshot of the shared schema. Again from scratch on a re-run."""
+    s = r.stack
+    if tenant.n8n_version != s.platform.n8n_version:
+        raise PromotionFailed(
+            f"{tenant.slug} runs n8n {tenant.n8n_version}, the platform's template is"
+            f" {s.platform.n8n_version}: upgrade it first; it serves from its shared schema"
+        )
+    shared, dedicated = sides(tenant)
+    record(r, promotion_id, "preparing")
+    template = tenants.ensure_template(s, log)
+    # A copy left by an earlier attempt is never trusted: it starts again, empty.
+    if s.tenant_db.exists(dedicated):
+        log(f"removing the dedicated database {dedicated.db_name} of an earlier attempt")
+        s.tenant_db.drop(dedicated)
+    with s.catalog.begin() as connection:
+        limits = role_limits(tenant_catalog.limits_for(connection, tenant.id))
+    # A throwaway password: the tenant's own (which its containers hold) is set at the switch,
+    # so no tenant code reaches the copy before it is the tenant's.
+    s.tenant_db.ensure(dedicated, secrets.token_hex(24), template, limits)
+    s.tenant_db.set_login(dedicated, False)
+    copy = TenantCopy(s.tenant_db, shared, dedicated)
+    keys = copy.foreign_keys()
+    copy.drop_foreign_keys(keys)
+    copied = copy.copy_all()
+    log(
+        f"copied {sum(copied.rows.values())} rows of {len(copied.rows)} tables"
+        f" in {copied.seconds:.1f} s"
+    )
+    record(
+        r,
+        promotion_id,
+        "prepared",
+        copied_rows=copied.rows,
+        copy_s=round(copied.seconds, 3),
+        floor=copied.floor,
+        foreign_keys=keys,
+    )
+
+
+# The edge ------------------------------------------------------------------------------------
+
+
+def holder_url(r: PromotionResources) -> str:
+    """The URL of a running API (its published fallback route), whose holder keeps the tenant's
+    requests during the cutover; none answering: `PromotionFailed`, before anything changes."""
+    for name in r.traefik_dynamic.names(FALLBACK_FILES):
+        config = r.traefik_dynamic.read(name) or {}
+        service = config.get("http", {}).get("services", {}).get(name, {})
+        url = (service.get("loadBalancer", {}).get("servers") or [{}])[0].get("url", "")
+        with contextlib.suppress(httpx.HTTPError):
+            if url and httpx.get(url.rstrip("/") + "/healthz", timeout=3).status_code == 200:
+                return str(url)
+    raise PromotionFailed("no rp9 API answers to hold the tenant's requests: start the API")
+
+
+def _router(r: PromotionResources, name: str) -> dict[str, Any] | None:
+    try:
+        answer = httpx.get(f"{r.traefik_api_url}/api/http/routers/{name}", timeout=3)
+    except httpx.HTTPError:
+        return None
+    return answer.json() if answer.status_code == 200 else None
+
+
+def _wait(what: str, ready: Callable[[], bool], timeout_s: float) -> float:
+    started = time.monotonic()
+    while not ready():
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"{what} after {timeout_s} s")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def hold(r: PromotionResources, tenant: Tenant) -> float:
+    """Route the tenant's hosts to the holder, and wait until Traefik does; the seconds."""
+    url = holder_url(r)
+    platform = r.stack.platform
+    with r.stack.catalog.begin() as connection:
+        catalog.hold(connection, tenant.id, "promotion", secrets.token_hex(16))
+    name = hold_name(tenant.slug)
+    r.traefik_dynamic.write(
+        name,
+        hold_config(
+            slug=tenant.slug,
+            hosts=tenant.names.hosts(platform.base_domain, tenant.custom_domain),
+            holder_url=url,
+            entrypoint=platform.traefik_entrypoint,
+            tls=bool(platform.traefik_cert_resolver),
+        ),
+    )
+    return _wait(
+        f"Traefik did not route {tenant.slug} to the holder",
+        lambda: _router(r, f"{name}@file") is not None,
+        ROUTE_TIMEOUT_S,
+    )
+
+
+def release(r: PromotionResources, tenant: Tenant) -> float:
+    """Once Traefik routes the tenant's own n8n: the release route for the held requests, then
+    the hold lifted (they go on at once, through that route); the seconds. The routes go with
+    `end_release`."""
+    platform = r.stack.platform
+    own = f"{tenant.names.router}@docker"
+
+    def enabled(name: str) -> Callable[[], bool]:
+        def check() -> bool:
+            found = _router(r, name)
+            return bool(found and found.get("status") == "enabled")
+
+        return check
+
+    started = time.monotonic()
+    _wait(f"Traefik did not route {tenant.slug} to its n8n", enabled(own), ROUTE_TIMEOUT_S)
+    with r.stack.catalog.begin() as connection:
+        token = catalog.hold_token(connection, tenant.id) or secrets.token_hex(16)
+    r.traefik_dynamic.write(
+        release_name(tenant.slug),
+        release_config(
+            slug=tenant.slug,
+            hosts=tenant.names.hosts(platform.base_domain, tenant.custom_domain),
+            service=own,
+            token=token,
+            entrypoint=platform.traefik_entrypoint,
+            tls=bool(platform.traefik_cert_resolver),
+        ),
+    )
+    _wait(
+        f"Traefik did not take the release route of {tenant.slug}",
+        enabled(f"{release_name(tenant.slug)}@file"),
+        ROUTE_TIMEOUT_S,
+    )
+    with r.stack.catalog.begin() as connection:
+        catalog.release(connection, tenant.id)
+    return time.monotonic() - started
+
+
+def _holding(url: str, tenant: Tenant) -> dict[str, int] | None:
+    """What the holder at `url` has of the tenant's requests; None: it is gone (and with it
+    what it held)."""
+    try:
+        answer = httpx.get(f"{url}{HOLDING_PATH}/{tenant.id}", timeout=3)
+    except httpx.HTTPError:
+        return None
+    return answer.json() if answer.status_code == 200 else None
+
+
+def end_release(r: PromotionResources, tenant: Tenant) -> None:
+    """Back to the tenant's own route, edge limits and all. Until then every request passes
+    through the holder, which sends it on at once past the limits: the backlog released
+    together is worked through without the in-flight limit shedding what arrives meanwhile. So
+    the hold's route goes once few requests are open in the holder (at most
+    `OPEN_TO_LIFT`, or after `BACKLOG_TIMEOUT_S`), then the release route, once the holder sent
+    on everything it had."""
+    name = hold_name(tenant.slug)
+    holder = (r.traefik_dynamic.read(name) or {}).get("http", {}).get("services", {}).get(name)
+    url = holder["loadBalancer"]["servers"][0]["url"].rstrip("/") if holder else ""
+
+    def few_open() -> bool:
+        state = _holding(url, tenant) if url else None
+        return state is None or state.get("open", 0) <= OPEN_TO_LIFT
+
+    with contextlib.suppress(TimeoutError):  # a backlog that lasts: the limits apply again
+        _wait(f"the backlog of {tenant.slug}", few_open, BACKLOG_TIMEOUT_S)
+    r.traefik_dynamic.remove(name)
+    _wait(
+        f"Traefik kept the hold of {tenant.slug}",
+        lambda: _router(r, f"{name}@file") is None,
+        ROUTE_TIMEOUT_S,
+    )
+
+    def sent_on() -> bool:
+        state = _holding(url, tenant) if url else None
+        return state is None or state.get("unrouted", 0) == 0
+
+    _wait(f"the holder kept requests of {tenant.slug}", sent_on, ROUTE_TIMEOUT_S)
+    r.traefik_dynamic.remove(release_name(tenant.slug))
+
+
+# Freeze, catch up, switch --------------------------------------------------------------------
+
+
+def freeze(r: PromotionResources, tenant: Tenant, names: TenantNames, log: Log) -> float:
+    """Stop the main of `names`' side (held requests wait at the edge), let its workers drain
+    its queue, stop them, and take that side's role's login away: nothing writes its data."""
+    s = r.stack
+    started = time.monotonic()
+    main = names.container("main")
+    log(f"stopping {main}")
+    # Its visitors wait at the edge now; what it still serves (a webhook is answered once it is
+    # queued: milliseconds) finishes within the timeout. n8n's own shutdown would then wait out
+    # its whole graceful timeout for nothing (32 s measured for an idle main).
+    s.docker_runtime.stop(main, timeout_s=MAIN_STOP_TIMEOUT_S)
+
+    def drained() -> bool:
+        counts = s.redis.queue_counts(names.bull_prefix)
+        return counts.waiting == 0 and counts.active == 0
+
+    _wait(f"the queue of {tenant.slug} did not drain", drained, DRAIN_TIMEOUT_S)
+    for state in s.docker_runtime.states(tenant.slug):
+        if state.role == "worker":  # their queue is empty: nothing runs in them
+            s.docker_runtime.stop(state.name, timeout_s=0)
+    s.tenant_db.set_login(names, False)
+    return time.monotonic() - started
+
+
+def catch_up(r: PromotionResources, tenant: Tenant, promotion: dict[str, Any], log: Log) -> None:
+    """The copy made exact from the frozen source, compared, its foreign keys back."""
+    shared, dedicated = sides(tenant)
+    copy = TenantCopy(r.stack.tenant_db, shared, dedicated)
+    figures = promotion["figures"]
+    caught = copy.catch_up(int(figures.get("floor", 0)))
+    copy.add_foreign_keys(figures.get("foreign_keys", []))
+    source, copied = copy.compare()
+    wrong = mismatches(source, copied)
+    if wrong:
+        raise PromotionFailed("the copy differs from the shared schema: " + "; ".join(wrong[:5]))
+    log(f"caught up in {caught.seconds:.1f} s; {sum(source.rows.values())} rows compared equal")
+    record(
+        r,
+        promotion["id"],
+        "verified",
+        catch_up_s=round(caught.seconds, 3),
+        verified_rows=source.rows,
+        digests=source.digests,
+        last_execution_id=copy.last_execution_id(),
+    )
+
+
+def serve(r: PromotionResources, tenant: Tenant, log: Log, *, roles: set[str]) -> None:
+    """Converge the tenant's containers of `roles` on its current tier."""
+    tenants.converge(r.stack, tenant, log, roles=roles)
+
+
+def switch(r: PromotionResources, tenant: Tenant, promotion_id: uuid.UUID, log: Log) -> Tenant:
+    """The tenant is dedicated from here: the shared containers go, the dedicated role gets the
+    tenant's password, its main starts on the copy; then the hold is released."""
+    s = r.stack
+    _, dedicated = sides(tenant)
+    password = (s.vault.require(tenant.names.vault_path))["db_password"]
+    with s.catalog.begin() as connection:
+        limits = role_limits(tenant_catalog.limits_for(connection, tenant.id))
+        tenant_catalog.update_tenant(connection, tenant.id, tier="dedicated")
+    moved = as_tier(tenant, "dedicated")
+    s.tenant_db.ensure(dedicated, password, None, limits)
+    serve(r, moved, log, roles={"main"})
+    return moved
+
+
+def remove_containers(r: PromotionResources, tenant: Tenant, log: Log) -> None:
+    for state in sorted(
+        r.stack.docker_runtime.states(tenant.slug), key=lambda st: st.role != "worker"
+    ):
+        log(f"removing {state.name}")
+        r.stack.docker_runtime.remove(state.name, graceful=True)
+
+
+def roll_back(r: PromotionResources, tenant: Tenant, log: Log) -> float | None:
+    """Back on the shared schema, serving: whatever of the dedicated side runs goes first, the
+    shared role logs in again, the shared main converges, the hold is released, the workers
+    start. When (monotonic) the held requests were released, if they were."""
+    s = r.stack
+    shared, dedicated = sides(tenant)
+    with s.catalog.begin() as connection:
+        tenant_catalog.update_tenant(connection, tenant.id, tier="shared")
+    back = as_tier(tenant, "shared")
+    observed = s.docker_runtime.observe(tenant.slug)
+    if any(o.role == "main" and o.running for o in observed) and tenant.tier == "dedicated":
+        remove_containers(r, tenant, log)
+    if s.tenant_db.exists(dedicated):
+        s.tenant_db.set_login(dedicated, False)
+    s.tenant_db.set_login(shared, True)
+    serve(r, back, log, roles={"main"})
+    released = None
+    if held(r, tenant):
+        release(r, back)
+        released = time.monotonic()
+        end_release(r, back)
+    # The workers once what was held is answered: their start would take the CPU its main needs.
+    serve(r, back, log, roles={"main", "worker"})
+    return released
+
+
+def held(r: PromotionResources, tenant: Tenant) -> bool:
+    return r.traefik_dynamic.read(hold_name(tenant.slug)) is not None
+
+
+def interrupted_side(phase: str) -> str:
+    return "dedicated" if after_switch(phase) else "shared"
+
+
+# What the API asks: start a promotion, or its rollback ----------------------------------------
+
+Launcher = Callable[[Any], str]
+
+
+class Promotions(Protocol):
+    """The catalog as promotion requests read and write it (`CatalogPromotions`)."""
+
+    def start(self, tenant: Tenant, trigger: str) -> uuid.UUID:
+        """Record a requested promotion and mark the tenant `promoting`, or `Conflict` with a
+        stable code when its state (or a promotion already running) refuses."""
+        ...
+
+    def forget(self, promotion_id: uuid.UUID, tenant: Tenant) -> None:
+        """Undo `start` (its run could not be launched)."""
+
+    def start_rollback(self, tenant: Tenant, now: dt.datetime) -> uuid.UUID:
+        """The promotion to go back from, the tenant marked `promoting`; or `Conflict`."""
+        ...
+
+    def forget_rollback(self, tenant: Tenant) -> None: ...
+
+    def of_tenant(self, tenant_id: uuid.UUID) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class CatalogPromotions:
+    engine: sa.Engine
+
+    def start(self, tenant: Tenant, trigger: str) -> uuid.UUID:
+        with self.engine.begin() as connection:
+            current = tenant_catalog.require_tenant(connection, tenant.id)
+            why = refusal(current.tier, current.status, catalog.running(connection, tenant.id))
+            if why is not None:
+                raise tenants.Conflict(*why)
+            try:
+                return catalog.start(connection, tenant.id, trigger)
+            except catalog.PromotionRunning:
+                raise tenants.Conflict(
+                    "promotion_in_progress", "a promotion of this tenant is already running"
+                ) from None
+
+    def forget(self, promotion_id: uuid.UUID, tenant: Tenant) -> None:
+        with self.engine.begin() as connection:
+            catalog.forget(connection, promotion_id, tenant.status)
+
+    def start_rollback(self, tenant: Tenant, now: dt.datetime) -> uuid.UUID:
+        with self.engine.begin() as connection:
+            current = tenant_catalog.require_tenant(connection, tenant.id)
+            last = catalog.last_switched(connection, tenant.id)
+            why = rollback_refusal(current.tier, current.status, last, now)
+            if why is not None:
+                raise tenants.Conflict(*why)
+            assert last is not None
+            tenant_catalog.update_tenant(connection, tenant.id, status="promoting")
+            promotion_id: uuid.UUID = last["id"]
+            return promotion_id
+
+    def forget_rollback(self, tenant: Tenant) -> None:
+        with self.engine.begin() as connection:
+            tenant_catalog.update_tenant(connection, tenant.id, status=tenant.status)
+
+    def of_tenant(self, tenant_id: uuid.UUID) -> list[dict[str, Any]]:
+        with self.engine.connect() as connection:
+            return catalog.of_tenant(connection, tenant_id)
+
+
+def request_promotion(
+    promotions: Promotions, launch: Launcher, tenant: Tenant, trigger: str = "manual"
+) -> tuple[uuid.UUID, str]:
+    """Record the promotion (the tenant `promoting`), then launch its run; no run, no
+    promotion."""
+    promotion_id = promotions.start(tenant, trigger)
+    try:
+        run_id = launch(
+            launches.promotion("promote_tenant", str(promotion_id), str(tenant.id), tenant.slug)
+        )
+    except Exception:
+        promotions.forget(promotion_id, tenant)
+        raise
+    return promotion_id, run_id
+
+
+def request_rollback(
+    promotions: Promotions, launch: Launcher, tenant: Tenant, now: dt.datetime
+) -> tuple[uuid.UUID, str]:
+    """Launch the return to the shared schema of the tenant's last promotion, if its window is
+    open (`Conflict` otherwise)."""
+    promotion_id = promotions.start_rollback(tenant, now)
+    try:
+        run_id = launch(
+            launches.promotion(
+                "roll_back_promotion", str(promotion_id), str(tenant.id), tenant.slug
+            )
+        )
+    except Exception:
+        promotions.forget_rollback(tenant)
+        raise
+    return promotion_id, run_id
