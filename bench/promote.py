@@ -51,8 +51,8 @@ def fill(settings: Settings, names: TenantNames, workflow_id: str, megabytes: in
                     " SELECT true, 'webhook', 'success', now(), now(), now(), :w"
                     " FROM generate_series(1, :n) RETURNING id)"
                     f' INSERT INTO {schema}.execution_data ("executionId", "workflowData", data)'
-                    " SELECT id, '{}'::json, (SELECT string_agg(md5(random()::text || id), '')"
-                    " FROM generate_series(1, :chunks)) FROM made"
+                    " SELECT made.id, '{}'::json, (SELECT string_agg(md5(random()::text || g), '')"
+                    " FROM generate_series(1, :chunks) g WHERE made.id IS NOT NULL) FROM made"
                 ),
                 {"w": workflow_id, "n": batch, "chunks": ROW_KB * 1024 // 32},
             )

@@ -336,8 +336,15 @@ class TenantCopy:
                 src.execute("COMMIT")
 
     def executions_after(self, last_id: int) -> int:
-        """Executions the copy holds past `last_id` (made on the dedicated side)."""
+        """Executions the copy holds past `last_id` (made on the dedicated side, which has been
+        the tenant's since the switch: its table is read only if it is still safe to read)."""
         with self.db.connect(self.target.db_name) as connection:
+            require_readable(
+                raw_connection(connection),
+                self.target.db_schema,
+                self.target.db_role,
+                {"execution_entity": ["id"]},
+            )
             row = (
                 raw_connection(connection)
                 .execute(

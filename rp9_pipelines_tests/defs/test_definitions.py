@@ -29,6 +29,9 @@ EXPECTED_JOBS = {
     "enforce_limits",
     "backup_platform",
     "platform_dr_drill",
+    "promote_tenant",
+    "roll_back_promotion",
+    "remove_shared_schema",
     "__ASSET_JOB",
 }
 EXPECTED_SCHEDULES = {
@@ -51,6 +54,7 @@ EXPECTED_SENSORS = {
     "stripe_meter_after_usage",
     "register_tenant_partitions",
     "promotion_candidates",
+    "promotion_windows",
 }
 EXPECTED_RESOURCES = {
     "catalog",
@@ -71,6 +75,7 @@ EXPECTED_RESOURCES = {
     "stack",
     "drill",
     "platform_backup",
+    "promotion",
 }
 TENANT_ID = "00000000-0000-0000-0000-000000000001"
 LAUNCHES = [
@@ -83,6 +88,9 @@ LAUNCHES = [
     launches.enforcement(["acme"], "api"),
     launches.stripe_meter("acme"),
     launches.usage_daily("usage_daily_schedule"),
+    launches.promotion("promote_tenant", TENANT_ID, TENANT_ID, "acme"),
+    launches.promotion("roll_back_promotion", TENANT_ID, TENANT_ID, "acme"),
+    launches.promotion("remove_shared_schema", TENANT_ID, TENANT_ID, "acme", "promotion_windows"),
     launches.platform_backup("on_demand", "api"),
     launches.platform_dr_drill(TENANT_ID, "api"),
 ]
