@@ -92,6 +92,16 @@ def under_load(load: Load, action: Any) -> tuple[Any, float]:
     return result, elapsed
 
 
+def change(api: Api, slug: str, action: str) -> dict[str, Any]:
+    """POST the promotion's `action`, wait for its run to succeed; the promotion as listed."""
+    asked = api.post(f"/tenants/{slug}/{action}")
+    assert asked.status_code == 202, asked.text
+    run = api.wait_run(asked.json()["run_id"], timeout_s=1800)
+    found: dict[str, Any] = api.get(f"/tenants/{slug}/promotions").json()["promotions"][0]
+    assert run["status"] == "SUCCESS", (run, found["error"])
+    return found
+
+
 def report_load(load: Load, held_from: float, held_until: float, what: str) -> None:
     held = [latency for sent, latency, _ in load.calls if held_from <= sent <= held_until]
     every = [latency for _, latency, _ in load.calls]
@@ -142,18 +152,8 @@ def main() -> None:
                 flush=True,
             )
 
-            def promote() -> dict[str, Any]:
-                asked = api.post(f"/tenants/{slug}/promote")
-                assert asked.status_code == 202, asked.text
-                run = api.wait_run(asked.json()["run_id"], timeout_s=1800)
-                found: dict[str, Any] = api.get(f"/tenants/{slug}/promotions").json()["promotions"][
-                    0
-                ]
-                assert run["status"] == "SUCCESS", (run, found["error"])
-                return found
-
             load = Load(n8n, path)
-            promotion, total = under_load(load, promote)
+            promotion, total = under_load(load, lambda: change(api, slug, "promote"))
             figures, at = promotion["figures"], phase_times(promotion)
             print(
                 f"promotion: {total:.1f} s in all; copy {figures['copy_s']:.1f} s while serving,"
@@ -163,18 +163,8 @@ def main() -> None:
             )
             report_load(load, at["holding"] - 0.5, at["switched"], "sent while held")
 
-            def roll_back() -> dict[str, Any]:
-                asked = api.post(f"/tenants/{slug}/promotion/rollback")
-                assert asked.status_code == 202, asked.text
-                run = api.wait_run(asked.json()["run_id"], timeout_s=900)
-                found: dict[str, Any] = api.get(f"/tenants/{slug}/promotions").json()["promotions"][
-                    0
-                ]
-                assert run["status"] == "SUCCESS", (run, found["error"])
-                return found
-
             load = Load(n8n, path)
-            back, elapsed = under_load(load, roll_back)
+            back, elapsed = under_load(load, lambda: change(api, slug, "promotion/rollback"))
             print(
                 f"rollback: serving from the shared schema {back['figures']['rollback_s']:.1f} s"
                 f" after the run took hold (goal <= 60 s); the run"

@@ -37,6 +37,23 @@ REQUIRED = (
 )
 
 
+TERMINATE = """
+mutation Terminate($runId: String!) {
+  terminateRun(runId: $runId) { __typename ... on PythonError { message } }
+}
+"""
+
+
+def terminate_run(dagster_url: str, run_id: str) -> None:
+    """Stop a run as an operator does from the Dagster UI (its process is interrupted)."""
+    answer = httpx.post(
+        f"{dagster_url}/graphql",
+        json={"query": TERMINATE, "variables": {"runId": run_id}},
+        timeout=30,
+    ).json()
+    assert answer["data"]["terminateRun"]["__typename"] == "TerminateRunSuccess", answer
+
+
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     missing = [name for name in REQUIRED if not os.environ.get(name)]

@@ -13,7 +13,8 @@ and added back, validated, once it is exact.
 
 import hashlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,37 +174,39 @@ class TenantCopy:
                     target.write(block)
             return max(writing.rowcount, 0)
 
-    def _sessions(self) -> Any:
-        return self.db.connect(self.source.db_name), self.db.connect(self.target.db_name)
+    @contextmanager
+    def _snapshot(
+        self,
+    ) -> Iterator[tuple[psycopg.Connection[Any], psycopg.Connection[Any], dict[str, list[str]]]]:
+        """The shared database read from one snapshot (a lock held by the tenant fails it after
+        `LOCK_TIMEOUT` instead of stalling it), the dedicated one, and the tables to copy."""
+        with (
+            self.db.connect(self.source.db_name) as s,
+            self.db.connect(self.target.db_name) as d,
+        ):
+            src, dst = raw_connection(s), raw_connection(d)
+            src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            src.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+            try:
+                yield src, dst, self._tables(src, dst)
+            finally:
+                src.execute("COMMIT")
 
     def copy_all(self) -> Copied:
         """Every row of the shared schema, from one snapshot, into the emptied copy (one
         transaction: all of it or nothing)."""
         started = time.monotonic()
-        shared, dedicated = self._sessions()
-        with shared as s, dedicated as d:
-            src, dst = raw_connection(s), raw_connection(d)
-            src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            src.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
-            try:
-                tables = self._tables(src, dst)
-                floor = src.execute(
-                    sql.SQL(_UNSETTLED).format(sql.Identifier(self.source.db_schema))
-                ).fetchone()
-                rows: dict[str, int] = {}
-                with dst.transaction():
-                    self._truncate(dst, tables)
-                    for table, columns in sorted(tables.items()):
-                        rows[table] = self._copy(src, dst, table, columns)
-            finally:
-                src.execute("COMMIT")
-            dst.execute(
-                sql.SQL("ANALYZE {}").format(
-                    sql.SQL(", ").join(
-                        sql.Identifier(self.target.db_schema, t) for t in sorted(tables)
-                    )
-                )
-            )
+        with self._snapshot() as (src, dst, tables):
+            floor = src.execute(
+                sql.SQL(_UNSETTLED).format(sql.Identifier(self.source.db_schema))
+            ).fetchone()
+            rows: dict[str, int] = {}
+            with dst.transaction():
+                self._truncate(dst, tables)
+                for table, columns in sorted(tables.items()):
+                    rows[table] = self._copy(src, dst, table, columns)
+            names = [sql.Identifier(self.target.db_schema, t) for t in sorted(tables)]
+            dst.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(names)))
         return Copied(rows, time.monotonic() - started, int(floor[0]) if floor else 0)
 
     def _truncate(self, dst: psycopg.Connection[Any], tables: Iterable[str]) -> None:
@@ -216,32 +219,21 @@ class TenantCopy:
         gone deleted, what is new or may have changed since the snapshot copied), and every
         sequence's value. One transaction on the copy."""
         started = time.monotonic()
-        shared, dedicated = self._sessions()
-        with shared as s, dedicated as d:
-            src, dst = raw_connection(s), raw_connection(d)
-            src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            src.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
-            try:
-                tables = self._tables(src, dst)
-                rows: dict[str, int] = {}
-                whole = {t: c for t, c in tables.items() if t != DELTA_TABLE}
-                with dst.transaction():
-                    self._truncate(dst, whole)
-                    for table, columns in sorted(whole.items()):
-                        rows[table] = self._copy(src, dst, table, columns)
-                    if DELTA_TABLE in tables:
-                        rows[DELTA_TABLE] = self._copy_delta(src, dst, tables[DELTA_TABLE], floor)
-                    for name, value in self._sequences(src, self.source.db_schema).items():
-                        dst.execute(
-                            "SELECT pg_catalog.setval(%s::regclass, %s, %s)",
-                            (
-                                sql.Identifier(self.target.db_schema, name).as_string(dst),
-                                value[0],
-                                value[1],
-                            ),
-                        )
-            finally:
-                src.execute("COMMIT")
+        with self._snapshot() as (src, dst, tables):
+            rows: dict[str, int] = {}
+            whole = {t: c for t, c in tables.items() if t != DELTA_TABLE}
+            with dst.transaction():
+                self._truncate(dst, whole)
+                for table, columns in sorted(whole.items()):
+                    rows[table] = self._copy(src, dst, table, columns)
+                if DELTA_TABLE in tables:
+                    rows[DELTA_TABLE] = self._copy_delta(src, dst, tables[DELTA_TABLE], floor)
+                for name, value in self._sequences(src, self.source.db_schema).items():
+                    target = sql.Identifier(self.target.db_schema, name).as_string(dst)
+                    dst.execute(
+                        "SELECT pg_catalog.setval(%s::regclass, %s, %s)",
+                        (target, value[0], value[1]),
+                    )
         return Copied(rows, time.monotonic() - started, floor)
 
     def _ids(self, connection: psycopg.Connection[Any], schema: str) -> set[int]:
@@ -322,18 +314,11 @@ class TenantCopy:
 
     def compare(self) -> tuple[Side, Side]:
         """Both sides' figures, from one snapshot of each (the source is frozen)."""
-        shared, dedicated = self._sessions()
-        with shared as s, dedicated as d:
-            src, dst = raw_connection(s), raw_connection(d)
-            src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            try:
-                tables = self._tables(src, dst)
-                return (
-                    self._side(src, self.source.db_schema, tables),
-                    self._side(dst, self.target.db_schema, tables),
-                )
-            finally:
-                src.execute("COMMIT")
+        with self._snapshot() as (src, dst, tables):
+            return (
+                self._side(src, self.source.db_schema, tables),
+                self._side(dst, self.target.db_schema, tables),
+            )
 
     def executions_after(self, last_id: int) -> int:
         """Executions the copy holds past `last_id` (made on the dedicated side, which has been

@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -20,7 +19,7 @@ from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.resources.vault import VaultResource
 from rp9_pipelines.settings import Settings, sqlalchemy_url
 from rp9_pipelines_tests.api_client import Api
-from rp9_pipelines_tests.conftest import Served
+from rp9_pipelines_tests.conftest import Served, terminate_run
 from rp9_pipelines_tests.n8n_workflows import echo_webhook
 from rp9_pipelines_tests.promotion.traffic import install
 from rp9_pipelines_tests.tenants.conftest import TenantN8n, unique_slug
@@ -129,13 +128,6 @@ def test_a_dedicated_main_that_dies_at_the_switch_puts_the_tenant_back_on_its_sh
     assert not tenant_db.exists(TenantNames(slug, "dedicated"))
 
 
-TERMINATE = """
-mutation Terminate($runId: String!) {
-  terminateRun(runId: $runId) { __typename ... on PythonError { message } }
-}
-"""
-
-
 def test_a_promotion_killed_while_frozen_is_rolled_back_by_its_rerun(
     api: Api,
     settings: Settings,
@@ -161,12 +153,7 @@ def test_a_promotion_killed_while_frozen_is_rolled_back_by_its_rerun(
 
     # Killed with its shared main stopped and its requests held: the worst moment.
     wait_until(lambda: phase() in ("frozen", "verified"), timeout_s=300, what="the freeze")
-    terminated = httpx.post(
-        f"{dagster_webserver.url}/graphql",
-        json={"query": TERMINATE, "variables": {"runId": run_id}},
-        timeout=30,
-    ).json()
-    assert terminated["data"]["terminateRun"]["__typename"] == "TerminateRunSuccess", terminated
+    terminate_run(dagster_webserver.url, run_id)
     assert api.wait_run(run_id)["status"] in {"CANCELED", "FAILURE"}
     rerun = DagsterClient(f"{dagster_webserver.url}/graphql").launch(
         launches.promotion("promote_tenant", promotion_id, shared["id"], slug, "test")

@@ -3,22 +3,15 @@
 from typing import Any
 
 import docker
-import httpx
 import pytest
 
 from rp9_pipelines.settings import Settings
 from rp9_pipelines_tests.api_client import Api
-from rp9_pipelines_tests.conftest import Served
+from rp9_pipelines_tests.conftest import Served, terminate_run
 from rp9_pipelines_tests.tenants.conftest import TenantN8n, unique_slug
 from rp9_pipelines_tests.waiting import wait_until
 
 pytestmark = pytest.mark.stack
-
-TERMINATE = """
-mutation Terminate($runId: String!) {
-  terminateRun(runId: $runId) { __typename ... on PythonError { message } }
-}
-"""
 
 
 def test_interrupted_provision_converges_on_rerun(
@@ -39,12 +32,7 @@ def test_interrupted_provision_converges_on_rerun(
         timeout_s=120,
         what="the main container to be created",
     )
-    terminated = httpx.post(
-        f"{dagster_webserver.url}/graphql",
-        json={"query": TERMINATE, "variables": {"runId": run_id}},
-        timeout=30,
-    ).json()
-    assert terminated["data"]["terminateRun"]["__typename"] == "TerminateRunSuccess", terminated
+    terminate_run(dagster_webserver.url, run_id)
     assert api.wait_run(run_id)["status"] in {"CANCELED", "FAILURE"}
     assert api.get(f"/tenants/{slug}").json()["status"] in {"provisioning", "failed"}
 

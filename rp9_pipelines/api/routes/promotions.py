@@ -2,6 +2,8 @@
 follow them (every phase with its time and figures), and go back within the rollback window."""
 
 import datetime as dt
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -16,6 +18,8 @@ from rp9_pipelines.api.deps import (
     require_caller,
 )
 from rp9_pipelines.api.errors import LAUNCH_ERRORS, errors
+from rp9_pipelines.api.idempotency import Idempotency
+from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.services import promotion as service
 
 router = APIRouter(
@@ -60,6 +64,23 @@ def _public(row: dict[str, Any]) -> PromotionPublic:
     return PromotionPublic(**{**row, "id": str(row["id"]), "figures": figures})
 
 
+def _launch(
+    idempotency: Idempotency, tenant: Tenant, request: Callable[[], tuple[uuid.UUID, str]]
+) -> JSONResponse:
+    """The request, once per Idempotency-Key: 202 with the promotion and its run."""
+    with idempotency.slot() as slot:
+        if slot.replay is not None:
+            return slot.replay
+        promotion_id, run_id = request()
+        launched = PromotionLaunched(
+            tenant_id=str(tenant.id),
+            slug=tenant.slug,
+            promotion_id=str(promotion_id),
+            run_id=run_id,
+        )
+        return slot.answer(launched)
+
+
 @router.post(
     "/tenants/{ref}/promote",
     status_code=202,
@@ -71,18 +92,9 @@ def promote_tenant(
 ) -> JSONResponse:
     """Promote a shared tenant to a dedicated database, live (copy, then a held cutover). 409
     `already_dedicated`, `promotion_in_progress` or `invalid_state` (suspended, deleted, …)."""
-    with idempotency.slot() as slot:
-        if slot.replay is not None:
-            return slot.replay
-        promotion_id, run_id = service.request_promotion(promotions, dagster.launch, tenant)
-        return slot.answer(
-            PromotionLaunched(
-                tenant_id=str(tenant.id),
-                slug=tenant.slug,
-                promotion_id=str(promotion_id),
-                run_id=run_id,
-            )
-        )
+    return _launch(
+        idempotency, tenant, lambda: service.request_promotion(promotions, dagster.launch, tenant)
+    )
 
 
 @router.get("/tenants/{ref}/promotions", responses=errors(404, 422))
@@ -103,17 +115,10 @@ def roll_back_promotion(
     """Within the rollback window, return the tenant to its shared schema; the promotion's
     figures then say how many executions made on the dedicated side stay behind. 409
     `no_promotion`, `rollback_window_over` or `invalid_state`."""
-    with idempotency.slot() as slot:
-        if slot.replay is not None:
-            return slot.replay
-        promotion_id, run_id = service.request_rollback(
+    return _launch(
+        idempotency,
+        tenant,
+        lambda: service.request_rollback(
             promotions, dagster.launch, tenant, dt.datetime.now(dt.UTC)
-        )
-        return slot.answer(
-            PromotionLaunched(
-                tenant_id=str(tenant.id),
-                slug=tenant.slug,
-                promotion_id=str(promotion_id),
-                run_id=run_id,
-            )
-        )
+        ),
+    )
