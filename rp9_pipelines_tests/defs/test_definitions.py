@@ -185,3 +185,13 @@ def test_migrate_catalog_job_brings_a_database_to_head(
     result = defs().get_job_def("migrate_catalog").execute_in_process()
     assert result.success
     assert result.output_for_node("upgrade_catalog") == "0009"
+
+
+def test_an_operator_can_promote_a_tenant_by_its_slug_from_the_dagster_ui(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job = defs().resolve_job_def("promote_tenant")
+    for name in Settings.variables():
+        if not os.environ.get(name):
+            monkeypatch.setenv(name, "x")
+    dg.validate_run_config(job, {"ops": {"prepare_dedicated": {"config": {"tenant_id": "acme"}}}})

@@ -31,6 +31,23 @@ class PromotionRef(dg.Config):
     promotion_id: str
 
 
+class PromotionRequest(dg.Config):
+    """The promotion to carry out (the API and the sensor record it first), or, from the
+    Dagster UI, the tenant (UUID or slug) to promote: an operator approving a proposal."""
+
+    promotion_id: str = ""
+    tenant_id: str = ""
+
+
+def _requested(r: PromotionResources, config: PromotionRequest) -> str:
+    if config.promotion_id:
+        return config.promotion_id
+    if not config.tenant_id:
+        raise ValueError("give promotion_id, or tenant_id to promote a tenant")
+    tenant = tenants.load(r.stack, config.tenant_id)
+    return str(promote.CatalogPromotions(r.stack.catalog.engine).start(tenant, "manual"))
+
+
 def _load(r: PromotionResources, promotion_id: str) -> tuple[dict[str, Any], Tenant]:
     with r.stack.catalog.begin() as connection:
         found = catalog.get(connection, uuid.UUID(promotion_id))
@@ -63,14 +80,15 @@ def _fail_back(
 
 @dg.op
 def prepare_dedicated(
-    context: dg.OpExecutionContext, config: PromotionRef, promotion: PromotionResources
+    context: dg.OpExecutionContext, config: PromotionRequest, promotion: PromotionResources
 ) -> str:
     """Build the dedicated database from the n8n template and fill it from one snapshot of the
     shared schema, while the tenant serves. A re-run of a cutover that died rolls it back."""
-    found, tenant = _load(promotion, config.promotion_id)
+    promotion_id = _requested(promotion, config)
+    found, tenant = _load(promotion, promotion_id)
     with tenants.acting_on(promotion.stack, str(tenant.id), "promote"):
         if found["status"] != "running":
-            raise PromotionFailed(f"promotion {config.promotion_id} is {found['status']}")
+            raise PromotionFailed(f"promotion {promotion_id} is {found['status']}")
         if found["phase"] in ("holding", "frozen", "verified") and tenant.tier == "shared":
             error = PromotionFailed(f"the run was interrupted at {found['phase']}")
             _fail_back(context, promotion, found, tenant, error)
@@ -81,7 +99,7 @@ def prepare_dedicated(
             except Exception as error:
                 _fail_back(context, promotion, found, tenant, error)
                 raise
-    return config.promotion_id
+    return promotion_id
 
 
 @dg.op
