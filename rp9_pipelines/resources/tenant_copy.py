@@ -187,10 +187,10 @@ class TenantCopy:
             src, dst = raw_connection(s), raw_connection(d)
             src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             src.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
-            try:
-                yield src, dst, self._tables(src, dst)
-            finally:
-                src.execute("COMMIT")
+            yield src, dst, self._tables(src, dst)
+            # Only when all went well: on an error (or the run interrupted mid-COPY) the
+            # connection is closed with its transaction, and the error is what propagates.
+            src.execute("COMMIT")
 
     def copy_all(self) -> Copied:
         """Every row of the shared schema, from one snapshot, into the emptied copy (one

@@ -158,12 +158,15 @@ def test_a_promotion_killed_while_frozen_is_rolled_back_by_its_rerun(
     rerun = DagsterClient(f"{dagster_webserver.url}/graphql").launch(
         launches.promotion("promote_tenant", promotion_id, shared["id"], slug, "test")
     )
-    assert api.wait_run(rerun, timeout_s=600)["status"] == "FAILURE"  # it rolled back
+    # It rolls back (the killed run could not; had its interruption surfaced as an error of
+    # its own, it did, and the re-run finds the promotion failed already).
+    assert api.wait_run(rerun, timeout_s=600)["status"] == "FAILURE"
     engine.dispose()
     found = api.get(f"/tenants/{slug}/promotions").json()["promotions"][0]
     assert found["id"] == promotion_id
     assert found["status"] == "failed", found
-    assert "interrupted" in found["error"].lower(), found["error"]
+    assert found["phase"] in ("holding", "frozen", "verified"), found  # never switched
+    assert found["error"], found
     assert_serving_shared(api, settings, vault, shared)
     mains = [c for c in runtime.client().containers.list() if c.name == f"rp9-{slug}-blue-main"]
     assert len(mains) == 1
