@@ -191,6 +191,13 @@ def advance(
     )
 
 
+def conclude(connection: sa.Connection, promotion_id: uuid.UUID, **values: Any) -> None:
+    """Set columns of the promotion (its outcome, when its shared schema went) without a step."""
+    connection.execute(
+        sa.update(promotions).where(promotions.c.id == promotion_id).values(**values)
+    )
+
+
 def to_remove(connection: sa.Connection, now: dt.datetime) -> list[dict[str, Any]]:
     """Succeeded promotions whose rollback window is over and whose shared schema is still
     there."""

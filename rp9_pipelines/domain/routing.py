@@ -200,6 +200,14 @@ def fallback_config(*, name: str, url: str, entrypoint: str, tls: bool = False) 
     }
 
 
+def service_url(config: dict[str, Any], name: str) -> str:
+    """The first server's URL of service `name` in a file-provider configuration ("" if none):
+    where a published fallback or hold route sends its requests."""
+    service = config.get("http", {}).get("services", {}).get(name, {})
+    servers = service.get("loadBalancer", {}).get("servers") or [{}]
+    return str(servers[0].get("url", ""))
+
+
 def hold_name(slug: str) -> str:
     return f"rp9-hold-{slug}"
 

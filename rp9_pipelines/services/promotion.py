@@ -25,13 +25,14 @@ from rp9_pipelines import launches
 from rp9_pipelines.catalog import promotions as catalog
 from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.catalog.tenants import Tenant
-from rp9_pipelines.domain.promotion import after_switch, mismatches, refusal, rollback_refusal
+from rp9_pipelines.domain.promotion import mismatches, refusal, rollback_refusal
 from rp9_pipelines.domain.routing import (
     HOLDING_PATH,
     hold_config,
     hold_name,
     release_config,
     release_name,
+    service_url,
 )
 from rp9_pipelines.domain.tenants import TenantNames, Tier, role_limits
 from rp9_pipelines.resources.n8n import N8nResource
@@ -88,15 +89,8 @@ def record(
 
 def finish(r: PromotionResources, promotion_id: uuid.UUID, status: str, **values: Any) -> None:
     with r.stack.catalog.begin() as connection:
-        promotion = catalog.get(connection, promotion_id)
-        assert promotion is not None
-        catalog.advance(
-            connection,
-            promotion_id,
-            promotion["phase"],
-            status=status,
-            finished_at=dt.datetime.now(dt.UTC),
-            **values,
+        catalog.conclude(
+            connection, promotion_id, status=status, finished_at=dt.datetime.now(dt.UTC), **values
         )
 
 
@@ -151,9 +145,7 @@ def holder_url(r: PromotionResources) -> str:
     """The URL of a running API (its published fallback route), whose holder keeps the tenant's
     requests during the cutover; none answering: `PromotionFailed`, before anything changes."""
     for name in r.traefik_dynamic.names(FALLBACK_FILES):
-        config = r.traefik_dynamic.read(name) or {}
-        service = config.get("http", {}).get("services", {}).get(name, {})
-        url = (service.get("loadBalancer", {}).get("servers") or [{}])[0].get("url", "")
+        url = service_url(r.traefik_dynamic.read(name) or {}, name)
         with contextlib.suppress(httpx.HTTPError):
             if url and httpx.get(url.rstrip("/") + "/healthz", timeout=3).status_code == 200:
                 return str(url)
@@ -258,8 +250,7 @@ def end_release(r: PromotionResources, tenant: Tenant) -> None:
     `OPEN_TO_LIFT`, or after `BACKLOG_TIMEOUT_S`), then the release route, once the holder sent
     on everything it had."""
     name = hold_name(tenant.slug)
-    holder = (r.traefik_dynamic.read(name) or {}).get("http", {}).get("services", {}).get(name)
-    url = holder["loadBalancer"]["servers"][0]["url"].rstrip("/") if holder else ""
+    url = service_url(r.traefik_dynamic.read(name) or {}, name).rstrip("/")
 
     def few_open() -> bool:
         state = _holding(url, tenant) if url else None
@@ -352,14 +343,6 @@ def switch(r: PromotionResources, tenant: Tenant, promotion_id: uuid.UUID, log: 
     return moved
 
 
-def remove_containers(r: PromotionResources, tenant: Tenant, log: Log) -> None:
-    for state in sorted(
-        r.stack.docker_runtime.states(tenant.slug), key=lambda st: st.role != "worker"
-    ):
-        log(f"removing {state.name}")
-        r.stack.docker_runtime.remove(state.name, graceful=True)
-
-
 def roll_back(r: PromotionResources, tenant: Tenant, log: Log) -> float | None:
     """Back on the shared schema, serving: whatever of the dedicated side runs goes first, the
     shared role logs in again, the shared main converges, the hold is released, the workers
@@ -369,9 +352,8 @@ def roll_back(r: PromotionResources, tenant: Tenant, log: Log) -> float | None:
     with s.catalog.begin() as connection:
         tenant_catalog.update_tenant(connection, tenant.id, tier="shared")
     back = as_tier(tenant, "shared")
-    observed = s.docker_runtime.observe(tenant.slug)
-    if any(o.role == "main" and o.running for o in observed) and tenant.tier == "dedicated":
-        remove_containers(r, tenant, log)
+    # A dedicated main still running is replaced, not joined, by the shared one (its
+    # configuration differs: the converge removes it before it creates the other).
     if s.tenant_db.exists(dedicated):
         s.tenant_db.set_login(dedicated, False)
     s.tenant_db.set_login(shared, True)
@@ -388,10 +370,6 @@ def roll_back(r: PromotionResources, tenant: Tenant, log: Log) -> float | None:
 
 def held(r: PromotionResources, tenant: Tenant) -> bool:
     return r.traefik_dynamic.read(hold_name(tenant.slug)) is not None
-
-
-def interrupted_side(phase: str) -> str:
-    return "dedicated" if after_switch(phase) else "shared"
 
 
 # What the API asks: start a promotion, or its rollback ----------------------------------------

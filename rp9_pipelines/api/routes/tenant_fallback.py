@@ -46,6 +46,7 @@ from rp9_pipelines.domain.routing import (
     UPSTREAM_PARAM,
     Unavailable,
     fallback_config,
+    service_url,
     unavailable,
 )
 from rp9_pipelines.resources.traefik_dynamic import TraefikDynamicResource
@@ -109,9 +110,7 @@ async def _prune(files: TraefikDynamicResource, keep: str) -> None:
     for other in files.names(FILE_PREFIX):
         if other == keep:
             continue
-        config = files.read(other) or {}
-        service = config.get("http", {}).get("services", {}).get(other, {})
-        url = (service.get("loadBalancer", {}).get("servers") or [{}])[0].get("url", "")
+        url = service_url(files.read(other) or {}, other)
         if not (url and await _answers(url)):
             files.remove(other)
             log.info("removed the fallback route of %s, which no longer answers", other)

@@ -239,9 +239,7 @@ def drop_shared_schema(
     shared, _ = promote.sides(tenant)
     promotion.stack.tenant_db.drop(shared)
     with promotion.stack.catalog.begin() as connection:
-        catalog.advance(
-            connection, found["id"], found["phase"], shared_removed_at=dt.datetime.now(dt.UTC)
-        )
+        catalog.conclude(connection, found["id"], shared_removed_at=dt.datetime.now(dt.UTC))
     context.log.info(f"removed {shared.db_schema} and role {shared.db_role} of {tenant.slug}")
 
 
