@@ -156,7 +156,8 @@ def main() -> None:
             promotion, total = under_load(load, lambda: change(api, slug, "promote"))
             figures, at = promotion["figures"], phase_times(promotion)
             print(
-                f"promotion: {total:.1f} s in all; copy {figures['copy_s']:.1f} s while serving,"
+                f"promotion: {total:.1f} s in all; copy {figures['copy_s']:.1f} s and the"
+                f" dedicated main's boot to the copy {figures['boot_s']:.1f} s while serving;"
                 f" hold {figures['hold_s']:.1f} s (freeze {figures['freeze_s']:.1f} s, catch-up"
                 f" {figures['catch_up_s']:.1f} s, release {figures['release_s']:.1f} s)",
                 flush=True,

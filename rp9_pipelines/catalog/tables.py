@@ -150,6 +150,8 @@ tenants = sa.Table(
     sa.Column("executions_seen_through", sa.BigInteger, nullable=False, server_default="0"),
     # When its secrets were first stored: from then on they are only ever read, never generated.
     sa.Column("secrets_issued_at", sa.DateTime(timezone=True)),
+    # The color of the containers serving it: a cutover boots the other color beside them.
+    sa.Column("color", _enum("instance_color", COLORS), nullable=False, server_default="blue"),
     sa.CheckConstraint(f"slug ~ '{SLUG_PATTERN}'", name="slug_dns_label"),
     sa.CheckConstraint("workers >= 0", name="workers_non_negative"),
 )

@@ -38,6 +38,7 @@ class Tenant:
     created_at: Any
     updated_at: Any
     secrets_issued_at: Any = None
+    color: str = "blue"
 
     @property
     def names(self) -> TenantNames:

@@ -123,8 +123,14 @@ LABEL_MANAGED = "io.rp9.managed"
 LABEL_TENANT = "io.rp9.tenant"
 LABEL_ROLE = "io.rp9.role"
 LABEL_COLOR = "io.rp9.color"
+COLORS = ("blue", "green")
 LABEL_CONFIG = "io.rp9.config-hash"
 LABEL_METRICS = "io.rp9.metrics"
+
+
+def other_color(color: str) -> str:
+    """The color a cutover boots beside the serving containers."""
+    return COLORS[1 - COLORS.index(color)]
 
 
 @dataclass(frozen=True)

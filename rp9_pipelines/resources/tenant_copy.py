@@ -9,6 +9,12 @@ Rows travel as binary COPY from the shared database to the dedicated one, as the
 administrator: no tenant function runs on either side. Foreign keys of the copy are dropped
 while it is filled (tables are emptied and filled in any order, and again at the catch-up)
 and added back, validated, once it is exact.
+
+The cutover boots the dedicated n8n before it freezes the shared one (`locked`): the copy's
+tables are taken by one transaction, which catches them up, so that n8n waits on its first
+read until they are exact. Its role's rights on them are withheld until that transaction
+commits: if it never does (an error, the run killed), the n8n booted on the copy fails at
+that read instead of serving a copy that was not caught up.
 """
 
 import hashlib
@@ -33,6 +39,8 @@ from rp9_pipelines.resources.postgres_admin import (
 # workflows and credentials").
 DIGESTED = ("workflow_entity", "credentials_entity")
 LOCK_TIMEOUT = "10s"
+# pg_trigger.tgtype's INSERT, DELETE and TRUNCATE bits (n8n's own trigger fires on UPDATE).
+_FIRED_BY_CATCH_UP = 4 | 8 | 32
 # Executions that may still change: not stopped, or waiting to resume.
 _UNSETTLED = """
 SELECT coalesce(
@@ -87,6 +95,88 @@ class TenantCopy:
 
     def __init__(self, db: PostgresAdminResource, source: TenantNames, target: TenantNames):
         self.db, self.source, self.target = db, source, target
+        # The transaction of `locked`, while it lasts: every use of the copy goes through it.
+        self._held: psycopg.Connection[Any] | None = None
+
+    @contextmanager
+    def _dst(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._held is not None:
+            yield self._held
+            return
+        with self.db.connect(self.target.db_name) as connection:
+            yield raw_connection(connection)
+
+    def _grant(self, verb: str) -> sql.Composed:
+        schema, role = sql.Identifier(self.target.db_schema), sql.Identifier(self.target.db_role)
+        if verb == "REVOKE":
+            return sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(schema, role)
+        return sql.SQL("GRANT ALL ON ALL TABLES IN SCHEMA {} TO {}").format(schema, role)
+
+    def withhold(self) -> None:
+        """The tenant's role loses its rights on the copy's tables (it owns them), committed:
+        only `locked`'s commit gives them back."""
+        with self._dst() as dst:
+            dst.execute(self._grant("REVOKE"))
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """One transaction holding every table of the copy, in which the copy is caught up,
+        compared and given its foreign keys; it gives the tenant's role its rights back and
+        commits when the block ends without an error (else it is rolled back, the rights still
+        withheld). Refused (`CopyRefused`, `UnsafeRelation`) when the copy has anything that
+        the catch-up would run as the platform: a trigger it fires, a constraint or index of
+        the tenant's functions."""
+        with self.db.connect(self.target.db_name) as connection:
+            dst = raw_connection(connection)
+            dst.execute("BEGIN")
+            dst.execute(self._grant("GRANT"))
+            tables = sorted(_layout(dst, self.target.db_schema))
+            names = [sql.Identifier(self.target.db_schema, t) for t in tables]
+            if names:
+                dst.execute(
+                    sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                        sql.SQL(", ").join(names)
+                    )
+                )
+            # The tenant could log in to the copy while it booted: what the catch-up does to
+            # its tables (TRUNCATE, COPY, DELETE) must not run anything of the tenant's.
+            triggers = dst.execute(
+                "SELECT c.relname, t.tgname FROM pg_catalog.pg_trigger t"
+                " JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid"
+                " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND NOT t.tgisinternal"
+                f" AND t.tgtype & {_FIRED_BY_CATCH_UP} <> 0 ORDER BY 1, 2",
+                (self.target.db_schema,),
+            ).fetchall()
+            if triggers:
+                raise CopyRefused(
+                    f"{self.target.db_name} has triggers on insert, delete or truncate: {triggers}"
+                )
+            require_readable(
+                dst, self.target.db_schema, self.target.db_role, _layout(dst, self.target.db_schema)
+            )
+            self._held = dst
+            try:
+                yield
+            finally:
+                self._held = None
+            # Only when all went well (as `_snapshot`): else the connection closes with it.
+            dst.execute("COMMIT")
+
+    def waiting(self) -> int:
+        """Sessions of the tenant's role on the copy waiting for a lock (an n8n booted on it,
+        at its first read while `locked` holds the tables)."""
+        with self.db.connect("postgres") as connection:
+            row = (
+                raw_connection(connection)
+                .execute(
+                    "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = %s"
+                    " AND datname = %s AND wait_event_type = 'Lock'",
+                    (self.target.db_role, self.target.db_name),
+                )
+                .fetchone()
+            )
+            return int(row[0]) if row else 0
 
     def _tables(
         self, src: psycopg.Connection[Any], dst: psycopg.Connection[Any]
@@ -108,8 +198,8 @@ class TenantCopy:
 
     def foreign_keys(self) -> list[list[str]]:
         """The copy's foreign keys as [table, name, definition] (names qualified)."""
-        with self.db.connect(self.target.db_name) as connection:
-            rows = raw_connection(connection).execute(
+        with self._dst() as dst:
+            rows = dst.execute(
                 "SELECT c.relname, k.conname, pg_catalog.pg_get_constraintdef(k.oid)"
                 " FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class c ON c.oid = k.conrelid"
                 " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
@@ -119,8 +209,7 @@ class TenantCopy:
             return [list(row) for row in rows.fetchall()]
 
     def drop_foreign_keys(self, keys: list[list[str]]) -> None:
-        with self.db.connect(self.target.db_name) as connection:
-            raw = raw_connection(connection)
+        with self._dst() as raw:
             for table, name, _ in keys:
                 raw.execute(
                     sql.SQL("ALTER TABLE {}.{} DROP CONSTRAINT IF EXISTS {}").format(
@@ -132,25 +221,23 @@ class TenantCopy:
 
     def add_foreign_keys(self, keys: list[list[str]]) -> None:
         """Back, validated against the copied rows (the definitions are the template's)."""
-        with self.db.connect(self.target.db_name) as connection:
-            raw = raw_connection(connection)
-            with raw.transaction():
-                for table, name, definition in keys:
-                    raw.execute(
-                        sql.SQL("ALTER TABLE {}.{} DROP CONSTRAINT IF EXISTS {}").format(
-                            sql.Identifier(self.target.db_schema),
-                            sql.Identifier(table),
-                            sql.Identifier(name),
-                        )
+        with self._dst() as raw, raw.transaction():
+            for table, name, definition in keys:
+                raw.execute(
+                    sql.SQL("ALTER TABLE {}.{} DROP CONSTRAINT IF EXISTS {}").format(
+                        sql.Identifier(self.target.db_schema),
+                        sql.Identifier(table),
+                        sql.Identifier(name),
                     )
-                    raw.execute(
-                        sql.SQL("ALTER TABLE {}.{} ADD CONSTRAINT {} ").format(
-                            sql.Identifier(self.target.db_schema),
-                            sql.Identifier(table),
-                            sql.Identifier(name),
-                        )
-                        + sql.SQL(definition)
+                )
+                raw.execute(
+                    sql.SQL("ALTER TABLE {}.{} ADD CONSTRAINT {} ").format(
+                        sql.Identifier(self.target.db_schema),
+                        sql.Identifier(table),
+                        sql.Identifier(name),
                     )
+                    + sql.SQL(definition)
+                )
 
     def _copy(
         self,
@@ -180,11 +267,8 @@ class TenantCopy:
     ) -> Iterator[tuple[psycopg.Connection[Any], psycopg.Connection[Any], dict[str, list[str]]]]:
         """The shared database read from one snapshot (a lock held by the tenant fails it after
         `LOCK_TIMEOUT` instead of stalling it), the dedicated one, and the tables to copy."""
-        with (
-            self.db.connect(self.source.db_name) as s,
-            self.db.connect(self.target.db_name) as d,
-        ):
-            src, dst = raw_connection(s), raw_connection(d)
+        with self.db.connect(self.source.db_name) as s, self._dst() as dst:
+            src = raw_connection(s)
             src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             src.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
             yield src, dst, self._tables(src, dst)
@@ -343,14 +427,10 @@ class TenantCopy:
             return int(row[0]) if row else 0
 
     def last_execution_id(self) -> int:
-        with self.db.connect(self.target.db_name) as connection:
-            row = (
-                raw_connection(connection)
-                .execute(
-                    sql.SQL("SELECT coalesce(max(id), 0) FROM {}").format(
-                        _table(self.target.db_schema, "execution_entity")
-                    )
+        with self._dst() as dst:
+            row = dst.execute(
+                sql.SQL("SELECT coalesce(max(id), 0) FROM {}").format(
+                    _table(self.target.db_schema, "execution_entity")
                 )
-                .fetchone()
-            )
+            ).fetchone()
             return int(row[0]) if row else 0

@@ -3,9 +3,11 @@ dedicated database while the tenant serves, hold its requests at the edge, freez
 shared n8n, catch the copy up and compare it, start its n8n on the copy and release what was
 held; or, on any failure before the switch, put it back on its shared schema, serving.
 
-Never two mains on one tenant's data: the shared main is stopped (and its role's login taken
-away) before the dedicated one starts, and the shared one starts again only after the
-dedicated one was removed.
+Never two mains on one tenant's data: the dedicated main (the other color) boots while the
+shared one serves, but waits on its first read of the copy, whose tables the catch-up holds
+(`TenantCopy.locked`) until the shared main is stopped, its queue drained, its role's login
+taken away and the copy made exact; if that transaction never commits, the dedicated main
+fails at that read. The shared one starts again only after the dedicated one was removed.
 """
 
 import contextlib
@@ -34,6 +36,7 @@ from rp9_pipelines.domain.routing import (
     release_name,
     service_url,
 )
+from rp9_pipelines.domain.stack import other_color
 from rp9_pipelines.domain.tenants import TenantNames, Tier, role_limits
 from rp9_pipelines.resources.n8n import N8nResource
 from rp9_pipelines.resources.stack import StackResources
@@ -46,6 +49,8 @@ FALLBACK_FILES = "rp9-fallback-"
 ROUTE_TIMEOUT_S = 15.0
 DRAIN_TIMEOUT_S = 60.0
 MAIN_STOP_TIMEOUT_S = 1
+# Until the dedicated main, booting beside the serving one, waits on the held copy.
+BOOT_TIMEOUT_S = 180.0
 # The hold's route stays until at most this many requests are open in the holder (a released
 # backlog worked through), for at most `BACKLOG_TIMEOUT_S`.
 OPEN_TO_LIFT = 10
@@ -273,7 +278,33 @@ def end_release(r: PromotionResources, tenant: Tenant) -> None:
     r.traefik_dynamic.remove(release_name(tenant.slug))
 
 
-# Freeze, catch up, switch --------------------------------------------------------------------
+# Boot, freeze, catch up, switch ----------------------------------------------------------------
+
+
+def boot(r: PromotionResources, tenant: Tenant, copy: TenantCopy, log: Log) -> tuple[str, float]:
+    """While the shared main serves: the dedicated role gets the tenant's password and login,
+    and the dedicated main (the other color) boots, at its plan's CPU, until it waits on its
+    first read of the copy (held by `copy.locked`). Its name, and the seconds."""
+    s = r.stack
+    _, dedicated = sides(tenant)
+    password = (s.vault.require(tenant.names.vault_path))["db_password"]
+    with s.catalog.begin() as connection:
+        limits = role_limits(tenant_catalog.limits_for(connection, tenant.id))
+    s.tenant_db.ensure(dedicated, password, None, limits)
+    name = tenants.boot_main(s, promoted(tenant), log)
+
+    def waits() -> bool:
+        state = s.docker_runtime.state(name)
+        if state is None or state.status not in ("created", "running"):
+            raise PromotionFailed(f"{name} is not running ({state and state.status})")
+        return copy.waiting() > 0
+
+    return name, _wait(f"{name} did not reach the copy", waits, BOOT_TIMEOUT_S)
+
+
+def promoted(tenant: Tenant) -> Tenant:
+    """The tenant as the catalog has it once switched: dedicated, served by the other color."""
+    return replace(tenant, tier="dedicated", color=other_color(tenant.color))
 
 
 def freeze(r: PromotionResources, tenant: Tenant, names: TenantNames, log: Log) -> float:
@@ -281,7 +312,7 @@ def freeze(r: PromotionResources, tenant: Tenant, names: TenantNames, log: Log) 
     its queue, stop them, and take that side's role's login away: nothing writes its data."""
     s = r.stack
     started = time.monotonic()
-    main = names.container("main")
+    main = names.container("main", tenant.color)
     log(f"stopping {main}")
     # Its visitors wait at the edge now; what it still serves (a webhook is answered once it is
     # queued: milliseconds) finishes within the timeout. n8n's own shutdown would then wait out
@@ -300,10 +331,9 @@ def freeze(r: PromotionResources, tenant: Tenant, names: TenantNames, log: Log) 
     return time.monotonic() - started
 
 
-def catch_up(r: PromotionResources, tenant: Tenant, promotion: dict[str, Any], log: Log) -> None:
-    """The copy made exact from the frozen source, compared, its foreign keys back."""
-    shared, dedicated = sides(tenant)
-    copy = TenantCopy(r.stack.tenant_db, shared, dedicated)
+def catch_up(r: PromotionResources, copy: TenantCopy, promotion: dict[str, Any], log: Log) -> None:
+    """The copy made exact from the frozen source, compared, its foreign keys back (within
+    `copy.locked`: the dedicated main sees none of it until it commits)."""
     figures = promotion["figures"]
     caught = copy.catch_up(int(figures.get("floor", 0)))
     copy.add_foreign_keys(figures.get("foreign_keys", []))
@@ -328,17 +358,15 @@ def serve(r: PromotionResources, tenant: Tenant, log: Log, *, roles: set[str]) -
     tenants.converge(r.stack, tenant, log, roles=roles)
 
 
-def switch(r: PromotionResources, tenant: Tenant, promotion_id: uuid.UUID, log: Log) -> Tenant:
-    """The tenant is dedicated from here: the shared containers go, the dedicated role gets the
-    tenant's password, its main starts on the copy; then the hold is released."""
+def switch(r: PromotionResources, tenant: Tenant, main: str, log: Log) -> Tenant:
+    """The tenant is dedicated from here (the copy committed): the catalog says so, and once
+    its main, booted on the copy, is ready, its containers converge on it (the shared ones go);
+    then the hold is released."""
     s = r.stack
-    _, dedicated = sides(tenant)
-    password = (s.vault.require(tenant.names.vault_path))["db_password"]
+    moved = promoted(tenant)
     with s.catalog.begin() as connection:
-        limits = role_limits(tenant_catalog.limits_for(connection, tenant.id))
-        tenant_catalog.update_tenant(connection, tenant.id, tier="dedicated")
-    moved = as_tier(tenant, "dedicated")
-    s.tenant_db.ensure(dedicated, password, None, limits)
+        tenant_catalog.update_tenant(connection, tenant.id, tier="dedicated", color=moved.color)
+    tenants.wait_healthy(s, [main])
     serve(r, moved, log, roles={"main"})
     return moved
 
@@ -350,12 +378,20 @@ def roll_back(r: PromotionResources, tenant: Tenant, log: Log) -> float | None:
     s = r.stack
     shared, dedicated = sides(tenant)
     with s.catalog.begin() as connection:
-        tenant_catalog.update_tenant(connection, tenant.id, tier="shared")
+        tenant_catalog.update_tenant(connection, tenant.id, tier="shared", color=tenant.color)
     back = as_tier(tenant, "shared")
-    # A dedicated main still running is replaced, not joined, by the shared one (its
-    # configuration differs: the converge removes it before it creates the other).
     if s.tenant_db.exists(dedicated):
         s.tenant_db.set_login(dedicated, False)
+    # A dedicated main of the other color (booted for a cutover that did not happen) never
+    # served: it goes at once. One of the same name is replaced, not joined, by the shared one
+    # (its configuration differs: the converge removes it before it creates the other).
+    serving = back.names.container("main", back.color)
+    for state in s.docker_runtime.states(tenant.slug):
+        if state.role == "main" and state.name != serving:
+            log(f"removing {state.name}")
+            s.docker_runtime.remove(state.name, graceful=False)
+            with s.catalog.begin() as connection:
+                tenant_catalog.set_instances_state(connection, tenant.id, "removed", [state.name])
     s.tenant_db.set_login(shared, True)
     serve(r, back, log, roles={"main"})
     released = None

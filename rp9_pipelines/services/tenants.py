@@ -146,6 +146,7 @@ def desired(r: StackResources, tenant: Tenant, connection: sa.Connection) -> lis
         worker_concurrency=worker_concurrency(limits.concurrency),
         concurrency=limits.concurrency,
         plan=tenant.plan,
+        color=tenant.color,
     )
     return desired_containers(stack, r.platform.stack_config())
 
@@ -244,6 +245,28 @@ def _record(
             memory_mb=spec.memory_mb,
             state=state,
         )
+
+
+def boot_main(r: StackResources, tenant: Tenant, log: Log) -> str:
+    """Create and start the main `tenant` would have (a cutover's other side: another tier or
+    color than the catalog's, beside the serving one) at its plan's CPU, without waiting for
+    it; its name. The next `converge` of that tenant, once the catalog names it so, keeps it."""
+    r.docker_runtime.ensure_network(tenant.names.network, tenant.slug)
+    with r.catalog.begin() as connection:
+        spec = next(s for s in desired(r, tenant, connection) if s.role == "main")
+    log(f"booting {spec.name} ({spec.cpu} CPU, {spec.memory_mb} MiB) beside the serving main")
+    container_id = r.docker_runtime.create(spec, r.platform.image, r.secret_files.path(tenant.slug))
+    _record(r, tenant, spec, container_id, "running")
+    return spec.name
+
+
+def boost(r: StackResources, tenant: Tenant, name: str) -> None:
+    """A booting container of `tenant` at the startup CPU (the next converge sets its plan's
+    again)."""
+    state = next((o for o in r.docker_runtime.observe(tenant.slug) if o.name == name), None)
+    if state is not None:
+        cpu = startup_cpu(state.cpu, r.platform.startup_cpu, r.docker_runtime.host_cpus())
+        r.docker_runtime.update_limits(name, cpu, state.memory_mb)
 
 
 def wait_healthy(r: StackResources, names: list[str]) -> None:

@@ -96,9 +96,16 @@ def test_a_dedicated_main_that_dies_at_the_switch_puts_the_tenant_back_on_its_sh
     killed: list[str] = []
     stop = threading.Event()
 
+    def verified() -> bool:
+        found = api.get(f"/tenants/{slug}/promotions").json()["promotions"]
+        return bool(found) and (found[0]["status"], found[0]["phase"]) == ("running", "verified")
+
     def kill_the_dedicated_main() -> None:
-        """The moment a main on the dedicated database exists, it is killed."""
+        """The dedicated main (booted beside the shared one, waiting on the copy) is killed
+        once the copy is verified: at the switch."""
         client = runtime.client()
+        while not stop.is_set() and not verified():
+            time.sleep(0.05)
         while not stop.is_set() and not killed:
             for container in client.containers.list(filters={"name": f"rp9-{slug}-"}):
                 env = container.attrs["Config"]["Env"] or []

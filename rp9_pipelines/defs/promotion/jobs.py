@@ -129,15 +129,29 @@ def cut_over(
                     {"switched_at": now, "rollback_until": until},
                 )
             return promotion_id
-        started = dt.datetime.now(dt.UTC)
+        shared, dedicated = promote.sides(tenant)
+        copy = TenantCopy(promotion.stack.tenant_db, shared, dedicated)
         try:
-            route_s = promote.hold(promotion, tenant)
-            promote.record(promotion, found["id"], "holding", hold_route_s=round(route_s, 3))
-            freeze_s = promote.freeze(promotion, tenant, promote.sides(tenant)[0], log)
-            promote.record(promotion, found["id"], "frozen", freeze_s=round(freeze_s, 3))
-            found, _ = _load(promotion, promotion_id)
-            promote.catch_up(promotion, tenant, found, log)
-            moved = promote.switch(promotion, tenant, found["id"], log)
+            # The dedicated main boots while the shared one serves, up to its first read of
+            # the copy, which waits until the copy is exact (the end of `locked`).
+            copy.withhold()
+            with copy.locked():
+                main, boot_s = promote.boot(promotion, tenant, copy, log)
+                started = dt.datetime.now(dt.UTC)
+                route_s = promote.hold(promotion, tenant)
+                promote.record(
+                    promotion,
+                    found["id"],
+                    "holding",
+                    boot_s=round(boot_s, 3),
+                    hold_route_s=round(route_s, 3),
+                )
+                freeze_s = promote.freeze(promotion, tenant, shared, log)
+                promote.record(promotion, found["id"], "frozen", freeze_s=round(freeze_s, 3))
+                found, _ = _load(promotion, promotion_id)
+                promote.catch_up(promotion, copy, found, log)
+                tenants.boost(promotion.stack, tenant, main)
+            moved = promote.switch(promotion, tenant, main, log)
         except Exception as error:
             found, _ = _load(promotion, promotion_id)
             _fail_back(context, promotion, found, tenant, error)
