@@ -131,10 +131,17 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         return self._host_cpus
 
     def create(
-        self, spec: ContainerSpec, image: str, secrets_dir: Path, *, cpu: float | None = None
+        self,
+        spec: ContainerSpec,
+        image: str,
+        secrets_dir: Path,
+        *,
+        cpu: float | None = None,
+        cpu_shares: int | None = None,
     ) -> str:
         """Create and start one container; an existing one of the same name is replaced. `cpu`
-        overrides the spec's limit (a startup boost, lowered again by `update_limits`)."""
+        overrides the spec's limit (a startup boost, lowered again by `update_limits`);
+        `cpu_shares` its weight against the host's other containers (1024 by default)."""
         client = self.client()
         self._remove(client, spec.name, graceful=False)
         interval_ns = int(spec.healthcheck_interval_s * NANO)
@@ -148,6 +155,7 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             labels={**spec.labels, LABEL_CONFIG: spec.config_hash},
             network=spec.network,
             nano_cpus=int((spec.cpu if cpu is None else cpu) * NANO),
+            cpu_shares=cpu_shares,
             mem_limit=spec.memory_mb * MIB,
             memswap_limit=spec.memory_mb * MIB,
             pids_limit=self.pids_limit,
@@ -168,15 +176,19 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         )
         return str(container.id)
 
-    def update_limits(self, name: str, cpu: float, memory_mb: int) -> None:
+    def update_limits(
+        self, name: str, cpu: float, memory_mb: int, *, cpu_shares: int | None = None
+    ) -> None:
         # The SDK's update() knows only CPU period/quota, which the engine refuses beside the
         # NanoCpus the container was created with; send the engine's own fields instead.
         api = self.client().api
-        limits = {
+        limits: dict[str, int] = {
             "NanoCpus": int(cpu * NANO),
             "Memory": memory_mb * MIB,
             "MemorySwap": memory_mb * MIB,
         }
+        if cpu_shares is not None:
+            limits["CpuShares"] = cpu_shares
         response = api._post_json(api._url("/containers/{0}/update", name), data=limits)
         api._raise_for_status(response)
 

@@ -31,6 +31,7 @@ from rp9_pipelines.domain.promotion import DELTA_KEY, DELTA_TABLE, Side, delta
 from rp9_pipelines.domain.tenants import TenantNames
 from rp9_pipelines.resources.postgres_admin import (
     PostgresAdminResource,
+    UnsafeRelation,
     raw_connection,
     require_readable,
 )
@@ -106,38 +107,39 @@ class TenantCopy:
         with self.db.connect(self.target.db_name) as connection:
             yield raw_connection(connection)
 
-    def _grant(self, verb: str) -> sql.Composed:
-        schema, role = sql.Identifier(self.target.db_schema), sql.Identifier(self.target.db_role)
-        if verb == "REVOKE":
-            return sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(schema, role)
-        return sql.SQL("GRANT ALL ON ALL TABLES IN SCHEMA {} TO {}").format(schema, role)
+    def _held_tables(
+        self, dst: psycopg.Connection[Any], open_tables: Iterable[str]
+    ) -> sql.Composed | None:
+        """The copy's tables but `open_tables`, qualified, comma-separated (None: none)."""
+        tables = sorted(set(_layout(dst, self.target.db_schema)) - set(open_tables))
+        names = [sql.Identifier(self.target.db_schema, t) for t in tables]
+        return sql.SQL(", ").join(names) if names else None
 
-    def withhold(self) -> None:
-        """The tenant's role loses its rights on the copy's tables (it owns them), committed:
-        only `locked`'s commit gives them back."""
+    def withhold(self, open_tables: Iterable[str] = ()) -> None:
+        """The tenant's role loses its rights on the copy's tables but `open_tables` (it owns
+        them), committed: only `locked`'s commit gives them back."""
         with self._dst() as dst:
-            dst.execute(self._grant("REVOKE"))
+            held = self._held_tables(dst, open_tables)
+            if held is not None:
+                role = sql.Identifier(self.target.db_role)
+                dst.execute(sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(held, role))
 
     @contextmanager
-    def locked(self) -> Iterator[None]:
-        """One transaction holding every table of the copy, in which the copy is caught up,
-        compared and given its foreign keys; it gives the tenant's role its rights back and
-        commits when the block ends without an error (else it is rolled back, the rights still
-        withheld). Refused (`CopyRefused`, `UnsafeRelation`) when the copy has anything that
-        the catch-up would run as the platform: a trigger it fires, a constraint or index of
-        the tenant's functions."""
+    def locked(self, open_tables: Iterable[str] = ()) -> Iterator[None]:
+        """One transaction holding every table of the copy but `open_tables`, in which the copy
+        is caught up, compared and given its foreign keys; it gives the tenant's role its rights
+        back (`withhold`) and commits when the block ends without an error (else it is rolled
+        back, the rights still withheld). Refused (`CopyRefused`) when the copy has anything the
+        catch-up would run as the platform: a trigger it fires, a
+        constraint or index of the tenant's functions."""
         with self.db.connect(self.target.db_name) as connection:
             dst = raw_connection(connection)
             dst.execute("BEGIN")
-            dst.execute(self._grant("GRANT"))
-            tables = sorted(_layout(dst, self.target.db_schema))
-            names = [sql.Identifier(self.target.db_schema, t) for t in tables]
-            if names:
-                dst.execute(
-                    sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-                        sql.SQL(", ").join(names)
-                    )
-                )
+            held = self._held_tables(dst, open_tables)
+            if held is not None:
+                role = sql.Identifier(self.target.db_role)
+                dst.execute(sql.SQL("GRANT ALL ON TABLE {} TO {}").format(held, role))
+                dst.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(held))
             # The tenant could log in to the copy while it booted: what the catch-up does to
             # its tables (TRUNCATE, COPY, DELETE) must not run anything of the tenant's.
             triggers = dst.execute(
@@ -148,13 +150,18 @@ class TenantCopy:
                 f" AND t.tgtype & {_FIRED_BY_CATCH_UP} <> 0 ORDER BY 1, 2",
                 (self.target.db_schema,),
             ).fetchall()
-            if triggers:
-                raise CopyRefused(
-                    f"{self.target.db_name} has triggers on insert, delete or truncate: {triggers}"
+            problems = [f"triggers on insert, delete or truncate {triggers}"] if triggers else []
+            try:
+                require_readable(
+                    dst,
+                    self.target.db_schema,
+                    self.target.db_role,
+                    _layout(dst, self.target.db_schema),
                 )
-            require_readable(
-                dst, self.target.db_schema, self.target.db_role, _layout(dst, self.target.db_schema)
-            )
+            except UnsafeRelation as error:
+                problems.append(str(error))
+            if problems:
+                raise CopyRefused(f"{self.target.db_name}: " + "; ".join(problems))
             self._held = dst
             try:
                 yield

@@ -358,16 +358,16 @@ def serve(r: PromotionResources, tenant: Tenant, log: Log, *, roles: set[str]) -
     tenants.converge(r.stack, tenant, log, roles=roles)
 
 
-def switch(r: PromotionResources, tenant: Tenant, main: str, log: Log) -> Tenant:
-    """The tenant is dedicated from here (the copy committed): the catalog says so, and once
-    its main, booted on the copy, is ready, its containers converge on it (the shared ones go);
-    then the hold is released."""
+def switch(r: PromotionResources, tenant: Tenant, main: str) -> Tenant:
+    """The tenant is dedicated from here (the copy committed): the catalog says so; its main,
+    booted on the copy, is ready. Then the hold is released, and only once the backlog is
+    answered do its containers converge (`complete`: the stopped shared ones go, the main's CPU
+    goes back from the startup boost to its plan's, the workers start)."""
     s = r.stack
     moved = promoted(tenant)
     with s.catalog.begin() as connection:
         tenant_catalog.update_tenant(connection, tenant.id, tier="dedicated", color=moved.color)
     tenants.wait_healthy(s, [main])
-    serve(r, moved, log, roles={"main"})
     return moved
 
 

@@ -247,26 +247,38 @@ def _record(
         )
 
 
+# The weight of a main booting beside the serving one: it gets only the CPU nothing else wants
+# (at the default 1024, on two cores, its boot made the serving main shed requests).
+BACKGROUND_CPU_SHARES = 2
+DEFAULT_CPU_SHARES = 1024
+
+
 def boot_main(r: StackResources, tenant: Tenant, log: Log) -> str:
     """Create and start the main `tenant` would have (a cutover's other side: another tier or
-    color than the catalog's, beside the serving one) at its plan's CPU, without waiting for
-    it; its name. The next `converge` of that tenant, once the catalog names it so, keeps it."""
+    color than the catalog's, beside the serving one) at its plan's CPU and in the background
+    (`BACKGROUND_CPU_SHARES`), without waiting for it; its name. The next `converge` of that
+    tenant, once the catalog names it so, keeps it."""
     r.docker_runtime.ensure_network(tenant.names.network, tenant.slug)
     with r.catalog.begin() as connection:
         spec = next(s for s in desired(r, tenant, connection) if s.role == "main")
     log(f"booting {spec.name} ({spec.cpu} CPU, {spec.memory_mb} MiB) beside the serving main")
-    container_id = r.docker_runtime.create(spec, r.platform.image, r.secret_files.path(tenant.slug))
+    container_id = r.docker_runtime.create(
+        spec,
+        r.platform.image,
+        r.secret_files.path(tenant.slug),
+        cpu_shares=BACKGROUND_CPU_SHARES,
+    )
     _record(r, tenant, spec, container_id, "running")
     return spec.name
 
 
 def boost(r: StackResources, tenant: Tenant, name: str) -> None:
-    """A booting container of `tenant` at the startup CPU (the next converge sets its plan's
-    again)."""
+    """A container of `tenant` booted in the background, now first: the startup CPU at the
+    default weight (the next converge sets its plan's CPU again)."""
     state = next((o for o in r.docker_runtime.observe(tenant.slug) if o.name == name), None)
     if state is not None:
         cpu = startup_cpu(state.cpu, r.platform.startup_cpu, r.docker_runtime.host_cpus())
-        r.docker_runtime.update_limits(name, cpu, state.memory_mb)
+        r.docker_runtime.update_limits(name, cpu, state.memory_mb, cpu_shares=DEFAULT_CPU_SHARES)
 
 
 def wait_healthy(r: StackResources, names: list[str]) -> None:

@@ -158,10 +158,32 @@ def test_a_promotion_killed_while_frozen_is_rolled_back_by_its_rerun(
                 ).scalar_one()
             )
 
-    # Killed with its shared main stopped and its requests held: the worst moment.
-    wait_until(lambda: phase() in ("frozen", "verified"), timeout_s=300, what="the freeze")
+    # Killed with its requests held, its shared main stopping or stopped, and the dedicated
+    # main booted on the copy, waiting for it: the worst moment.
+    wait_until(
+        lambda: phase() in ("holding", "frozen"),
+        timeout_s=300,
+        what="the hold",
+        interval_s=0.05,
+    )
     terminate_run(dagster_webserver.url, run_id)
     assert api.wait_run(run_id)["status"] in {"CANCELED", "FAILURE"}
+    if phase() in ("holding", "frozen"):
+        # Killed before the copy was caught up: the main booted on it fails at its first
+        # read (its rights were withheld), unless the dying run removed it first.
+        green = f"rp9-{slug}-green-main"
+
+        def failed_or_gone() -> bool:
+            state = runtime.state(green)
+            return (
+                state is None
+                or state.status in ("exited", "restarting")
+                or "permission denied" in runtime.logs(green)
+            )
+
+        wait_until(failed_or_gone, timeout_s=120, what=f"{green} to fail at the copy")
+        state = runtime.state(green)
+        assert state is None or state.health != "healthy", state
     rerun = DagsterClient(f"{dagster_webserver.url}/graphql").launch(
         launches.promotion("promote_tenant", promotion_id, shared["id"], slug, "test")
     )
@@ -175,6 +197,10 @@ def test_a_promotion_killed_while_frozen_is_rolled_back_by_its_rerun(
     assert found["phase"] in ("holding", "frozen", "verified"), found  # never switched
     assert found["error"], found
     assert_serving_shared(api, settings, vault, shared)
-    mains = [c for c in runtime.client().containers.list() if c.name == f"rp9-{slug}-blue-main"]
-    assert len(mains) == 1
+    mains = [
+        c.name
+        for c in runtime.client().containers.list(all=True, filters={"name": f"rp9-{slug}-"})
+        if c.name.endswith("-main")
+    ]
+    assert mains == [f"rp9-{slug}-blue-main"], mains
     assert not tenant_db.exists(TenantNames(slug, "dedicated"))

@@ -36,6 +36,7 @@ from rp9_pipelines.resources.postgres_dump import (
     restored_counts,
 )
 from rp9_pipelines.resources.s3 import S3Resource
+from rp9_pipelines.resources.tenant_copy import CopyRefused, TenantCopy
 from rp9_pipelines.resources.tenant_db import NotTheExpectedOwner, TenantDatabaseResource
 from rp9_pipelines.resources.vault import VaultResource
 from rp9_pipelines.settings import Settings, sqlalchemy_url
@@ -741,6 +742,64 @@ def test_set_login_signs_the_tenant_out_and_back_in(
     tenant_db.set_login(shared.names, True)
     with as_tenant(settings, shared) as session:
         assert session.execute(sa.text("SELECT 1")).scalar() == 1
+
+
+# A promotion's copy ---------------------------------------------------------------------------
+
+
+TRAPS = {
+    "a trigger the catch-up's COPY fires": (
+        "CREATE TRIGGER rp9_copy_trap BEFORE INSERT ON {s}.execution_entity"
+        " FOR EACH ROW EXECUTE FUNCTION {s}.rp9_copy_trap()",
+        "DROP TRIGGER rp9_copy_trap ON {s}.execution_entity",
+        "rp9_copy_trap",
+    ),
+    "a CHECK constraint of the tenant's function": (
+        "ALTER TABLE {s}.execution_entity ADD CONSTRAINT rp9_copy_check"
+        " CHECK ({s}.rp9_copy_check(id))",
+        "ALTER TABLE {s}.execution_entity DROP CONSTRAINT rp9_copy_check",
+        "using the tenant's objects",
+    ),
+}
+
+
+@pytest.mark.parametrize("trap", sorted(TRAPS))
+def test_a_promotion_copy_the_tenant_planted_a_trap_in_is_refused_before_it_is_written(
+    settings: Settings,
+    tenant_db: TenantDatabaseResource,
+    shared: Attacker,
+    dedicated: Attacker,
+    attackers: list[Attacker],
+    listener: Listener,
+    trap: str,
+) -> None:
+    """A promotion's copy is written by the platform (TRUNCATE, COPY, DELETE) while the
+    tenant's role may log in to it (its main boots on it). A dedicated database stands in for
+    such a copy: what the tenant planted there that those writes would run is refused before
+    any of them, and nothing of the tenant's ran as the platform."""
+    plant, remove, why = TRAPS[trap]  # the refusal names earlier attacks' traps too
+    s = f'"{dedicated.schema}"'
+    with as_tenant(settings, dedicated) as tenant:
+        for function, returns, body in (
+            ("rp9_copy_trap()", "trigger", "RETURN NEW;"),
+            ("rp9_copy_check(bigint)", "boolean", "RETURN true;"),
+        ):
+            tenant.execute(
+                sa.text(
+                    f"CREATE OR REPLACE FUNCTION {s}.{function} RETURNS {returns}"
+                    f" LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_catalog.pg_notify('{CHANNEL}',"
+                    f" 'copy ' || current_user || ' ' || session_user); {body} END $$"
+                )
+            )
+        tenant.execute(sa.text(plant.format(s=s)))
+    copy = TenantCopy(tenant_db, shared.names, dedicated.names)
+    try:
+        with pytest.raises(CopyRefused, match=why), copy.locked():
+            pass
+    finally:
+        with as_tenant(settings, dedicated) as tenant:
+            tenant.execute(sa.text(remove.format(s=s)))
+    assert listener.strangers(_allowed(attackers)) == []
 
 
 # The platform's own names --------------------------------------------------------------------

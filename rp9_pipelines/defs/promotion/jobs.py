@@ -19,7 +19,7 @@ from rp9_pipelines.catalog import promotions as catalog
 from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.defs.tenants.jobs import mark_failed
-from rp9_pipelines.domain.promotion import after_switch
+from rp9_pipelines.domain.promotion import BOOT_READS, after_switch
 from rp9_pipelines.launches import KIND_TAG
 from rp9_pipelines.resources.tenant_copy import TenantCopy
 from rp9_pipelines.services import promotion as promote
@@ -133,9 +133,10 @@ def cut_over(
         copy = TenantCopy(promotion.stack.tenant_db, shared, dedicated)
         try:
             # The dedicated main boots while the shared one serves, up to its first read of
-            # the copy, which waits until the copy is exact (the end of `locked`).
-            copy.withhold()
-            with copy.locked():
+            # a table of the copy beyond `BOOT_READS`, which waits until the copy is exact
+            # (the end of `locked`).
+            copy.withhold(BOOT_READS)
+            with copy.locked(BOOT_READS):
                 main, boot_s = promote.boot(promotion, tenant, copy, log)
                 started = dt.datetime.now(dt.UTC)
                 route_s = promote.hold(promotion, tenant)
@@ -151,7 +152,7 @@ def cut_over(
                 found, _ = _load(promotion, promotion_id)
                 promote.catch_up(promotion, copy, found, log)
                 tenants.boost(promotion.stack, tenant, main)
-            moved = promote.switch(promotion, tenant, main, log)
+            moved = promote.switch(promotion, tenant, main)
         except Exception as error:
             found, _ = _load(promotion, promotion_id)
             _fail_back(context, promotion, found, tenant, error)
