@@ -244,22 +244,35 @@ def release_name(slug: str) -> str:
 
 
 def release_config(
-    *, slug: str, hosts: list[str], service: str, token: str, entrypoint: str, tls: bool = False
+    *,
+    slug: str,
+    hosts: list[str],
+    token: str,
+    entrypoint: str,
+    service: str | None = None,
+    url: str | None = None,
+    tls: bool = False,
 ) -> dict[str, Any]:
     """The route the holder's released requests take (file provider): the tenant's hosts with
     `HELD_HEADER` set to the hold's `token`, above the hold's router, straight to the tenant's
-    own `service` without its edge limits (a backlog released at once is not a burst of new
-    traffic to shed). Nobody else knows the token; the route goes after the cutover."""
+    own `service`, or to its main at `url` (one booted for a cutover, before Traefik's docker
+    provider routes it), without its edge limits (a backlog released at once is not a burst of
+    new traffic to shed). Nobody else knows the token; the route goes after the cutover."""
+    if (service is None) == (url is None):
+        raise ValueError("a release route goes to a service or to a URL")
     name = release_name(slug)
     router: dict[str, Any] = {
         "rule": f"({host_rule(hosts)}) && Header(`{HELD_HEADER}`, `{token}`)",
         "entryPoints": [entrypoint],
         "priority": HOLD_ROUTER_PRIORITY + 1,
-        "service": service,
+        "service": service or name,
     }
     if tls:
         router["tls"] = {}
-    return {"http": {"routers": {name: router}}}
+    config: dict[str, Any] = {"http": {"routers": {name: router}}}
+    if url is not None:
+        config["http"]["services"] = {name: {"loadBalancer": {"servers": [{"url": url}]}}}
+    return config
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,12 @@ database, with a connection limit and a statement timeout from its plan."""
 import dataclasses
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 
@@ -40,6 +42,8 @@ from rp9_pipelines.resources.postgres_dump import PgServer
 _PSQL_META = re.compile(r"^\\(un)?restrict ")
 # The event trigger of `deploy/postgres/tenant_boundary.sql` in the shared database.
 BOUNDARY_TRIGGER = "rp9_tenant_boundary"
+# How long a database's drop waits out an autovacuum worker in it (`_drop_database`).
+DROP_AUTOVACUUM_WAIT_S = 30.0
 # The template builder's n8n (main only, its pool of 2) and spares; its migrations take long.
 TEMPLATE_ROLE_LIMITS = RoleLimits(connection_limit=6, statement_timeout_ms=0)
 
@@ -368,12 +372,7 @@ class TenantDatabaseResource(PostgresAdminResource):
                 owner = self._database_owner(server, names.db_name)
                 self._check_owner(f"database {names.db_name}", owner, names.db_role)
                 if owner is not None:
-                    execute(
-                        server,
-                        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                            sql.Identifier(names.db_name)
-                        ),
-                    )
+                    self._drop_database(server, names.db_name)
         if names.tier == "shared" and role_exists:
             with self.connect(SHARED_DATABASE) as shared:
                 owner = self._schema_owner(shared, names.db_schema)
@@ -388,6 +387,24 @@ class TenantDatabaseResource(PostgresAdminResource):
         if role_exists:
             with self.connect("postgres") as server:
                 execute(server, sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+
+    @staticmethod
+    def _drop_database(server: sa.Connection, database: str) -> None:
+        """DROP ... WITH (FORCE) ends the database's sessions, but not an autovacuum worker's
+        (only a superuser or `pg_signal_backend` may): one busy on a database just filled (a
+        promotion's copy) fails the drop for the moment it lasts."""
+        statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(database)
+        )
+        deadline = time.monotonic() + DROP_AUTOVACUUM_WAIT_S
+        while True:
+            try:
+                execute(server, statement)
+                return
+            except psycopg.errors.InsufficientPrivilege:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def exists(self, names: TenantNames) -> bool:
         """Whether the tenant's role still exists (it goes last when the data is purged)."""

@@ -29,6 +29,7 @@ from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.promotion import mismatches, refusal, rollback_refusal
 from rp9_pipelines.domain.routing import (
+    HELD_HEADER,
     HOLDING_PATH,
     hold_config,
     hold_name,
@@ -36,7 +37,7 @@ from rp9_pipelines.domain.routing import (
     release_name,
     service_url,
 )
-from rp9_pipelines.domain.stack import other_color
+from rp9_pipelines.domain.stack import N8N_PORT, other_color
 from rp9_pipelines.domain.tenants import TenantNames, Tier, role_limits
 from rp9_pipelines.resources.n8n import N8nResource
 from rp9_pipelines.resources.stack import StackResources
@@ -54,6 +55,7 @@ BOOT_TIMEOUT_S = 180.0
 # The hold's route stays until at most this many requests are open in the holder (a released
 # backlog worked through), for at most `BACKLOG_TIMEOUT_S`.
 OPEN_TO_LIFT = 10
+READINESS_PATH = "/healthz/readiness"
 BACKLOG_TIMEOUT_S = 120.0
 
 
@@ -198,38 +200,92 @@ def hold(r: PromotionResources, tenant: Tenant) -> float:
     )
 
 
-def release(r: PromotionResources, tenant: Tenant) -> float:
-    """Once Traefik routes the tenant's own n8n: the release route for the held requests, then
-    the hold lifted (they go on at once, through that route); the seconds. The routes go with
-    `end_release`."""
-    platform = r.stack.platform
-    own = f"{tenant.names.router}@docker"
+def _enabled(r: PromotionResources, name: str) -> Callable[[], bool]:
+    def check() -> bool:
+        found = _router(r, name)
+        return bool(found and found.get("status") == "enabled")
 
-    def enabled(name: str) -> Callable[[], bool]:
-        def check() -> bool:
-            found = _router(r, name)
-            return bool(found and found.get("status") == "enabled")
+    return check
 
-        return check
 
-    started = time.monotonic()
-    _wait(f"Traefik did not route {tenant.slug} to its n8n", enabled(own), ROUTE_TIMEOUT_S)
+def _token(r: PromotionResources, tenant: Tenant) -> str:
     with r.stack.catalog.begin() as connection:
-        token = catalog.hold_token(connection, tenant.id) or secrets.token_hex(16)
+        return catalog.hold_token(connection, tenant.id) or secrets.token_hex(16)
+
+
+def _write_release(r: PromotionResources, tenant: Tenant, **target: str) -> None:
+    platform = r.stack.platform
     r.traefik_dynamic.write(
         release_name(tenant.slug),
         release_config(
             slug=tenant.slug,
             hosts=tenant.names.hosts(platform.base_domain, tenant.custom_domain),
-            service=own,
-            token=token,
+            token=_token(r, tenant),
             entrypoint=platform.traefik_entrypoint,
             tls=bool(platform.traefik_cert_resolver),
+            **target,
         ),
     )
+
+
+def route_release(r: PromotionResources, tenant: Tenant, main: str) -> None:
+    """While the tenant is held: the release route, straight to `main` (booted for the
+    cutover: neither Docker's health check nor Traefik's docker provider has called it ready
+    yet), so that what was held goes on the moment it answers (`ready_through_release`)."""
+    state = r.stack.docker_runtime.state(main)
+    if state is None or not state.ip:
+        raise PromotionFailed(f"{main} is not running")
+    _write_release(r, tenant, url=f"http://{state.ip}:{N8N_PORT}")
+
+
+def ready_through_release(r: PromotionResources, tenant: Tenant, main: str) -> float:
+    """Until `main` answers ready through the release route (what the held requests will take);
+    the seconds. A main that stops meanwhile fails it."""
+    token = _token(r, tenant)
+    host = tenant.names.host(r.stack.platform.base_domain)
+
+    def ready() -> bool:
+        state = r.stack.docker_runtime.state(main)
+        if state is None or state.status not in ("created", "running"):
+            raise RuntimeError(f"{main} is not running ({state and state.status})")
+        with contextlib.suppress(httpx.HTTPError), r.n8n.client(host) as client:
+            answer = client.get(READINESS_PATH, headers={HELD_HEADER: token}, timeout=2)
+            return answer.status_code == 200
+        return False
+
+    return _wait(
+        f"{main} did not answer ready through the release route",
+        ready,
+        r.stack.platform.ready_timeout_s,
+    )
+
+
+def unroute_release(r: PromotionResources, tenant: Tenant) -> None:
+    """No release route (one to a main that goes, or may have been replaced), as Traefik sees
+    it: `release` routes to the tenant's own service then."""
+    name = release_name(tenant.slug)
+    if r.traefik_dynamic.read(name) is not None:
+        r.traefik_dynamic.remove(name)
+        _wait(
+            f"Traefik kept the release route of {tenant.slug}",
+            lambda: _router(r, f"{name}@file") is None,
+            ROUTE_TIMEOUT_S,
+        )
+
+
+def release(r: PromotionResources, tenant: Tenant) -> float:
+    """The hold lifted: the held requests go on at once, through the release route (written
+    by `route_release` for a cutover, else now, once Traefik routes the tenant's own n8n); the
+    seconds. The routes go with `end_release`."""
+    own = f"{tenant.names.router}@docker"
+    name = release_name(tenant.slug)
+    started = time.monotonic()
+    if r.traefik_dynamic.read(name) is None:
+        _wait(f"Traefik did not route {tenant.slug} to its n8n", _enabled(r, own), ROUTE_TIMEOUT_S)
+        _write_release(r, tenant, service=own)
     _wait(
         f"Traefik did not take the release route of {tenant.slug}",
-        enabled(f"{release_name(tenant.slug)}@file"),
+        _enabled(r, f"{name}@file"),
         ROUTE_TIMEOUT_S,
     )
     with r.stack.catalog.begin() as connection:
@@ -263,6 +319,10 @@ def end_release(r: PromotionResources, tenant: Tenant) -> None:
 
     with contextlib.suppress(TimeoutError):  # a backlog that lasts: the limits apply again
         _wait(f"the backlog of {tenant.slug}", few_open, BACKLOG_TIMEOUT_S)
+    # What arrives from now on takes the tenant's own route (a main released to before Docker
+    # called it healthy is routed there moments later).
+    own = f"{tenant.names.router}@docker"
+    _wait(f"Traefik did not route {tenant.slug} to its n8n", _enabled(r, own), ROUTE_TIMEOUT_S)
     r.traefik_dynamic.remove(name)
     _wait(
         f"Traefik kept the hold of {tenant.slug}",
@@ -360,14 +420,14 @@ def serve(r: PromotionResources, tenant: Tenant, log: Log, *, roles: set[str]) -
 
 def switch(r: PromotionResources, tenant: Tenant, main: str) -> Tenant:
     """The tenant is dedicated from here (the copy committed): the catalog says so; its main,
-    booted on the copy, is ready. Then the hold is released, and only once the backlog is
-    answered do its containers converge (`complete`: the stopped shared ones go, the main's CPU
-    goes back from the startup boost to its plan's, the workers start)."""
-    s = r.stack
+    booted on the copy, answers ready through the release route. Then the hold is released,
+    and only once the backlog is answered do its containers converge (`complete`: the stopped
+    shared ones go, the main's CPU goes back from the startup boost to its plan's, the workers
+    start)."""
     moved = promoted(tenant)
-    with s.catalog.begin() as connection:
+    with r.stack.catalog.begin() as connection:
         tenant_catalog.update_tenant(connection, tenant.id, tier="dedicated", color=moved.color)
-    tenants.wait_healthy(s, [main])
+    ready_through_release(r, moved, main)
     return moved
 
 
@@ -380,6 +440,7 @@ def roll_back(r: PromotionResources, tenant: Tenant, log: Log) -> float | None:
     with s.catalog.begin() as connection:
         tenant_catalog.update_tenant(connection, tenant.id, tier="shared", color=tenant.color)
     back = as_tier(tenant, "shared")
+    unroute_release(r, tenant)
     if s.tenant_db.exists(dedicated):
         s.tenant_db.set_login(dedicated, False)
     # A dedicated main of the other color (booted for a cutover that did not happen) never

@@ -118,6 +118,7 @@ def cut_over(
             log(f"already switched ({found['phase']}): making sure the dedicated side serves")
             promote.serve(promotion, tenant, log, roles={"main"})
             if promote.held(promotion, tenant):
+                promote.unroute_release(promotion, tenant)
                 promote.release(promotion, tenant)
             if not after_switch(found["phase"]):
                 now = dt.datetime.now(dt.UTC)
@@ -147,6 +148,7 @@ def cut_over(
                     boot_s=round(boot_s, 3),
                     hold_route_s=round(route_s, 3),
                 )
+                promote.route_release(promotion, tenant, main)
                 freeze_s = promote.freeze(promotion, tenant, shared, log)
                 promote.record(promotion, found["id"], "frozen", freeze_s=round(freeze_s, 3))
                 found, _ = _load(promotion, promotion_id)
