@@ -215,28 +215,23 @@ class TenantCopy:
             )
             return [list(row) for row in rows.fetchall()]
 
+    def _drop_constraint(self, raw: psycopg.Connection[Any], table: str, name: str) -> None:
+        raw.execute(
+            sql.SQL("ALTER TABLE {}.{} DROP CONSTRAINT IF EXISTS {}").format(
+                sql.Identifier(self.target.db_schema), sql.Identifier(table), sql.Identifier(name)
+            )
+        )
+
     def drop_foreign_keys(self, keys: list[list[str]]) -> None:
         with self._dst() as raw:
             for table, name, _ in keys:
-                raw.execute(
-                    sql.SQL("ALTER TABLE {}.{} DROP CONSTRAINT IF EXISTS {}").format(
-                        sql.Identifier(self.target.db_schema),
-                        sql.Identifier(table),
-                        sql.Identifier(name),
-                    )
-                )
+                self._drop_constraint(raw, table, name)
 
     def add_foreign_keys(self, keys: list[list[str]]) -> None:
         """Back, validated against the copied rows (the definitions are the template's)."""
         with self._dst() as raw, raw.transaction():
             for table, name, definition in keys:
-                raw.execute(
-                    sql.SQL("ALTER TABLE {}.{} DROP CONSTRAINT IF EXISTS {}").format(
-                        sql.Identifier(self.target.db_schema),
-                        sql.Identifier(table),
-                        sql.Identifier(name),
-                    )
-                )
+                self._drop_constraint(raw, table, name)
                 raw.execute(
                     sql.SQL("ALTER TABLE {}.{} ADD CONSTRAINT {} ").format(
                         sql.Identifier(self.target.db_schema),
