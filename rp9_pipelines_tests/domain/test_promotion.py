@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rp9_pipelines.domain.promotion import (
+    BOOT_READS,
     COMPLIANCE,
     LATENCY,
     PHASES,
@@ -20,6 +21,7 @@ from rp9_pipelines.domain.promotion import (
     refusal,
     rollback_refusal,
 )
+from rp9_pipelines.domain.stack import other_color
 
 POLICY = PromotionPolicy()
 HOUR = dt.timedelta(hours=1)
@@ -213,3 +215,26 @@ def test_phases_before_the_switch_roll_back_and_after_it_finish() -> None:
     assert after_switch("switched")
     assert after_switch("done")
     assert not after_switch("rolled_back")
+
+
+def test_what_a_booting_main_reads_before_the_catch_up_activates_and_answers_nothing() -> None:
+    """Workflows, webhooks, users, credentials and execution payloads wait for the catch-up's
+    commit: a main that read them from a copy not yet caught up could run a schedule or answer
+    a request from stale data."""
+    assert BOOT_READS.isdisjoint(
+        {
+            "workflow_entity",
+            "webhook_entity",
+            "shared_workflow",
+            "user",
+            "credentials_entity",
+            "execution_data",
+            "instance_version_history",
+        }
+    )
+    assert "migrations" in BOOT_READS  # n8n's first read: without it the boot waits at once
+
+
+def test_a_cutover_boots_the_other_color() -> None:
+    assert other_color("blue") == "green"
+    assert other_color("green") == "blue"

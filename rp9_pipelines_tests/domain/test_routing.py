@@ -6,6 +6,7 @@ import yaml
 from rp9_pipelines.domain.routing import (
     FALLBACK_ENTRYPOINT,
     FALLBACK_ENTRYPOINT_ADDRESS,
+    HELD_HEADER,
     HOLD_PATH,
     TENANT_ROUTER_PRIORITY,
     UNAVAILABLE_MIDDLEWARE,
@@ -15,6 +16,7 @@ from rp9_pipelines.domain.routing import (
     hold_config,
     host_rule,
     is_valid_hostname,
+    release_config,
     traefik_labels,
 )
 
@@ -180,3 +182,34 @@ def test_a_hold_routes_every_host_of_the_tenant_above_its_own_router_to_the_hold
     assert with_tls["http"]["routers"]["rp9-hold-acme"]["tls"] == {}
     with pytest.raises(ValueError, match="at least one host"):
         hold_config(slug="acme", hosts=[], holder_url="http://h", entrypoint="web")
+
+
+def test_a_release_route_takes_only_the_holds_token_above_the_hold_to_a_service_or_a_main() -> None:
+    hold = hold_config(
+        slug="acme", hosts=["acme.rp9.test"], holder_url="http://h", entrypoint="web"
+    )
+    to_service = release_config(
+        slug="acme", hosts=["acme.rp9.test"], token="t0k", entrypoint="web", service="t-acme@docker"
+    )
+    router = to_service["http"]["routers"]["rp9-release-acme"]
+    assert router["rule"] == f"(Host(`acme.rp9.test`)) && Header(`{HELD_HEADER}`, `t0k`)"
+    assert router["priority"] > hold["http"]["routers"]["rp9-hold-acme"]["priority"]
+    assert router["service"] == "t-acme@docker"
+    assert "services" not in to_service["http"]
+    # A main booted for a cutover, before Traefik's docker provider routes it: by its address.
+    to_main = release_config(
+        slug="acme",
+        hosts=["acme.rp9.test"],
+        token="t0k",
+        entrypoint="web",
+        url="http://10.0.0.7:5678",
+    )
+    router = to_main["http"]["routers"]["rp9-release-acme"]
+    servers = to_main["http"]["services"][router["service"]]["loadBalancer"]["servers"]
+    assert servers == [{"url": "http://10.0.0.7:5678"}]
+    with pytest.raises(ValueError, match="a service or to a URL"):
+        release_config(slug="acme", hosts=["a.b"], token="t", entrypoint="web")
+    with pytest.raises(ValueError, match="a service or to a URL"):
+        release_config(
+            slug="acme", hosts=["a.b"], token="t", entrypoint="web", service="s", url="http://u"
+        )
