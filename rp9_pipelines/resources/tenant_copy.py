@@ -108,10 +108,11 @@ class TenantCopy:
             yield raw_connection(connection)
 
     def _held_tables(
-        self, dst: psycopg.Connection[Any], open_tables: Iterable[str]
+        self, layout: Iterable[str], open_tables: Iterable[str]
     ) -> sql.Composed | None:
-        """The copy's tables but `open_tables`, qualified, comma-separated (None: none)."""
-        tables = sorted(set(_layout(dst, self.target.db_schema)) - set(open_tables))
+        """The copy's tables of `layout` but `open_tables`, qualified, comma-separated (None:
+        none)."""
+        tables = sorted(set(layout) - set(open_tables))
         names = [sql.Identifier(self.target.db_schema, t) for t in tables]
         return sql.SQL(", ").join(names) if names else None
 
@@ -119,7 +120,7 @@ class TenantCopy:
         """The tenant's role loses its rights on the copy's tables but `open_tables` (it owns
         them), committed: only `locked`'s commit gives them back."""
         with self._dst() as dst:
-            held = self._held_tables(dst, open_tables)
+            held = self._held_tables(_layout(dst, self.target.db_schema), open_tables)
             if held is not None:
                 role = sql.Identifier(self.target.db_role)
                 dst.execute(sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(held, role))
@@ -130,12 +131,13 @@ class TenantCopy:
         is caught up, compared and given its foreign keys; it gives the tenant's role its rights
         back (`withhold`) and commits when the block ends without an error (else it is rolled
         back, the rights still withheld). Refused (`CopyRefused`) when the copy has anything the
-        catch-up would run as the platform: a trigger it fires, a
-        constraint or index of the tenant's functions."""
+        catch-up would run as the platform: a trigger it fires, a constraint or index of the
+        tenant's functions."""
         with self.db.connect(self.target.db_name) as connection:
             dst = raw_connection(connection)
             dst.execute("BEGIN")
-            held = self._held_tables(dst, open_tables)
+            layout = _layout(dst, self.target.db_schema)
+            held = self._held_tables(layout, open_tables)
             if held is not None:
                 role = sql.Identifier(self.target.db_role)
                 dst.execute(sql.SQL("GRANT ALL ON TABLE {} TO {}").format(held, role))
@@ -152,12 +154,7 @@ class TenantCopy:
             ).fetchall()
             problems = [f"triggers on insert, delete or truncate {triggers}"] if triggers else []
             try:
-                require_readable(
-                    dst,
-                    self.target.db_schema,
-                    self.target.db_role,
-                    _layout(dst, self.target.db_schema),
-                )
+                require_readable(dst, self.target.db_schema, self.target.db_role, layout)
             except UnsafeRelation as error:
                 problems.append(str(error))
             if problems:

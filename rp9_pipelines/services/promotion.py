@@ -208,6 +208,17 @@ def _enabled(r: PromotionResources, name: str) -> Callable[[], bool]:
     return check
 
 
+def _own_router(tenant: Tenant) -> str:
+    """The router Traefik's docker provider makes of the tenant's main's labels."""
+    return f"{tenant.names.router}@docker"
+
+
+def _require_running(r: PromotionResources, name: str) -> None:
+    state = r.stack.docker_runtime.state(name)
+    if state is None or state.status not in ("created", "running"):
+        raise PromotionFailed(f"{name} is not running ({state and state.status})")
+
+
 def _token(r: PromotionResources, tenant: Tenant) -> str:
     with r.stack.catalog.begin() as connection:
         return catalog.hold_token(connection, tenant.id) or secrets.token_hex(16)
@@ -248,9 +259,7 @@ def ready_through_release(r: PromotionResources, tenant: Tenant, main: str) -> f
     def ready() -> bool:
         nonlocal checked
         if time.monotonic() - checked > 1:  # the engine asked once a second, not each probe
-            state = r.stack.docker_runtime.state(main)
-            if state is None or state.status not in ("created", "running"):
-                raise RuntimeError(f"{main} is not running ({state and state.status})")
+            _require_running(r, main)
             checked = time.monotonic()
         with contextlib.suppress(httpx.HTTPError):
             answer = client.get(READINESS_PATH, headers={HELD_HEADER: token}, timeout=2)
@@ -282,7 +291,7 @@ def release(r: PromotionResources, tenant: Tenant) -> float:
     """The hold lifted: the held requests go on at once, through the release route (written
     by `route_release` for a cutover, else now, once Traefik routes the tenant's own n8n); the
     seconds. The routes go with `end_release`."""
-    own = f"{tenant.names.router}@docker"
+    own = _own_router(tenant)
     name = release_name(tenant.slug)
     started = time.monotonic()
     if r.traefik_dynamic.read(name) is None:
@@ -326,7 +335,7 @@ def end_release(r: PromotionResources, tenant: Tenant) -> None:
         _wait(f"the backlog of {tenant.slug}", few_open, BACKLOG_TIMEOUT_S)
     # What arrives from now on takes the tenant's own route (a main released to before Docker
     # called it healthy is routed there moments later).
-    own = f"{tenant.names.router}@docker"
+    own = _own_router(tenant)
     _wait(f"Traefik did not route {tenant.slug} to its n8n", _enabled(r, own), ROUTE_TIMEOUT_S)
     r.traefik_dynamic.remove(name)
     _wait(
@@ -359,9 +368,7 @@ def boot(r: PromotionResources, tenant: Tenant, copy: TenantCopy, log: Log) -> t
     name = tenants.boot_main(s, promoted(tenant), log)
 
     def waits() -> bool:
-        state = s.docker_runtime.state(name)
-        if state is None or state.status not in ("created", "running"):
-            raise PromotionFailed(f"{name} is not running ({state and state.status})")
+        _require_running(r, name)
         return copy.waiting() > 0
 
     return name, _wait(f"{name} did not reach the copy", waits, BOOT_TIMEOUT_S)
