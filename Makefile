@@ -12,7 +12,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 # Every target that talks to the stack runs with its environment (generated secrets included).
 WITH_ENV := set -a && source .stack/env && set +a &&
 
-.PHONY: bench-autoscale bench-backup bench-load bench-promote bench-provision bench-usage demo-credentials help install stack-up stack-down stack-status migrate lint format test test-fast dev api dagster validate-production
+.PHONY: bench-autoscale bench-backup bench-load bench-promote bench-provision bench-upgrade bench-usage demo-credentials help install stack-up stack-down stack-status migrate lint format test test-fast dev api dagster validate-production
 
 help:
 	@echo "make dev          platform up on embedded defaults: stack, migrations, Dagster UI, API"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench-autoscale  autoscaler: second worker, 200-execution drain vs 1 worker, tick at 1k/5k tenants"
 	@echo "make bench-load       a tenant under webhook load: sustainable rate, scale/kill/restart at 80 %, 3x overload (PLANS=starter,pro)"
 	@echo "make bench-promote    promotion of a shared tenant with 200 MB of executions under 20 webhooks/s, and its rollback"
+	@echo "make bench-upgrade    n8n 2.20.12 -> 2.22.6 of a tenant with 200 MB of executions under 20 webhooks/s, and its rollback"
 	@echo "make bench-usage      usage aggregation of 10M executions / 1,000 tenants; chargeback 5,000 tenants x 30 days"
 
 $(VENV)/.installed: pyproject.toml
@@ -80,6 +81,9 @@ bench-load: migrate
 
 bench-promote: migrate
 	$(WITH_ENV) $(BIN)/python -m bench.promote
+
+bench-upgrade: migrate
+	$(WITH_ENV) $(BIN)/python -m bench.upgrade
 
 bench-usage: migrate
 	$(WITH_ENV) $(BIN)/python -m bench.usage

@@ -27,6 +27,8 @@ BACKUP_KIND_TAG = "rp9/backup_kind"
 # A drill restores into a sandbox: it is tagged with the tenant's slug under its own key, so it
 # never waits behind (nor holds up) the tenant's own changes.
 DRILL_TENANT_TAG = "rp9/drill_tenant"
+# The fleet rollout an upgrade run belongs to (`upgrade_rollout`): one run per tenant.
+ROLLOUT_TAG = "rp9/rollout"
 
 API = "api"
 AUTOSCALER = "autoscaler"
@@ -103,6 +105,35 @@ def promotion(
         job,
         _op_config(first, {"promotion_id": promotion_id}),
         tenant_tags(tenant_id, slug, requested_by),
+    )
+
+
+def upgrade(
+    job: Literal["upgrade_tenant", "roll_back_upgrade"],
+    upgrade_id: str,
+    tenant_id: str,
+    slug: str,
+    requested_by: str = API,
+    rollout: str | None = None,
+    fail_probe: bool = False,
+) -> Launch:
+    """An upgrade's run (`defs/upgrades/jobs.py`), one per tenant at a time like any change."""
+    first = {"upgrade_tenant": "rehearse_upgrade", "roll_back_upgrade": "restore_previous"}[job]
+    config: dict[str, Any] = {"upgrade_id": upgrade_id}
+    if fail_probe:
+        config["fail_probe"] = True
+    tags = tenant_tags(tenant_id, slug, requested_by)
+    if rollout:
+        tags[ROLLOUT_TAG] = rollout
+    return Launch(job, _op_config(first, config), tags)
+
+
+def rollout(rollout_id: str, config: dict[str, Any], requested_by: str = API) -> Launch:
+    """A fleet rollout (`upgrade_rollout`): it launches one `upgrade_tenant` run per tenant."""
+    return Launch(
+        "upgrade_rollout",
+        _op_config("roll_out", {"rollout_id": rollout_id, **config}),
+        {REQUESTED_BY_TAG: requested_by, ROLLOUT_TAG: rollout_id},
     )
 
 

@@ -69,6 +69,18 @@ class PromotionSettings(BaseSettings):
     mode: Literal["propose", "auto"] = "propose"
 
 
+class UpgradeSettings(BaseSettings):
+    """Blue/green n8n upgrades (`UPGRADE_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="UPGRADE_", extra="ignore", frozen=True)
+
+    # After a switch: how long readiness, the probe and the error rate are watched before the
+    # upgrade succeeds (a failure within it rolls back automatically).
+    watch_s: float = 60.0
+    # How long after an upgrade `POST /tenants/{id}/upgrade/rollback` may restore its snapshot.
+    rollback_window_s: float = 86_400.0
+
+
 class AutoscalingSettings(BaseSettings):
     """The worker autoscaler (`AUTOSCALE_*`). Every field has a working default, because the
     sensor is defined when the code location loads, where no secret may be required."""
@@ -201,6 +213,7 @@ class PlatformSettings(BaseSettings):
     tenant_stack: TenantStackSettings = Field(default_factory=TenantStackSettings)
     autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
+    upgrade: UpgradeSettings = Field(default_factory=UpgradeSettings)
     usage: UsageSettings = Field(default_factory=UsageSettings)
     chargeback: ChargebackSettings = Field(default_factory=ChargebackSettings)
     enforcement: EnforcementSettings = Field(default_factory=EnforcementSettings)

@@ -162,7 +162,15 @@ def dagster_webserver(
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     port = free_port()
     webhook = f"http://127.0.0.1:{enforcement_webhook_port}/enforcement"
-    env = {**os.environ, "DAGSTER_HOME": str(home), "ENFORCEMENT_WEBHOOK_URL": webhook}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "ENFORCEMENT_WEBHOOK_URL": webhook,
+        # A rollout launches its tenants' runs on this webserver.
+        "DAGSTER_GRAPHQL_URL": f"http://127.0.0.1:{port}/graphql",
+        # The watch after an upgrade's switch: long enough for the probe and a few looks.
+        "UPGRADE_WATCH_S": "10",
+    }
     command = [
         str(BIN / "dagster"),
         "dev",

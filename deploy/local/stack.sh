@@ -17,6 +17,9 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 state=${RP9_STATE_DIR:-$root/.stack}
 venv=${RP9_VENV:-$root/.venv}
 n8n_version=${N8N_VERSION:-2.20.12}
+# The newer versions tenants may be upgraded to (`upgrade_paths` in the catalog): built in the
+# background by `up`, since only upgrades need them (`n8n_image_ready` waits for one).
+upgrade_versions=${N8N_UPGRADE_VERSIONS:-2.22.6}
 
 # Tenant networks: one /24 each out of this pool (Docker's default gives each a /16 of
 # 172.16.0.0/12 and runs out after about fifteen networks).
@@ -526,6 +529,21 @@ start_prometheus() {
 
 build_image() {
   RP9_CACHE_DIR=${RP9_CACHE_DIR:-/var/cache/rp9} bash "$root/deploy/images/n8n/build.sh" "$n8n_version"
+  # One after the other (they share the rootfs cache), in the background: <state>/n8n-image-<v>.rc
+  # holds each build's exit code once it ended, its log beside it.
+  local v
+  for v in $upgrade_versions; do
+    rm -f "$state/n8n-image-$v.rc"
+  done
+  (
+    for v in $upgrade_versions; do
+      rc=0
+      RP9_CACHE_DIR=${RP9_CACHE_DIR:-/var/cache/rp9} bash "$root/deploy/images/n8n/build.sh" "$v" \
+        >"$state/n8n-image-$v.log" 2>&1 || rc=$?
+      echo "$rc" >"$state/n8n-image-$v.rc"
+    done
+  ) </dev/null >/dev/null 2>&1 &
+  log "building the n8n images of ${upgrade_versions} in the background ($state/n8n-image-*.log)"
   # The platform DR drill's scratch Postgres, Redis and OpenBao (cached by its inputs).
   RP9_CACHE_DIR=${RP9_CACHE_DIR:-/var/cache/rp9} RP9_VENV="$venv" \
     bash "$root/deploy/images/scratch/build.sh" >/dev/null
@@ -547,6 +565,7 @@ VAULT_TOKEN=$(cat "$state/secrets/vault" 2>/dev/null)
 PLATFORM_BACKUP_KEY=$(secret platform-backup)
 N8N_IMAGE=rp9/n8n
 N8N_VERSION=$n8n_version
+N8N_UPGRADE_VERSIONS=$upgrade_versions
 DOCKER_HOST=unix:///var/run/docker.sock
 TENANT_SERVICES_HOST=host.docker.internal
 TRAEFIK_URL=http://127.0.0.1:$traefik_web_port

@@ -25,6 +25,7 @@ from rp9_pipelines.resources.n8n_data import N8nDataResource
 from rp9_pipelines.resources.redis_queue import RedisResource
 from rp9_pipelines.services.promotion import CatalogPromotions, Promotions
 from rp9_pipelines.services.tenants import CatalogTenants, Queues, RedisQueues, Tenants
+from rp9_pipelines.services.upgrades import CatalogUpgrades, Upgrades
 from rp9_pipelines.settings import Settings, get_settings, sqlalchemy_url
 
 
@@ -59,6 +60,10 @@ def get_promotions(engine: EngineDep) -> Promotions:
     return CatalogPromotions(engine)
 
 
+def get_upgrades(engine: EngineDep) -> Upgrades:
+    return CatalogUpgrades(engine)
+
+
 def get_key_store(engine: EngineDep) -> KeyStore:
     return CatalogKeyStore(engine)
 
@@ -82,6 +87,7 @@ async def raw_body(request: Request) -> bytes:
 RawBodyDep = Annotated[bytes, Depends(raw_body)]
 TenantsDep = Annotated[Tenants, Depends(get_tenants)]
 PromotionsDep = Annotated[Promotions, Depends(get_promotions)]
+UpgradesDep = Annotated[Upgrades, Depends(get_upgrades)]
 
 
 async def require_caller(

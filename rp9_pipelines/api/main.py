@@ -31,6 +31,7 @@ from rp9_pipelines.api.routes import (
     runs,
     tenant_fallback,
     tenants,
+    upgrades,
 )
 from rp9_pipelines.domain.routing import FALLBACK_PATH, HOLD_PATH
 from rp9_pipelines.domain.tenants import InvalidRequest
@@ -69,6 +70,7 @@ def create_app() -> FastAPI:
     app.include_router(enforcement.router)
     app.include_router(platform.router)
     app.include_router(promotions.router)
+    app.include_router(upgrades.router)
     app.include_router(tenant_fallback.router)
     app.include_router(edge_hold.router)
     return app

@@ -67,10 +67,8 @@ def _tenant_fk(*, nullable: bool = False, index: bool = True) -> sa.Column[objec
     )
 
 
-def _created_at() -> sa.Column[object]:
-    return sa.Column(
-        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    )
+def _created_at(name: str = "created_at") -> sa.Column[object]:
+    return sa.Column(name, sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now())
 
 
 def _updated_at() -> sa.Column[object]:
@@ -459,6 +457,35 @@ promotion_decisions = sa.Table(
     sa.CheckConstraint("propose = (trigger IS NOT NULL)", name="trigger_when_proposed"),
 )
 
+# The n8n versions the platform builds images of and offers, and the upgrade paths between
+# them it has tested (rehearsed on real data): `domain.upgrades.Offer`.
+n8n_versions = sa.Table(
+    "n8n_versions",
+    metadata,
+    sa.Column("version", sa.String(32), primary_key=True),
+    sa.Column("offered", sa.Boolean, nullable=False, server_default=sa.true()),
+    _created_at("added_at"),
+)
+
+upgrade_paths = sa.Table(
+    "upgrade_paths",
+    metadata,
+    sa.Column(
+        "from_version",
+        sa.String(32),
+        sa.ForeignKey("n8n_versions.version", name="fk_upgrade_paths_from"),
+        primary_key=True,
+    ),
+    sa.Column(
+        "to_version",
+        sa.String(32),
+        sa.ForeignKey("n8n_versions.version", name="fk_upgrade_paths_to"),
+        primary_key=True,
+    ),
+    sa.Column("note", sa.Text, nullable=False, server_default=""),
+    _created_at("tested_at"),
+)
+
 upgrades = sa.Table(
     "upgrades",
     metadata,
@@ -467,6 +494,22 @@ upgrades = sa.Table(
     sa.Column("from_version", sa.String(32), nullable=False),
     sa.Column("to_version", sa.String(32), nullable=False),
     *_change_progress("upgrade_status"),
+    # Where the run is (`domain.upgrades.PHASES`): a re-run resumes or rolls back from it.
+    sa.Column("phase", sa.String(32), nullable=False, server_default="requested"),
+    # What it measured: rehearsal, migrations, the hold, the snapshot's backup, …
+    sa.Column("figures", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    # The fleet rollout it belongs to, if any (its runs carry the same tag).
+    sa.Column("rollout", sa.String(64), index=True),
+    sa.Column("switched_at", sa.DateTime(timezone=True)),
+    # Until when `POST /tenants/{id}/upgrade/rollback` may restore the snapshot.
+    sa.Column("rollback_until", sa.DateTime(timezone=True)),
+    # One upgrade per tenant at a time.
+    sa.Index(
+        "uq_upgrades_one_running",
+        "tenant_id",
+        unique=True,
+        postgresql_where=sa.text("status = 'running'"),
+    ),
 )
 
 idempotency_keys = sa.Table(

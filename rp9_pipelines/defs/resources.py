@@ -2,6 +2,8 @@
 the variable, never its value; the platform's settings (`PlatformSettings`: no secret required)
 are read here, when definitions load, and bound whole as the `settings` resource."""
 
+import os
+
 import dagster as dg
 
 from rp9_pipelines.resources.catalog import CatalogResource
@@ -25,6 +27,7 @@ from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
 from rp9_pipelines.resources.traefik_dynamic import TraefikDynamicResource
 from rp9_pipelines.resources.vault import VaultResource
 from rp9_pipelines.services.promotion import PromotionResources
+from rp9_pipelines.services.upgrades import UpgradeResources
 from rp9_pipelines.settings import PlatformSettings
 
 
@@ -68,6 +71,22 @@ def resources() -> dg.Definitions:
         tenant_db=tenant_db,
         n8n_data=n8n_data,
     )
+    cutover = PromotionResources(
+        stack=stack,
+        n8n=n8n,
+        traefik_dynamic=TraefikDynamicResource(directory=dg.EnvVar("TRAEFIK_DYNAMIC_DIR")),
+        traefik_api_url=dg.EnvVar("TRAEFIK_API_URL"),
+        rollback_window_s=settings.promotion.rollback_window_s,
+    )
+    drill = DrillResources(
+        catalog=catalog,
+        admin_url=dg.EnvVar("TENANT_ADMIN_DATABASE_URL"),
+        s3=s3,
+        docker_runtime=docker_runtime,
+        platform=platform,
+        secret_files=secret_files,
+        vault=vault,
+    )
     return dg.Definitions(
         resources={
             "settings": settings,
@@ -97,12 +116,15 @@ def resources() -> dg.Definitions:
             ),
             # What several ops need at once, from the same instances as above.
             "stack": stack,
-            "promotion": PromotionResources(
-                stack=stack,
-                n8n=n8n,
-                traefik_dynamic=TraefikDynamicResource(directory=dg.EnvVar("TRAEFIK_DYNAMIC_DIR")),
-                traefik_api_url=dg.EnvVar("TRAEFIK_API_URL"),
-                rollback_window_s=settings.promotion.rollback_window_s,
+            "promotion": cutover,
+            "upgrade": UpgradeResources(
+                cutover=cutover,
+                drill=drill,
+                watch_s=settings.upgrade.watch_s,
+                rollback_window_s=settings.upgrade.rollback_window_s,
+                dagster_graphql_url=os.environ.get(
+                    "DAGSTER_GRAPHQL_URL", "http://127.0.0.1:3000/graphql"
+                ),
             ),
             "platform_backup": PlatformBackupResources(
                 catalog=catalog,
@@ -110,14 +132,6 @@ def resources() -> dg.Definitions:
                 vault=vault,
                 backup_key=dg.EnvVar("PLATFORM_BACKUP_KEY"),
             ),
-            "drill": DrillResources(
-                catalog=catalog,
-                admin_url=dg.EnvVar("TENANT_ADMIN_DATABASE_URL"),
-                s3=s3,
-                docker_runtime=docker_runtime,
-                platform=platform,
-                secret_files=secret_files,
-                vault=vault,
-            ),
+            "drill": drill,
         }
     )

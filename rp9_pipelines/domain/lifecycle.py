@@ -8,7 +8,7 @@ queued behind a delete).
 
 from typing import Literal
 
-TenantJob = Literal["provision", "scale", "suspend", "resume", "delete", "promote"]
+TenantJob = Literal["provision", "scale", "suspend", "resume", "delete", "promote", "upgrade"]
 # act: do the work; record: write the change to the catalog but leave the stack as it is (a
 # suspended tenant stays stopped; its next resume starts it as recorded); skip: nothing to do,
 # the tenant already is where the job would put it; refuse: fail the run, changing nothing.
@@ -21,6 +21,8 @@ _VERDICTS: dict[TenantJob, dict[str, Verdict]] = {
     "resume": {"suspended": "act", "failed": "act", "active": "skip"},
     # A promotion (or its rollback) marks the tenant `promoting` when it is requested.
     "promote": {"promoting": "act"},
+    # An upgrade (or its rollback) marks the tenant `upgrading` when it is requested.
+    "upgrade": {"upgrading": "act"},
     "delete": {
         "provisioning": "act", "active": "act", "suspended": "act", "failed": "act",
         "deleting": "act", "deleted": "act",

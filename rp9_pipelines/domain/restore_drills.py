@@ -172,6 +172,11 @@ class SandboxNames:
     def for_drill(cls, drill_id: uuid.UUID) -> "SandboxNames":
         return cls(drill_id.hex[:12])
 
+    @classmethod
+    def for_rehearsal(cls, upgrade_id: uuid.UUID) -> "SandboxNames":
+        """An upgrade's rehearsal (`u` and the upgrade's id: never a drill's, which are hex)."""
+        return cls("u" + upgrade_id.hex[:11])
+
     @property
     def database(self) -> str:
         return f"{SANDBOX_PREFIX}{self.token}"

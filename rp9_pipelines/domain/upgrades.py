@@ -6,6 +6,7 @@ n8n's database migrations run forward only: a path goes from an older version to
 and only a path the platform has tested (rehearsed on real data) is offered.
 """
 
+import datetime as dt
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
@@ -104,3 +105,127 @@ def halted(outcomes: dict[str, str]) -> list[str]:
     """The tenants of a wave whose upgrade failed its rehearsal or was rolled back: any one
     halts the rollout after that wave."""
     return sorted(t for t, outcome in outcomes.items() if outcome in ("failed", "rolled_back"))
+
+
+# One upgrade's run ---------------------------------------------------------------------------
+
+# Where an upgrade's run is, in order (`upgrades.phase`). Before `started` the tenant's data is
+# as it was (the rehearsal works on a copy); from `started` the new version has migrated it, so
+# going back means restoring the snapshot.
+PHASES = (
+    "requested",
+    "preflight",
+    "rehearsing",
+    "rehearsed",
+    "snapshot",
+    "holding",
+    "stopped",
+    "started",
+    "switched",
+    "watching",
+    "done",
+    "rolled_back",
+)
+
+
+def touched_data(phase: str) -> bool:
+    """Whether the new version may have migrated the tenant's own data by `phase`."""
+    return PHASES.index(phase) >= PHASES.index("started")
+
+
+@dataclass(frozen=True)
+class Migrations:
+    """What n8n's log says of its migrations at a boot: how many ran, and the seconds from the
+    first one's start to the last one's end (None when none ran)."""
+
+    count: int
+    seconds: float | None
+    names: tuple[str, ...]
+
+
+_MIGRATION_LINE = re.compile(r"^(\S+)\s.*\b(Starting|Finished) migration (\S+)")
+
+
+def migrations_in_log(lines: Iterable[str]) -> Migrations:
+    """Read `docker logs --timestamps` of an n8n boot (RFC 3339 timestamps first)."""
+    started: dt.datetime | None = None
+    finished: dt.datetime | None = None
+    names: list[str] = []
+    for line in lines:
+        found = _MIGRATION_LINE.match(line.strip())
+        if found is None:
+            continue
+        stamp, what, name = found.groups()
+        when = dt.datetime.fromisoformat(stamp[:26].rstrip("Z") + "+00:00")
+        if what == "Starting" and started is None:
+            started = when
+        if what == "Finished":
+            finished = when
+            names.append(name)
+    seconds = (finished - started).total_seconds() if started and finished else None
+    return Migrations(len(names), seconds, tuple(names))
+
+
+def boot_failure(lines: Sequence[str]) -> str:
+    """Why an n8n boot failed, from its log: the migration it was running, if one did not
+    finish, and its first error line (`QueryFailedError: ...`)."""
+    found = migrations_in_log(lines)
+    started = [m.group(3) for m in map(_MIGRATION_LINE.match, lines) if m and m[2] == "Starting"]
+    unfinished = [name for name in started if name not in found.names]
+    errors = [
+        line.split(" ", 1)[-1].strip()
+        for line in lines
+        if re.search(r"\w*Error\b|\berror:", line) and " at " not in line
+    ]
+    parts = [f"migration {unfinished[0]} failed" if unfinished else ""]
+    parts.append(errors[0][:500] if errors else "")
+    return "; ".join(p for p in parts if p) or "n8n exited (no error in its log)"
+
+
+# Readiness may blink once (a worker starting takes the CPU); three looks in a row do not.
+READY_MISSES = 3
+# More than this share of the executions since the switch failing, above the share before it
+# (and at least `MIN_FAILURES` of them), is the new version's doing.
+ERROR_RATE_MARGIN = 0.05
+MIN_FAILURES = 5
+
+
+def watch_failure(
+    ready: Sequence[bool],
+    probe: str | None,
+    before: tuple[int, int],
+    after: tuple[int, int],
+) -> str | None:
+    """Why the watch after a switch calls for a rollback, or None: `ready` are its looks at
+    n8n's readiness through the edge, `probe` the probe workflow's failure (None: it passed),
+    `before`/`after` the (executions, failed) before the hold and since the switch."""
+    if probe is not None:
+        return f"the probe failed: {probe}"
+    misses = 0
+    for look in ready:
+        misses = 0 if look else misses + 1
+        if misses >= READY_MISSES:
+            return f"n8n was not ready through the edge {READY_MISSES} times in a row"
+    total, failed = after
+    base = before[1] / before[0] if before[0] else 0.0
+    if failed >= MIN_FAILURES and failed / max(total, 1) > base + ERROR_RATE_MARGIN:
+        return (
+            f"{failed} of {total} executions failed since the switch"
+            f" ({failed / total:.0%}; {base:.0%} before it)"
+        )
+    return None
+
+
+def rollback_refusal(
+    status: str, last: dict[str, object] | None, now: dt.datetime
+) -> tuple[str, str] | None:
+    """Why `POST /tenants/{id}/upgrade/rollback` is refused (the tenant's `status`, its last
+    upgrade `last`), or None."""
+    if status != "active":
+        return "invalid_state", f"only an active tenant can be rolled back; it is {status}"
+    if last is None or last.get("status") != "succeeded":
+        return "no_upgrade", "the tenant has no completed upgrade to roll back"
+    until = last.get("rollback_until")
+    if not isinstance(until, dt.datetime) or now > until:
+        return "rollback_window_over", f"the rollback window closed at {until}"
+    return None

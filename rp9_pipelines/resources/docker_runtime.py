@@ -43,6 +43,8 @@ class ContainerState:
     status: str
     health: str | None
     ip: str | None
+    # How often Docker restarted it (its restart policy): n8n exits when its boot fails.
+    restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -223,10 +225,10 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             if "already in progress" not in str(error):
                 raise
 
-    def logs(self, name: str, tail: int = 200) -> str:
+    def logs(self, name: str, tail: int | str = 200, *, timestamps: bool = False) -> str:
         client = self.client()
         try:
-            raw: bytes = client.containers.get(name).logs(tail=tail)
+            raw: bytes = client.containers.get(name).logs(tail=tail, timestamps=timestamps)
         except NotFound:
             return ""
         return raw.decode(errors="replace")
@@ -237,6 +239,13 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         running = [c for c in self._tenant_containers(client, tenant) if c.status == "running"]
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
             return list(pool.map(_stats, running))
+
+    def image_exists(self, image: str) -> bool:
+        try:
+            self.client().images.get(image)
+        except NotFound:
+            return False
+        return True
 
     def exec(self, name: str, command: list[str]) -> tuple[int, str, str]:
         """Run `command` in a running container as its own user: exit code, stdout, stderr."""
@@ -261,6 +270,7 @@ def _state(container: Container) -> ContainerState:
         status=container.status,
         health=health.get("Status"),
         ip=ip,
+        restarts=int(attrs.get("RestartCount") or 0),
     )
 
 

@@ -24,7 +24,12 @@ class PlatformResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     @property
     def image(self) -> str:
-        return f"{self.n8n_image}:{self.n8n_version}"
+        """The image of the version new tenants get (and the template schema's)."""
+        return self.image_for(self.n8n_version)
+
+    def image_for(self, version: str) -> str:
+        """The image of n8n `version` (a tenant runs its own: `Tenant.n8n_version`)."""
+        return f"{self.n8n_image}:{version}"
 
     def stack_config(self) -> StackConfig:
         database, redis, public = (

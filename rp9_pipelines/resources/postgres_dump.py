@@ -387,3 +387,75 @@ def deactivate_workflows(server: PgServer, database: str, names: TenantNames) ->
         )
         connection.commit()
         return cursor.rowcount
+
+
+def restore_in_place(
+    admin: PgServer, as_tenant: PgServer, names: TenantNames, dump: Path, aside: str
+) -> int:
+    """Put the tenant's schema back as `dump` (a custom-format dump of it) has it: the current
+    schema renamed `aside` and an empty one of the tenant's, owned by its role, made by the
+    administrator (schema DDL is refused to tenant roles); the restore into it, the count and
+    the aside schema's removal as the tenant's own role (`as_tenant`: whatever the dump runs,
+    the tenant could run itself). Returns how many executions the aside schema had that the
+    dump has not (what the restore left behind). A failed restore puts the current schema
+    back, unchanged."""
+    if as_tenant.user != names.db_role:
+        raise PermissionError(f"a tenant's schema is restored as {names.db_role}")
+    schema, moved = sql.Identifier(names.db_schema), sql.Identifier(aside)
+    role = sql.Identifier(names.db_role)
+    with admin.connect(names.db_name, autocommit=True) as connection:
+        _adopt(connection, names.db_role)
+        _execute(connection, sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(schema, moved))
+        _execute(connection, sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(schema, role))
+        _execute(connection, sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(schema))
+    try:
+        _restore_file(as_tenant, names.db_name, dump)
+        with as_tenant.connect(names.db_name, autocommit=True) as connection:
+            row = connection.execute(
+                sql.SQL(
+                    "SELECT pg_catalog.count(*) FROM ONLY {}.execution_entity a WHERE NOT EXISTS"
+                    " (SELECT FROM ONLY {}.execution_entity r WHERE r.id OPERATOR(pg_catalog.=)"
+                    " a.id)"
+                ).format(moved, schema)
+            ).fetchone()
+            _execute(connection, sql.SQL("DROP SCHEMA {} CASCADE").format(moved))
+    except BaseException:
+        with as_tenant.connect(names.db_name, autocommit=True) as connection:
+            _execute(connection, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
+        with admin.connect(names.db_name, autocommit=True) as connection:
+            _execute(connection, sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(moved, schema))
+        raise
+    return int(row[0]) if row else 0
+
+
+def _restore_file(server: PgServer, database: str, dump: Path) -> None:
+    """`pg_restore` of every entry of `dump` but its schema's creation (the schema exists)."""
+    tool = server.tool("pg_restore", database)
+    env = server.env(database)
+    listed = subprocess.run(
+        [tool, "--list", str(dump)], env=env, capture_output=True, text=True, check=False
+    )
+    if listed.returncode != 0:
+        raise PgToolError(f"pg_restore --list exited {listed.returncode}: {listed.stderr[-600:]}")
+    entries = [line for line in listed.stdout.splitlines() if " SCHEMA - " not in line]
+    with tempfile.NamedTemporaryFile("w", suffix=".list") as chosen:
+        chosen.write("\n".join(entries) + "\n")
+        chosen.flush()
+        done = subprocess.run(
+            [
+                tool,
+                "--no-owner",
+                "--no-privileges",
+                "--exit-on-error",
+                "--no-password",
+                f"--use-list={chosen.name}",
+                f"--dbname={database}",
+                str(dump),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if done.returncode != 0:
+        raise PgToolError(f"pg_restore exited {done.returncode}: {done.stderr[-STDERR_TAIL:]}")

@@ -36,7 +36,7 @@ from rp9_pipelines.domain.tenants import (
     TenantNames,
     check_tenant_database,
 )
-from rp9_pipelines.resources.postgres_admin import PostgresAdminResource, execute
+from rp9_pipelines.resources.postgres_admin import PostgresAdminResource, execute, raw_connection
 from rp9_pipelines.resources.postgres_dump import PgServer
 
 _PSQL_META = re.compile(r"^\\(un)?restrict ")
@@ -314,6 +314,62 @@ class TenantDatabaseResource(PostgresAdminResource):
                 ),
                 {"r": role},
             )
+
+    # An upgrade's new main booting beside the serving one (`services/upgrades.switch`): it
+    # waits at its first read of n8n's `migrations` table, which the serving main does not
+    # read again, until the old stack is stopped.
+
+    def withhold_migrations(self, names: TenantNames) -> None:
+        """The tenant's role loses its rights on its `migrations` table, committed: a main
+        booted for an upgrade whose run dies fails at that read (n8n exits) instead of
+        migrating the data under the serving main. `migrations_locked`'s commit, or
+        `restore_migrations`, gives them back."""
+        self._on_migrations(names, "REVOKE ALL ON TABLE {} FROM {}")
+
+    def restore_migrations(self, names: TenantNames) -> None:
+        self._on_migrations(names, "GRANT ALL ON TABLE {} TO {}")
+
+    def _on_migrations(self, names: TenantNames, statement: str) -> None:
+        check_tenant_database(names)
+        table = sql.Identifier(names.db_schema, "migrations")
+        with self.connect(names.db_name) as connection:
+            self._adopt(connection, names.db_role)
+            execute(connection, sql.SQL(statement).format(table, sql.Identifier(names.db_role)))
+
+    @contextmanager
+    def migrations_locked(self, names: TenantNames, lock_timeout_s: float = 10) -> Iterator[None]:
+        """One transaction holding the tenant's `migrations` table (`ACCESS EXCLUSIVE`), which
+        gives its role its rights back and commits when the block ends without an error (else
+        it is rolled back, the rights still withheld). A lock the tenant holds itself is
+        waited for at most `lock_timeout_s`."""
+        check_tenant_database(names)
+        table = sql.Identifier(names.db_schema, "migrations")
+        role = sql.Identifier(names.db_role)
+        with self.connect(names.db_name) as connection:
+            self._adopt(connection, names.db_role)
+            raw = raw_connection(connection)
+            raw.execute("BEGIN")
+            try:
+                raw.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
+                raw.execute(sql.SQL("GRANT ALL ON TABLE {} TO {}").format(table, role))
+                raw.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
+                yield
+            except BaseException:
+                raw.execute("ROLLBACK")
+                raise
+            raw.execute("COMMIT")
+
+    def waiting_on_lock(self, names: TenantNames) -> int:
+        """Sessions of the tenant's role in its database waiting for a lock."""
+        with self.connect("postgres") as connection:
+            rows = execute(
+                connection,
+                sql.SQL(
+                    "SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity WHERE usename = {}"
+                    " AND datname = {} AND wait_event_type = 'Lock'"
+                ).format(sql.Literal(names.db_role), sql.Literal(names.db_name)),
+            )
+        return int(rows[0][0]) if rows else 0
 
     def migrated(self, names: TenantNames) -> bool:
         """Whether n8n's migrations table exists in the tenant's schema."""

@@ -39,6 +39,7 @@ from rp9_pipelines.domain.routing import (
 )
 from rp9_pipelines.domain.stack import N8N_PORT, other_color
 from rp9_pipelines.domain.tenants import TenantNames, Tier, role_limits
+from rp9_pipelines.domain.upgrades import boot_failure
 from rp9_pipelines.resources.n8n import N8nResource
 from rp9_pipelines.resources.stack import StackResources
 from rp9_pipelines.resources.tenant_copy import TenantCopy
@@ -167,7 +168,7 @@ def _router(r: PromotionResources, name: str) -> dict[str, Any] | None:
     return answer.json() if answer.status_code == 200 else None
 
 
-def _wait(what: str, ready: Callable[[], bool], timeout_s: float) -> float:
+def wait_for(what: str, ready: Callable[[], bool], timeout_s: float) -> float:
     started = time.monotonic()
     while not ready():
         if time.monotonic() - started > timeout_s:
@@ -176,12 +177,12 @@ def _wait(what: str, ready: Callable[[], bool], timeout_s: float) -> float:
     return time.monotonic() - started
 
 
-def hold(r: PromotionResources, tenant: Tenant) -> float:
+def hold(r: PromotionResources, tenant: Tenant, reason: str = "promotion") -> float:
     """Route the tenant's hosts to the holder, and wait until Traefik does; the seconds."""
     url = holder_url(r)
     platform = r.stack.platform
     with r.stack.catalog.begin() as connection:
-        catalog.hold(connection, tenant.id, "promotion", secrets.token_hex(16))
+        catalog.hold(connection, tenant.id, reason, secrets.token_hex(16))
     name = hold_name(tenant.slug)
     r.traefik_dynamic.write(
         name,
@@ -193,7 +194,7 @@ def hold(r: PromotionResources, tenant: Tenant) -> float:
             tls=bool(platform.traefik_cert_resolver),
         ),
     )
-    return _wait(
+    return wait_for(
         f"Traefik did not route {tenant.slug} to the holder",
         lambda: _router(r, f"{name}@file") is not None,
         ROUTE_TIMEOUT_S,
@@ -213,10 +214,14 @@ def _own_router(tenant: Tenant) -> str:
     return f"{tenant.names.router}@docker"
 
 
-def _require_running(r: PromotionResources, name: str) -> None:
+def require_running(r: PromotionResources, name: str) -> None:
+    """`name` runs and never exited (n8n exits when its boot fails: Docker restarts it)."""
     state = r.stack.docker_runtime.state(name)
     if state is None or state.status not in ("created", "running"):
         raise PromotionFailed(f"{name} is not running ({state and state.status})")
+    if state.restarts:
+        logs = r.stack.docker_runtime.logs(name, tail=300, timestamps=True)
+        raise PromotionFailed(f"{name} exited and restarted: {boot_failure(logs.splitlines())}")
 
 
 def _token(r: PromotionResources, tenant: Tenant) -> str:
@@ -259,7 +264,7 @@ def ready_through_release(r: PromotionResources, tenant: Tenant, main: str) -> f
     def ready() -> bool:
         nonlocal checked
         if time.monotonic() - checked > 1:  # the engine asked once a second, not each probe
-            _require_running(r, main)
+            require_running(r, main)
             checked = time.monotonic()
         with contextlib.suppress(httpx.HTTPError):
             answer = client.get(READINESS_PATH, headers={HELD_HEADER: token}, timeout=2)
@@ -267,7 +272,7 @@ def ready_through_release(r: PromotionResources, tenant: Tenant, main: str) -> f
         return False
 
     with r.n8n.client(host) as client:
-        return _wait(
+        return wait_for(
             f"{main} did not answer ready through the release route",
             ready,
             r.stack.platform.ready_timeout_s,
@@ -280,7 +285,7 @@ def unroute_release(r: PromotionResources, tenant: Tenant) -> None:
     name = release_name(tenant.slug)
     if r.traefik_dynamic.read(name) is not None:
         r.traefik_dynamic.remove(name)
-        _wait(
+        wait_for(
             f"Traefik kept the release route of {tenant.slug}",
             lambda: _router(r, f"{name}@file") is None,
             ROUTE_TIMEOUT_S,
@@ -295,9 +300,11 @@ def release(r: PromotionResources, tenant: Tenant) -> float:
     name = release_name(tenant.slug)
     started = time.monotonic()
     if r.traefik_dynamic.read(name) is None:
-        _wait(f"Traefik did not route {tenant.slug} to its n8n", _enabled(r, own), ROUTE_TIMEOUT_S)
+        wait_for(
+            f"Traefik did not route {tenant.slug} to its n8n", _enabled(r, own), ROUTE_TIMEOUT_S
+        )
         _write_release(r, tenant, service=own)
-    _wait(
+    wait_for(
         f"Traefik did not take the release route of {tenant.slug}",
         _enabled(r, f"{name}@file"),
         ROUTE_TIMEOUT_S,
@@ -332,13 +339,13 @@ def end_release(r: PromotionResources, tenant: Tenant) -> None:
         return state is None or state.get("open", 0) <= OPEN_TO_LIFT
 
     with contextlib.suppress(TimeoutError):  # a backlog that lasts: the limits apply again
-        _wait(f"the backlog of {tenant.slug}", few_open, BACKLOG_TIMEOUT_S)
+        wait_for(f"the backlog of {tenant.slug}", few_open, BACKLOG_TIMEOUT_S)
     # What arrives from now on takes the tenant's own route (a main released to before Docker
     # called it healthy is routed there moments later).
     own = _own_router(tenant)
-    _wait(f"Traefik did not route {tenant.slug} to its n8n", _enabled(r, own), ROUTE_TIMEOUT_S)
+    wait_for(f"Traefik did not route {tenant.slug} to its n8n", _enabled(r, own), ROUTE_TIMEOUT_S)
     r.traefik_dynamic.remove(name)
-    _wait(
+    wait_for(
         f"Traefik kept the hold of {tenant.slug}",
         lambda: _router(r, f"{name}@file") is None,
         ROUTE_TIMEOUT_S,
@@ -348,7 +355,7 @@ def end_release(r: PromotionResources, tenant: Tenant) -> None:
         state = _holding(url, tenant) if url else None
         return state is None or state.get("unrouted", 0) == 0
 
-    _wait(f"the holder kept requests of {tenant.slug}", sent_on, ROUTE_TIMEOUT_S)
+    wait_for(f"the holder kept requests of {tenant.slug}", sent_on, ROUTE_TIMEOUT_S)
     r.traefik_dynamic.remove(release_name(tenant.slug))
 
 
@@ -368,10 +375,10 @@ def boot(r: PromotionResources, tenant: Tenant, copy: TenantCopy, log: Log) -> t
     name = tenants.boot_main(s, promoted(tenant), log)
 
     def waits() -> bool:
-        _require_running(r, name)
+        require_running(r, name)
         return copy.waiting() > 0
 
-    return name, _wait(f"{name} did not reach the copy", waits, BOOT_TIMEOUT_S)
+    return name, wait_for(f"{name} did not reach the copy", waits, BOOT_TIMEOUT_S)
 
 
 def promoted(tenant: Tenant) -> Tenant:
@@ -379,9 +386,12 @@ def promoted(tenant: Tenant) -> Tenant:
     return replace(tenant, tier="dedicated", color=other_color(tenant.color))
 
 
-def freeze(r: PromotionResources, tenant: Tenant, names: TenantNames, log: Log) -> float:
+def freeze(
+    r: PromotionResources, tenant: Tenant, names: TenantNames, log: Log, *, lock_out: bool = True
+) -> float:
     """Stop the main of `names`' side (held requests wait at the edge), let its workers drain
-    its queue, stop them, and take that side's role's login away: nothing writes its data."""
+    its queue, stop them, and (`lock_out`) take that side's role's login away: nothing writes
+    its data."""
     s = r.stack
     started = time.monotonic()
     main = names.container("main", tenant.color)
@@ -395,11 +405,12 @@ def freeze(r: PromotionResources, tenant: Tenant, names: TenantNames, log: Log) 
         counts = s.redis.queue_counts(names.bull_prefix)
         return counts.waiting == 0 and counts.active == 0
 
-    _wait(f"the queue of {tenant.slug} did not drain", drained, DRAIN_TIMEOUT_S)
+    wait_for(f"the queue of {tenant.slug} did not drain", drained, DRAIN_TIMEOUT_S)
     for state in s.docker_runtime.states(tenant.slug):
         if state.role == "worker":  # their queue is empty: nothing runs in them
             s.docker_runtime.stop(state.name, timeout_s=0)
-    s.tenant_db.set_login(names, False)
+    if lock_out:
+        s.tenant_db.set_login(names, False)
     return time.monotonic() - started
 
 

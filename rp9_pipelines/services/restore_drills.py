@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from rp9_pipelines import launches
 from rp9_pipelines.catalog import backups as backup_catalog
 from rp9_pipelines.catalog import restore_drills as catalog
+from rp9_pipelines.catalog import upgrades as upgrade_catalog
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.backups import BackupRecord, Manifest
 from rp9_pipelines.domain.restore_drills import (
@@ -41,6 +42,7 @@ from rp9_pipelines.domain.restore_drills import (
     sandbox_container,
     sandbox_url,
 )
+from rp9_pipelines.domain.upgrades import boot_failure
 from rp9_pipelines.resources.postgres_dump import (
     PgServer,
     create_sandbox,
@@ -138,10 +140,14 @@ def restore_and_check(
     checks: list[Check],
     log: Log,
     elsewhere: Elsewhere | None = None,
+    image: str | None = None,
+    cpu_shares: int | None = None,
 ) -> float | None:
-    """Restore `backup` into a sandbox database on `server`, boot n8n on it with the tenant's
-    key and check it through n8n; returns the seconds from the first byte read to the canary
-    execution (None when a check failed), every check appended to `checks`."""
+    """Restore `backup` into a sandbox database on `server`, boot n8n on it (the tenant's
+    version, or `image`: an upgrade's rehearsal) with the tenant's key and check it through
+    n8n (at `cpu_shares`, a weight against the serving tenants: default 1024); returns the
+    seconds from the first byte read to the canary execution (None when a check failed), every
+    check appended to `checks`."""
     manifest = Manifest.from_json(backup["manifest"])
     bucket, key, names = backup["bucket"], backup["key"], tenant.names
     started = time.monotonic()
@@ -195,7 +201,10 @@ def restore_and_check(
             db_host=elsewhere.db_host,
             db_port=elsewhere.db_port,
         )
-    r.docker_runtime.create(spec, r.platform.image, r.secret_files.path(sandbox.secrets_key))
+    image = image or r.platform.image_for(tenant.n8n_version)
+    r.docker_runtime.create(
+        spec, image, r.secret_files.path(sandbox.secrets_key), cpu_shares=cpu_shares
+    )
     checks.append(_wait_ready(r, sandbox, r.platform.ready_timeout_s))
     log(checks[-1].detail)
     if not checks[-1].ok:
@@ -230,9 +239,10 @@ def _wait_ready(r: DrillResources, sandbox: SandboxNames, timeout_s: float) -> C
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         state = r.docker_runtime.state(sandbox.container)
-        if state is None or state.status in {"exited", "dead"}:
-            logs = r.docker_runtime.logs(sandbox.container, tail=15)
-            return Check("sandbox_ready", False, f"sandbox n8n stopped: {logs[-800:]}")
+        if state is None or state.status in {"exited", "dead"} or state.restarts:
+            logs = r.docker_runtime.logs(sandbox.container, tail=300, timestamps=True)
+            why = boot_failure(logs.splitlines())
+            return Check("sandbox_ready", False, f"sandbox n8n stopped: {why}")
         if state.health == "healthy":
             return Check(
                 "sandbox_ready", True, f"sandbox n8n ready in {time.monotonic() - started:.1f} s"
@@ -324,7 +334,10 @@ def sweep_sandboxes(r: DrillResources, now: dt.datetime, log: Log) -> list[str]:
         running = catalog.running_drills(connection)
         stale = [d["id"] for d in running if d["started_at"] < now - STALE_DRILL]
         catalog.fail_interrupted_drills(connection, stale)
+        rehearsing = [u["id"] for u in upgrade_catalog.running_upgrades(connection)]
     live = {SandboxNames.for_drill(d["id"]).token for d in running if d["id"] not in stale}
+    # A running upgrade's rehearsal is its run's to tear down.
+    live |= {SandboxNames.for_rehearsal(upgrade_id).token for upgrade_id in rehearsing}
     server = PgServer.from_url(r.admin_url)
     client = r.docker_runtime.client()
     found = {

@@ -200,7 +200,7 @@ def converge(r: StackResources, tenant: Tenant, log: Log, *, roles: set[str]) ->
             if spec in plan.recreate:
                 r.docker_runtime.remove(spec.name, graceful=True)
             container_id = r.docker_runtime.create(
-                spec, r.platform.image, secrets_dir, cpu=boot_cpu(spec)
+                spec, r.platform.image_for(tenant.n8n_version), secrets_dir, cpu=boot_cpu(spec)
             )
             _record(r, tenant, spec, container_id, "running")
             done.append(f"{verb} {spec.name}")
@@ -240,7 +240,7 @@ def _record(
             role=spec.role,
             color=spec.labels[LABEL_COLOR],
             container_id=container_id,
-            image=r.platform.image,
+            image=r.platform.image_for(tenant.n8n_version),
             cpu=spec.cpu,
             memory_mb=spec.memory_mb,
             state=state,
@@ -264,7 +264,7 @@ def boot_main(r: StackResources, tenant: Tenant, log: Log) -> str:
     log(f"booting {spec.name} ({spec.cpu} CPU, {spec.memory_mb} MiB) beside the serving main")
     container_id = r.docker_runtime.create(
         spec,
-        r.platform.image,
+        r.platform.image_for(tenant.n8n_version),
         r.secret_files.path(tenant.slug),
         cpu_shares=BACKGROUND_CPU_SHARES,
     )

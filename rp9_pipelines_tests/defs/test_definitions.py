@@ -32,6 +32,9 @@ EXPECTED_JOBS = {
     "promote_tenant",
     "roll_back_promotion",
     "remove_shared_schema",
+    "upgrade_tenant",
+    "roll_back_upgrade",
+    "upgrade_rollout",
     "__ASSET_JOB",
 }
 EXPECTED_SCHEDULES = {
@@ -76,6 +79,7 @@ EXPECTED_RESOURCES = {
     "drill",
     "platform_backup",
     "promotion",
+    "upgrade",
 }
 TENANT_ID = "00000000-0000-0000-0000-000000000001"
 LAUNCHES = [
@@ -91,6 +95,10 @@ LAUNCHES = [
     launches.promotion("promote_tenant", TENANT_ID, TENANT_ID, "acme"),
     launches.promotion("roll_back_promotion", TENANT_ID, TENANT_ID, "acme"),
     launches.promotion("remove_shared_schema", TENANT_ID, TENANT_ID, "acme", "promotion_windows"),
+    launches.upgrade("upgrade_tenant", TENANT_ID, TENANT_ID, "acme", "api", "rollout-1"),
+    launches.upgrade("upgrade_tenant", TENANT_ID, TENANT_ID, "acme", fail_probe=True),
+    launches.upgrade("roll_back_upgrade", TENANT_ID, TENANT_ID, "acme"),
+    launches.rollout("rollout-1", {"version": "2.22.6", "canaries": ["acme"], "waves": [50, 100]}),
     launches.platform_backup("on_demand", "api"),
     launches.platform_dr_drill(TENANT_ID, "api"),
 ]
@@ -184,7 +192,7 @@ def test_migrate_catalog_job_brings_a_database_to_head(
     monkeypatch.setenv("DATABASE_URL", fresh_database_url)
     result = defs().get_job_def("migrate_catalog").execute_in_process()
     assert result.success
-    assert result.output_for_node("upgrade_catalog") == "0010"
+    assert result.output_for_node("upgrade_catalog") == "0011"
 
 
 def test_an_operator_can_promote_a_tenant_by_its_slug_from_the_dagster_ui(
