@@ -77,9 +77,10 @@ def main() -> None:
                 f"upgrade: {total:.1f} s in all; rehearsal {figures['rehearsal_s']:.1f} s"
                 f" ({figures['rehearsal_migrations']} migrations in"
                 f" {figures['rehearsal_migration_s'] or 0:.1f} s on the copy); snapshot"
-                f" {figures['snapshot_s']:.1f} s; hold {figures['hold_s']:.1f} s (old stack"
+                f" {figures['snapshot_s']:.1f} s; the new main booted beside the old one to the"
+                f" data in {figures['preboot_s']:.1f} s; hold {figures['hold_s']:.1f} s (old stack"
                 f" stopped and drained {figures['freeze_s']:.1f} s, new main ready"
-                f" {figures['boot_s']:.1f} s, {figures['migrations']} migrations in"
+                f" {figures['ready_s']:.1f} s after it, {figures['migrations']} migrations in"
                 f" {figures['migration_s'] or 0:.1f} s on the tenant's data); watch:"
                 f" {figures['watch_verdict']}",
                 flush=True,

@@ -197,7 +197,7 @@ def watch_failure(
     after: tuple[int, int],
 ) -> str | None:
     """Why the watch after a switch calls for a rollback, or None: `ready` are its looks at
-    n8n's readiness through the edge, `probe` the probe workflow's failure (None: it passed),
+    n8n's readiness (and its route), `probe` the probe workflow's failure (None: it passed),
     `before`/`after` the (executions, failed) before the hold and since the switch."""
     if probe is not None:
         return f"the probe failed: {probe}"
@@ -205,7 +205,7 @@ def watch_failure(
     for look in ready:
         misses = 0 if look else misses + 1
         if misses >= READY_MISSES:
-            return f"n8n was not ready through the edge {READY_MISSES} times in a row"
+            return f"n8n or its route was not ready {READY_MISSES} times in a row"
     total, failed = after
     base = before[1] / before[0] if before[0] else 0.0
     if failed >= MIN_FAILURES and failed / max(total, 1) > base + ERROR_RATE_MARGIN:

@@ -209,6 +209,11 @@ def _enabled(r: PromotionResources, name: str) -> Callable[[], bool]:
     return check
 
 
+def routed(r: PromotionResources, tenant: Tenant) -> bool:
+    """Traefik routes the tenant's hosts to its own n8n (its docker router is enabled)."""
+    return _enabled(r, _own_router(tenant))()
+
+
 def _own_router(tenant: Tenant) -> str:
     """The router Traefik's docker provider makes of the tenant's main's labels."""
     return f"{tenant.names.router}@docker"

@@ -36,7 +36,7 @@ from rp9_pipelines.domain.restore_drills import (
     check_canary,
     drill_passed,
 )
-from rp9_pipelines.domain.stack import other_color
+from rp9_pipelines.domain.stack import N8N_PORT, other_color
 from rp9_pipelines.domain.upgrades import migrations_in_log, upgrade_refusal, watch_failure
 from rp9_pipelines.domain.upgrades import rollback_refusal as refuse_rollback
 from rp9_pipelines.resources.postgres_dump import PgServer, restore_in_place
@@ -299,15 +299,39 @@ def put_back(u: UpgradeResources, tenant: Tenant, upgrade: dict[str, Any], log: 
 # The watch -------------------------------------------------------------------------------------
 
 
+def _main_url(u: UpgradeResources, tenant: Tenant) -> str | None:
+    """The tenant's serving main at its own address: n8n itself, past the edge's limits (the
+    tenant's own load may fill them: their 429 and 503 are the edge's, not the version's)."""
+    state = u.cutover.stack.docker_runtime.state(tenant.names.container("main", tenant.color))
+    if state is None or state.status != "running" or not state.ip:
+        return None
+    return f"http://{state.ip}:{N8N_PORT}"
+
+
+def _ready(u: UpgradeResources, tenant: Tenant) -> bool:
+    """n8n's main answers ready, and Traefik routes the tenant's hosts to it."""
+    url = _main_url(u, tenant)
+    if url is None:
+        return False
+    try:
+        answer = httpx.get(f"{url}/healthz/readiness", timeout=3)
+    except httpx.HTTPError:
+        return False
+    return answer.status_code == 200 and edge.routed(u.cutover, tenant)
+
+
 def _probe(u: UpgradeResources, tenant: Tenant, fail: bool) -> str | None:
     """A webhook workflow installed through the tenant's public API with its own key, called
-    through the edge (queue mode: a worker executes it), then deleted; None when it answered
-    its nonce. `fail` expects another nonce (a drill of the automatic rollback)."""
+    (queue mode: a worker executes it), then deleted; None when it answered its nonce. `fail`
+    expects another nonce (a drill of the automatic rollback)."""
     s = u.cutover.stack
     api_key = (s.vault.read(tenant.names.vault_path) or {}).get("n8n_api_key", "")
-    host = tenant.names.host(s.platform.base_domain)
+    url = _main_url(u, tenant)
+    if url is None:
+        return "the main is not running"
     path, nonce = f"rp9-upgrade-probe-{secrets.token_hex(6)}", secrets.token_hex(8)
-    with u.cutover.n8n.client(host, api_key) as http:
+    headers = {"X-N8N-API-KEY": api_key}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
         created = http.post("/api/v1/workflows", json=canary_workflow(path))
         if created.status_code != 200:
             return f"the public API refused the probe workflow: HTTP {created.status_code}"
@@ -335,9 +359,9 @@ def _probe(u: UpgradeResources, tenant: Tenant, fail: bool) -> str | None:
 def watch(
     u: UpgradeResources, tenant: Tenant, upgrade: dict[str, Any], log: Log, fail_probe: bool
 ) -> str | None:
-    """For `watch_s` after the switch: n8n's readiness through the edge once a second, the
-    probe once, and the executions failing since the switch against before; why it calls for
-    a rollback, or None."""
+    """For `watch_s` after the switch: n8n's readiness (and Traefik's route to it) once a
+    second, the probe once, and the executions failing since the switch against before; why it
+    calls for a rollback, or None."""
     s = u.cutover.stack
     record(u, upgrade["id"], "watching")
     before = s.n8n_data.execution_window(tenant.names, 900)
@@ -347,9 +371,8 @@ def watch(
         probe = f"the probe could not reach n8n: {type(error).__name__}: {error}"
     looks: list[bool] = []
     started = time.monotonic()
-    host = tenant.names.host(s.platform.base_domain)
     while probe is None and time.monotonic() - started < u.watch_s:
-        looks.append(u.cutover.n8n.is_ready(host))
+        looks.append(_ready(u, tenant))
         if watch_failure(looks, None, (0, 0), (0, 0)) is not None:
             break
         time.sleep(1)

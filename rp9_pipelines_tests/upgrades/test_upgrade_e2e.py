@@ -207,6 +207,9 @@ def test_a_tenant_upgraded_under_20_webhooks_a_second_fails_no_request_and_runs_
     assert again.json()["error"]["code"] == "already_on_version"
     back = api.post(f"/tenants/{slug}/upgrade", {"version": OLD})
     assert back.json()["error"]["code"] == "downgrade", back.text
+    nonsense = api.post(f"/tenants/{slug}/upgrade", {"version": "latest"})
+    assert nonsense.status_code == 422, nonsense.text
+    assert nonsense.json()["error"]["code"] == "invalid_version"
 
 
 def test_an_upgraded_tenant_is_rolled_back_through_the_api_and_says_what_stays_behind(

@@ -94,6 +94,13 @@ class RolloutLaunched(BaseModel):
     run_id: str
 
 
+def _require_version(version: str) -> None:
+    try:
+        parse_version(version)
+    except ValueError as error:
+        raise ApiError(422, "invalid_version", str(error)) from None
+
+
 def _launch(
     idempotency: Idempotency, tenant: Tenant, request: Callable[[], tuple[uuid.UUID, str]]
 ) -> JSONResponse:
@@ -126,7 +133,9 @@ def upgrade_tenant(
 ) -> JSONResponse:
     """Upgrade the tenant's n8n: rehearsed on a copy of its data, then switched with its
     requests held at the edge and watched. 409 `tenant_busy`, `invalid_state`,
-    `already_on_version`, `version_not_offered`, `downgrade` or `path_not_tested`."""
+    `already_on_version`, `version_not_offered`, `downgrade` or `path_not_tested`; 422
+    `invalid_version`."""
+    _require_version(body.version)
     return _launch(
         idempotency,
         tenant,
@@ -185,10 +194,7 @@ def roll_out(body: RolloutRequest, engine: EngineDep, dagster: DagsterDep) -> Ro
     `upgrade_tenant` run per tenant tagged with the rollout, halted after the first wave with a
     failed rehearsal or a rollback. 409 `version_not_offered`; 422 for waves that do not rise
     within (0, 100]."""
-    try:
-        parse_version(body.version)
-    except ValueError as error:
-        raise ApiError(422, "invalid_version", str(error)) from None
+    _require_version(body.version)
     if any(not 0 < p <= 100 for p in body.waves) or body.waves != sorted(body.waves):
         raise ApiError(422, "invalid_waves", "wave percentages must rise within (0, 100]")
     with engine.connect() as connection:

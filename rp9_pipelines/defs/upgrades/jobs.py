@@ -162,7 +162,7 @@ def switch_version(
 def watch_upgrade(
     context: dg.OpExecutionContext, ref: dict[str, Any], upgrade: UpgradeResources
 ) -> None:
-    """The watch window: readiness through the edge, the probe workflow through a worker, the
+    """The watch window: n8n's readiness and its route, the probe workflow through a worker, the
     error rate; any failing rolls the tenant back to the snapshot and the old version."""
     found, tenant = _load(upgrade, ref["upgrade_id"])
     with tenants.acting_on(upgrade.cutover.stack, str(tenant.id), "upgrade"):
