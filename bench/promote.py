@@ -14,7 +14,8 @@ import statistics
 import threading
 import time
 import uuid
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -124,10 +125,13 @@ def report_load(load: Load, held_from: float, held_until: float, what: str) -> N
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--megabytes", type=int, default=int(os.environ.get("MEGABYTES", 200)))
-    args = parser.parse_args()
+@contextmanager
+def bench_tenant(
+    prefix: str, bench: str, megabytes: int
+) -> Iterator[tuple[Api, str, TenantN8n, str]]:
+    """Dagster and the API on the real stack, and a shared starter tenant with a webhook
+    workflow, an every-minute schedule and `megabytes` of finished executions (purged after):
+    the API, the tenant's slug, its n8n and its webhook's path."""
     settings = Settings()
     vault = VaultResource(
         vault_addr=settings.vault_addr, vault_token=settings.vault_token.get_secret_value()
@@ -136,49 +140,56 @@ def main() -> None:
         dagster = stack.enter_context(dagster_with_autoscaler("none"))
         api_server = stack.enter_context(api_for(dagster.url, dagster.log.parent))
         api = Api(api_server.url, settings)
-        slug = f"bp-{uuid.uuid4().hex[:8]}"
-        print(f"bench-promote on {os.cpu_count()} cores: tenant {slug}", flush=True)
-        tenant = api.create_tenant(slug=slug, name="Bench promote", plan="starter")
+        slug = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        print(f"{bench} on {os.cpu_count()} cores: tenant {slug}", flush=True)
+        tenant = api.create_tenant(slug=slug, name=f"Bench {prefix}", plan="starter")
         try:
             n8n = TenantN8n(settings, vault, tenant)
             path = f"bench-{uuid.uuid4().hex[:6]}"
             workflow_id = install(n8n, workflow(f"receive {path}", [webhook(path, "onReceived")]))
             install(n8n, every_minute())
             started = time.monotonic()
-            size = fill(settings, TenantNames(slug, "shared"), workflow_id, args.megabytes)
+            size = fill(settings, TenantNames(slug, "shared"), workflow_id, megabytes)
             print(
                 f"  execution data: {size / 1e6:.0f} MB on disk"
                 f" (written in {time.monotonic() - started:.0f} s)",
                 flush=True,
             )
-
-            load = Load(n8n, path)
-            promotion, total = under_load(load, lambda: change(api, slug, "promote"))
-            figures, at = promotion["figures"], phase_times(promotion)
-            print(
-                f"promotion: {total:.1f} s in all; copy {figures['copy_s']:.1f} s and the"
-                f" dedicated main's boot to the copy {figures['boot_s']:.1f} s while serving;"
-                f" hold {figures['hold_s']:.1f} s (freeze {figures['freeze_s']:.1f} s, catch-up"
-                f" {figures['catch_up_s']:.1f} s, release {figures['release_s']:.1f} s)",
-                flush=True,
-            )
-            report_load(load, at["holding"] - 0.5, at["switched"], "sent while held")
-
-            load = Load(n8n, path)
-            back, elapsed = under_load(load, lambda: change(api, slug, "promotion/rollback"))
-            print(
-                f"rollback: serving from the shared schema {back['figures']['rollback_s']:.1f} s"
-                f" after the run took hold (goal <= 60 s); the run"
-                f" {back['figures']['rollback_total_s']:.1f} s with the backlog and workers;"
-                f" {elapsed:.1f} s from the request to the run's end;"
-                f" {back['figures']['executions_left_behind']} execution(s) left behind",
-                flush=True,
-            )
-            report_load(load, 0, time.time(), "sent during the rollback")
+            yield api, slug, n8n, path
         finally:
             gone = api.request("DELETE", f"/tenants/{slug}?purge=true")
             if gone.status_code == 202:
                 api.wait_run(gone.json()["run_id"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megabytes", type=int, default=int(os.environ.get("MEGABYTES", 200)))
+    args = parser.parse_args()
+    with bench_tenant("bp", "bench-promote", args.megabytes) as (api, slug, n8n, path):
+        load = Load(n8n, path)
+        promotion, total = under_load(load, lambda: change(api, slug, "promote"))
+        figures, at = promotion["figures"], phase_times(promotion)
+        print(
+            f"promotion: {total:.1f} s in all; copy {figures['copy_s']:.1f} s and the"
+            f" dedicated main's boot to the copy {figures['boot_s']:.1f} s while serving;"
+            f" hold {figures['hold_s']:.1f} s (freeze {figures['freeze_s']:.1f} s, catch-up"
+            f" {figures['catch_up_s']:.1f} s, release {figures['release_s']:.1f} s)",
+            flush=True,
+        )
+        report_load(load, at["holding"] - 0.5, at["switched"], "sent while held")
+
+        load = Load(n8n, path)
+        back, elapsed = under_load(load, lambda: change(api, slug, "promotion/rollback"))
+        print(
+            f"rollback: serving from the shared schema {back['figures']['rollback_s']:.1f} s"
+            f" after the run took hold (goal <= 60 s); the run"
+            f" {back['figures']['rollback_total_s']:.1f} s with the backlog and workers;"
+            f" {elapsed:.1f} s from the request to the run's end;"
+            f" {back['figures']['executions_left_behind']} execution(s) left behind",
+            flush=True,
+        )
+        report_load(load, 0, time.time(), "sent during the rollback")
 
 
 if __name__ == "__main__":

@@ -12,20 +12,11 @@ Everything runs on the real stack (`make stack-up`, the 2.22.6 image built).
 import argparse
 import os
 import time
-import uuid
-from contextlib import ExitStack
 from typing import Any
 
-from bench.promote import fill, phase_times, report_load, under_load
-from bench.serving import api_for
-from rp9_pipelines.domain.tenants import TenantNames
-from rp9_pipelines.resources.vault import VaultResource
-from rp9_pipelines.settings import Settings
+from bench.promote import phase_times, report_load, under_load
 from rp9_pipelines_tests.api_client import Api
-from rp9_pipelines_tests.autoscaling.load import dagster_with_autoscaler
-from rp9_pipelines_tests.n8n_workflows import webhook, workflow
-from rp9_pipelines_tests.promotion.traffic import Load, every_minute, install
-from rp9_pipelines_tests.tenants.conftest import TenantN8n
+from rp9_pipelines_tests.promotion.traffic import Load
 
 OLD, NEW = "2.20.12", "2.22.6"
 
@@ -44,64 +35,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=int, default=int(os.environ.get("MEGABYTES", 200)))
     args = parser.parse_args()
-    settings = Settings()
-    vault = VaultResource(
-        vault_addr=settings.vault_addr, vault_token=settings.vault_token.get_secret_value()
-    )
-    with ExitStack() as stack:
-        dagster = stack.enter_context(dagster_with_autoscaler("none"))
-        api_server = stack.enter_context(api_for(dagster.url, dagster.log.parent))
-        api = Api(api_server.url, settings)
-        slug = f"bu-{uuid.uuid4().hex[:8]}"
-        print(f"bench-upgrade on {os.cpu_count()} cores: tenant {slug}, {OLD} -> {NEW}", flush=True)
-        tenant = api.create_tenant(slug=slug, name="Bench upgrade", plan="starter")
-        try:
-            n8n = TenantN8n(settings, vault, tenant)
-            path = f"bench-{uuid.uuid4().hex[:6]}"
-            workflow_id = install(n8n, workflow(f"receive {path}", [webhook(path, "onReceived")]))
-            install(n8n, every_minute())
-            started = time.monotonic()
-            size = fill(settings, TenantNames(slug, "shared"), workflow_id, args.megabytes)
-            print(
-                f"  execution data: {size / 1e6:.0f} MB on disk"
-                f" (written in {time.monotonic() - started:.0f} s)",
-                flush=True,
-            )
+    with bench_tenant("bu", f"bench-upgrade {OLD} -> {NEW}", args.megabytes) as (
+        api,
+        slug,
+        n8n,
+        path,
+    ):
+        load = Load(n8n, path)
+        upgrade, total = under_load(load, lambda: change(api, slug, "upgrade", {"version": NEW}))
+        figures, at = upgrade["figures"], phase_times(upgrade)
+        print(
+            f"upgrade: {total:.1f} s in all; rehearsal {figures['rehearsal_s']:.1f} s"
+            f" ({figures['rehearsal_migrations']} migrations in"
+            f" {figures['rehearsal_migration_s'] or 0:.1f} s on the copy); snapshot"
+            f" {figures['snapshot_s']:.1f} s; the new main booted beside the old one to the"
+            f" data in {figures['preboot_s']:.1f} s; hold {figures['hold_s']:.1f} s (old stack"
+            f" stopped and drained {figures['freeze_s']:.1f} s, new main ready"
+            f" {figures['ready_s']:.1f} s after it, {figures['migrations']} migrations in"
+            f" {figures['migration_s'] or 0:.1f} s on the tenant's data); watch:"
+            f" {figures['watch_verdict']}",
+            flush=True,
+        )
+        report_load(load, at["holding"] - 0.5, at["switched"], "sent while held")
 
-            load = Load(n8n, path)
-            upgrade, total = under_load(
-                load, lambda: change(api, slug, "upgrade", {"version": NEW})
-            )
-            figures, at = upgrade["figures"], phase_times(upgrade)
-            print(
-                f"upgrade: {total:.1f} s in all; rehearsal {figures['rehearsal_s']:.1f} s"
-                f" ({figures['rehearsal_migrations']} migrations in"
-                f" {figures['rehearsal_migration_s'] or 0:.1f} s on the copy); snapshot"
-                f" {figures['snapshot_s']:.1f} s; the new main booted beside the old one to the"
-                f" data in {figures['preboot_s']:.1f} s; hold {figures['hold_s']:.1f} s (old stack"
-                f" stopped and drained {figures['freeze_s']:.1f} s, new main ready"
-                f" {figures['ready_s']:.1f} s after it, {figures['migrations']} migrations in"
-                f" {figures['migration_s'] or 0:.1f} s on the tenant's data); watch:"
-                f" {figures['watch_verdict']}",
-                flush=True,
-            )
-            report_load(load, at["holding"] - 0.5, at["switched"], "sent while held")
-
-            load = Load(n8n, path)
-            back, elapsed = under_load(load, lambda: change(api, slug, "upgrade/rollback"))
-            f = back["figures"]
-            print(
-                f"rollback: serving n8n {OLD} on the snapshot {f['rollback_s']:.1f} s after the"
-                f" run took hold (goal <= 60 s; the restore {f['rollback_restore_s']:.1f} s);"
-                f" {elapsed:.1f} s from the request to the run's end;"
-                f" {f['executions_left_behind']} execution(s) made since the snapshot left behind",
-                flush=True,
-            )
-            report_load(load, 0, time.time(), "sent during the rollback")
-        finally:
-            gone = api.request("DELETE", f"/tenants/{slug}?purge=true")
-            if gone.status_code == 202:
-                api.wait_run(gone.json()["run_id"])
+        load = Load(n8n, path)
+        back, elapsed = under_load(load, lambda: change(api, slug, "upgrade/rollback"))
+        f = back["figures"]
+        print(
+            f"rollback: serving n8n {OLD} on the snapshot {f['rollback_s']:.1f} s after the"
+            f" run took hold (goal <= 60 s; the restore {f['rollback_restore_s']:.1f} s);"
+            f" {elapsed:.1f} s from the request to the run's end;"
+            f" {f['executions_left_behind']} execution(s) made since the snapshot left behind",
+            flush=True,
+        )
+        report_load(load, 0, time.time(), "sent during the rollback")
 
 
 if __name__ == "__main__":

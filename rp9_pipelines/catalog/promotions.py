@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.dialects.postgresql import insert
 
+from rp9_pipelines.catalog import changes
 from rp9_pipelines.catalog.tables import (
     edge_holds,
     promotion_decisions,
@@ -178,24 +179,11 @@ def advance(
     **values: Any,
 ) -> None:
     """Record that the run reached `phase` (a step with its time) and what it measured."""
-    step = {"phase": phase, "at": dt.datetime.now(dt.UTC).isoformat()}
-    connection.execute(
-        sa.update(promotions)
-        .where(promotions.c.id == promotion_id)
-        .values(
-            phase=phase,
-            steps=promotions.c.steps.op("||")(sa.cast([step], JSONB)),
-            figures=promotions.c.figures.op("||")(sa.cast(figures or {}, JSONB)),
-            **values,
-        )
-    )
+    changes.advance(connection, promotions, promotion_id, phase, figures, **values)
 
 
 def conclude(connection: sa.Connection, promotion_id: uuid.UUID, **values: Any) -> None:
-    """Set columns of the promotion (its outcome, when its shared schema went) without a step."""
-    connection.execute(
-        sa.update(promotions).where(promotions.c.id == promotion_id).values(**values)
-    )
+    changes.conclude(connection, promotions, promotion_id, **values)
 
 
 def to_remove(connection: sa.Connection, now: dt.datetime) -> list[dict[str, Any]]:

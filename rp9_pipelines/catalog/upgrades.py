@@ -1,13 +1,12 @@
 """The catalog as upgrades read and write it: the versions offered and the paths tested
 (`domain.upgrades.Offer`), and each upgrade's run: its phase, steps and figures."""
 
-import datetime as dt
 import uuid
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 
+from rp9_pipelines.catalog import changes
 from rp9_pipelines.catalog.tables import n8n_versions, tenants, upgrade_paths, upgrades
 from rp9_pipelines.domain.upgrades import Offer
 
@@ -120,18 +119,8 @@ def advance(
     **values: Any,
 ) -> None:
     """Record that the run reached `phase` (a step with its time) and what it measured."""
-    step = {"phase": phase, "at": dt.datetime.now(dt.UTC).isoformat()}
-    connection.execute(
-        sa.update(upgrades)
-        .where(upgrades.c.id == upgrade_id)
-        .values(
-            phase=phase,
-            steps=upgrades.c.steps.op("||")(sa.cast([step], JSONB)),
-            figures=upgrades.c.figures.op("||")(sa.cast(figures or {}, JSONB)),
-            **values,
-        )
-    )
+    changes.advance(connection, upgrades, upgrade_id, phase, figures, **values)
 
 
 def conclude(connection: sa.Connection, upgrade_id: uuid.UUID, **values: Any) -> None:
-    connection.execute(sa.update(upgrades).where(upgrades.c.id == upgrade_id).values(**values))
+    changes.conclude(connection, upgrades, upgrade_id, **values)

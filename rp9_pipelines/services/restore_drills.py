@@ -254,28 +254,43 @@ def _wait_ready(r: DrillResources, sandbox: SandboxNames, timeout_s: float) -> C
 def _canary(base_url: str, api_key: str, sandbox: SandboxNames) -> tuple[Check, str | None]:
     """Through the restored instance's public API, with the tenant's own API key (restored with
     the data, valid only under the tenant's key): install a webhook workflow, then call it."""
-    path, nonce = f"rp9-drill-{sandbox.token}", secrets.token_hex(8)
+    return run_canary(base_url, api_key, f"rp9-drill-{sandbox.token}")
+
+
+def run_canary(
+    base_url: str, api_key: str, path: str, *, remove: bool = False, expect_other: bool = False
+) -> tuple[Check, str | None]:
+    """A webhook workflow at `path` installed and activated through the n8n public API at
+    `base_url` with `api_key`, then called with a nonce it must answer; the check and the
+    workflow's id (deleted again with `remove`). `expect_other` expects another nonce: a drill
+    of what a failing canary does."""
+    nonce = secrets.token_hex(8)
     with httpx.Client(base_url=base_url, headers={"X-N8N-API-KEY": api_key}, timeout=30) as http:
         created = http.post("/api/v1/workflows", json=canary_workflow(path))
         if created.status_code != 200:
             detail = f"public API refused the canary workflow: HTTP {created.status_code}"
             return Check("canary_execution", False, detail), None
         workflow_id = str(created.json()["id"])
-        activated = http.post(f"/api/v1/workflows/{workflow_id}/activate")
-        if activated.status_code != 200:
-            detail = f"canary activation refused: HTTP {activated.status_code}"
-            return Check("canary_execution", False, detail), workflow_id
-        deadline = time.monotonic() + 15
-        while True:
-            answer = http.post(f"/webhook/{path}", json={"nonce": nonce})
-            if answer.status_code != 404 or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)  # the webhook registers as the activation settles
+        try:
+            activated = http.post(f"/api/v1/workflows/{workflow_id}/activate")
+            if activated.status_code != 200:
+                detail = f"canary activation refused: HTTP {activated.status_code}"
+                return Check("canary_execution", False, detail), workflow_id
+            deadline = time.monotonic() + 15
+            while True:
+                answer = http.post(f"/webhook/{path}", json={"nonce": nonce})
+                if answer.status_code != 404 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)  # the webhook registers as the activation settles
+        finally:
+            if remove:
+                http.delete(f"/api/v1/workflows/{workflow_id}")
     try:
         body: Any = answer.json()
     except ValueError:
         body = answer.text
-    return check_canary(nonce, answer.status_code, body), workflow_id
+    expected = "not-" + nonce if expect_other else nonce
+    return check_canary(expected, answer.status_code, body), workflow_id
 
 
 class CliError(RuntimeError):

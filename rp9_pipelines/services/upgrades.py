@@ -32,8 +32,6 @@ from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.domain.restore_drills import (
     Check,
     SandboxNames,
-    canary_workflow,
-    check_canary,
     drill_passed,
 )
 from rp9_pipelines.domain.stack import N8N_PORT, other_color
@@ -46,10 +44,9 @@ from rp9_pipelines.services import promotion as edge
 from rp9_pipelines.services import tenants
 from rp9_pipelines.services.backups import describe, take_backup, verify_object
 from rp9_pipelines.services.promotion import PromotionResources
-from rp9_pipelines.services.restore_drills import restore_and_check, teardown
+from rp9_pipelines.services.restore_drills import restore_and_check, run_canary, teardown
 
 Log = Callable[[str], None]
-PROBE_TIMEOUT_S = 30.0
 # Until the new version's main, booting beside the serving one, waits on the tenant's data.
 BOOT_TIMEOUT_S = 180.0
 
@@ -329,31 +326,9 @@ def _probe(u: UpgradeResources, tenant: Tenant, fail: bool) -> str | None:
     url = _main_url(u, tenant)
     if url is None:
         return "the main is not running"
-    path, nonce = f"rp9-upgrade-probe-{secrets.token_hex(6)}", secrets.token_hex(8)
-    headers = {"X-N8N-API-KEY": api_key}
-    with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
-        created = http.post("/api/v1/workflows", json=canary_workflow(path))
-        if created.status_code != 200:
-            return f"the public API refused the probe workflow: HTTP {created.status_code}"
-        workflow_id = str(created.json()["id"])
-        try:
-            activated = http.post(f"/api/v1/workflows/{workflow_id}/activate")
-            if activated.status_code != 200:
-                return f"the probe's activation was refused: HTTP {activated.status_code}"
-            deadline = time.monotonic() + PROBE_TIMEOUT_S
-            while True:
-                answer = http.post(f"/webhook/{path}", json={"nonce": nonce}, timeout=30)
-                if answer.status_code != 404 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)  # the webhook registers as the activation settles
-            try:
-                body: Any = answer.json()
-            except ValueError:
-                body = answer.text
-            check = check_canary("not-" + nonce if fail else nonce, answer.status_code, body)
-            return None if check.ok else check.detail
-        finally:
-            http.delete(f"/api/v1/workflows/{workflow_id}")
+    path = f"rp9-upgrade-probe-{secrets.token_hex(6)}"
+    check, _ = run_canary(url, api_key, path, remove=True, expect_other=fail)
+    return None if check.ok else check.detail
 
 
 def watch(

@@ -76,34 +76,26 @@ def _purge(api: Api, tenant: dict[str, Any]) -> None:
 # under load would take the cores it needs on two).
 
 
-@pytest.fixture(scope="module")
-def busy(
-    api: Api, settings: Settings, vault: VaultResource, upgrade_image: str
-) -> Iterator[dict[str, Any]]:
-    """Upgraded under load, then rolled back."""
-    tenant = _with_workflows(api, settings, vault, "ub")
-    yield tenant
-    _purge(api, tenant)
+def _tenant_fixture(name: str, prefix: str, role: str) -> Any:
+    """A module's tenant with workflows (`_with_workflows`), purged after it."""
+
+    @pytest.fixture(scope="module", name=name)
+    def made(
+        api: Api, settings: Settings, vault: VaultResource, upgrade_image: str
+    ) -> Iterator[dict[str, Any]]:
+        tenant = _with_workflows(api, settings, vault, prefix)
+        yield tenant
+        _purge(api, tenant)
+
+    made.__doc__ = role
+    return made
 
 
-@pytest.fixture(scope="module")
-def hostile(
-    api: Api, settings: Settings, vault: VaultResource, upgrade_image: str
-) -> Iterator[dict[str, Any]]:
-    """A table planted in its schema breaks the new version's migrations."""
-    tenant = _with_workflows(api, settings, vault, "uh")
-    yield tenant
-    _purge(api, tenant)
-
-
-@pytest.fixture(scope="module")
-def probed(
-    api: Api, settings: Settings, vault: VaultResource, upgrade_image: str
-) -> Iterator[dict[str, Any]]:
-    """Its switch's probe made to fail."""
-    tenant = _with_workflows(api, settings, vault, "up")
-    yield tenant
-    _purge(api, tenant)
+busy = _tenant_fixture("busy", "ub", "Upgraded under load, then rolled back.")
+hostile = _tenant_fixture(
+    "hostile", "uh", "A table planted in its schema breaks 2.22.6's migrations."
+)
+probed = _tenant_fixture("probed", "up", "Its switch's probe is made to fail.")
 
 
 def _versions(runtime: DockerRuntimeResource, slug: str) -> dict[str, str]:
