@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any
 
-from bench.promote import phase_times, report_load, under_load
+from bench.promote import bench_tenant, phase_times, report_load, under_load
 from rp9_pipelines_tests.api_client import Api
 from rp9_pipelines_tests.promotion.traffic import Load
 

@@ -161,8 +161,17 @@ def start(r: StackResources, tenant: Tenant, log: Log) -> list[str]:
     return changes + converge(r, tenant, log, roles={"worker"})
 
 
-def converge(r: StackResources, tenant: Tenant, log: Log, *, roles: set[str]) -> list[str]:
-    """Make the containers of `roles` match the catalog; returns what changed.
+def converge(
+    r: StackResources,
+    tenant: Tenant,
+    log: Log,
+    *,
+    roles: set[str],
+    background_workers: bool = False,
+) -> list[str]:
+    """Make the containers of `roles` match the catalog; returns what changed. With
+    `background_workers`, workers joining a serving main boot at `BACKGROUND_CPU_SHARES` (the
+    default weight once healthy): after a cutover the main works through a released backlog.
 
     On a schema n8n has not migrated yet, converge main alone first (`start`): two n8n processes
     booting at once on a fresh database both run the migrations and one of them fails.
@@ -193,6 +202,15 @@ def converge(r: StackResources, tenant: Tenant, log: Log, *, roles: set[str]) ->
         return startup_cpu(spec.cpu, r.platform.startup_cpu, r.docker_runtime.host_cpus())
 
     boosted = [s for s in plan.create + plan.recreate + plan.start if boot_cpu(s) != s.cpu]
+    behind = [
+        s
+        for s in plan.create + plan.recreate + plan.start
+        if background_workers and main_serving and s.role == "worker"
+    ]
+
+    def shares(spec: ContainerSpec) -> int | None:
+        return BACKGROUND_CPU_SHARES if spec in behind else None
+
     try:
         for spec in plan.create + plan.recreate:
             verb = "recreating" if spec in plan.recreate else "creating"
@@ -200,7 +218,11 @@ def converge(r: StackResources, tenant: Tenant, log: Log, *, roles: set[str]) ->
             if spec in plan.recreate:
                 r.docker_runtime.remove(spec.name, graceful=True)
             container_id = r.docker_runtime.create(
-                spec, r.platform.image_for(tenant.n8n_version), secrets_dir, cpu=boot_cpu(spec)
+                spec,
+                r.platform.image_for(tenant.n8n_version),
+                secrets_dir,
+                cpu=boot_cpu(spec),
+                cpu_shares=shares(spec),
             )
             _record(r, tenant, spec, container_id, "running")
             done.append(f"{verb} {spec.name}")
@@ -211,8 +233,10 @@ def converge(r: StackResources, tenant: Tenant, log: Log, *, roles: set[str]) ->
             done.append(f"resized {spec.name}")
         for spec in plan.start:
             log(f"starting {spec.name}")
-            if spec in boosted:
-                r.docker_runtime.update_limits(spec.name, boot_cpu(spec), spec.memory_mb)
+            if spec in boosted or spec in behind:
+                r.docker_runtime.update_limits(
+                    spec.name, boot_cpu(spec), spec.memory_mb, cpu_shares=shares(spec)
+                )
             r.docker_runtime.start(spec.name)
             with r.catalog.begin() as connection:
                 catalog.set_instances_state(connection, tenant.id, "running", [spec.name])
@@ -224,6 +248,11 @@ def converge(r: StackResources, tenant: Tenant, log: Log, *, roles: set[str]) ->
         for spec in boosted:
             with contextlib.suppress(NotFound):
                 r.docker_runtime.update_limits(spec.name, spec.cpu, spec.memory_mb)
+        for spec in behind:
+            with contextlib.suppress(NotFound):
+                r.docker_runtime.update_limits(
+                    spec.name, spec.cpu, spec.memory_mb, cpu_shares=DEFAULT_CPU_SHARES
+                )
         if boosted:
             log(f"startup CPU boost over for {', '.join(s.name for s in boosted)}")
     return done

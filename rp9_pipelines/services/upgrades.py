@@ -264,7 +264,9 @@ def settle(u: UpgradeResources, tenant: Tenant, log: Log) -> None:
     """Back to the tenant's own route once the held backlog is answered, then its workers (of
     the serving version); the other color's containers go."""
     edge.end_release(u.cutover, tenant)
-    tenants.converge(u.cutover.stack, tenant, log, roles={"main", "worker"})
+    tenants.converge(
+        u.cutover.stack, tenant, log, roles={"main", "worker"}, background_workers=True
+    )
 
 
 def put_back(u: UpgradeResources, tenant: Tenant, upgrade: dict[str, Any], log: Log) -> None:
