@@ -261,12 +261,13 @@ def switch(u: UpgradeResources, tenant: Tenant, upgrade: dict[str, Any], log: Lo
 
 
 def settle(u: UpgradeResources, tenant: Tenant, log: Log) -> None:
-    """Back to the tenant's own route once the held backlog is answered, then its workers (of
-    the serving version); the other color's containers go."""
-    edge.end_release(u.cutover, tenant)
+    """The workers of the serving version (the other color's containers go), booting in the
+    background while requests still pass the holder, past the edge limits (the main works
+    through the released backlog meanwhile); then back to the tenant's own route."""
     tenants.converge(
         u.cutover.stack, tenant, log, roles={"main", "worker"}, background_workers=True
     )
+    edge.end_release(u.cutover, tenant)
 
 
 def put_back(u: UpgradeResources, tenant: Tenant, upgrade: dict[str, Any], log: Log) -> None:
