@@ -141,6 +141,8 @@ class Migrations:
     count: int
     seconds: float | None
     names: tuple[str, ...]
+    # The migration that started and never finished (the boot failed in it), if any.
+    unfinished: str | None = None
 
 
 _MIGRATION_LINE = re.compile(r"^(\S+)\s.*\b(Starting|Finished) migration (\S+)")
@@ -151,33 +153,34 @@ def migrations_in_log(lines: Iterable[str]) -> Migrations:
     started: dt.datetime | None = None
     finished: dt.datetime | None = None
     names: list[str] = []
+    running: str | None = None
     for line in lines:
         found = _MIGRATION_LINE.match(line.strip())
         if found is None:
             continue
         stamp, what, name = found.groups()
         when = dt.datetime.fromisoformat(stamp[:26].rstrip("Z") + "+00:00")
-        if what == "Starting" and started is None:
-            started = when
+        if what == "Starting":
+            started = started or when
+            running = name
         if what == "Finished":
             finished = when
             names.append(name)
+            running = None
     seconds = (finished - started).total_seconds() if started and finished else None
-    return Migrations(len(names), seconds, tuple(names))
+    return Migrations(len(names), seconds, tuple(names), running)
 
 
 def boot_failure(lines: Sequence[str]) -> str:
     """Why an n8n boot failed, from its log: the migration it was running, if one did not
     finish, and its first error line (`QueryFailedError: ...`)."""
-    found = migrations_in_log(lines)
-    started = [m.group(3) for m in map(_MIGRATION_LINE.match, lines) if m and m[2] == "Starting"]
-    unfinished = [name for name in started if name not in found.names]
+    unfinished = migrations_in_log(lines).unfinished
     errors = [
         line.split(" ", 1)[-1].strip()
         for line in lines
         if re.search(r"\w*Error\b|\berror:", line) and " at " not in line
     ]
-    parts = [f"migration {unfinished[0]} failed" if unfinished else ""]
+    parts = [f"migration {unfinished} failed" if unfinished else ""]
     parts.append(errors[0][:500] if errors else "")
     return "; ".join(p for p in parts if p) or "n8n exited (no error in its log)"
 

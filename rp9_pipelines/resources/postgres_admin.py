@@ -26,6 +26,7 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 
+from rp9_pipelines.domain.tenants import TenantNames
 from rp9_pipelines.settings import sqlalchemy_url
 
 # Startup options win over what a database's owner sets (`ALTER DATABASE … SET`), so each
@@ -65,6 +66,18 @@ class PostgresAdminResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 yield connection
         finally:
             engine.dispose()
+
+    def waiting_on_lock(self, names: TenantNames) -> int:
+        """Sessions of the tenant's role in its database waiting for a lock."""
+        with self.connect("postgres") as connection:
+            rows = execute(
+                connection,
+                sql.SQL(
+                    "SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity WHERE usename = {}"
+                    " AND datname = {} AND wait_event_type = 'Lock'"
+                ).format(sql.Literal(names.db_role), sql.Literal(names.db_name)),
+            )
+        return int(rows[0][0]) if rows else 0
 
 
 def raw_connection(connection: sa.Connection) -> psycopg.Connection[Any]:

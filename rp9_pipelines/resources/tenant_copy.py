@@ -170,17 +170,7 @@ class TenantCopy:
     def waiting(self) -> int:
         """Sessions of the tenant's role on the copy waiting for a lock (an n8n booted on it,
         at its first read while `locked` holds the tables)."""
-        with self.db.connect("postgres") as connection:
-            row = (
-                raw_connection(connection)
-                .execute(
-                    "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = %s"
-                    " AND datname = %s AND wait_event_type = 'Lock'",
-                    (self.target.db_role, self.target.db_name),
-                )
-                .fetchone()
-            )
-            return int(row[0]) if row else 0
+        return self.db.waiting_on_lock(self.target)
 
     def _tables(
         self, src: psycopg.Connection[Any], dst: psycopg.Connection[Any]

@@ -359,18 +359,6 @@ class TenantDatabaseResource(PostgresAdminResource):
                 raise
             raw.execute("COMMIT")
 
-    def waiting_on_lock(self, names: TenantNames) -> int:
-        """Sessions of the tenant's role in its database waiting for a lock."""
-        with self.connect("postgres") as connection:
-            rows = execute(
-                connection,
-                sql.SQL(
-                    "SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity WHERE usename = {}"
-                    " AND datname = {} AND wait_event_type = 'Lock'"
-                ).format(sql.Literal(names.db_role), sql.Literal(names.db_name)),
-            )
-        return int(rows[0][0]) if rows else 0
-
     def migrated(self, names: TenantNames) -> bool:
         """Whether n8n's migrations table exists in the tenant's schema."""
         with self.connect(names.db_name) as database:
