@@ -108,7 +108,8 @@ ensure_database() {
 install_packages() {
   apt_install docker.io:dockerd debootstrap:debootstrap redis-server:redis-server \
     postgresql:$pg_bin/postgres prometheus:prometheus iptables:iptables iproute2:ip curl:curl \
-    npm:npm pebble:pebble
+    npm:npm pebble:pebble prometheus-alertmanager:amtool \
+    prometheus-node-exporter:prometheus-node-exporter
   [ -x "$venv/bin/traefik" ] || die "$venv has no traefik: run \`make install\` first"
 }
 
