@@ -12,7 +12,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import docker
@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from rp9_pipelines.resources.n8n_data import N8nDataResource
 from rp9_pipelines.settings import Settings, sqlalchemy_url
 from rp9_pipelines_tests.waiting import wait_until
+from testing.dagster_db import dagster_database
 
 ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
@@ -112,6 +113,8 @@ def free_port() -> int:
 class Served:
     url: str
     log: Path
+    # What another process needs to share it (a Dagster's DAGSTER_HOME and storage).
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @contextmanager
@@ -162,8 +165,14 @@ def dagster_webserver(
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     port = free_port()
     webhook = f"http://127.0.0.1:{enforcement_webhook_port}/enforcement"
+    with dagster_database() as storage:
+        yield from _dagster_dev(home, port, storage, webhook)
+
+
+def _dagster_dev(home: Path, port: int, storage: dict[str, str], webhook: str) -> Iterator[Served]:
     env = {
         **os.environ,
+        **storage,
         "DAGSTER_HOME": str(home),
         "ENFORCEMENT_WEBHOOK_URL": webhook,
         # A rollout launches its tenants' runs on this webserver.
@@ -189,7 +198,7 @@ def dagster_webserver(
         env=env,
         timeout_s=180,
     ) as served:
-        yield served
+        yield replace(served, env={"DAGSTER_HOME": str(home), **storage})
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,7 @@ traefik_web_port=8088
 traefik_admin_port=8089
 traefik_fallback_port=8087
 prom_port=59090
+node_exporter_port=59100
 stripe_port=12111
 postgrest_port=54330
 supabase_port=54321
@@ -109,7 +110,7 @@ install_packages() {
   apt_install docker.io:dockerd debootstrap:debootstrap redis-server:redis-server \
     postgresql:$pg_bin/postgres prometheus:prometheus iptables:iptables iproute2:ip curl:curl \
     npm:npm pebble:pebble prometheus-alertmanager:amtool \
-    prometheus-node-exporter:prometheus-node-exporter
+    prometheus-node-exporter:prometheus-node-exporter chromium:chromium
   [ -x "$venv/bin/traefik" ] || die "$venv has no traefik: run \`make install\` first"
 }
 
@@ -179,6 +180,9 @@ CONF
     -o "-c listen_addresses=127.0.0.1,$bridge_ip" start >/dev/null
   echo "$bridge_ip" >"$pg_dir/bridge_ip"
   ensure_database rp9_platform
+  # Dagster's runs, events and schedules (dagster.yaml); CONNECT is revoked from PUBLIC by
+  # secure_postgres, like every platform database.
+  ensure_database dagster
 }
 
 # The tenant boundary (deploy/postgres/tenant_boundary.sql, as the superuser): the tenant
@@ -520,12 +524,30 @@ start_prometheus() {
   if running prometheus; then return 0; fi
   claim_port prometheus $prom_port
   log "starting Prometheus on 127.0.0.1:$prom_port"
-  mkdir -p "$state/prometheus/data"
-  sed -e "s/__TRAEFIK__/127.0.0.1:$traefik_admin_port/" "$root/deploy/local/prometheus.yml" >"$state/prometheus/prometheus.yml"
+  mkdir -p "$state/prometheus/data" "$state/prometheus/targets"
+  # The API and the catalog exporter run on ports their starter picks (make dev, the test
+  # session): each writes its target file here, which Prometheus watches.
+  for target in api catalog; do
+    [ -f "$state/prometheus/targets/$target.json" ] || echo '[]' >"$state/prometheus/targets/$target.json"
+  done
+  sed -e "s|__TRAEFIK__|127.0.0.1:$traefik_admin_port|" \
+    -e "s|__NODE__|127.0.0.1:$node_exporter_port|" \
+    -e "s|__TARGETS__|$state/prometheus/targets|" \
+    -e "s|__RULES__|$root/deploy/observability/prometheus/rules|" \
+    "$root/deploy/local/prometheus.yml" >"$state/prometheus/prometheus.yml"
   spawn prometheus prometheus --config.file="$state/prometheus/prometheus.yml" \
     --storage.tsdb.path="$state/prometheus/data" --web.listen-address="127.0.0.1:$prom_port" \
     --web.enable-lifecycle
   wait_for prometheus 30 curl -fsS "http://127.0.0.1:$prom_port/-/ready"
+}
+
+# The host's filesystems for the disk alerts (node_exporter, only the collectors used).
+start_node_exporter() {
+  if running node-exporter; then return 0; fi
+  claim_port node-exporter $node_exporter_port
+  spawn node-exporter prometheus-node-exporter --web.listen-address="127.0.0.1:$node_exporter_port" \
+    --collector.disable-defaults --collector.filesystem --collector.meminfo --collector.loadavg
+  wait_for node-exporter 30 curl -fsS "http://127.0.0.1:$node_exporter_port/metrics"
 }
 
 build_image() {
@@ -579,6 +601,12 @@ S3_BUCKET=rp9-backups
 S3_ACCESS_KEY_ID=rp9-local
 S3_SECRET_ACCESS_KEY=$(secret s3)
 PROMETHEUS_URL=http://127.0.0.1:$prom_port
+PROMETHEUS_TARGETS_DIR=$state/prometheus/targets
+DAGSTER_PG_HOST=127.0.0.1
+DAGSTER_PG_PORT=$pg_port
+DAGSTER_PG_USER=rp9
+DAGSTER_PG_PASSWORD=$(secret postgres)
+DAGSTER_PG_DB=dagster
 TRAEFIK_DYNAMIC_DIR=$state/traefik/dynamic
 STRIPE_SECRET_KEY=sk_test_$(secret stripe)
 STRIPE_API_BASE=http://127.0.0.1:$stripe_port
@@ -594,7 +622,7 @@ ENV
 
 status() {
   local name
-  for name in dockerd redis openbao s3 traefik prometheus stripe postgrest; do
+  for name in dockerd redis openbao s3 traefik prometheus node-exporter stripe postgrest; do
     if [ "$name" = dockerd ]; then
       docker info >/dev/null 2>&1 && echo "dockerd     up" || echo "dockerd     down"
     elif running "$name"; then
@@ -622,6 +650,7 @@ up() {
   start_openbao
   start_s3
   start_traefik
+  start_node_exporter
   start_prometheus
   start_stripe
   start_postgrest
@@ -635,7 +664,7 @@ up() {
 
 down() {
   local name
-  for name in postgrest stripe prometheus traefik s3 openbao redis; do
+  for name in postgrest stripe prometheus node-exporter traefik s3 openbao redis; do
     if running "$name"; then
       local pid
       pid=$(cat "$state/run/$name.pid")

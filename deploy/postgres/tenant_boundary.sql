@@ -52,6 +52,8 @@ WHERE EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'authenticator')
 SELECT format('REVOKE ALL ON DATABASE %I FROM PUBLIC', datname)
 FROM pg_catalog.pg_database
 WHERE datname IN ('postgres', 'template1', 'supabase', 'n8n_shared', 'rp9_templates', :'catalog')
+   -- Dagster's storage (runs, events, schedules): `dagster`, and a test session's `dagster_<id>`.
+   OR datname ~ '^dagster(_[a-z0-9]+)?$'
 \gexec
 COMMIT;
 

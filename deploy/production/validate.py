@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -62,6 +62,9 @@ RESTART_POLICIES = frozenset({"always", "unless-stopped"})
 MANAGED_CONSTRAINT = "Label(`io.rp9.managed`,`true`)"
 ACME_RESOLVER = "letsencrypt"
 DOCKER_SOCKET = "/var/run/docker.sock"
+# Read the host's whole filesystem tree (read-only) for its filesystems' metrics.
+HOST_ROOT_READERS = frozenset({"node-exporter"})
+PROMETHEUS_CONFIG_DIR = "/etc/prometheus"
 
 SECRET_NAME = re.compile(r"PASSWORD|_SECRET$|TOKEN$|_KEY$|_KEY_ID$")
 # Values that must never appear in a committed file.
@@ -106,6 +109,7 @@ class Mount:
     kind: str  # "volume" | "bind"
     source: str
     target: str
+    read_only: bool = False
 
 
 def load_yaml(path: Path) -> Any:
@@ -140,7 +144,8 @@ def mounts_of(service: dict[str, Any]) -> list[Mount]:
     for entry in service.get("volumes") or []:
         if isinstance(entry, dict):
             kind = str(entry.get("type", "volume"))
-            found.append(Mount(kind, str(entry.get("source", "")), str(entry["target"])))
+            read_only = bool(entry.get("read_only"))
+            found.append(Mount(kind, str(entry.get("source", "")), str(entry["target"]), read_only))
             continue
         parts = str(entry).split(":")
         if len(parts) == 1:  # anonymous volume
@@ -148,7 +153,8 @@ def mounts_of(service: dict[str, Any]) -> list[Mount]:
             continue
         source, target = parts[0], parts[1]
         kind = "bind" if source.startswith(("/", ".", "~")) else "volume"
-        found.append(Mount(kind, source, target))
+        read_only = len(parts) > 2 and "ro" in parts[2].split(",")
+        found.append(Mount(kind, source, target, read_only))
     return found
 
 
@@ -483,6 +489,19 @@ class Checker:
             self.problems.check(ok, name, f"{path} must be a named volume (its state)")
 
     # Every file the deployment mounts or builds from exists; host paths are the known ones.
+    def prometheus_path(self, relative: str) -> Path:
+        """Where on this side a path of Prometheus's configuration directory is: through the
+        deepest bind mount of the prometheus service that holds it."""
+        inside = PurePosixPath(PROMETHEUS_CONFIG_DIR) / relative
+        best: Mount | None = None
+        for mount in mounts_of(self.services.get("prometheus") or {}):
+            holds = mount.kind == "bind" and inside.is_relative_to(mount.target)
+            if holds and (best is None or len(mount.target) > len(best.target)):
+                best = mount
+        if best is None:
+            return self.project / "prometheus" / relative
+        return Path(best.source) / inside.relative_to(best.target)
+
     def check_files(self) -> None:
         allowed_host_paths = {DOCKER_SOCKET, self.example.get("SECRETS_DIR", "")}
         for name, service in self.services.items():
@@ -492,6 +511,10 @@ class Checker:
                 source = Path(mount.source)
                 if source.is_relative_to(self.root):
                     self.problems.check(source.exists(), name, f"mounts {source}, which is missing")
+                elif name in HOST_ROOT_READERS and mount.source == "/":
+                    self.problems.check(
+                        mount.read_only, name, "mounts the host's root writable: make it :ro"
+                    )
                 else:
                     self.problems.check(
                         mount.source in allowed_host_paths,
@@ -508,7 +531,7 @@ class Checker:
         prometheus = load_yaml(self.project / "prometheus" / "prometheus.yml") or {}
         for pattern in prometheus.get("rule_files") or []:
             self.problems.check(
-                any((self.project / "prometheus").glob(str(pattern))),
+                any(self.prometheus_path(str(pattern)).parent.glob(Path(str(pattern)).name)),
                 "prometheus/prometheus.yml",
                 f"rule_files {pattern} matches no file",
             )
@@ -631,6 +654,8 @@ class Checker:
         database = ((dagster.get("storage") or {}).get("postgres") or {}).get("postgres_db") or {}
         self.problems.check(bool(database), "deploy/dagster.yaml", "no Postgres storage")
         for field, value in database.items():
+            if field == "scheme":  # the SQLAlchemy driver, a constant
+                continue
             source = value.get("env") if isinstance(value, dict) else None
             self.problems.check(
                 source in self.example,

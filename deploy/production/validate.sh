@@ -75,14 +75,17 @@ run_compose config >"$work/resolved.yaml" 2>"$work/compose.err" \
 log "promtool check config prometheus/prometheus.yml"
 promtool check config "$here/prometheus/prometheus.yml" || fail "promtool check config failed"
 shopt -s nullglob
-rules=("$here"/prometheus/rules/*.yml)
-((${#rules[@]} > 0)) || fail "no rule file in prometheus/rules/"
-log "promtool check rules prometheus/rules/*.yml"
+# The rules and Alertmanager's routes are deploy/observability's (compose.yaml mounts them);
+# their promtool and amtool tests run in make test (rp9_pipelines_tests/observability).
+observability="$root/deploy/observability"
+rules=("$observability"/prometheus/rules/*.yml)
+((${#rules[@]} > 0)) || fail "no rule file in $observability/prometheus/rules/"
+log "promtool check rules deploy/observability/prometheus/rules/*.yml"
 promtool check rules "${rules[@]}" || fail "promtool check rules failed"
 
 if command -v amtool >/dev/null 2>&1; then
-  log "amtool check-config alertmanager/alertmanager.yml"
-  amtool check-config "$here/alertmanager/alertmanager.yml" || fail "amtool check-config failed"
+  log "amtool check-config deploy/observability/alertmanager/alertmanager.yml"
+  amtool check-config "$observability/alertmanager/alertmanager.yml" || fail "amtool check-config failed"
 fi
 
 for script in "$here"/postgres/init/*.sh; do

@@ -15,6 +15,7 @@ import httpx
 
 from rp9_pipelines.api.errors import ApiError
 from rp9_pipelines.launches import REQUEST_ID_TAG, Launch
+from rp9_pipelines.observability.api_metrics import counted_launch
 
 LOCATION = "rp9_pipelines"
 REPOSITORY = "__repository__"
@@ -114,6 +115,10 @@ class DagsterClient:
             time.sleep(1.0)
 
     def launch(self, launch: Launch) -> str:
+        """The id of the run `launch` made (or an earlier try of this request made)."""
+        return counted_launch(launch.job, lambda: self._launch(launch))
+
+    def _launch(self, launch: Launch) -> str:
         if self.request_id is not None:
             earlier = self.find_launch(self.request_id)
             if earlier is not None:

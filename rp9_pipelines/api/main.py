@@ -35,6 +35,7 @@ from rp9_pipelines.api.routes import (
 )
 from rp9_pipelines.domain.routing import FALLBACK_PATH, HOLD_PATH
 from rp9_pipelines.domain.tenants import InvalidRequest
+from rp9_pipelines.observability.api_metrics import RequestMetrics, exposition
 from rp9_pipelines.services.tenants import Conflict
 from rp9_pipelines.settings import get_settings
 
@@ -60,6 +61,9 @@ def create_app() -> FastAPI:
     app.add_middleware(
         RequestLimits, exempt=frozenset({FALLBACK_PATH}), exempt_prefixes=(HOLD_PATH + "/",)
     )
+    # Outermost: every answer is counted, the limits' refusals too.
+    app.add_middleware(RequestMetrics)
+    app.add_route("/metrics", exposition, include_in_schema=False)
     app.include_router(health.router)
     app.include_router(tenants.router)
     app.include_router(runs.router)

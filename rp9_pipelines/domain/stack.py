@@ -51,12 +51,18 @@ HEALTHCHECK = [
 # Every container the platform runs may hold a tenant's code (n8n runs it; an n8n escape runs
 # anything as the container's user), so each starts with no Linux capability at all: n8n runs
 # as uid 1000 and listens on 5678, tini, the entrypoint and the wget health check need none.
-# Logs rotate so a chatty workflow cannot fill the host's disk. Part of the configuration hash,
-# so a change here recreates the containers on their next convergence.
+# Logs rotate so a chatty workflow cannot fill the host's disk, and every line carries the
+# container's tenant, role and color (json-file's `attrs`), which the log shipper keeps as
+# labels (deploy/observability/alloy/config.alloy). Part of the configuration hash, so a change
+# here recreates the containers on their next convergence.
 CAP_DROP = ("ALL",)
 SECURITY_OPT = ("no-new-privileges",)
 LOG_DRIVER = "json-file"
-LOG_OPTIONS = {"max-size": "10m", "max-file": "3"}
+LOG_OPTIONS = {
+    "max-size": "10m",
+    "max-file": "3",
+    "labels": "io.rp9.tenant,io.rp9.role,io.rp9.color",
+}
 
 # n8n's own hardening, the same on main and workers (both load nodes and run executions), and
 # set by the platform: a tenant cannot change its containers' environment.

@@ -35,6 +35,7 @@ EXPECTED_JOBS = {
     "upgrade_tenant",
     "roll_back_upgrade",
     "upgrade_rollout",
+    "tenant_policy_checks",
     "__ASSET_JOB",
 }
 EXPECTED_SCHEDULES = {
@@ -51,6 +52,7 @@ EXPECTED_SCHEDULES = {
     "enforce_limits_every_5_minutes": "enforce_limits",
     "platform_daily_backup": "backup_platform",
     "platform_weekly_backup": "backup_platform",
+    "tenant_policy_checks_hourly": "tenant_policy_checks",
 }
 EXPECTED_SENSORS = {
     "autoscale_workers",

@@ -271,6 +271,14 @@ def test_its_containers_hold_no_capability_rotate_logs_and_run_n8n_hardened(
         assert not host["CapAdd"]
         assert "no-new-privileges" in host["SecurityOpt"]
         assert host["LogConfig"] == {"Type": "json-file", "Config": LOG_OPTIONS}
+        # Every line it logged says whose it is (what the log shipper keeps as labels).
+        labels = attrs["Config"]["Labels"]
+        owner = {key: labels[key] for key in ("io.rp9.tenant", "io.rp9.role", "io.rp9.color")}
+        assert owner["io.rp9.tenant"] == names.slug
+        assert owner["io.rp9.role"] == role
+        lines = Path(attrs["LogPath"]).read_text().splitlines()
+        assert lines, f"{name} logged nothing"
+        assert all(json.loads(line)["attrs"] == owner for line in lines), lines[:3]
         env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
         for var, value in hardening_env("starter").items():
             assert env[var] == value, (name, var)

@@ -13,6 +13,7 @@ from rp9_pipelines.launches import BACKUP_KIND, KIND_TAG
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.s3 import S3Resource
 from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
+from rp9_pipelines.services import tenant_health
 from rp9_pipelines.services.backups import apply_retention, take_backup
 
 
@@ -47,6 +48,16 @@ def backup_database(
         config.kind,
         context.run_id,
         context.log.info,
+    )
+    tenant_health.record(
+        context,
+        catalog,
+        tenant_health.BACKUPS,
+        tenant.slug,
+        backup_id=str(outcome.backup_id),
+        kind=config.kind,
+        size_bytes=outcome.size,
+        sha256=outcome.sha256,
     )
     return {
         "backup_id": str(outcome.backup_id),

@@ -17,6 +17,7 @@ from rp9_pipelines.domain.restore_drills import SandboxNames, choose_drill_backu
 from rp9_pipelines.launches import KIND_TAG, RESTORE_DRILL_KIND
 from rp9_pipelines.resources.catalog import CatalogResource
 from rp9_pipelines.resources.stack import DrillResources
+from rp9_pipelines.services import tenant_health
 from rp9_pipelines.services.backups import describe
 from rp9_pipelines.services.restore_drills import run_drill, sweep_sandboxes
 
@@ -87,6 +88,15 @@ def run_restore_drill(
             metadata=checks,
         )
     context.log.info(f"drill {drill_id} passed; RTO {outcome.rto_seconds:.1f} s")
+    tenant_health.record(
+        context,
+        drill.catalog,
+        tenant_health.DRILLS,
+        tenant.slug,
+        drill_id=str(drill_id),
+        backup_id=str(chosen.id),
+        rto_seconds=outcome.rto_seconds,
+    )
     return {
         "drill_id": str(drill_id),
         "backup_id": str(chosen.id),
