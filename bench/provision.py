@@ -38,6 +38,7 @@ from rp9_pipelines_tests.api_client import Api
 from rp9_pipelines_tests.conftest import BIN, ROOT, free_port, serve
 from rp9_pipelines_tests.tenants.conftest import TenantN8n
 from rp9_pipelines_tests.waiting import wait_until
+from testing.dagster_db import dagster_database
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -137,34 +138,36 @@ def main() -> None:
     print(f"bare docker run of {settings.image} → readiness, fresh schema, {args.tenants} times:")
     bare_s = bare(settings, tenant_db, args.tenants, None)
 
-    home = Path(tempfile.mkdtemp(prefix="rp9-bench-dagster-"))
-    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
-    dagster_port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home)}
-    dagster_cmd = [
-        str(BIN / "dagster"),
-        "dev",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(dagster_port),
-        "-w",
-        str(ROOT / "workspace.yaml"),
-    ]
-    with (
-        serve(
-            dagster_cmd,
-            url=f"http://127.0.0.1:{dagster_port}",
-            ready_path="/server_info",
-            log=home / "dagster.log",
-            env=env,
-            timeout_s=180,
-        ),
-        api_for(f"http://127.0.0.1:{dagster_port}", home, env) as api_server,
-    ):
-        api = Api(api_server.url, settings)
-        print(f"POST /tenants → first webhook through Traefik, {args.tenants} tenants:")
-        ours = orchestrated(api, settings, vault, args.tenants)
+    # Its own Dagster storage: a fresh database, dropped afterwards.
+    with dagster_database() as storage:
+        home = Path(tempfile.mkdtemp(prefix="rp9-bench-dagster-"))
+        (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+        dagster_port = free_port()
+        env = {**os.environ, **storage, "DAGSTER_HOME": str(home)}
+        dagster_cmd = [
+            str(BIN / "dagster"),
+            "dev",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(dagster_port),
+            "-w",
+            str(ROOT / "workspace.yaml"),
+        ]
+        with (
+            serve(
+                dagster_cmd,
+                url=f"http://127.0.0.1:{dagster_port}",
+                ready_path="/server_info",
+                log=home / "dagster.log",
+                env=env,
+                timeout_s=180,
+            ),
+            api_for(f"http://127.0.0.1:{dagster_port}", home, env) as api_server,
+        ):
+            api = Api(api_server.url, settings)
+            print(f"POST /tenants → first webhook through Traefik, {args.tenants} tenants:")
+            ours = orchestrated(api, settings, vault, args.tenants)
 
     template = tenant_db.template(template_schema(settings.n8n_version))
     print(f"bare docker run to readiness on a copy of the template, {args.tenants} times:")

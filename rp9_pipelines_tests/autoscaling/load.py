@@ -29,6 +29,7 @@ from rp9_pipelines_tests.conftest import BIN, ROOT, Served, free_port, serve
 from rp9_pipelines_tests.n8n_workflows import slow_webhook
 from rp9_pipelines_tests.tenants.conftest import TenantN8n
 from rp9_pipelines_tests.waiting import wait_until
+from testing.dagster_db import dagster_database
 
 # One worker runs two executions at once: with ~2 s executions, one worker drains 1 a second,
 # so a 200-execution backlog is worth several workers (pro plan: 1..4).
@@ -272,8 +273,16 @@ def dagster_with_autoscaler(slug: str, **knobs: str) -> Iterator[Served]:
     `AUTOSCALE_*` knobs; the sensor starts stopped (AUTOSCALE_ENABLED unset)."""
     home = Path(tempfile.mkdtemp(prefix="rp9-autoscale-dagster-"))
     (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    with dagster_database() as storage:
+        yield from _dagster_dev(home, slug, storage, knobs)
+
+
+def _dagster_dev(
+    home: Path, slug: str, storage: dict[str, str], knobs: dict[str, str]
+) -> Iterator[Served]:
     env = {
         **os.environ,
+        **storage,
         "DAGSTER_HOME": str(home),
         "AUTOSCALE_TENANTS": slug,
         **{f"AUTOSCALE_{k.upper()}": v for k, v in knobs.items()},
