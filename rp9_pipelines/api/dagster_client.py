@@ -8,6 +8,7 @@ the same on every retry, `api/idempotency.py`) looks first, in case an earlier t
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,15 @@ class RunInfo:
     end_time: float | None
 
 
+# Dagster's own failures (5xx) are tried this many times in all, waiting 0.5 s, 1 s between.
+TRANSIENT_TRIES = 3
+TRANSIENT_BACKOFF_S = 0.5
+
+
+def _success(run_id: str) -> dict[str, Any]:
+    return {"__typename": "LaunchRunSuccess", "run": {"runId": run_id}}
+
+
 class DagsterClient:
     def __init__(
         self,
@@ -91,12 +101,34 @@ class DagsterClient:
         return data
 
     def _query(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        """A read, tried again on Dagster's own failures (see `_send_retrying`)."""
         try:
-            return self._send(query, variables)
+            return self._send_retrying(query, variables)
         except httpx.HTTPError as error:
             raise ApiError(
                 503, "dagster_unavailable", f"Dagster is unreachable: {error}"
             ) from error
+
+    def _send_retrying(
+        self,
+        query: str,
+        variables: dict[str, Any],
+        before_retry: Callable[[], dict[str, Any] | None] | None = None,
+    ) -> dict[str, Any]:
+        """`_send`, tried again when Dagster answers 5xx: after its Postgres restarted, the
+        webserver's pooled connection fails the first requests ("server closed the connection
+        unexpectedly") and the pool then reconnects. `before_retry()` returning a value ends
+        the tries with it (a launch that was stored after all)."""
+        for attempt in range(TRANSIENT_TRIES):
+            try:
+                return self._send(query, variables)
+            except httpx.HTTPStatusError as error:
+                if error.response.status_code < 500 or attempt == TRANSIENT_TRIES - 1:
+                    raise
+            time.sleep(TRANSIENT_BACKOFF_S * 2**attempt)
+            if before_retry is not None and (found := before_retry()) is not None:
+                return dict(found)
+        raise AssertionError("unreachable")
 
     def find_launch(self, request_id: str) -> str | None:
         """The id of the run a request launched, if there is one."""
@@ -134,8 +166,13 @@ class DagsterClient:
             "runConfigData": launch.run_config,
             "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
         }
+
+        def stored_after_all() -> dict[str, Any] | None:
+            run_id = self.find_launch(request_id)
+            return None if run_id is None else {"launchRun": _success(run_id)}
+
         try:
-            result = self._send(LAUNCH, {"params": params})["launchRun"]
+            result = self._send_retrying(LAUNCH, {"params": params}, stored_after_all)["launchRun"]
         except httpx.TimeoutException as error:
             # Sent but not answered in time (a connect timeout never reached Dagster): the run
             # may exist; look for it rather than fail a request that did launch.

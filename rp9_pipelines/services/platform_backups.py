@@ -289,7 +289,8 @@ def _dagster_part(r: PlatformBackupResources, dagster: DagsterStorage, key: str)
         server = PgServer.from_url(dagster.location)
         database = sa.make_url(dagster.location).database or "dagster"
         with server.connect(database) as connection:
-            row = connection.execute("SELECT count(*) FROM runs").fetchone()
+            # Sessions are pinned to search_path=pg_catalog: Dagster's tables are in public.
+            row = connection.execute("SELECT count(*) FROM public.runs").fetchone()
         stored = _pg_dump(server, database, key, r, "dagster")
         manifest = {"storage": "postgres", "database": database, "runs": int(row[0] if row else 0)}
         return StoredPart("dagster", key, stored.size, stored.sha256, manifest)

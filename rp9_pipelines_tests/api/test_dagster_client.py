@@ -17,10 +17,19 @@ LAUNCH = Launch("suspend_tenant", {}, {"rp9/tenant": "acme"})
 class FakeGraphql:
     """Dagster's GraphQL endpoint: runs by tag, and launches that may time out."""
 
-    def __init__(self, launch_times_out: bool = False, records_timed_out: bool = True) -> None:
+    def __init__(
+        self,
+        launch_times_out: bool = False,
+        records_timed_out: bool = True,
+        failing_launches: int = 0,
+        records_failed: bool = False,
+    ) -> None:
         self.runs: list[dict[str, str]] = []  # each run's tags
         self.launch_times_out = launch_times_out
         self.records_timed_out = records_timed_out
+        # The first launches answered 500 (its storage's connection dropped), stored or not.
+        self.failing_launches = failing_launches
+        self.records_failed = records_failed
         self.calls: list[str] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -28,6 +37,13 @@ class FakeGraphql:
         if "launchRun" in sent["query"]:
             self.calls.append("launch")
             tags = sent["variables"]["params"]["executionMetadata"]["tags"]
+            if self.failing_launches:
+                self.failing_launches -= 1
+                if self.records_failed:
+                    self.runs.append({t["key"]: t["value"] for t in tags})
+                return httpx.Response(
+                    500, json={"data": {"launchRun": {"__typename": "PythonError"}}}
+                )
             if not self.launch_times_out or self.records_timed_out:
                 self.runs.append({t["key"]: t["value"] for t in tags})
             if self.launch_times_out:
@@ -96,3 +112,28 @@ def test_an_unreachable_dagster_is_503() -> None:
     with pytest.raises(ApiError) as error:
         client(refuse).launch(LAUNCH)
     assert (error.value.status_code, error.value.code) == (503, "dagster_unavailable")
+
+
+def test_a_launch_dagster_failed_is_tried_again_once_nothing_was_stored() -> None:
+    # After Postgres restarts, Dagster's webserver fails a request or two on its dead pooled
+    # connection, then reconnects.
+    graphql = FakeGraphql(failing_launches=2)
+    assert client(graphql).launch(LAUNCH) == "run-1"
+    assert graphql.calls == ["launch", "find", "launch", "find", "launch"]
+    assert len(graphql.runs) == 1
+
+
+def test_a_failed_launch_that_was_stored_after_all_is_not_made_again() -> None:
+    graphql = FakeGraphql(failing_launches=1, records_failed=True)
+    assert client(graphql).launch(LAUNCH) == "run-1"
+    assert graphql.calls == ["launch", "find"]
+    assert len(graphql.runs) == 1
+
+
+def test_dagster_failing_every_try_is_a_503_and_launches_nothing() -> None:
+    graphql = FakeGraphql(failing_launches=5)
+    with pytest.raises(ApiError) as refused:
+        client(graphql).launch(LAUNCH)
+    assert refused.value.status_code == 503
+    assert graphql.calls.count("launch") == 3
+    assert not graphql.runs
