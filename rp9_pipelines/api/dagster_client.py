@@ -37,8 +37,17 @@ RUNS_BY_TAG = """
 query RunsByTag($filter: RunsFilter) {
   runsOrError(filter: $filter, limit: 1) {
     __typename
-    ... on Runs { results { runId } }
+    ... on Runs { results { runId status stats { ... on RunStatsSnapshot { startTime } } } }
     ... on Error { message }
+  }
+}
+"""
+
+STARTED = """
+query Started($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run { runId status stats { ... on RunStatsSnapshot { startTime } } }
   }
 }
 """
@@ -67,6 +76,13 @@ class RunInfo:
 # Dagster's own failures (5xx) are tried this many times in all, waiting 0.5 s, 1 s between.
 TRANSIENT_TRIES = 3
 TRANSIENT_BACKOFF_S = 0.5
+
+
+def _failed_unstarted(run: dict[str, Any]) -> bool:
+    """A run Dagster failed before it ever started (its RUN_START never came): it could not
+    finish storing the launch (its database went away mid-request). Nothing ran, so the
+    request may launch again. (A run's `startTime` is its end time then; its stats' is not.)"""
+    return run["status"] == "FAILURE" and (run.get("stats") or {}).get("startTime") is None
 
 
 def _success(run_id: str) -> dict[str, Any]:
@@ -136,7 +152,8 @@ class DagsterClient:
         result = self._query(RUNS_BY_TAG, {"filter": {"tags": [tag]}})["runsOrError"]
         if result["__typename"] != "Runs" or not result["results"]:
             return None
-        return str(result["results"][0]["runId"])
+        (run,) = result["results"]
+        return None if _failed_unstarted(run) else str(run["runId"])
 
     def _confirm(self, request_id: str) -> str | None:
         deadline = time.monotonic() + self.confirm_s
@@ -148,7 +165,24 @@ class DagsterClient:
 
     def launch(self, launch: Launch) -> str:
         """The id of the run `launch` made (or an earlier try of this request made)."""
-        return counted_launch(launch.job, lambda: self._launch(launch))
+        return counted_launch(launch.job, lambda: self._launch_stored(launch))
+
+    def _launch_stored(self, launch: Launch) -> str:
+        """`_launch`, again when Dagster answered success but failed the run while storing it
+        (after its Postgres restarted, the enqueue event fails on a dead pooled connection and
+        the run is marked failed before it ever starts): nothing ran, so a new run is safe."""
+        for _ in range(TRANSIENT_TRIES):
+            run_id = self._launch(launch)
+            run = self._query(STARTED, {"runId": run_id})["runOrError"]
+            if run["__typename"] != "Run" or not _failed_unstarted(run):
+                return run_id
+            time.sleep(TRANSIENT_BACKOFF_S)
+        raise ApiError(
+            503,
+            "dagster_unavailable",
+            f"Dagster failed {TRANSIENT_TRIES} launches of {launch.job} while storing them "
+            f"(the last: run {run_id}); retry with the same Idempotency-Key",
+        )
 
     def _launch(self, launch: Launch) -> str:
         if self.request_id is not None:

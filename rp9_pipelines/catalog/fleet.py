@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import distinct_on
 
 from rp9_pipelines.catalog.tables import (
     backups,
@@ -71,7 +72,7 @@ def _latest(connection: sa.Connection, query: sa.Select[Any]) -> dict[uuid.UUID,
 def _latest_change(connection: sa.Connection, table: sa.Table) -> dict[uuid.UUID, Change]:
     query = (
         sa.select(table.c.tenant_id, table.c.status, table.c.finished_at)
-        .distinct(table.c.tenant_id)
+        .ext(distinct_on(table.c.tenant_id))
         .order_by(table.c.tenant_id, table.c.started_at.desc())
     )
     return {row.tenant_id: Change(row.status, row.finished_at) for row in connection.execute(query)}
@@ -110,7 +111,7 @@ def fleet(connection: sa.Connection, now: dt.datetime) -> list[TenantState]:
         for row in connection.execute(
             sa.select(enforcement_events.c.tenant_id, enforcement_events.c.action)
             .where(enforcement_events.c.period == now.strftime("%Y-%m"))
-            .distinct(enforcement_events.c.tenant_id)
+            .ext(distinct_on(enforcement_events.c.tenant_id))
             .order_by(enforcement_events.c.tenant_id, enforcement_events.c.created_at.desc())
         )
     }

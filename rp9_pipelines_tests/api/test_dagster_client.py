@@ -11,6 +11,7 @@ from rp9_pipelines.api.dagster_client import DagsterClient
 from rp9_pipelines.api.errors import ApiError
 from rp9_pipelines.launches import REQUEST_ID_TAG, Launch
 
+UNSTARTED = {"__typename": "RunStatsSnapshot", "startTime": None}
 LAUNCH = Launch("suspend_tenant", {}, {"rp9/tenant": "acme"})
 
 
@@ -23,6 +24,8 @@ class FakeGraphql:
         records_timed_out: bool = True,
         failing_launches: int = 0,
         records_failed: bool = False,
+        failed_runs_fail: bool = False,
+        failed_while_stored: int = 0,
     ) -> None:
         self.runs: list[dict[str, str]] = []  # each run's tags
         self.launch_times_out = launch_times_out
@@ -30,6 +33,10 @@ class FakeGraphql:
         # The first launches answered 500 (its storage's connection dropped), stored or not.
         self.failing_launches = failing_launches
         self.records_failed = records_failed
+        # A run stored by a failed launch is marked failed without ever starting.
+        self.failed_runs_fail = failed_runs_fail
+        # The first launches answered success, their runs failed while being stored.
+        self.failed_while_stored = failed_while_stored
         self.calls: list[str] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -40,20 +47,37 @@ class FakeGraphql:
             if self.failing_launches:
                 self.failing_launches -= 1
                 if self.records_failed:
-                    self.runs.append({t["key"]: t["value"] for t in tags})
+                    status = "FAILURE" if self.failed_runs_fail else "QUEUED"
+                    self.runs.append({t["key"]: t["value"] for t in tags} | {"_status": status})
                 return httpx.Response(
                     500, json={"data": {"launchRun": {"__typename": "PythonError"}}}
                 )
             if not self.launch_times_out or self.records_timed_out:
-                self.runs.append({t["key"]: t["value"] for t in tags})
+                status = "QUEUED"
+                if self.failed_while_stored:
+                    self.failed_while_stored -= 1
+                    status = "FAILURE"
+                self.runs.append({t["key"]: t["value"] for t in tags} | {"_status": status})
             if self.launch_times_out:
                 raise httpx.ReadTimeout("no answer in time", request=request)
             run = {"__typename": "LaunchRunSuccess", "run": {"runId": f"run-{len(self.runs)}"}}
             return httpx.Response(200, json={"data": {"launchRun": run}})
+        if "runOrError" in sent["query"]:
+            self.calls.append("status")
+            n = int(sent["variables"]["runId"].removeprefix("run-"))
+            tags = self.runs[n - 1]
+            run = {
+                "__typename": "Run",
+                "runId": f"run-{n}",
+                "jobName": "suspend_tenant",
+                "status": tags.get("_status", "QUEUED"),
+                "stats": UNSTARTED,
+            }
+            return httpx.Response(200, json={"data": {"runOrError": run}})
         self.calls.append("find")
         (tag,) = sent["variables"]["filter"]["tags"]
         found = [
-            {"runId": f"run-{n}"}
+            {"runId": f"run-{n}", "status": tags.get("_status", "QUEUED"), "stats": UNSTARTED}
             for n, tags in enumerate(self.runs, 1)
             if tags.get(tag["key"]) == tag["value"]
         ]
@@ -78,7 +102,7 @@ def test_every_launch_carries_a_request_id() -> None:
     first, second = (run[REQUEST_ID_TAG] for run in graphql.runs)
     assert first != second
     assert graphql.runs[0]["rp9/tenant"] == "acme"
-    assert graphql.calls == ["launch", "launch"]
+    assert graphql.calls == ["launch", "status", "launch", "status"]
 
 
 def test_a_keyed_request_finds_the_run_an_earlier_try_launched() -> None:
@@ -86,13 +110,22 @@ def test_a_keyed_request_finds_the_run_an_earlier_try_launched() -> None:
     assert client(graphql, "req-1").launch(LAUNCH) == "run-1"
     assert client(graphql, "req-1").launch(LAUNCH) == "run-1"
     assert client(graphql, "req-2").launch(LAUNCH) == "run-2"
-    assert graphql.calls == ["find", "launch", "find", "find", "launch"]
+    assert graphql.calls == [
+        "find",
+        "launch",
+        "status",
+        "find",
+        "status",
+        "find",
+        "launch",
+        "status",
+    ]
 
 
 def test_a_launch_that_timed_out_is_found_not_made_again() -> None:
     graphql = FakeGraphql(launch_times_out=True)
     assert client(graphql).launch(LAUNCH) == "run-1"
-    assert graphql.calls == ["launch", "find"]
+    assert graphql.calls == ["launch", "find", "status"]
     assert len(graphql.runs) == 1
 
 
@@ -119,14 +152,14 @@ def test_a_launch_dagster_failed_is_tried_again_once_nothing_was_stored() -> Non
     # connection, then reconnects.
     graphql = FakeGraphql(failing_launches=2)
     assert client(graphql).launch(LAUNCH) == "run-1"
-    assert graphql.calls == ["launch", "find", "launch", "find", "launch"]
+    assert graphql.calls == ["launch", "find", "launch", "find", "launch", "status"]
     assert len(graphql.runs) == 1
 
 
 def test_a_failed_launch_that_was_stored_after_all_is_not_made_again() -> None:
     graphql = FakeGraphql(failing_launches=1, records_failed=True)
     assert client(graphql).launch(LAUNCH) == "run-1"
-    assert graphql.calls == ["launch", "find"]
+    assert graphql.calls == ["launch", "find", "status"]
     assert len(graphql.runs) == 1
 
 
@@ -137,3 +170,17 @@ def test_dagster_failing_every_try_is_a_503_and_launches_nothing() -> None:
     assert refused.value.status_code == 503
     assert graphql.calls.count("launch") == 3
     assert not graphql.runs
+
+
+def test_a_run_failed_while_its_launch_was_stored_is_launched_again() -> None:
+    graphql = FakeGraphql(failing_launches=1, records_failed=True, failed_runs_fail=True)
+    assert client(graphql).launch(LAUNCH) == "run-2"
+    assert graphql.calls == ["launch", "find", "launch", "status"]
+
+
+def test_a_launch_dagster_failed_while_storing_it_is_made_again() -> None:
+    # Dagster answers success, but the run's enqueue event failed: the run is FAILURE and
+    # never started. Nothing ran; another run is launched.
+    graphql = FakeGraphql(failed_while_stored=1)
+    assert client(graphql).launch(LAUNCH) == "run-2"
+    assert graphql.calls == ["launch", "status", "launch", "status"]
