@@ -620,7 +620,6 @@ def tenant_panels() -> list[JSON]:
     executions = f"n8n_workflow_execution_duration_seconds_count{{{TENANT}}}"
     edge_all = _rate(f"traefik_service_requests_total{{{TENANT_SERVICE}}}")
     edge_5xx = _rate(f'traefik_service_requests_total{{{TENANT_SERVICE},code=~"5.."}}')
-    usage_only = " Usage only: the container limits are not in the metrics contract."
     return [
         panel(
             1,
@@ -809,29 +808,31 @@ def tenant_panels() -> list[JSON]:
             15,
             "timeseries",
             "CPU",
-            "CPU cores each of the tenant's n8n containers uses; a container pinned at its"
-            " share is throttled." + usage_only,
+            "CPU cores each of the tenant's n8n containers uses, against each container's"
+            " limit; a container at its limit is throttled.",
             [
                 Query(
                     "sum by (role, container) ("
                     + _rate(f'n8n_process_cpu_seconds_total{{job="n8n",{TENANT}}}')
                     + ")",
                     "{{role}} {{container}}",
-                )
+                ),
+                Query(f"max(rp9_tenant_cpu_limit_cores{{{TENANT}}})", "limit per container"),
             ],
         ),
         panel(
             16,
             "timeseries",
             "Memory",
-            "Resident memory of each of the tenant's n8n containers; steady growth is a leak"
-            " heading for the OOM killer." + usage_only,
+            "Resident memory of each of the tenant's n8n containers, against each container's"
+            " limit; near the limit, the OOM killer restarts it.",
             [
                 Query(
                     "sum by (role, container)"
                     f' (n8n_process_resident_memory_bytes{{job="n8n",{TENANT}}})',
                     "{{role}} {{container}}",
-                )
+                ),
+                Query(f"max(rp9_tenant_memory_limit_bytes{{{TENANT}}})", "limit per container"),
             ],
             unit="bytes",
         ),

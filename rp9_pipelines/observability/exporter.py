@@ -49,6 +49,12 @@ def tenant_families(
     workers = _gauge("rp9_tenant_workers", "Workers the catalog runs for the tenant.")
     workers_min = _gauge("rp9_tenant_workers_min", "The tenant's effective minimum of workers.")
     workers_max = _gauge("rp9_tenant_workers_max", "The tenant's effective maximum of workers.")
+    cpu_limit = _gauge(
+        "rp9_tenant_cpu_limit_cores", "CPU cores each of the tenant's n8n containers may use."
+    )
+    memory_limit = _gauge(
+        "rp9_tenant_memory_limit_bytes", "Memory each of the tenant's n8n containers may use."
+    )
     executions = _gauge(
         "rp9_tenant_executions_month", "Executions collected into usage this month (UTC)."
     )
@@ -85,6 +91,8 @@ def tenant_families(
         if t.limits is not None:
             workers_min.add_metric([t.slug], t.limits.min_workers)
             workers_max.add_metric([t.slug], t.limits.max_workers)
+            cpu_limit.add_metric([t.slug], t.limits.cpu)
+            memory_limit.add_metric([t.slug], t.limits.memory_mb * 1024 * 1024)
             quota.add_metric([t.slug], t.limits.executions_per_month)
             if t.limits.executions_per_month > 0:
                 used.add_metric([t.slug], t.executions_month / t.limits.executions_per_month)
@@ -110,6 +118,8 @@ def tenant_families(
         workers,
         workers_min,
         workers_max,
+        cpu_limit,
+        memory_limit,
         executions,
         quota,
         used,

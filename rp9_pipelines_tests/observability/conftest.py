@@ -1,6 +1,7 @@
 """The observability tests' stack: the session's API and a catalog exporter scraped by the
 local Prometheus (their target files), and one tenant with traffic and a verified backup whose
-series Prometheus has."""
+series Prometheus has. All of it for this package only: the exporter, the scrapes and the
+tenant stop before the load tests of other packages run on the same two cores."""
 
 import json
 import os
@@ -77,7 +78,7 @@ def prometheus(prometheus_url: str) -> Prometheus:
     return Prometheus(prometheus_url)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def catalog_exporter(
     dagster_webserver: Served, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
@@ -94,7 +95,7 @@ def catalog_exporter(
         yield served
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def scraped(api_server: Served, catalog_exporter: Served, prometheus: Prometheus) -> Iterator[None]:
     """The session's API and exporter are Prometheus's `rp9-api` and `rp9-catalog` targets."""
     targets = Path(os.environ["PROMETHEUS_TARGETS_DIR"])
@@ -114,7 +115,7 @@ def scraped(api_server: Served, catalog_exporter: Served, prometheus: Prometheus
         (targets / f"{name}.json").write_text("[]")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def observed(
     api: Api, settings: Settings, vault: Any, scraped: None, prometheus: Prometheus
 ) -> Iterator[dict[str, Any]]:
@@ -137,6 +138,6 @@ def observed(
     assert api.wait_run(deleted.json()["run_id"])["status"] == "SUCCESS"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def observed_tenant(observed: dict[str, Any]) -> str:
     return str(observed["slug"])

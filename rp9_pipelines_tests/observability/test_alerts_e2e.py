@@ -14,7 +14,7 @@ from rp9_pipelines_tests.waiting import wait_until
 
 pytestmark = pytest.mark.stack
 
-# RP9TenantDown: `for: 1m`; with production's 15 s scrape and evaluation, firing within 2 min.
+# RP9TenantDown: `for: 1m`, on a 15 s scrape and a 15 s evaluation: firing within 2 minutes.
 TENANT_DOWN_WITHIN_S = 120
 
 

@@ -67,6 +67,8 @@ def test_a_tenant_is_published_with_its_limits_quota_use_and_proofs() -> None:
     assert one(found, "rp9_tenant_workers", tenant="acme") == 2
     assert one(found, "rp9_tenant_workers_max", tenant="acme") == 3
     assert one(found, "rp9_tenant_quota_used_ratio", tenant="acme") == 0.25
+    assert one(found, "rp9_tenant_cpu_limit_cores", tenant="acme") == 1.0
+    assert one(found, "rp9_tenant_memory_limit_bytes", tenant="acme") == 1024 * 1024 * 1024
     assert (
         one(found, "rp9_tenant_last_verified_backup_timestamp_seconds", tenant="acme")
         == (NOW - dt.timedelta(hours=3)).timestamp()
