@@ -5,6 +5,7 @@ the number of tenants."""
 
 import datetime as dt
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,20 +70,27 @@ def _latest(connection: sa.Connection, query: sa.Select[Any]) -> dict[uuid.UUID,
     return {row[0]: row[1] for row in connection.execute(query)}
 
 
-def _latest_change(connection: sa.Connection, table: sa.Table) -> dict[uuid.UUID, Change]:
+def _latest_change(
+    connection: sa.Connection, table: sa.Table, ids: list[uuid.UUID]
+) -> dict[uuid.UUID, Change]:
     query = (
         sa.select(table.c.tenant_id, table.c.status, table.c.finished_at)
+        .where(table.c.tenant_id.in_(ids))
         .ext(distinct_on(table.c.tenant_id))
         .order_by(table.c.tenant_id, table.c.started_at.desc())
     )
     return {row.tenant_id: Change(row.status, row.finished_at) for row in connection.execute(query)}
 
 
-def fleet(connection: sa.Connection, now: dt.datetime) -> list[TenantState]:
-    """Every tenant not deleted, by slug, as of `now` (its month is `now`'s, UTC)."""
-    rows = connection.execute(
-        sa.select(tenants).where(tenants.c.status != "deleted").order_by(tenants.c.slug)
-    ).all()
+def fleet(
+    connection: sa.Connection, now: dt.datetime, slugs: Collection[str] | None = None
+) -> list[TenantState]:
+    """Every tenant not deleted (or those of `slugs`), by slug, as of `now` (its month is
+    `now`'s, UTC)."""
+    query = sa.select(tenants).where(tenants.c.status != "deleted").order_by(tenants.c.slug)
+    if slugs is not None:
+        query = query.where(tenants.c.slug.in_(list(slugs)))
+    rows = connection.execute(query).all()
     ids = [row.id for row in rows]
     limits = limits_of(connection, ids)
     month_start = now.date().replace(day=1)
@@ -90,33 +98,36 @@ def fleet(connection: sa.Connection, now: dt.datetime) -> list[TenantState]:
         row.tenant_id: int(row.executions)
         for row in connection.execute(
             sa.select(usage.c.tenant_id, sa.func.sum(usage.c.executions).label("executions"))
-            .where(usage.c.day >= month_start)
+            .where(usage.c.day >= month_start, usage.c.tenant_id.in_(ids))
             .group_by(usage.c.tenant_id)
         )
     }
     backed_up = _latest(
         connection,
         sa.select(backups.c.tenant_id, sa.func.max(backups.c.finished_at))
-        .where(backups.c.status == "ok")
+        .where(backups.c.status == "ok", backups.c.tenant_id.in_(ids))
         .group_by(backups.c.tenant_id),
     )
     drilled = _latest(
         connection,
         sa.select(restore_drills.c.tenant_id, sa.func.max(restore_drills.c.finished_at))
-        .where(restore_drills.c.status == "passed")
+        .where(restore_drills.c.status == "passed", restore_drills.c.tenant_id.in_(ids))
         .group_by(restore_drills.c.tenant_id),
     )
     enforced = {
         row.tenant_id: row.action
         for row in connection.execute(
             sa.select(enforcement_events.c.tenant_id, enforcement_events.c.action)
-            .where(enforcement_events.c.period == now.strftime("%Y-%m"))
+            .where(
+                enforcement_events.c.period == now.strftime("%Y-%m"),
+                enforcement_events.c.tenant_id.in_(ids),
+            )
             .ext(distinct_on(enforcement_events.c.tenant_id))
             .order_by(enforcement_events.c.tenant_id, enforcement_events.c.created_at.desc())
         )
     }
-    promoted = _latest_change(connection, promotions)
-    upgraded = _latest_change(connection, upgrades)
+    promoted = _latest_change(connection, promotions, ids)
+    upgraded = _latest_change(connection, upgrades, ids)
     return [
         TenantState(
             id=row.id,

@@ -31,3 +31,17 @@ def tenant_day(context: dg.AssetExecutionContext) -> tuple[str, dt.date]:
         raise dg.Failure(f"expected a (day, tenant) partition, got {key!r}")
     keys = key.keys_by_dimension
     return keys[TENANT_DIMENSION], dt.date.fromisoformat(keys[DAY_DIMENSION])
+
+
+def missing_tenant_keys(instance: dg.DagsterInstance, slugs: list[str]) -> list[str]:
+    """Those of `slugs` that have no `tenants` partition key yet."""
+    known = set(instance.get_dynamic_partitions(TENANTS_PARTITION))
+    return sorted(set(slugs) - known)
+
+
+def ensure_tenant_keys(instance: dg.DagsterInstance, slugs: list[str]) -> None:
+    """Every one of `slugs` has its `tenants` partition key (what the sensor
+    `register_tenant_partitions` does within a minute, now)."""
+    missing = missing_tenant_keys(instance, slugs)
+    if missing:
+        instance.add_dynamic_partitions(TENANTS_PARTITION, missing)

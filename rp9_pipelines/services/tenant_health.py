@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 
 from rp9_pipelines.catalog.fleet import TenantState, fleet
-from rp9_pipelines.defs.partitions import TENANTS_PARTITION
+from rp9_pipelines.defs.partitions import ensure_tenant_keys
 from rp9_pipelines.domain.policy import BACKUP_MAX_AGE, DRILL_MAX_AGE, Judgement, within
 from rp9_pipelines.resources.catalog import CatalogResource
 
@@ -59,11 +59,8 @@ def judge(context: dg.OpExecutionContext, catalog: CatalogResource, slugs: set[s
     """Logs the policy checks of `slugs` (None: every tenant); how many were judged."""
     now = dt.datetime.now(dt.UTC)
     with catalog.begin() as connection:
-        states = [t for t in fleet(connection, now) if slugs is None or t.slug in slugs]
-    known = set(context.instance.get_dynamic_partitions(TENANTS_PARTITION))
-    missing = sorted({t.slug for t in states} - known)
-    if missing:
-        context.instance.add_dynamic_partitions(TENANTS_PARTITION, missing)
+        states = fleet(connection, now, slugs)
+    ensure_tenant_keys(context.instance, [t.slug for t in states])
     for evaluation in evaluations(states, now):
         # Typed for materialisations only; Dagster stores a check evaluation all the same.
         context.log_event(evaluation)  # type: ignore[arg-type]
@@ -78,7 +75,6 @@ def record(
     **metadata: Any,
 ) -> None:
     """A verified backup or passed drill of `slug`: its partition materialised and judged."""
-    if slug not in set(context.instance.get_dynamic_partitions(TENANTS_PARTITION)):
-        context.instance.add_dynamic_partitions(TENANTS_PARTITION, [slug])
+    ensure_tenant_keys(context.instance, [slug])
     context.log_event(dg.AssetMaterialization(asset_key=asset, partition=slug, metadata=metadata))
     judge(context, catalog, {slug})

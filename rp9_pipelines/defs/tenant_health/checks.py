@@ -82,7 +82,7 @@ def _one_tenant(asset: dg.AssetKey, name: str, description: str) -> dg.AssetChec
     ) -> dg.AssetCheckResult:
         now = dt.datetime.now(dt.UTC)
         with catalog.begin() as connection:
-            states = [t for t in fleet(connection, now) if t.slug == context.partition_key]
+            states = fleet(connection, now, {context.partition_key})
         if not states:
             return dg.AssetCheckResult(passed=False, description="no such tenant in the catalog")
         judgement = policy(states[0], now)

@@ -10,6 +10,7 @@ from rp9_pipelines import launches
 from rp9_pipelines.catalog import tenants as tenant_catalog
 from rp9_pipelines.defs.partitions import (
     TENANTS_PARTITION,
+    missing_tenant_keys,
     tenant_day_key,
     tenant_partitions,
 )
@@ -30,11 +31,6 @@ usage_daily_job = dg.define_asset_job(
     tags={KIND_TAG: "usage"},
     executor_def=dg.in_process_executor,
 )
-
-
-def missing_tenant_keys(instance: dg.DagsterInstance, slugs: list[str]) -> list[str]:
-    known = set(instance.get_dynamic_partitions(TENANTS_PARTITION))
-    return sorted(set(slugs) - known)
 
 
 @dg.sensor(
