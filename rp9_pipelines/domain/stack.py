@@ -187,6 +187,9 @@ class ContainerSpec:
     memory_mb: int
     network: str
     healthcheck_interval_s: float
+    # Where it may run (a node label on Swarm; one engine is one region). Not in the
+    # configuration hash: placement is the runtime's, not the container's.
+    region: str | None = None
 
     @property
     def config_hash(self) -> str:

@@ -2,7 +2,7 @@ import concurrent.futures
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import dagster as dg
 import docker
@@ -24,6 +24,7 @@ from rp9_pipelines.domain.stack import (
     LABEL_TENANT,
     LOG_DRIVER,
     LOG_OPTIONS,
+    N8N_PORT,
     SECRETS_MOUNT,
     SECURITY_OPT,
     ContainerSpec,
@@ -45,6 +46,10 @@ class ContainerState:
     ip: str | None
     # How often Docker restarted it (its restart policy): n8n exits when its boot fails.
     restarts: int = 0
+    # Where the host reaches its n8n (its bridge address here; a node's published port on Swarm).
+    url: str | None = None
+    # The Swarm node that runs it (None: this engine).
+    node: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,9 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     docker_host: str = "unix:///var/run/docker.sock"
     timeout_s: int = 120
     pids_limit: int = 1024
+
+    # A running container's limits change in place (the startup boost relies on it).
+    boosts: ClassVar[bool] = True
 
     _client: docker.DockerClient | None = PrivateAttr(default=None)
     _host_cpus: int | None = PrivateAttr(default=None)
@@ -271,6 +279,7 @@ def _state(container: Container) -> ContainerState:
         health=health.get("Status"),
         ip=ip,
         restarts=int(attrs.get("RestartCount") or 0),
+        url=f"http://{ip}:{N8N_PORT}" if ip else None,
     )
 
 
