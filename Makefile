@@ -12,7 +12,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 # Every target that talks to the stack runs with its environment (generated secrets included).
 WITH_ENV := set -a && source .stack/env && set +a &&
 
-.PHONY: bench-autoscale bench-backup bench-load bench-promote bench-provision bench-upgrade bench-usage demo-credentials help install stack-up stack-down stack-status migrate lint format test test-fast dev api dagster validate-production
+.PHONY: bench-autoscale bench-backup bench-load bench-promote bench-provision bench-upgrade bench-usage demo-credentials help install stack-up stack-down stack-status swarm-up swarm-down swarm-status swarm-verify migrate lint format test test-fast test-swarm dev api dagster validate-production
 
 help:
 	@echo "make dev          platform up on embedded defaults: stack, migrations, Dagster UI, API"
@@ -21,6 +21,8 @@ help:
 	@echo "make lint         ruff + mypy"
 	@echo "make validate-production  check deploy/production offline (compose config, promtool, structure)"
 	@echo "make stack-up     start the local stack (idempotent); stack-down stops it"
+	@echo "make swarm-up     a 4-node Docker Swarm on this machine (DinD; idempotent); swarm-down removes it"
+	@echo "make test-swarm   the runtime contract on Docker and on the Swarm, placement, node drain"
 	@echo "make bench-provision  POST /tenants → first webhook vs. a bare docker run (TENANTS=5)"
 	@echo "make bench-backup     backup to S3 vs. pg_dump -Fc to a file, 200 MB of executions (MB=200); drill RTO"
 	@echo "make bench-autoscale  autoscaler: second worker, 200-execution drain vs 1 worker, tick at 1k/5k tenants"
@@ -64,8 +66,31 @@ format: install
 test-fast: install
 	$(BIN)/pytest -q -m "not stack"
 
+# A Docker Swarm of Docker-in-Docker nodes on this machine (deploy/swarm/swarm.sh): m1 manager,
+# w1 and w2 in region eu-1, w3 in us-1, with the stack's n8n image on every worker.
+SWARM := deploy/swarm/swarm.sh
+WITH_SWARM := $(WITH_ENV) eval "$$(bash $(SWARM) env)" && export SWARM_MANAGER_HOST SWARM_NODE_ENGINE SWARM_SERVICES_IP &&
+
+swarm-up: stack-up
+	bash $(SWARM) up
+	$(WITH_ENV) bash $(SWARM) images "$$N8N_IMAGE:$$N8N_VERSION"
+
+swarm-down:
+	bash $(SWARM) down
+
+swarm-status:
+	bash $(SWARM) status
+
+# What the Swarm runtime relies on, checked on the running swarm with figures (deploy/swarm/README.md).
+swarm-verify: swarm-up
+	bash $(SWARM) verify
+
+# The runtime contract on both runtimes, and placement and node loss on the Swarm.
+test-swarm: migrate swarm-up
+	$(WITH_SWARM) $(BIN)/pytest -q --durations=10 rp9_pipelines_tests/runtime
+
 test: lint migrate
-	$(WITH_ENV) $(BIN)/pytest -q --durations=15
+	$(WITH_ENV) $(BIN)/pytest -q --durations=15 -m "not swarm"
 
 bench-provision: migrate
 	$(WITH_ENV) $(BIN)/python -m bench.provision --tenants $${TENANTS:-5}
