@@ -1,5 +1,6 @@
-"""Traefik routing for tenants, as Docker labels (Traefik's Docker and Swarm providers), and the
-fallback route that answers for a tenant whose containers are not serving (file provider)."""
+"""Traefik routing for tenants, as Docker labels (Traefik's Docker provider) or the same as file
+configuration (`file_route`: the Swarm runtime's tasks), and the fallback route that answers for a
+tenant whose containers are not serving (file provider)."""
 
 import datetime as dt
 import re
@@ -139,6 +140,91 @@ def traefik_labels(
         for index, host in enumerate(hosts):
             labels[f"{prefix}.tls.domains[{index}].main"] = host
     return labels
+
+
+def file_route(labels: dict[str, str], url: str) -> dict[str, Any]:
+    """The file provider's configuration for a container routed by `traefik_labels`, served at
+    `url`: for a runtime whose containers Traefik cannot discover (a Swarm task on another
+    node, reached at that node's published port). Every router, middleware and service the
+    labels declare, with the same names; a label `traefik_labels` does not make is refused."""
+    routers: dict[str, dict[str, Any]] = {}
+    middlewares: dict[str, dict[str, Any]] = {}
+    services: dict[str, dict[str, Any]] = {}
+    for key, value in sorted(labels.items()):
+        if key in (MANAGED_LABEL, "traefik.enable", "traefik.docker.network"):
+            continue
+        if not key.startswith("traefik.http."):
+            continue
+        kind, name, field = key.removeprefix("traefik.http.").split(".", 2)
+        if kind == "routers":
+            _router_field(routers.setdefault(name, {}), field, value)
+        elif kind == "middlewares":
+            _middleware_field(middlewares.setdefault(name, {}), field, value)
+        elif kind == "services" and field == "loadbalancer.server.port":
+            services[name] = {"loadBalancer": {"servers": [{"url": url}]}}
+        else:
+            raise ValueError(f"no file-provider equivalent for the label {key}")
+    http: dict[str, Any] = {"routers": routers, "services": services}
+    if middlewares:
+        http["middlewares"] = middlewares
+    return {"http": http}
+
+
+# The file provider's files of routes that follow a runtime's tasks (`routed_files`).
+ROUTED_PREFIX = "routed-"
+
+
+def routed_files(serving: list[tuple[str, dict[str, str], str]]) -> dict[str, dict[str, Any]]:
+    """The route files for containers Traefik cannot discover: for each (name, labels, url)
+    of one that serves and asks to be routed (`traefik.enable`), `routed-<name>`."""
+    return {
+        f"{ROUTED_PREFIX}{name}": file_route(labels, url)
+        for name, labels, url in serving
+        if labels.get("traefik.enable") == "true"
+    }
+
+
+_DOMAIN = re.compile(r"^tls\.domains\[(\d+)\]\.main$")
+
+
+def _router_field(router: dict[str, Any], field: str, value: str) -> None:
+    if field in ("rule", "service"):
+        router[field] = value
+    elif field == "entrypoints":
+        router["entryPoints"] = value.split(",")
+    elif field == "priority":
+        router["priority"] = int(value)
+    elif field == "middlewares":
+        router["middlewares"] = value.split(",")
+    elif field == "tls":
+        router.setdefault("tls", {})
+    elif field == "tls.certresolver":
+        router.setdefault("tls", {})["certResolver"] = value
+    elif match := _DOMAIN.match(field):
+        domains = router.setdefault("tls", {}).setdefault("domains", [])
+        index = int(match.group(1))
+        domains.extend({} for _ in range(index + 1 - len(domains)))
+        domains[index]["main"] = value
+    else:
+        raise ValueError(f"no file-provider equivalent for the router field {field}")
+
+
+_MIDDLEWARE_FIELDS = {
+    "ratelimit.average": ("rateLimit", "average", int),
+    "ratelimit.burst": ("rateLimit", "burst", int),
+    "ratelimit.period": ("rateLimit", "period", str),
+    "ratelimit.sourcecriterion.requesthost": ("rateLimit", "sourceCriterion", None),
+    "inflightreq.amount": ("inFlightReq", "amount", int),
+    "inflightreq.sourcecriterion.requesthost": ("inFlightReq", "sourceCriterion", None),
+}
+
+
+def _middleware_field(middleware: dict[str, Any], field: str, value: str) -> None:
+    if field not in _MIDDLEWARE_FIELDS:
+        raise ValueError(f"no file-provider equivalent for the middleware field {field}")
+    kind, key, cast = _MIDDLEWARE_FIELDS[field]
+    section = middleware.setdefault(kind, {})
+    section[key] = {"requestHost": value == "true"} if cast is None else cast(value)
 
 
 def edge_config() -> dict[str, Any]:

@@ -271,6 +271,18 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             node=node,
         )
 
+    def serving(self) -> list[tuple[str, dict[str, str], str]]:
+        """Every managed service whose task serves (healthy, its port known): its name, labels
+        and URL, for the routes that follow the tasks (`services/routes.py`)."""
+        client = self.client()
+        found = []
+        for service in client.services.list(filters={"label": f"{LABEL_MANAGED}=true"}):
+            state = self._state(client, service)
+            if state.health == "healthy" and state.url:
+                labels = service.attrs["Spec"].get("Labels") or {}
+                found.append((service.name or "", labels, state.url))
+        return found
+
     def _node_attrs(self, client: docker.DockerClient, node_id: str) -> dict[str, Any]:
         if not node_id:  # a task not yet given a node
             return {}

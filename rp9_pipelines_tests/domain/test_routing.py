@@ -8,15 +8,18 @@ from rp9_pipelines.domain.routing import (
     FALLBACK_ENTRYPOINT_ADDRESS,
     HELD_HEADER,
     HOLD_PATH,
+    ROUTED_PREFIX,
     TENANT_ROUTER_PRIORITY,
     UNAVAILABLE_MIDDLEWARE,
     EdgeRate,
     edge_config,
     edge_rate,
+    file_route,
     hold_config,
     host_rule,
     is_valid_hostname,
     release_config,
+    routed_files,
     traefik_labels,
 )
 
@@ -213,3 +216,75 @@ def test_a_release_route_takes_only_the_holds_token_above_the_hold_to_a_service_
         release_config(
             slug="acme", hosts=["a.b"], token="t", entrypoint="web", service="s", url="http://u"
         )
+
+
+def test_a_file_route_declares_what_the_labels_declare_served_at_a_url() -> None:
+    labels = traefik_labels(
+        router="t-acme",
+        hosts=["acme.localhost", "shop.example.com"],
+        port=5678,
+        entrypoint="web",
+        network="rp9-acme",
+        cert_resolver="le",
+        rate_limit=EdgeRate(average=20, burst=40, in_flight=50),
+        answer_unavailable=True,
+    )
+    assert file_route(labels, "http://10.96.0.11:33333") == {
+        "http": {
+            "routers": {
+                "t-acme": {
+                    "rule": "Host(`acme.localhost`) || Host(`shop.example.com`)",
+                    "entryPoints": ["web"],
+                    "service": "t-acme",
+                    "priority": TENANT_ROUTER_PRIORITY,
+                    "middlewares": ["t-acme-rate", "rp9-unavailable@file", "t-acme-inflight"],
+                    "tls": {
+                        "certResolver": "le",
+                        "domains": [{"main": "acme.localhost"}, {"main": "shop.example.com"}],
+                    },
+                }
+            },
+            "services": {
+                "t-acme": {"loadBalancer": {"servers": [{"url": "http://10.96.0.11:33333"}]}}
+            },
+            "middlewares": {
+                "t-acme-rate": {
+                    "rateLimit": {
+                        "average": 20,
+                        "burst": 40,
+                        "period": "1s",
+                        "sourceCriterion": {"requestHost": True},
+                    }
+                },
+                "t-acme-inflight": {
+                    "inFlightReq": {"amount": 50, "sourceCriterion": {"requestHost": True}}
+                },
+            },
+        }
+    }
+
+
+def test_a_plain_route_has_no_middlewares_and_no_tls() -> None:
+    labels = traefik_labels(router="t-a", hosts=["a.localhost"], port=5678, entrypoint="web")
+    route = file_route(labels, "http://10.96.0.12:40000")
+    assert route["http"].keys() == {"routers", "services"}
+    assert "tls" not in route["http"]["routers"]["t-a"]
+
+
+def test_a_label_without_a_file_equivalent_is_refused() -> None:
+    labels = traefik_labels(router="t-a", hosts=["a.localhost"], port=5678, entrypoint="web")
+    with pytest.raises(ValueError, match="headers"):
+        file_route({**labels, "traefik.http.middlewares.x.headers.foo": "1"}, "http://h:1")
+    with pytest.raises(ValueError, match="observability"):
+        file_route({**labels, "traefik.http.routers.t-a.observability.tracing": "1"}, "http://h:1")
+
+
+def test_routed_files_are_the_serving_containers_that_ask_for_a_route() -> None:
+    routed = traefik_labels(router="t-a", hosts=["a.localhost"], port=5678, entrypoint="web")
+    files = routed_files(
+        [
+            ("rp9-a-blue-main", routed, "http://10.96.0.11:40000"),
+            ("rp9-a-blue-worker-1", {"io.rp9.managed": "true"}, "http://10.96.0.12:40001"),
+        ]
+    )
+    assert list(files) == [f"{ROUTED_PREFIX}rp9-a-blue-main"]
