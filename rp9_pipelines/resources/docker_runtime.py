@@ -257,13 +257,17 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     def exec(self, name: str, command: list[str]) -> tuple[int, str, str]:
         """Run `command` in a running container as its own user: exit code, stdout, stderr."""
-        container = self.client().containers.get(name)
-        code, (out, err) = container.exec_run(command, demux=True)
-        return (
-            int(code),
-            (out or b"").decode(errors="replace"),
-            (err or b"").decode(errors="replace"),
-        )
+        return exec_in(self.client().containers.get(name), command)
+
+
+def exec_in(container: Container, command: list[str]) -> tuple[int, str, str]:
+    """Run `command` in a running container as its own user: exit code, stdout, stderr."""
+    code, (out, err) = container.exec_run(command, demux=True)
+    return (
+        int(code),
+        (out or b"").decode(errors="replace"),
+        (err or b"").decode(errors="replace"),
+    )
 
 
 def _state(container: Container) -> ContainerState:

@@ -69,6 +69,7 @@ from rp9_pipelines.resources.docker_runtime import (
     ContainerState,
     ContainerStats,
     _stats,
+    exec_in,
 )
 from rp9_pipelines.resources.health import Health, probe
 
@@ -563,12 +564,7 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         container = self._running_container(name)
         if container is None:
             raise NotFound(f"no running task of {name}")
-        code, (out, err) = container.exec_run(command, demux=True)
-        return (
-            int(code),
-            (out or b"").decode(errors="replace"),
-            (err or b"").decode(errors="replace"),
-        )
+        return exec_in(container, command)
 
 
 def _secret_file(path: Path) -> bool:
