@@ -253,9 +253,8 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         labels = service.attrs["Spec"].get("Labels") or {}
         url = node = container = None
         if task is not None and status == "running":
-            node = self._hostname(client, task.get("NodeID", ""))
+            node, address = self._node(client, task.get("NodeID", ""))
             port = published_port(task)
-            address = self._address(client, task.get("NodeID", ""))
             if port and address:
                 url = f"http://{address}:{port}"
             container = (task["Status"].get("ContainerStatus") or {}).get("ContainerID")
@@ -284,22 +283,17 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 found.append((service.name or "", labels, state.url))
         return found
 
-    def _node_attrs(self, client: docker.DockerClient, node_id: str) -> dict[str, Any]:
+    def _node(self, client: docker.DockerClient, node_id: str) -> tuple[str | None, str | None]:
+        """A node's hostname (its engine's `{node}`) and address (where its ports answer)."""
         if not node_id:  # a task not yet given a node
-            return {}
+            return None, None
         try:
             attrs: dict[str, Any] = client.api.inspect_node(node_id)
         except (NotFound, APIError):
-            return {}
-        return attrs
-
-    def _hostname(self, client: docker.DockerClient, node_id: str) -> str | None:
-        hostname = self._node_attrs(client, node_id).get("Description", {}).get("Hostname")
-        return str(hostname) if hostname else None
-
-    def _address(self, client: docker.DockerClient, node_id: str) -> str | None:
-        address = self._node_attrs(client, node_id).get("Status", {}).get("Addr")
-        return str(address) if address else None
+            return None, None
+        hostname = attrs.get("Description", {}).get("Hostname")
+        address = attrs.get("Status", {}).get("Addr")
+        return (str(hostname) if hostname else None, str(address) if address else None)
 
     def _tenant_nodes(self, client: docker.DockerClient) -> list[dict[str, Any]]:
         nodes = client.api.nodes()
@@ -479,7 +473,7 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 continue
             if running_only and state not in ("running", "starting"):
                 continue
-            hostname = self._hostname(client, task.get("NodeID", ""))
+            hostname, _ = self._node(client, task.get("NodeID", ""))
             if hostname:
                 found.append((hostname, container))
         return found
@@ -504,11 +498,8 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     # What only a node's engine knows --------------------------------------------------------
 
-    def _running_container(self, name: str) -> Any | None:
-        client = self.client()
-        service = self._service(client, name)
-        if service is None:
-            return None
+    def _running_container(self, client: docker.DockerClient, service: Service) -> Any | None:
+        """The container of the service's running task, from its node's engine."""
         for hostname, container_id in self._containers(client, service, running_only=True):
             with contextlib.suppress(NotFound):
                 return self.node(hostname).containers.get(container_id)
@@ -516,14 +507,14 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     def logs(self, name: str, tail: int | str = 200, *, timestamps: bool = False) -> str:
         """The running task's logs, else every task's (what failed before a restart)."""
-        container = self._running_container(name)
-        if container is not None:
-            raw: bytes = container.logs(tail=tail, timestamps=timestamps)
-            return raw.decode(errors="replace")
         client = self.client()
         service = self._service(client, name)
         if service is None:
             return ""
+        container = self._running_container(client, service)
+        if container is not None:
+            raw: bytes = container.logs(tail=tail, timestamps=timestamps)
+            return raw.decode(errors="replace")
         chunks = service.logs(stdout=True, stderr=True, tail=tail, timestamps=timestamps)
         return b"".join(chunks).decode(errors="replace")
 
@@ -532,7 +523,7 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         running = [
             c
             for service in self._services(client, tenant)
-            if (c := self._running_container(service.name or "")) is not None
+            if (c := self._running_container(client, service)) is not None
         ]
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
             sampled = list(pool.map(_stats, running))
@@ -561,7 +552,9 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         return bool(nodes)
 
     def exec(self, name: str, command: list[str]) -> tuple[int, str, str]:
-        container = self._running_container(name)
+        client = self.client()
+        service = self._service(client, name)
+        container = None if service is None else self._running_container(client, service)
         if container is None:
             raise NotFound(f"no running task of {name}")
         return exec_in(container, command)
