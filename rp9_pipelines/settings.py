@@ -51,8 +51,10 @@ class TenantStackSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TENANT_", extra="ignore", frozen=True)
 
     # CPUs a tenant's container may use while n8n starts, before its plan's limit applies
-    # (0: no boost); see domain.stack.startup_cpu.
+    # (0: no boost); see domain.stack.startup_cpu. The Docker runtime's only.
     startup_cpu: float = 2.0
+    # What runs tenants: this host's Docker Engine, or a Docker Swarm (SWARM_*).
+    runtime: Literal["docker", "swarm"] = "docker"
 
 
 class PromotionSettings(BaseSettings):
@@ -264,6 +266,11 @@ class Settings(PlatformSettings):
     n8n_image: str = "rp9/n8n"
     n8n_version: str = "2.20.12"
     docker_host: str = "unix:///var/run/docker.sock"
+    # With TENANT_RUNTIME=swarm: the Swarm manager's API, a node's engine by its hostname
+    # (`{node}`), and the address at which tasks reach Postgres and Redis.
+    swarm_manager_host: str = ""
+    swarm_node_engine: str = ""
+    swarm_services_ip: str = ""
     # How tenant containers reach the platform's Postgres and Redis (the host, from a container).
     tenant_services_host: str = "host.docker.internal"
     traefik_entrypoint: str = "web"
@@ -279,6 +286,8 @@ class Settings(PlatformSettings):
     s3_endpoint_url: str = ""
     s3_region: str = "us-east-1"
     s3_bucket: str = "rp9-backups"
+    # Regions whose tenants' backups stay in a bucket of their own: eu-1=bucket,us-1=bucket.
+    s3_region_buckets: str = ""
     s3_access_key_id: str = ""
     s3_secret_access_key: SecretStr = SecretStr("")
     prometheus_url: str = ""
@@ -297,6 +306,18 @@ class Settings(PlatformSettings):
         if self.tenant_admin_database_url or self.rp9_env != "development":
             return self.tenant_admin_database_url
         return self.database_url
+
+    @model_validator(mode="after")
+    def _swarm_says_where(self) -> "Settings":
+        if self.tenant_stack.runtime == "swarm":
+            missing = [
+                name.upper()
+                for name in ("swarm_manager_host", "swarm_node_engine", "swarm_services_ip")
+                if not getattr(self, name)
+            ]
+            if missing:
+                raise ValueError(f"TENANT_RUNTIME=swarm needs {', '.join(missing)}")
+        return self
 
     @model_validator(mode="after")
     def _refuse_weak_secrets_outside_development(self) -> "Settings":

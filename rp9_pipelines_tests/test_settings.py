@@ -145,3 +145,18 @@ def test_env_example_lists_every_setting_and_nothing_else() -> None:
 def test_tenant_stack_settings_are_in_env_example() -> None:
     names = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M))
     assert {f"TENANT_{name.upper()}" for name in TenantStackSettings.model_fields} <= names
+
+
+def test_the_swarm_runtime_needs_its_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValidationError, match="SWARM_MANAGER_HOST, SWARM_NODE_ENGINE"):
+        make(monkeypatch, ORCH_TOKEN=STRONG, TENANT_RUNTIME="swarm", SWARM_SERVICES_IP="x")
+    with pytest.raises(ValidationError, match="Input should be 'docker' or 'swarm'"):
+        make(monkeypatch, ORCH_TOKEN=STRONG, TENANT_RUNTIME="kubernetes")
+    swarm = {
+        "SWARM_MANAGER_HOST": "unix:///m.sock",
+        "SWARM_NODE_ENGINE": "unix:///{node}.sock",
+        "SWARM_SERVICES_IP": "10.88.0.1",
+    }
+    settings = make(monkeypatch, ORCH_TOKEN=STRONG, TENANT_RUNTIME="swarm", **swarm)
+    assert settings.tenant_stack.runtime == "swarm"
+    assert make(monkeypatch, ORCH_TOKEN=STRONG).tenant_stack.runtime == "docker"

@@ -23,6 +23,7 @@ from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.resources.n8n_data import N8nDataResource
 from rp9_pipelines.resources.redis_queue import RedisResource
+from rp9_pipelines.resources.tenant_runtime import runtime_from_settings
 from rp9_pipelines.services.promotion import CatalogPromotions, Promotions
 from rp9_pipelines.services.tenants import CatalogTenants, Queues, RedisQueues, Tenants
 from rp9_pipelines.services.upgrades import CatalogUpgrades, Upgrades
@@ -152,12 +153,13 @@ DagsterDep = Annotated[DagsterClient, Depends(get_dagster)]
 
 
 @lru_cache(maxsize=1)
-def _docker(docker_host: str) -> DockerRuntimeResource:
-    return DockerRuntimeResource(docker_host=docker_host)
+def _runtime(settings: Settings) -> DockerRuntimeResource:
+    return runtime_from_settings(settings)
 
 
 def get_docker(settings: SettingsDep) -> DockerRuntimeResource:
-    return _docker(settings.docker_host)
+    """The tenant runtime (`TENANT_RUNTIME`: this engine or a Swarm), one per process."""
+    return _runtime(settings)
 
 
 def get_redis(settings: SettingsDep) -> RedisResource:

@@ -7,7 +7,6 @@ import os
 import dagster as dg
 
 from rp9_pipelines.resources.catalog import CatalogResource
-from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.resources.http_service import HttpServiceResource
 from rp9_pipelines.resources.n8n import N8nResource
 from rp9_pipelines.resources.n8n_data import N8nDataResource
@@ -24,6 +23,7 @@ from rp9_pipelines.resources.stack import (
 from rp9_pipelines.resources.stripe import StripeResource
 from rp9_pipelines.resources.supabase import SupabaseResource
 from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
+from rp9_pipelines.resources.tenant_runtime import runtime_resource
 from rp9_pipelines.resources.traefik_dynamic import TraefikDynamicResource
 from rp9_pipelines.resources.vault import VaultResource
 from rp9_pipelines.services.promotion import PromotionResources
@@ -35,7 +35,7 @@ from rp9_pipelines.settings import PlatformSettings
 def resources() -> dg.Definitions:
     settings = PlatformSettings()
     catalog = CatalogResource(database_url=dg.EnvVar("DATABASE_URL"))
-    docker_runtime = DockerRuntimeResource(docker_host=dg.EnvVar("DOCKER_HOST"))
+    docker_runtime = runtime_resource(settings.tenant_stack.runtime)
     redis = RedisResource(redis_url=dg.EnvVar("REDIS_URL"))
     vault = VaultResource(vault_addr=dg.EnvVar("VAULT_ADDR"), vault_token=dg.EnvVar("VAULT_TOKEN"))
     s3 = S3Resource(
@@ -43,6 +43,7 @@ def resources() -> dg.Definitions:
         bucket=dg.EnvVar("S3_BUCKET"),
         access_key_id=dg.EnvVar("S3_ACCESS_KEY_ID"),
         secret_access_key=dg.EnvVar("S3_SECRET_ACCESS_KEY"),
+        region_buckets=os.environ.get("S3_REGION_BUCKETS", ""),
     )
     platform = PlatformResource(
         n8n_image=dg.EnvVar("N8N_IMAGE"),

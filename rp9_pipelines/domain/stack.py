@@ -173,6 +173,8 @@ class TenantStack:
     concurrency: int | None = None
     # The tenant's plan, for the nodes its n8n may load (`node_policy`).
     plan: str = ""
+    # Where its containers may run (a Swarm's node label `region`).
+    region: str | None = None
 
 
 @dataclass(frozen=True)
@@ -292,6 +294,7 @@ def desired_containers(stack: TenantStack, config: StackConfig) -> list[Containe
             memory_mb=stack.memory_mb,
             network=names.network,
             healthcheck_interval_s=config.healthcheck_interval_s,
+            region=stack.region,
         )
     ]
     worker_env = {
@@ -312,6 +315,7 @@ def desired_containers(stack: TenantStack, config: StackConfig) -> list[Containe
                 memory_mb=stack.memory_mb,
                 network=names.network,
                 healthcheck_interval_s=config.healthcheck_interval_s,
+                region=stack.region,
             )
         )
     return specs

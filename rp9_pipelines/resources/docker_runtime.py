@@ -62,14 +62,15 @@ class ContainerStats:
 
 
 class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """The Docker Engine API that runs tenants' stacks (one engine today; Swarm later)."""
+    """The Docker Engine API that runs tenants' stacks on this one engine
+    (`SwarmRuntimeResource`, beside it, runs them on a Swarm: `runtime_resource` picks one)."""
 
     docker_host: str = "unix:///var/run/docker.sock"
     timeout_s: int = 120
     pids_limit: int = 1024
 
-    # A running container's limits change in place (the startup boost relies on it).
-    boosts: ClassVar[bool] = True
+    # The Traefik provider that routes tenants' mains: its docker provider reads their labels.
+    route_provider: ClassVar[str] = "docker"
 
     _client: docker.DockerClient | None = PrivateAttr(default=None)
     _host_cpus: int | None = PrivateAttr(default=None)
@@ -78,6 +79,16 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         if self._client is None:
             self._client = docker.DockerClient(base_url=self.docker_host, timeout=self.timeout_s)
         return self._client
+
+    def engines(self) -> list[docker.DockerClient]:
+        """The engines whose containers are tenants' (for what reads every container at once:
+        usage samples, the workers' command lines): this one."""
+        return [self.client()]
+
+    def local(self) -> "DockerRuntimeResource":
+        """The platform's own engine, for what must run beside the control plane whatever
+        runs tenants (a platform DR drill's scratch): this one."""
+        return self
 
     def ping(self) -> Health:
         def check() -> str:
@@ -187,20 +198,19 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         return str(container.id)
 
     def update_limits(
-        self, name: str, cpu: float, memory_mb: int, *, cpu_shares: int | None = None
+        self,
+        name: str,
+        cpu: float,
+        memory_mb: int,
+        *,
+        cpu_shares: int | None = None,
+        temporary: bool = False,
     ) -> None:
-        # The SDK's update() knows only CPU period/quota, which the engine refuses beside the
-        # NanoCpus the container was created with; send the engine's own fields instead.
-        api = self.client().api
-        limits: dict[str, int] = {
-            "NanoCpus": int(cpu * NANO),
-            "Memory": memory_mb * MIB,
-            "MemorySwap": memory_mb * MIB,
-        }
-        if cpu_shares is not None:
-            limits["CpuShares"] = cpu_shares
-        response = api._post_json(api._url("/containers/{0}/update", name), data=limits)
-        api._raise_for_status(response)
+        """New limits for the container, in place. `temporary`: a startup boost (or weight)
+        that a later call with the plan's limits undoes; the same here, in place either way."""
+        update_in_place(
+            self.client().api, name, cpu=cpu, memory_mb=memory_mb, cpu_shares=cpu_shares
+        )
 
     def start(self, name: str) -> None:
         client = self.client()
@@ -258,6 +268,21 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def exec(self, name: str, command: list[str]) -> tuple[int, str, str]:
         """Run `command` in a running container as its own user: exit code, stdout, stderr."""
         return exec_in(self.client().containers.get(name), command)
+
+
+def update_in_place(
+    api: Any, container: str, *, cpu: float, memory_mb: int | None, cpu_shares: int | None
+) -> None:
+    """A running (or stopped) container's CPU, memory and weight, changed by its engine without
+    a restart. The SDK's update() knows only CPU period/quota, which the engine refuses beside
+    the NanoCpus the container was created with: the engine's own fields are sent instead."""
+    limits: dict[str, int] = {"NanoCpus": int(cpu * NANO)}
+    if memory_mb is not None:
+        limits |= {"Memory": memory_mb * MIB, "MemorySwap": memory_mb * MIB}
+    if cpu_shares is not None:
+        limits["CpuShares"] = cpu_shares
+    response = api._post_json(api._url("/containers/{0}/update", container), data=limits)
+    api._raise_for_status(response)
 
 
 def exec_in(container: Container, command: list[str]) -> tuple[int, str, str]:

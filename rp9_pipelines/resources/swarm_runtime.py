@@ -25,9 +25,8 @@ import contextlib
 import hashlib
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
-import dagster as dg
 import docker
 from docker.errors import APIError, NotFound
 from docker.models.services import Service
@@ -68,12 +67,17 @@ from rp9_pipelines.resources.docker_runtime import (
     NANO,
     ContainerState,
     ContainerStats,
+    DockerRuntimeResource,
     _stats,
     exec_in,
+    update_in_place,
 )
 from rp9_pipelines.resources.health import Health, probe
 
 LABEL_SECRET_FILE = "io.rp9.secret-file"  # noqa: S105 (a label's name)
+# Whose secret it is: the tenant of the services that use it, or the one service that does
+# (a drill's sandbox, the template builder: no tenant label).
+LABEL_SECRET_OWNER = "io.rp9.secret-owner"  # noqa: S105
 # Nodes that run tenants carry this label (a manager that should not, does not).
 TENANT_NODES = "node.labels.rp9.tenants==true"
 N8N_UID = "1000"
@@ -83,6 +87,17 @@ UNPLACED = {"new", "pending", "assigned"}
 BOOTING = {"accepted", "preparing", "ready", "starting"}
 ENDED = {"complete", "shutdown", "failed", "rejected", "orphaned", "remove"}
 WAIT_S = 120.0
+# How long a boost waits for the container of a task just created or started.
+BOOST_WAIT_S = 30.0
+
+
+class Serving(NamedTuple):
+    """A service whose task serves: where (its node) and at which URL."""
+
+    name: str
+    labels: dict[str, str]
+    url: str
+    node: str
 
 
 def secret_name(tenant: str, file: str, content: bytes) -> str:
@@ -98,17 +113,22 @@ def placement(region: str | None) -> list[str]:
 
 
 def task_state(task: dict[str, Any] | None, replicas: int) -> tuple[str, str | None]:
-    """The Docker runtime's (status, health) for a service's newest task."""
+    """The Docker runtime's (status, health) for a service's newest task (`newest_task`)."""
     if task is None:
         return ("exited", None) if replicas == 0 else ("created", "starting")
     state = task["Status"]["State"]
     desired = task.get("DesiredState")
-    if state == "running" and desired == "running":
-        return "running", "healthy"
-    if state in UNPLACED and desired == "running":
-        return "created", "starting"
-    if state in BOOTING and desired == "running":
-        return "running", "starting"
+    if desired == "running":
+        if state == "running":
+            return "running", "healthy"
+        if state in UNPLACED:
+            return "created", "starting"
+        if state in BOOTING:
+            return "running", "starting"
+    elif replicas:
+        # No task wants to run yet the service wants one: Swarm is replacing it (an update
+        # stopping the old task first, a restart after a failure), as Docker's `restarting`.
+        return "restarting", None
     if state in ("failed", "rejected"):
         return "dead", None
     return "exited", None
@@ -130,8 +150,9 @@ def published_port(task: dict[str, Any]) -> int | None:
     return None
 
 
-class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """Docker Swarm (its manager's API) running tenants' stacks as services."""
+class SwarmRuntimeResource(DockerRuntimeResource):
+    """Docker Swarm (its manager's API) running tenants' stacks as services. `docker_host`
+    stays the platform's own engine (`local`)."""
 
     manager_host: str
     # A node's engine, by its hostname: unix:///var/lib/rp9/swarm/{node}/run/docker.sock here,
@@ -139,26 +160,35 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     node_engine: str
     # The address at which tasks reach the platform's Postgres and Redis (host.docker.internal).
     services_ip: str
-    timeout_s: int = 120
-    pids_limit: int = 1024
 
-    _client: docker.DockerClient | None = PrivateAttr(default=None)
+    _manager: docker.DockerClient | None = PrivateAttr(default=None)
     _nodes: dict[str, docker.DockerClient] = PrivateAttr(default_factory=dict)
 
-    # Whether a running task's limits change in place (the Docker runtime's startup boost):
-    # a Swarm service update restarts its task.
-    boosts: ClassVar[bool] = False
+    # Routes to tasks are files the control plane writes (`services/routes.py`).
+    route_provider: ClassVar[str] = "file"
 
     def client(self) -> docker.DockerClient:
-        if self._client is None:
-            self._client = docker.DockerClient(base_url=self.manager_host, timeout=self.timeout_s)
-        return self._client
+        """The manager's API."""
+        if self._manager is None:
+            self._manager = docker.DockerClient(base_url=self.manager_host, timeout=self.timeout_s)
+        return self._manager
 
     def node(self, hostname: str) -> docker.DockerClient:
         if hostname not in self._nodes:
             url = self.node_engine.format(node=hostname)
             self._nodes[hostname] = docker.DockerClient(base_url=url, timeout=self.timeout_s)
         return self._nodes[hostname]
+
+    def engines(self) -> list[docker.DockerClient]:
+        """The engines of the ready nodes that run tenants: their task containers carry the
+        tenants' labels."""
+        nodes = [n for n in self._tenant_nodes(self.client()) if _ready(n, drained_too=True)]
+        return [self.node(n["Description"]["Hostname"]) for n in nodes]
+
+    def local(self) -> DockerRuntimeResource:
+        return DockerRuntimeResource(
+            docker_host=self.docker_host, timeout_s=self.timeout_s, pids_limit=self.pids_limit
+        )
 
     def ping(self) -> Health:
         def check() -> str:
@@ -254,10 +284,11 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         url = node = container = None
         if task is not None and status == "running":
             node, address = self._node(client, task.get("NodeID", ""))
-            port = published_port(task)
+            container = (task["Status"].get("ContainerStatus") or {}).get("ContainerID")
+            # Swarm reports the port once the task is healthy; a booting one's is its node's.
+            port = published_port(task) or self._booting_port(node, container)
             if port and address:
                 url = f"http://{address}:{port}"
-            container = (task["Status"].get("ContainerStatus") or {}).get("ContainerID")
         failed = [t for t in tasks if t["Status"]["State"] in ("failed", "rejected")]
         return ContainerState(
             name=service.name or "",
@@ -271,16 +302,29 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             node=node,
         )
 
-    def serving(self) -> list[tuple[str, dict[str, str], str]]:
-        """Every managed service whose task serves (healthy, its port known): its name, labels
-        and URL, for the routes that follow the tasks (`services/routes.py`)."""
+    def serving(self) -> list[Serving]:
+        """Every managed service whose task serves (healthy, its port known): its name, labels,
+        URL and node, for the routes that follow the tasks (`services/routes.py`) and the
+        catalog's record of what runs where. Three calls to the manager whatever the fleet's
+        size (it runs every second): the services, the tasks that should run, the nodes."""
         client = self.client()
+        wanted: dict[str, list[dict[str, Any]]] = {}
+        for task in client.api.tasks(filters={"desired-state": "running"}):
+            wanted.setdefault(task["ServiceID"], []).append(task)
+        nodes = {n["ID"]: n for n in client.api.nodes()}
         found = []
         for service in client.services.list(filters={"label": f"{LABEL_MANAGED}=true"}):
-            state = self._state(client, service)
-            if state.health == "healthy" and state.url:
+            task = newest_task(wanted.get(str(service.id), []))
+            if task is None or task_state(task, _replicas(service)) != ("running", "healthy"):
+                continue
+            node = nodes.get(task.get("NodeID", ""), {})
+            hostname = node.get("Description", {}).get("Hostname")
+            address = node.get("Status", {}).get("Addr")
+            port = published_port(task)
+            if hostname and address and port:
                 labels = service.attrs["Spec"].get("Labels") or {}
-                found.append((service.name or "", labels, state.url))
+                url = f"http://{address}:{port}"
+                found.append(Serving(service.name or "", labels, url, str(hostname)))
         return found
 
     def _node(self, client: docker.DockerClient, node_id: str) -> tuple[str | None, str | None]:
@@ -294,6 +338,20 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         hostname = attrs.get("Description", {}).get("Hostname")
         address = attrs.get("Status", {}).get("Addr")
         return (str(hostname) if hostname else None, str(address) if address else None)
+
+    def _booting_port(self, node: str | None, container: str | None) -> int | None:
+        """The node port of a container whose task is not healthy yet (a cutover dials the
+        main it boots before Swarm calls it healthy, as on the Docker runtime)."""
+        if not node or not container:
+            return None
+        try:
+            ports = self.node(node).api.inspect_container(container)["NetworkSettings"]["Ports"]
+        except (NotFound, APIError):
+            return None
+        for binding in (ports or {}).get(f"{N8N_PORT}/tcp") or []:
+            if binding.get("HostPort"):
+                return int(binding["HostPort"])
+        return None
 
     def _tenant_nodes(self, client: docker.DockerClient) -> list[dict[str, Any]]:
         nodes = client.api.nodes()
@@ -315,13 +373,13 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         cpu: float | None = None,
         cpu_shares: int | None = None,
     ) -> str:
-        """Create one service of one task; an existing one of the same name is replaced. `cpu`
-        and `cpu_shares` (the Docker runtime's startup boost) do not apply: a Swarm task's
-        limits cannot change without restarting it (`boosts`)."""
+        """Create one service of one task; an existing one of the same name is replaced. Its
+        limits are the spec's; `cpu` (a startup boost) and `cpu_shares` (a weight) are given to
+        its task's container in place, on its node, once it exists (`update_limits`)."""
         client = self.client()
         self._remove(client, spec.name, graceful=False)
-        tenant = spec.labels[LABEL_TENANT]
-        secrets = self._ensure_secrets(client, tenant, secrets_dir)
+        owner = _owner(spec.name, spec.labels)
+        secrets = self._ensure_secrets(client, owner, secrets_dir)
         labels = {**spec.labels, LABEL_CONFIG: spec.config_hash}
         interval_ns = int(spec.healthcheck_interval_s * NANO)
         container = SwarmContainerSpec(
@@ -367,7 +425,11 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             ),
             endpoint_spec=endpoint,
         )
-        self._collect_secrets(client, tenant)
+        self._collect_secrets(client, owner)
+        if (cpu is not None and cpu != spec.cpu) or cpu_shares is not None:
+            self._in_place(
+                client, spec.name, spec.cpu if cpu is None else cpu, cpu_shares, wait=True
+            )
         return str(created["ID"])
 
     def _ensure_secrets(
@@ -380,7 +442,11 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             name = secret_name(tenant, path.name, content)
             secret_id = existing.get(name)
             if secret_id is None:
-                labels = {LABEL_MANAGED: "true", LABEL_TENANT: tenant, LABEL_SECRET_FILE: path.name}
+                labels = {
+                    LABEL_MANAGED: "true",
+                    LABEL_SECRET_OWNER: tenant,
+                    LABEL_SECRET_FILE: path.name,
+                }
                 secret_id = client.secrets.create(name=name, data=content, labels=labels).id
             references.append(
                 SecretReference(
@@ -394,36 +460,76 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             )
         return references
 
-    def _collect_secrets(self, client: docker.DockerClient, tenant: str) -> None:
-        """The tenant's secrets no service refers to any more (older values, a removed stack)."""
+    def _collect_secrets(self, client: docker.DockerClient, owner: str) -> None:
+        """The owner's secrets no service refers to any more (older values, a removed stack)."""
         used = {
             reference["SecretID"]
-            for service in self._services(client, tenant)
+            for service in client.services.list(filters={"label": f"{LABEL_MANAGED}=true"})
             for reference in service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"].get("Secrets")
             or []
         }
-        filters = {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_TENANT}={tenant}"]}
+        filters = {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_SECRET_OWNER}={owner}"]}
         for secret in client.secrets.list(filters=filters):
             if secret.id not in used:
                 with contextlib.suppress(NotFound, APIError):  # in use by a task still leaving
                     secret.remove()
 
     def update_limits(
-        self, name: str, cpu: float, memory_mb: int, *, cpu_shares: int | None = None
+        self,
+        name: str,
+        cpu: float,
+        memory_mb: int,
+        *,
+        cpu_shares: int | None = None,
+        temporary: bool = False,
     ) -> None:
-        """New limits for the service: Swarm restarts its task with them (stop-first). The same
-        limits change nothing. `cpu_shares` does not apply."""
+        """New limits. The service's own (a resize) are a service update: Swarm restarts its
+        task with them (stop-first). `temporary` ones (a startup boost, a background weight),
+        or the service's own again (the boost over), change its running task's container in
+        place on its node: Swarm keeps the service's limits in its spec and does not put a
+        running container back to them. A temporary change waits for the task's container
+        (a service just created or started)."""
         client = self.client()
         service = self._service(client, name)
         if service is None:
             raise NotFound(f"no service {name}")
+        if temporary:
+            self._in_place(client, name, cpu, cpu_shares, wait=True)
+            return
         limits = service.attrs["Spec"]["TaskTemplate"].get("Resources", {}).get("Limits", {})
         wanted = {"NanoCPUs": int(cpu * NANO), "MemoryBytes": memory_mb * MIB}
         if all(limits.get(k) == v for k, v in wanted.items()):
+            self._in_place(client, name, cpu, cpu_shares, wait=False)
             return
         resources = Resources(cpu_limit=wanted["NanoCPUs"], mem_limit=wanted["MemoryBytes"])
         resources["Limits"]["Pids"] = self.pids_limit
         service.update(resources=resources)
+
+    def _in_place(
+        self,
+        client: docker.DockerClient,
+        name: str,
+        cpu: float,
+        cpu_shares: int | None,
+        *,
+        wait: bool,
+    ) -> None:
+        """CPU and weight of the service's running task's container, through its node's engine;
+        with `wait`, for up to `BOOST_WAIT_S` until it has one (else it runs at its spec's)."""
+        deadline = time.monotonic() + (BOOST_WAIT_S if wait else 0)
+        while True:
+            for task in client.api.tasks(filters={"service": name, "desired-state": "running"}):
+                container = (task["Status"].get("ContainerStatus") or {}).get("ContainerID")
+                hostname, _ = self._node(client, task.get("NodeID", ""))
+                if not container or not hostname:
+                    continue
+                with contextlib.suppress(NotFound, APIError):  # gone, or not created yet
+                    api = self.node(hostname).api
+                    update_in_place(api, container, cpu=cpu, memory_mb=None, cpu_shares=cpu_shares)
+                    return
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.1)
 
     def _scale(self, client: docker.DockerClient, name: str, replicas: int) -> Service:
         service = self._service(client, name)
@@ -495,6 +601,7 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                     self.node(hostname).containers.get(container_id).kill()
         with contextlib.suppress(NotFound):
             service.remove()
+        self._collect_secrets(client, _owner(name, service.attrs["Spec"].get("Labels") or {}))
 
     # What only a node's engine knows --------------------------------------------------------
 
@@ -560,6 +667,11 @@ class SwarmRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         return exec_in(container, command)
 
 
+def _owner(name: str, labels: dict[str, str]) -> str:
+    """Whose secrets a service uses: its tenant's, or its own (no tenant label)."""
+    return labels.get(LABEL_TENANT) or name
+
+
 def _secret_file(path: Path) -> bool:
     """A value of the secrets directory (not a half-written `.name.tmp`)."""
     return path.is_file() and not path.name.startswith(".")
@@ -569,5 +681,9 @@ def _replicas(service: Service) -> int:
     return int(service.attrs["Spec"].get("Mode", {}).get("Replicated", {}).get("Replicas", 0))
 
 
-def _ready(node: dict[str, Any]) -> bool:
-    return bool(node["Status"]["State"] == "ready" and node["Spec"].get("Availability") == "active")
+def _ready(node: dict[str, Any], *, drained_too: bool = False) -> bool:
+    """A node that is up and takes tasks (or, `drained_too`, is up whatever its availability:
+    a drained node's tasks may still be stopping)."""
+    if node["Status"]["State"] != "ready":
+        return False
+    return drained_too or node["Spec"].get("Availability") == "active"

@@ -194,7 +194,7 @@ def test_migrate_catalog_job_brings_a_database_to_head(
     monkeypatch.setenv("DATABASE_URL", fresh_database_url)
     result = defs().get_job_def("migrate_catalog").execute_in_process()
     assert result.success
-    assert result.output_for_node("upgrade_catalog") == "0011"
+    assert result.output_for_node("upgrade_catalog") == "0012"
 
 
 def test_an_operator_can_promote_a_tenant_by_its_slug_from_the_dagster_ui(

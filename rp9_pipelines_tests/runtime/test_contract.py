@@ -198,6 +198,30 @@ def test_limits_change_and_the_same_limits_change_nothing(w: Workload) -> None:
     assert stats.memory_limit_bytes == 640 * MIB
 
 
+def _cpu(w: Workload) -> tuple[float, int]:
+    """The main's CPU limit and weight as its container's cgroup has them (cgroup v1)."""
+    code, out, err = w.runtime.exec(
+        w.spec.name, ["cat", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.shares"]
+    )
+    assert code == 0, err
+    quota, shares = out.split()
+    return int(quota) / 100_000, int(shares)
+
+
+def test_a_startup_boost_changes_the_running_main_in_place_and_its_own_limits_end_it(
+    w: Workload,
+) -> None:
+    before = _healthy(w)
+    (observed,) = w.runtime.observe(w.spec.labels[LABEL_TENANT])
+    w.runtime.update_limits(w.spec.name, 2.0, observed.memory_mb, cpu_shares=2, temporary=True)
+    assert _cpu(w) == (2.0, 2)
+    w.runtime.update_limits(w.spec.name, observed.cpu, observed.memory_mb, cpu_shares=1024)
+    assert _cpu(w) == (observed.cpu, 1024)
+    # The same container all along (no restart), and the limits it is known by are its own.
+    assert w.runtime.state(w.spec.name) == before
+    assert w.runtime.observe(w.spec.labels[LABEL_TENANT]) == [observed]
+
+
 def test_a_network_is_made_once_and_a_removed_main_is_gone(
     runtime: Runtime, settings: Settings
 ) -> None:

@@ -8,6 +8,7 @@ import pytest
 from rp9_pipelines.domain.tenants import TenantNames
 from rp9_pipelines.resources.docker_runtime import DockerRuntimeResource
 from rp9_pipelines.resources.tenant_db import TenantDatabaseResource
+from rp9_pipelines.resources.tenant_runtime import runtime_from_settings
 from rp9_pipelines.resources.vault import VaultResource
 from rp9_pipelines.settings import Settings
 from rp9_pipelines_tests.api_client import Api
@@ -38,7 +39,8 @@ def tenant_db(settings: Settings) -> TenantDatabaseResource:
 
 @pytest.fixture(scope="session")
 def runtime(settings: Settings) -> DockerRuntimeResource:
-    return DockerRuntimeResource(docker_host=settings.docker_host)
+    """The tenant runtime the platform runs on (TENANT_RUNTIME: this engine, or a Swarm)."""
+    return runtime_from_settings(settings)
 
 
 def _provisioned(api: Api, **fields: Any) -> Iterator[dict[str, Any]]:
