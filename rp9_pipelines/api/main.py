@@ -1,5 +1,6 @@
 """The internal API: authenticates callers and launches Dagster runs."""
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -33,19 +34,50 @@ from rp9_pipelines.api.routes import (
     tenants,
     upgrades,
 )
+from rp9_pipelines.catalog.tenants import set_instance_nodes
 from rp9_pipelines.domain.routing import FALLBACK_PATH, HOLD_PATH
 from rp9_pipelines.domain.tenants import InvalidRequest
 from rp9_pipelines.observability.api_metrics import RequestMetrics, exposition
+from rp9_pipelines.resources.swarm_runtime import SwarmRuntimeResource
+from rp9_pipelines.resources.tenant_runtime import runtime_from_settings
+from rp9_pipelines.resources.traefik_dynamic import TraefikDynamicResource
+from rp9_pipelines.services import routes
 from rp9_pipelines.services.tenants import Conflict
-from rp9_pipelines.settings import get_settings
+from rp9_pipelines.settings import Settings, get_settings, sqlalchemy_url
 
 
 @contextlib.asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     # While the API runs, Traefik sends tenant addresses no container serves to its fallback
     # route (a suspended tenant's visitors get a 503 page, not Traefik's 404).
-    async with tenant_fallback.published(get_settings()):
+    settings = get_settings()
+    async with tenant_fallback.published(settings), following(settings):
         yield
+
+
+@contextlib.asynccontextmanager
+async def following(settings: Settings) -> AsyncIterator[None]:
+    """On a Swarm, the routes to its tasks follow them (`services/routes.py`) while the API
+    runs: Traefik's Docker provider sees only this host's containers."""
+    runtime = runtime_from_settings(settings)
+    if not isinstance(runtime, SwarmRuntimeResource) or not settings.traefik_dynamic_dir:
+        yield
+        return
+    dynamic = TraefikDynamicResource(directory=settings.traefik_dynamic_dir)
+    engine = sa.create_engine(sqlalchemy_url(settings.database_url), pool_pre_ping=True)
+
+    def placed(nodes: dict[str, str]) -> list[str]:
+        with engine.begin() as connection:
+            return set_instance_nodes(connection, nodes)
+
+    task = asyncio.create_task(routes.follow(runtime, dynamic, placed))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        engine.dispose()
 
 
 def create_app() -> FastAPI:

@@ -171,6 +171,8 @@ tenant_instances = sa.Table(
     sa.Column(
         "state", _enum("instance_state", INSTANCE_STATES), nullable=False, server_default="creating"
     ),
+    # The Swarm node that runs it (NULL: the Docker runtime's one engine).
+    sa.Column("node", sa.String(128)),
     _created_at(),
     _updated_at(),
     sa.CheckConstraint("cpu_limit > 0 AND memory_limit_mb > 0", name="limits_positive"),

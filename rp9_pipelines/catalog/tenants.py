@@ -1,7 +1,7 @@
 """Catalog queries about tenants, their quotas and their containers."""
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -228,6 +228,23 @@ def set_instances_state(
     else:
         query = query.where(tenant_instances.c.state != "removed")
     connection.execute(query.values(state=state, updated_at=sa.func.now()))
+
+
+def set_instance_nodes(connection: sa.Connection, placed: Mapping[str, str]) -> list[str]:
+    """The node each named instance runs on now; the names whose node changed."""
+    changed = []
+    for name, node in sorted(placed.items()):
+        result = connection.execute(
+            sa.update(tenant_instances)
+            .where(
+                tenant_instances.c.container_name == name,
+                tenant_instances.c.node.is_distinct_from(node),
+            )
+            .values(node=node, updated_at=sa.func.now())
+        )
+        if result.rowcount:
+            changed.append(name)
+    return changed
 
 
 def live_instances(connection: sa.Connection, tenant_id: uuid.UUID) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 configuration (`file_route`: the Swarm runtime's tasks), and the fallback route that answers for a
 tenant whose containers are not serving (file provider)."""
 
+import copy
 import datetime as dt
 import re
 from dataclasses import dataclass
@@ -175,13 +176,29 @@ ROUTED_PREFIX = "routed-"
 
 
 def routed_files(serving: list[tuple[str, dict[str, str], str]]) -> dict[str, dict[str, Any]]:
-    """The route files for containers Traefik cannot discover: for each (name, labels, url)
-    of one that serves and asks to be routed (`traefik.enable`), `routed-<name>`."""
-    return {
-        f"{ROUTED_PREFIX}{name}": file_route(labels, url)
-        for name, labels, url in serving
-        if labels.get("traefik.enable") == "true"
-    }
+    """The route files for containers Traefik cannot discover: for each router the serving
+    containers that ask to be routed (`traefik.enable`) declare, `routed-<router>`, its service
+    load-balancing over every such container's URL. As Traefik's docker provider does with two
+    containers of one router (a cutover's two mains, both up for a moment), and one file per
+    router because the file provider refuses a router two files define. Where two containers
+    declare one router differently, the first by name wins."""
+    files: dict[str, dict[str, Any]] = {}
+    for _, labels, url in sorted(serving):
+        if labels.get("traefik.enable") != "true":
+            continue
+        route = file_route(labels, url)["http"]
+        name = ROUTED_PREFIX + "+".join(sorted(route["routers"]))
+        merged = files.setdefault(name, {"http": {}})["http"]
+        if not merged:
+            merged.update(copy.deepcopy(route))
+        elif (merged["routers"], merged.get("middlewares")) == (
+            route["routers"],
+            route.get("middlewares"),
+        ):
+            for service, config in route["services"].items():
+                servers = merged["services"].setdefault(service, {"loadBalancer": {"servers": []}})
+                servers["loadBalancer"]["servers"] += config["loadBalancer"]["servers"]
+    return files
 
 
 _DOMAIN = re.compile(r"^tls\.domains\[(\d+)\]\.main$")

@@ -52,7 +52,7 @@ def test_up_from_empty_down_to_base_and_up_again(fresh_database_url: str) -> Non
 
     migrate.upgrade(fresh_database_url)
     assert table_names(fresh_database_url) == EXPECTED_TABLES
-    assert migrate.current_revision(fresh_database_url) == "0011"
+    assert migrate.current_revision(fresh_database_url) == "0012"
 
     migrate.downgrade(fresh_database_url)
     assert table_names(fresh_database_url) == set()

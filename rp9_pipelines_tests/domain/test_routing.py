@@ -287,4 +287,29 @@ def test_routed_files_are_the_serving_containers_that_ask_for_a_route() -> None:
             ("rp9-a-blue-worker-1", {"io.rp9.managed": "true"}, "http://10.96.0.12:40001"),
         ]
     )
-    assert list(files) == [f"{ROUTED_PREFIX}rp9-a-blue-main"]
+    assert list(files) == [f"{ROUTED_PREFIX}t-a"]
+
+
+def test_two_mains_of_one_router_are_one_file_balancing_over_both() -> None:
+    """A cutover's two mains (blue and green, one router) both serving for a moment: one file
+    with both servers, as the docker provider merges them (two files would be refused); a
+    container declaring the router otherwise does not join it."""
+    a = traefik_labels(router="t-a", hosts=["a.localhost"], port=5678, entrypoint="web")
+    other = traefik_labels(router="t-a", hosts=["evil.localhost"], port=5678, entrypoint="web")
+    b = traefik_labels(router="t-b", hosts=["b.localhost"], port=5678, entrypoint="web")
+    files = routed_files(
+        [
+            ("rp9-a-green-main", a, "http://10.96.0.12:40002"),
+            ("rp9-a-blue-main", a, "http://10.96.0.11:40000"),
+            ("rp9-a-zz-main", other, "http://10.96.0.13:40009"),
+            ("rp9-b-blue-main", b, "http://10.96.0.13:40003"),
+        ]
+    )
+    assert sorted(files) == [f"{ROUTED_PREFIX}t-a", f"{ROUTED_PREFIX}t-b"]
+    a_file = files[f"{ROUTED_PREFIX}t-a"]["http"]
+    assert a_file["services"]["t-a"]["loadBalancer"]["servers"] == [
+        {"url": "http://10.96.0.11:40000"},
+        {"url": "http://10.96.0.12:40002"},
+    ]
+    assert a_file["routers"] == file_route(a, "http://x")["http"]["routers"]
+    assert files[f"{ROUTED_PREFIX}t-b"] == file_route(b, "http://10.96.0.13:40003")

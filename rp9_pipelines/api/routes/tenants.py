@@ -117,6 +117,8 @@ class InstancePublic(BaseModel):
     state: str
     cpu: float
     memory_mb: int
+    # The Swarm node that runs it (null on the Docker runtime: this host).
+    node: str | None = None
 
 
 class TenantDetail(TenantPublic):
@@ -183,6 +185,7 @@ def get_tenant(tenant: TenantDep, engine: EngineDep) -> TenantDetail:
                 state=i["state"],
                 cpu=float(i["cpu_limit"]),
                 memory_mb=i["memory_limit_mb"],
+                node=i["node"],
             )
             for i in instances
         ],
