@@ -43,6 +43,20 @@ def object_key(slug: str, kind: str, started_at: dt.datetime, backup_id: uuid.UU
     return f"tenants/{slug}/{kind}/{at:%Y/%m/%d}/{at:%Y%m%dT%H%M%SZ}-{backup_id}.pgdump"
 
 
+def region_buckets(text: str) -> dict[str, str]:
+    """`S3_REGION_BUCKETS` (`eu-1=rp9-backups-eu-1,us-1=rp9-backups-us-1`): the bucket of each
+    region whose tenants' backups stay in it. Empty: none (every backup in `S3_BUCKET`)."""
+    found: dict[str, str] = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        region, _, bucket = (part.strip() for part in entry.partition("="))
+        if not region or not bucket:
+            raise ValueError(f"S3_REGION_BUCKETS: {entry!r} is not region=bucket")
+        if region in found:
+            raise ValueError(f"S3_REGION_BUCKETS names region {region!r} twice")
+        found[region] = bucket
+    return found
+
+
 def part_size(part_number: int, base: int) -> int:
     """The size of multipart part `part_number` (from 1): `base`, doubling every 1,000 parts, so
     10,000 parts reach about a million times `base` while memory stays bounded by one part."""

@@ -10,7 +10,6 @@ from typing import Any
 
 from rp9_pipelines.domain.backups import BackupRecord, Manifest, recency, workflow_digest
 from rp9_pipelines.domain.stack import (
-    N8N_PORT,
     SECRET_FILES,
     SECRETS_MOUNT,
     ContainerSpec,
@@ -244,10 +243,6 @@ def sandbox_container(
         network=network or sandbox.network,
         healthcheck_interval_s=config.healthcheck_interval_s,
     )
-
-
-def sandbox_url(ip: str) -> str:
-    return f"http://{ip}:{N8N_PORT}"
 
 
 def canary_workflow(path: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import dagster as dg
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from rp9_pipelines.domain.backups import MAX_PARTS, MIB, part_size
+from rp9_pipelines.domain.backups import MAX_PARTS, MIB, part_size, region_buckets
 from rp9_pipelines.resources.health import Health, probe
 
 SERVER_SIDE_ENCRYPTION = "AES256"
@@ -153,6 +153,9 @@ class S3Resource(dg.ConfigurableResource):  # type: ignore[type-arg]
     bucket: str
     access_key_id: str
     secret_access_key: str
+    # Tenants' backups of these regions go to the region's own bucket (`S3_REGION_BUCKETS`,
+    # domain.backups.region_buckets); others, and everything else, to `bucket`.
+    region_buckets: str = ""
     timeout_s: int = 30
     part_size_mb: int = 16
     max_in_flight: int = 2
@@ -178,6 +181,14 @@ class S3Resource(dg.ConfigurableResource):  # type: ignore[type-arg]
             return f"s3 at {self.endpoint_url or 'aws'}"
 
         return probe("s3", check)
+
+    def for_region(self, region: str) -> "S3Resource":
+        """This store with the bucket of `region`'s backups as its bucket."""
+        bucket = region_buckets(self.region_buckets).get(region, self.bucket)
+        if bucket == self.bucket:
+            return self
+        fields = {name: getattr(self, name) for name in type(self).model_fields}
+        return S3Resource(**{**fields, "bucket": bucket})
 
     def ensure_bucket(self) -> None:
         client = self.client()

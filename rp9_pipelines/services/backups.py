@@ -77,6 +77,7 @@ def take_backup(
     run_id: str | None,
     log: Log,
 ) -> BackupOutcome:
+    s3 = s3.for_region(tenant.region)  # a region's tenants are backed up in its own bucket
     backup_id = uuid.uuid4()
     started = dt.datetime.now(dt.UTC)
     key = object_key(tenant.slug, kind, started, backup_id)

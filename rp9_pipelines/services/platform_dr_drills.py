@@ -93,7 +93,8 @@ def run_platform_drill(
     token = drill_id.hex[:10]
     try:
         live = live_ports(r)
-        with scratch_environment(r.docker_runtime.client(), token, log, live_ports=live) as env:
+        engine = r.docker_runtime.local().client()  # the scratch never runs on a Swarm
+        with scratch_environment(engine, token, log, live_ports=live) as env:
             try:
                 _recover(r, env, index, backup_key, (started, started_at), only, outcome, log)
             finally:

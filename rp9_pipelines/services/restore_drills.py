@@ -40,7 +40,6 @@ from rp9_pipelines.domain.restore_drills import (
     choose_drill_backup,
     drill_passed,
     sandbox_container,
-    sandbox_url,
 )
 from rp9_pipelines.domain.upgrades import boot_failure
 from rp9_pipelines.resources.postgres_dump import (
@@ -211,10 +210,10 @@ def restore_and_check(
         return None
 
     state = r.docker_runtime.state(sandbox.container)
-    if state is None or not state.ip:
+    if state is None or not state.url:
         raise RuntimeError(f"{sandbox.container} has no address on {sandbox.network}")
     api_key = tenant_secrets.get("n8n_api_key", "")
-    canary, canary_id = _canary(sandbox_url(state.ip), api_key, sandbox)
+    canary, canary_id = _canary(state.url, api_key, sandbox)
     checks.append(canary)
     rto = time.monotonic() - started if canary.ok else None
     log(f"{canary.detail}" + (f"; RTO {rto:.1f} s" if rto is not None else ""))
@@ -355,9 +354,12 @@ def sweep_sandboxes(r: DrillResources, now: dt.datetime, log: Log) -> list[str]:
     live |= {SandboxNames.for_rehearsal(upgrade_id).token for upgrade_id in rehearsing}
     server = PgServer.from_url(r.admin_url)
     client = r.docker_runtime.client()
+    # Sandbox containers on every engine of the runtime, by the name their label gives (a
+    # Swarm task's container is named after its task, its label after the runtime's name).
     found = {
-        c.name.removeprefix("rp9-drill-")
-        for c in client.containers.list(all=True, filters={"label": SANDBOX_LABEL})
+        str(c.labels[SANDBOX_LABEL]).removeprefix("rp9-drill-")
+        for engine in r.docker_runtime.engines()
+        for c in engine.containers.list(all=True, filters={"label": SANDBOX_LABEL})
     }
     found |= {
         n.name.removeprefix("rp9-drill-")

@@ -14,6 +14,7 @@ from rp9_pipelines.domain.backups import (
     object_key,
     part_size,
     plan_retention,
+    region_buckets,
     scheduled_runs,
     workflow_digest,
 )
@@ -198,3 +199,14 @@ def test_workflow_digest_ignores_order_but_not_versions() -> None:
 
 def test_manifest_round_trips_through_json() -> None:
     assert Manifest.from_json(MANIFEST.as_json()) == MANIFEST
+
+
+def test_region_buckets_name_each_regions_bucket_and_refuse_what_is_not_one() -> None:
+    assert region_buckets("") == {}
+    assert region_buckets(" eu-1=rp9-eu , us-1=rp9-us,") == {"eu-1": "rp9-eu", "us-1": "rp9-us"}
+    with pytest.raises(ValueError, match="'eu-1' is not region=bucket"):
+        region_buckets("eu-1")
+    with pytest.raises(ValueError, match="'=b' is not region=bucket"):
+        region_buckets("=b")
+    with pytest.raises(ValueError, match="names region 'eu-1' twice"):
+        region_buckets("eu-1=a,eu-1=b")
