@@ -33,8 +33,9 @@ OUT_DIR = (
 BACKUP_MAX_AGE_S = 26 * 3600
 DRILL_MAX_AGE_S = 92 * 86400
 
-TENANT_SERVICES = 'service=~"t-.+@docker"'
-TENANT_SERVICE = 'service="t-$tenant@docker"'
+# A tenant's Traefik service: its docker provider's, or on a Swarm the route files'.
+TENANT_SERVICES = 'service=~"t-.+@(docker|file)"'
+TENANT_SERVICE = 'service=~"t-$tenant@(docker|file)"'
 TENANT = 'tenant="$tenant"'
 TENANT_LINK = "/d/rp9-tenant/rp9-tenant?var-tenant=${__data.fields.tenant}&${__url_time_range}"
 

@@ -229,11 +229,15 @@ def _record_and_act(
 
 
 def worker_commands(r: StackResources) -> dict[str, list[str]]:
-    """Every managed worker's command line, by tenant slug: one Engine call for the fleet."""
+    """Every managed worker's command line, by tenant slug: one call per engine for the fleet
+    (a Swarm's task containers carry the same labels as their services)."""
     found: dict[str, list[str]] = {}
-    containers = r.docker_runtime.client().containers.list(
-        all=True, sparse=True, filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_ROLE}=worker"]}
-    )
+    filters = {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_ROLE}=worker"]}
+    containers = [
+        container
+        for client in r.docker_runtime.engines()
+        for container in client.containers.list(all=True, sparse=True, filters=filters)
+    ]
     for container in containers:
         labels = container.attrs.get("Labels") or {}
         found.setdefault(labels.get(LABEL_TENANT, ""), []).append(

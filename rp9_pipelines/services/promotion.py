@@ -37,7 +37,7 @@ from rp9_pipelines.domain.routing import (
     release_name,
     service_url,
 )
-from rp9_pipelines.domain.stack import N8N_PORT, other_color
+from rp9_pipelines.domain.stack import other_color
 from rp9_pipelines.domain.tenants import TenantNames, Tier, role_limits
 from rp9_pipelines.domain.upgrades import boot_failure
 from rp9_pipelines.resources.n8n import N8nResource
@@ -211,12 +211,13 @@ def _enabled(r: PromotionResources, name: str) -> Callable[[], bool]:
 
 def routed(r: PromotionResources, tenant: Tenant) -> bool:
     """Traefik routes the tenant's hosts to its own n8n (its docker router is enabled)."""
-    return _enabled(r, _own_router(tenant))()
+    return _enabled(r, _own_router(r, tenant))()
 
 
-def _own_router(tenant: Tenant) -> str:
-    """The router Traefik's docker provider makes of the tenant's main's labels."""
-    return f"{tenant.names.router}@docker"
+def _own_router(r: PromotionResources, tenant: Tenant) -> str:
+    """The router Traefik makes of the tenant's main's labels: its docker provider's, or on a
+    Swarm its file provider's (the route files that follow the tasks)."""
+    return f"{tenant.names.router}@{r.stack.docker_runtime.route_provider}"
 
 
 def require_running(r: PromotionResources, name: str) -> None:
@@ -254,9 +255,9 @@ def route_release(r: PromotionResources, tenant: Tenant, main: str) -> None:
     cutover: neither Docker's health check nor Traefik's docker provider has called it ready
     yet), so that what was held goes on the moment it answers (`ready_through_release`)."""
     state = r.stack.docker_runtime.state(main)
-    if state is None or not state.ip:
+    if state is None or not state.url:
         raise PromotionFailed(f"{main} is not running")
-    _write_release(r, tenant, url=f"http://{state.ip}:{N8N_PORT}")
+    _write_release(r, tenant, url=state.url)
 
 
 def ready_through_release(r: PromotionResources, tenant: Tenant, main: str) -> float:
@@ -301,7 +302,7 @@ def release(r: PromotionResources, tenant: Tenant) -> float:
     """The hold lifted: the held requests go on at once, through the release route (written
     by `route_release` for a cutover, else now, once Traefik routes the tenant's own n8n); the
     seconds. The routes go with `end_release`."""
-    own = _own_router(tenant)
+    own = _own_router(r, tenant)
     name = release_name(tenant.slug)
     started = time.monotonic()
     if r.traefik_dynamic.read(name) is None:
@@ -347,7 +348,7 @@ def end_release(r: PromotionResources, tenant: Tenant) -> None:
         wait_for(f"the backlog of {tenant.slug}", few_open, BACKLOG_TIMEOUT_S)
     # What arrives from now on takes the tenant's own route (a main released to before Docker
     # called it healthy is routed there moments later).
-    own = _own_router(tenant)
+    own = _own_router(r, tenant)
     wait_for(f"Traefik did not route {tenant.slug} to its n8n", _enabled(r, own), ROUTE_TIMEOUT_S)
     r.traefik_dynamic.remove(name)
     wait_for(

@@ -147,6 +147,7 @@ def desired(r: StackResources, tenant: Tenant, connection: sa.Connection) -> lis
         concurrency=limits.concurrency,
         plan=tenant.plan,
         color=tenant.color,
+        region=tenant.region,
     )
     return desired_containers(stack, r.platform.stack_config())
 
@@ -233,15 +234,20 @@ def converge(
             done.append(f"resized {spec.name}")
         for spec in plan.start:
             log(f"starting {spec.name}")
+            r.docker_runtime.start(spec.name)
             if spec in boosted or spec in behind:
                 r.docker_runtime.update_limits(
-                    spec.name, boot_cpu(spec), spec.memory_mb, cpu_shares=shares(spec)
+                    spec.name,
+                    boot_cpu(spec),
+                    spec.memory_mb,
+                    cpu_shares=shares(spec),
+                    temporary=True,
                 )
-            r.docker_runtime.start(spec.name)
             with r.catalog.begin() as connection:
                 catalog.set_instances_state(connection, tenant.id, "running", [spec.name])
             done.append(f"started {spec.name}")
         wait_healthy(r, [s.name for s in specs])
+        record_nodes(r, tenant)
     finally:
         # Healthy or not, a boosted container goes back to its plan's CPU (one not created, or
         # gone by now, is found by the next converge, which compares the limits too).
@@ -256,6 +262,14 @@ def converge(
         if boosted:
             log(f"startup CPU boost over for {', '.join(s.name for s in boosted)}")
     return done
+
+
+def record_nodes(r: StackResources, tenant: Tenant) -> None:
+    """Which node runs each of the tenant's instances now (a Swarm's; none on one engine)."""
+    placed = {s.name: s.node for s in r.docker_runtime.states(tenant.slug) if s.node}
+    if placed:
+        with r.catalog.begin() as connection:
+            catalog.set_instance_nodes(connection, placed)
 
 
 def _record(
@@ -307,7 +321,9 @@ def boost(r: StackResources, tenant: Tenant, name: str) -> None:
     state = next((o for o in r.docker_runtime.observe(tenant.slug) if o.name == name), None)
     if state is not None:
         cpu = startup_cpu(state.cpu, r.platform.startup_cpu, r.docker_runtime.host_cpus())
-        r.docker_runtime.update_limits(name, cpu, state.memory_mb, cpu_shares=DEFAULT_CPU_SHARES)
+        r.docker_runtime.update_limits(
+            name, cpu, state.memory_mb, cpu_shares=DEFAULT_CPU_SHARES, temporary=True
+        )
 
 
 def wait_healthy(r: StackResources, names: list[str]) -> None:

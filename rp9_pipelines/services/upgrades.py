@@ -34,7 +34,7 @@ from rp9_pipelines.domain.restore_drills import (
     SandboxNames,
     drill_passed,
 )
-from rp9_pipelines.domain.stack import N8N_PORT, other_color
+from rp9_pipelines.domain.stack import other_color
 from rp9_pipelines.domain.upgrades import migrations_in_log, upgrade_refusal, watch_failure
 from rp9_pipelines.domain.upgrades import rollback_refusal as refuse_rollback
 from rp9_pipelines.resources.postgres_dump import PgServer, restore_in_place
@@ -303,9 +303,9 @@ def _main_url(u: UpgradeResources, tenant: Tenant) -> str | None:
     """The tenant's serving main at its own address: n8n itself, past the edge's limits (the
     tenant's own load may fill them: their 429 and 503 are the edge's, not the version's)."""
     state = u.cutover.stack.docker_runtime.state(tenant.names.container("main", tenant.color))
-    if state is None or state.status != "running" or not state.ip:
+    if state is None or state.status != "running" or not state.url:
         return None
-    return f"http://{state.ip}:{N8N_PORT}"
+    return state.url
 
 
 def _ready(u: UpgradeResources, tenant: Tenant) -> bool:

@@ -172,9 +172,11 @@ class Sampled:
 
 
 def sample_resources(
-    catalog: CatalogResource, docker_client: Any, retention: dt.timedelta, prune: bool
+    catalog: CatalogResource, engines: list[Any], retention: dt.timedelta, prune: bool
 ) -> Sampled:
-    readings = read_all(docker_client)
+    """Read every tenant container of `engines` (the runtime's: one engine, or a Swarm's
+    nodes) into the catalog's samples."""
+    readings = [r for client in engines for r in read_all(client)]
     with catalog.begin() as connection:
         known = {t.slug: t.id for t in tenant_catalog.list_tenants(connection)}
         rows = rows_for(readings, known)

@@ -104,7 +104,7 @@ def sample_containers(
     now = dt.datetime.now(dt.UTC)
     sampled = sample_resources(
         catalog,
-        docker_runtime.client(),
+        docker_runtime.engines(),
         dt.timedelta(days=settings.usage.sample_retention_days),
         prune=now.minute == 0,
     )
