@@ -4,7 +4,8 @@
 # addresses (the API, Dagster, Vault, S3, Prometheus, Traefik, the Docker API, anything bound to
 # 0.0.0.0), and never the link-local range (a cloud's metadata service).
 #
-#   firewall.sh apply POOL PORT...   tenants' addresses (a CIDR) and the host ports they may use
+#   firewall.sh apply POOLS PORT...  tenants' addresses (CIDRs, comma-separated: the tenants'
+#                                    networks, a Swarm's nodes) and the host ports they may use
 #   firewall.sh remove               take the rules out again
 #   firewall.sh show                 print the rules
 #
@@ -25,16 +26,22 @@ dr_chain=RP9-DR-INPUT
 
 die() { printf '[firewall] error: %s\n' "$*" >&2; exit 1; }
 
-# jump PARENT POOL CHAIN: exactly one `-s POOL -j CHAIN` rule, first in PARENT; jumps from an
-# older pool are removed.
+# jump PARENT POOLS CHAIN: exactly one `-s POOL -j CHAIN` rule per pool of POOLS (comma-separated),
+# first in PARENT; jumps from pools no longer listed are removed.
 jump() {
-  local parent=$1 pool=$2 chain=$3 rule
+  local parent=$1 pools=$2 chain=$3 rule pool kept
   while read -r rule; do
     [ -n "$rule" ] || continue
+    kept=no
+    for pool in ${pools//,/ }; do
+      [[ $rule == *"-s $pool -j $chain"* ]] && kept=yes
+    done
     # shellcheck disable=SC2086  # the rule's words, as iptables -S printed them
-    [[ $rule == *"-s $pool -j $chain"* ]] || iptables ${rule/-A /-D }
+    [ $kept = yes ] || iptables ${rule/-A /-D }
   done < <(iptables -S "$parent" | grep -- "-j $chain\$" || true)
-  iptables -C "$parent" -s "$pool" -j "$chain" 2>/dev/null || iptables -I "$parent" 1 -s "$pool" -j "$chain"
+  for pool in ${pools//,/ }; do
+    iptables -C "$parent" -s "$pool" -j "$chain" 2>/dev/null || iptables -I "$parent" 1 -s "$pool" -j "$chain"
+  done
 }
 
 unjump() {
@@ -46,9 +53,9 @@ unjump() {
 }
 
 apply() {
-  local pool=${1:?usage: firewall.sh apply POOL PORT...}
+  local pool=${1:?usage: firewall.sh apply POOLS PORT...}
   shift
-  (($# > 0)) || die "usage: firewall.sh apply POOL PORT..."
+  (($# > 0)) || die "usage: firewall.sh apply POOLS PORT..."
   local ports
   ports=$(IFS=,; echo "$*")
   # Docker creates DOCKER-USER (and FORWARD's jump to it) when it starts; it keeps our rules.
@@ -107,5 +114,5 @@ case "${1:-}" in
   apply) shift && apply "$@" ;;
   remove) remove ;;
   show) show ;;
-  *) die "usage: $0 apply POOL PORT... | remove | show" ;;
+  *) die "usage: $0 apply POOLS PORT... | remove | show" ;;
 esac

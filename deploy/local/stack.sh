@@ -24,6 +24,8 @@ upgrade_versions=${N8N_UPGRADE_VERSIONS:-2.22.6}
 # Tenant networks: one /24 each out of this pool (Docker's default gives each a /16 of
 # 172.16.0.0/12 and runs out after about fifteen networks).
 tenant_pool=10.88.0.0/14
+# A Swarm's nodes (deploy/swarm/swarm.sh): their tasks reach Postgres and Redis from there.
+swarm_pool=10.96.0.0/24
 pg_port=55432
 redis_port=56379
 bao_port=58200
@@ -175,7 +177,7 @@ CONF
   # Tenant containers reach Postgres through the Docker bridge gateway (host.docker.internal),
   # from their own networks' addresses.
   local net
-  for net in 172.16.0.0/12 "$tenant_pool"; do
+  for net in 172.16.0.0/12 "$tenant_pool" "$swarm_pool"; do
     grep -q "host all all $net " "$data/pg_hba.conf" \
       || echo "host all all $net scram-sha-256" >>"$data/pg_hba.conf"
   done
@@ -660,7 +662,7 @@ up() {
     "$node_exporter_port" "$postgrest_port" "$supabase_port" "$exporter_port"
   start_docker
   # Tenant containers reach the host's Postgres and Redis ports and nothing else of it.
-  bash "$root/deploy/local/firewall.sh" apply "$tenant_pool" "$pg_port" "$redis_port"
+  bash "$root/deploy/local/firewall.sh" apply "$tenant_pool,$swarm_pool" "$pg_port" "$redis_port"
   start_postgres
   start_redis
   start_openbao

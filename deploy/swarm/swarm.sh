@@ -49,6 +49,13 @@ wait_for() {
 }
 
 sock() { echo "$dir/$1/run/docker.sock"; }
+# Where tasks reach the platform's Postgres and Redis: the host's docker0 address, where they
+# listen (stack.sh), routed to the host through the nodes' gateway 10.96.0.1.
+services_ip() { ip -4 -o addr show docker0 | awk '{print $4}' | cut -d/ -f1; }
+pg_port=55432
+redis_port=56379
+# What tasks may reach on the nodes' network (rp9-node's firewall): Postgres and Redis, no more.
+allowance() { echo "$(services_ip):$pg_port,$(services_ip):$redis_port"; }
 # on NODE ARGS...: the docker CLI against NODE's engine.
 on() {
   local node=$1
@@ -81,13 +88,15 @@ ensure_network() {
     -o com.docker.network.bridge.name=rp9swarm0 --label io.rp9.swarm=true "$network" >/dev/null
 }
 
-# ensure_node NODE IMAGE: NODE's container runs IMAGE (a new image recreates it on its state).
+# ensure_node NODE IMAGE: NODE's container runs IMAGE with today's firewall allowance (a new
+# image or allowance recreates it on its state).
 ensure_node() {
-  local node=$1 image=$2 name=rp9-swarm-$1 have
-  have=$(docker inspect -f '{{.State.Status}} {{.Config.Image}}' "$name" 2>/dev/null || true)
+  local node=$1 image=$2 name=rp9-swarm-$1 have allow
+  allow=$(allowance)
+  have=$(docker inspect -f '{{.State.Status}} {{.Config.Image}} {{index .Config.Labels "io.rp9.swarm.allow"}}' "$name" 2>/dev/null || true)
   if [ -n "$have" ]; then
-    if [ "${have#* }" != "$image" ]; then
-      log "recreating $node on $image (its state is kept)"
+    if [ "${have#* }" != "$image $allow" ]; then
+      log "recreating $node on $image, tasks allowed to $allow (its state is kept)"
       docker stop -t 30 "$name" >/dev/null
       docker rm "$name" >/dev/null
     elif [ "${have%% *}" = running ]; then
@@ -106,6 +115,7 @@ ensure_node() {
   # nests the tasks' cgroups under the node's own.
   docker run -d --name "$name" --hostname "$node" \
     --label io.rp9.swarm=true --label "io.rp9.swarm.node=$node" \
+    --label "io.rp9.swarm.allow=$allow" -e "RP9_NODE_ALLOW=$allow" \
     --cap-add ALL --cap-drop SYS_RESOURCE --device-cgroup-rule 'a *:* rwm' \
     --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
     --security-opt systempaths=unconfined --cgroupns private --restart unless-stopped \
@@ -258,7 +268,8 @@ print_env() {
   cat <<ENV
 SWARM_MANAGER_HOST=unix://$(sock m1)
 SWARM_NODE_ENGINE=unix://$dir/{node}/run/docker.sock
-SWARM_SERVICES_IP=$host_ip
+SWARM_SERVICES_IP=$(services_ip)
+S3_REGION_BUCKETS=eu-1=rp9-backups-eu-1,us-1=rp9-backups-us-1
 ENV
 }
 
@@ -415,23 +426,26 @@ verify_overlay() {
   pass overlay "w1's load-balancer endpoint $check-endpoint: ${address:-none}"
 }
 
-# A task reaches a TCP port of the host's at 10.96.0.1 (where Postgres and Redis would listen).
+# A task reaches the host's Postgres at SWARM_SERVICES_IP, and nothing else of the host's: a
+# server listening there on another port is refused by the host's firewall (stack.sh applies
+# deploy/local/firewall.sh to the nodes' subnet as to the tenants' pool).
 verify_host() {
-  local client www pid reply
+  local client www pid ip pg reached
   client=$(task_of client)
   [ -n "$client" ] || { fail host "no client task (the overlay check failed)"; return; }
+  ip=$(services_ip)
+  pg=$(in_task "$client" sh -c "nc -z -w 5 $ip $pg_port && echo open || echo closed" 2>&1 || true)
   www=$(mktemp -d)
-  echo host-ok >"$www/index.html"
-  (cd "$www" && exec python3 -m http.server --bind "$host_ip" "$check_port") >/dev/null 2>&1 &
+  (cd "$www" && exec python3 -m http.server --bind "$ip" "$check_port") >/dev/null 2>&1 &
   pid=$!
-  wait_for "the host's test server" 10 curl -fsS "http://$host_ip:$check_port/"
-  reply=$(http_get "$client" host.docker.internal "$check_port")
+  wait_for "the host's test server" 10 curl -fsS "http://$ip:$check_port/"
+  reached=$(in_task "$client" sh -c "nc -z -w 5 $ip $check_port && echo open || echo closed" 2>&1 || true)
   kill "$pid"
   rm -rf "$www"
-  if [ "$reply" = host-ok ]; then
-    pass host "a task on w2 reached $host_ip:$check_port (as host.docker.internal, ContainerSpec hosts)"
+  if [ "$pg" = open ] && [ "$reached" = closed ]; then
+    pass host "a task on w2 reached Postgres at $ip:$pg_port and was refused $ip:$check_port"
   else
-    fail host "a task on w2 could not reach $host_ip:$check_port: $reply"
+    fail host "a task on w2: Postgres at $ip:$pg_port $pg, another port $ip:$check_port $reached (want open, closed)"
   fi
 }
 
