@@ -23,7 +23,7 @@ help:
 	@echo "make stack-up     start the local stack (idempotent); stack-down stops it"
 	@echo "make swarm-up     a 4-node Docker Swarm on this machine (DinD; idempotent); swarm-down removes it"
 	@echo "make test-swarm   the runtime contract on Docker and on the Swarm, placement, node drain"
-	@echo "make bench-provision  POST /tenants → first webhook vs. a bare docker run (TENANTS=5)"
+	@echo "make bench-provision  POST /tenants → first webhook vs. a bare docker run (TENANTS=5; RUNTIME=swarm)"
 	@echo "make bench-backup     backup to S3 vs. pg_dump -Fc to a file, 200 MB of executions (MB=200); drill RTO"
 	@echo "make bench-autoscale  autoscaler: second worker, 200-execution drain vs 1 worker, tick at 1k/5k tenants"
 	@echo "make bench-load       a tenant under webhook load: sustainable rate, scale/kill/restart at 80 %, 3x overload (PLANS=starter,pro)"
@@ -69,7 +69,7 @@ test-fast: install
 # A Docker Swarm of Docker-in-Docker nodes on this machine (deploy/swarm/swarm.sh): m1 manager,
 # w1 and w2 in region eu-1, w3 in us-1, with the stack's n8n image on every worker.
 SWARM := deploy/swarm/swarm.sh
-WITH_SWARM := $(WITH_ENV) eval "$$(bash $(SWARM) env)" && export SWARM_MANAGER_HOST SWARM_NODE_ENGINE SWARM_SERVICES_IP &&
+WITH_SWARM := $(WITH_ENV) eval "$$(bash $(SWARM) env)" && export TENANT_RUNTIME=swarm SWARM_MANAGER_HOST SWARM_NODE_ENGINE SWARM_SERVICES_IP S3_REGION_BUCKETS &&
 
 swarm-up: stack-up
 	bash $(SWARM) up
@@ -92,8 +92,9 @@ test-swarm: migrate swarm-up
 test: lint migrate
 	$(WITH_ENV) $(BIN)/pytest -q --durations=15 -m "not swarm"
 
-bench-provision: migrate
-	$(WITH_ENV) $(BIN)/python -m bench.provision --tenants $${TENANTS:-5}
+# RUNTIME=swarm: the tenants on the local Swarm (make swarm-up), beside a bare service create.
+bench-provision: migrate $(if $(filter swarm,$(RUNTIME)),swarm-up)
+	$(if $(filter swarm,$(RUNTIME)),$(WITH_SWARM),$(WITH_ENV)) $(BIN)/python -m bench.provision --tenants $${TENANTS:-5}
 
 bench-backup: migrate
 	$(WITH_ENV) $(BIN)/python -m bench.backup --mb $${MB:-200}

@@ -24,11 +24,12 @@ RATE = 20.0
 
 @dataclass
 class Load:
-    """Webhook POSTs at `RATE` a second, each with a unique id, until stopped; every answer
+    """Webhook POSTs at `rate` a second, each with a unique id, until stopped; every answer
     kept (nothing retried)."""
 
     n8n: TenantN8n
     path: str
+    rate: float = RATE
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
     answers: dict[str, int] = field(default_factory=dict)
     # (sent at, epoch seconds; seconds to the answer; status), one per request.
@@ -63,7 +64,7 @@ class Load:
 
             i = 0
             while not self.stop.is_set():
-                delay = started + i / RATE - time.time()
+                delay = started + i / self.rate - time.time()
                 if delay > 0:
                     time.sleep(delay)
                 pool.submit(call, f"id-{self.token}-{i}")
