@@ -447,12 +447,22 @@ def serve(r: PromotionResources, tenant: Tenant, log: Log, *, roles: set[str]) -
     tenants.converge(r.stack, tenant, log, roles=roles)
 
 
+def settle(r: PromotionResources, tenant: Tenant, log: Log) -> None:
+    """After the hold's release: the workers of the side that serves now, booting in the
+    background while the main works through the released backlog past the edge limits (a
+    webhook answered by its workflow, `Respond to Webhook` or the last node, waits in the
+    queue for them), then back to the tenant's own route (`end_release`, once the backlog is
+    answered)."""
+    tenants.converge(r.stack, tenant, log, roles={"main", "worker"}, background_workers=True)
+    if held(r, tenant) or r.traefik_dynamic.read(release_name(tenant.slug)) is not None:
+        end_release(r, tenant)
+
+
 def switch(r: PromotionResources, tenant: Tenant, main: str) -> Tenant:
     """The tenant is dedicated from here (the copy committed): the catalog says so; its main,
-    booted on the copy, answers ready through the release route. Then the hold is released,
-    and only once the backlog is answered do its containers converge (`complete`: the stopped
-    shared ones go, the main's CPU goes back from the startup boost to its plan's, the workers
-    start)."""
+    booted on the copy, answers ready through the release route. Then the hold is released
+    and its containers converge (`settle`: the stopped shared ones go, the main's CPU goes back
+    from the startup boost to its plan's, the workers start)."""
     moved = promoted(tenant)
     with r.stack.catalog.begin() as connection:
         tenant_catalog.update_tenant(connection, tenant.id, tier="dedicated", color=moved.color)
@@ -488,9 +498,7 @@ def roll_back(r: PromotionResources, tenant: Tenant, log: Log) -> float | None:
     if held(r, tenant):
         release(r, back)
         released = time.monotonic()
-        end_release(r, back)
-    # The workers once what was held is answered: their start would take the CPU its main needs.
-    serve(r, back, log, roles={"main", "worker"})
+    settle(r, back, log)
     return released
 
 

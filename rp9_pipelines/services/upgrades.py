@@ -264,10 +264,7 @@ def settle(u: UpgradeResources, tenant: Tenant, log: Log) -> None:
     """The workers of the serving version (the other color's containers go), booting in the
     background while requests still pass the holder, past the edge limits (the main works
     through the released backlog meanwhile); then back to the tenant's own route."""
-    tenants.converge(
-        u.cutover.stack, tenant, log, roles={"main", "worker"}, background_workers=True
-    )
-    edge.end_release(u.cutover, tenant)
+    edge.settle(u.cutover, tenant, log)
 
 
 def put_back(u: UpgradeResources, tenant: Tenant, upgrade: dict[str, Any], log: Log) -> None:
@@ -292,8 +289,7 @@ def put_back(u: UpgradeResources, tenant: Tenant, upgrade: dict[str, Any], log: 
     tenants.converge(c.stack, back, log, roles={"main"})
     if edge.held(c, back):
         edge.release(c, back)
-        edge.end_release(c, back)
-    tenants.converge(c.stack, back, log, roles={"main", "worker"})
+    edge.settle(c, back, log)
 
 
 # The watch -------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ webhooks a second, and returned to the shared tier through the API: on the real 
 Redis, Docker, n8n, Traefik, the API's holder, Dagster)."""
 
 import datetime as dt
+import threading
 import time
 import uuid
 from collections import Counter
@@ -24,7 +25,7 @@ from rp9_pipelines.resources.vault import VaultResource
 from rp9_pipelines.settings import Settings, sqlalchemy_url
 from rp9_pipelines_tests.api_client import Api
 from rp9_pipelines_tests.conftest import Served
-from rp9_pipelines_tests.n8n_workflows import webhook, workflow
+from rp9_pipelines_tests.n8n_workflows import echo_webhook, webhook, workflow
 from rp9_pipelines_tests.platform.test_recovery import decrypted_credentials
 from rp9_pipelines_tests.promotion.traffic import (
     Load,
@@ -47,6 +48,9 @@ class Promoted:
     path: str
     schedule_id: str
     load: Load
+    # A webhook its workflow answers, 1/s meanwhile: the backlog the hold releases of it is
+    # answered only once the dedicated workers run.
+    echoed: Load
     promotion: dict[str, Any]
 
 
@@ -66,6 +70,8 @@ def promoted(api: Api, settings: Settings, vault: VaultResource) -> Iterator[Pro
     )
     assert credential.status_code == 200, credential.text
     load = Load(n8n, path)
+    echoed = Load(n8n, f"echo-{uuid.uuid4().hex[:8]}", rate=1.0)
+    install(n8n, echo_webhook(echoed.path))
 
     def promote() -> dict[str, Any]:
         asked = api.post(f"/tenants/{slug}/promote", **{"Idempotency-Key": str(uuid.uuid4())})
@@ -75,8 +81,14 @@ def promoted(api: Api, settings: Settings, vault: VaultResource) -> Iterator[Pro
         assert run["status"] == "SUCCESS", (run, found["error"], found["phase"])
         return found
 
-    promotion = run_under_load(load, promote)
-    yield Promoted(tenant, n8n, path, schedule_id, load, promotion)
+    echoing = threading.Thread(target=echoed.run, daemon=True)
+    echoing.start()
+    try:
+        promotion = run_under_load(load, promote)
+    finally:
+        echoed.stop.set()
+        echoing.join(timeout=90)
+    yield Promoted(tenant, n8n, path, schedule_id, load, echoed, promotion)
     gone = api.request("DELETE", f"/tenants/{slug}?purge=true")
     assert gone.status_code == 202, gone.text
     assert api.wait_run(gone.json()["run_id"])["status"] == "SUCCESS"
@@ -106,6 +118,10 @@ def test_a_promotion_under_20_webhooks_a_second_fails_no_request_and_runs_each_o
     ran = executions_by_id(settings, dedicated, load.token)
     assert set(ran) == set(load.answers), (len(ran), len(load.answers))
     assert max(ran.values()) == 1, [i for i, n in ran.items() if n > 1][:5]
+    echoed = promoted.echoed
+    assert len(echoed.answers) >= 2
+    assert not echoed.failures(), echoed.timeline()
+    assert executions_by_id(settings, dedicated, echoed.token) == Counter(set(echoed.answers))
     # The schedule never fired twice in a minute.
     # ...and fires on the dedicated side after the switch (every minute, at a second of its own).
     since = dt.datetime.fromisoformat(promotion["switched_at"]).replace(second=0, microsecond=0)

@@ -179,15 +179,14 @@ def cut_over(
 def complete(
     context: dg.OpExecutionContext, promotion_id: str, promotion: PromotionResources
 ) -> None:
-    """Back to the tenant's own route once the held backlog is answered, then the dedicated
-    workers; the tenant is active on its own database, its shared schema kept for the rollback
-    window."""
+    """The dedicated workers, then back to the tenant's own route once the held backlog is
+    answered; the tenant is active on its own database, its shared schema kept for the
+    rollback window."""
     found, tenant = _load(promotion, promotion_id)
     with tenants.acting_on(promotion.stack, str(tenant.id), "promote"):
-        # What was held first (the backlog, past the edge limits), then the workers: their start
-        # takes the CPU the new main needs to answer it. Its executions wait in the queue.
-        promote.end_release(promotion, tenant)
-        promote.serve(promotion, tenant, context.log.info, roles={"main", "worker"})
+        # The workers boot in the background while the main answers the backlog past the edge
+        # limits: a webhook its workflow answers waits in the queue for them.
+        promote.settle(promotion, tenant, context.log.info)
         tenants.set_status(promotion.stack, tenant, status="active", last_error=None)
         promote.record(promotion, found["id"], "done")
         promote.finish(promotion, found["id"], "succeeded")
