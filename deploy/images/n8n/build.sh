@@ -13,11 +13,23 @@ cache=${RP9_CACHE_DIR:-/var/cache/rp9}
 node_version=${RP9_NODE_VERSION:-24.19.0}
 here=$(cd "$(dirname "$0")" && pwd)
 
-if [ "$(docker image inspect -f '{{index .Config.Labels "io.rp9.recipe"}}' "$image:$version" 2>/dev/null)" = "$recipe" ]; then
+built() {
+  [ "$(docker image inspect -f '{{index .Config.Labels "io.rp9.recipe"}}' "$image:$version" 2>/dev/null)" = "$recipe" ]
+}
+if built; then
   echo "image $image:$version already built"
   exit 0
 fi
 mkdir -p "$cache"
+# One build of a version at a time (two `stack.sh up` in a row each start the upgrade images'
+# builds in the background; both would install into the same directory): the second waits,
+# then finds the image built.
+exec 9>"$cache/n8n-$version-build.lock"
+flock 9
+if built; then
+  echo "image $image:$version already built"
+  exit 0
+fi
 
 log() { printf '[n8n-image] %s\n' "$*"; }
 
