@@ -291,6 +291,9 @@ class Settings(PlatformSettings):
     s3_access_key_id: str = ""
     s3_secret_access_key: SecretStr = SecretStr("")
     prometheus_url: str = ""
+    # Where Prometheus reads file_sd targets: on a Swarm, the API writes the tasks to scrape
+    # there (n8n-swarm.json; empty: not written).
+    prometheus_targets_dir: str = ""
     # Seals the platform's secrets snapshot (64 hex characters); the operator keeps a copy away
     # from the backups: without it the snapshot, and so every tenant's key, cannot be restored.
     platform_backup_key: SecretStr = SecretStr("")

@@ -542,8 +542,9 @@ start_prometheus() {
   log "starting Prometheus on 127.0.0.1:$prom_port"
   mkdir -p "$state/prometheus/data" "$state/prometheus/targets"
   # The API and the catalog exporter run on ports their starter picks (make dev, the test
-  # session): each writes its target file here, which Prometheus watches.
-  for target in api catalog; do
+  # session): each writes its target file here, which Prometheus watches; on a Swarm the API
+  # writes the tenant tasks there too (n8n-swarm).
+  for target in api catalog n8n-swarm; do
     [ -f "$state/prometheus/targets/$target.json" ] || echo '[]' >"$state/prometheus/targets/$target.json"
   done
   sed -e "s|__TRAEFIK__|127.0.0.1:$traefik_admin_port|" \

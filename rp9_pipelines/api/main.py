@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import sqlalchemy as sa
 from fastapi import FastAPI
@@ -38,6 +39,7 @@ from rp9_pipelines.catalog.tenants import set_instance_nodes
 from rp9_pipelines.domain.routing import FALLBACK_PATH, HOLD_PATH
 from rp9_pipelines.domain.tenants import InvalidRequest
 from rp9_pipelines.observability.api_metrics import RequestMetrics, exposition
+from rp9_pipelines.observability.targets import SWARM_TARGETS_FILE
 from rp9_pipelines.resources.swarm_runtime import SwarmRuntimeResource
 from rp9_pipelines.resources.tenant_runtime import runtime_from_settings
 from rp9_pipelines.resources.traefik_dynamic import TraefikDynamicResource
@@ -58,7 +60,8 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
 @contextlib.asynccontextmanager
 async def following(settings: Settings) -> AsyncIterator[None]:
     """On a Swarm, the routes to its tasks follow them (`services/routes.py`) while the API
-    runs: Traefik's Docker provider sees only this host's containers."""
+    runs: Traefik's Docker provider sees only this host's containers (and Prometheus's Docker
+    discovery too: the tasks to scrape go to PROMETHEUS_TARGETS_DIR, when set)."""
     runtime = runtime_from_settings(settings)
     if not isinstance(runtime, SwarmRuntimeResource) or not settings.traefik_dynamic_dir:
         yield
@@ -70,7 +73,12 @@ async def following(settings: Settings) -> AsyncIterator[None]:
         with engine.begin() as connection:
             return set_instance_nodes(connection, nodes)
 
-    task = asyncio.create_task(routes.follow(runtime, dynamic, placed))
+    targets = (
+        Path(settings.prometheus_targets_dir) / SWARM_TARGETS_FILE
+        if settings.prometheus_targets_dir
+        else None
+    )
+    task = asyncio.create_task(routes.follow(runtime, dynamic, placed, targets=targets))
     try:
         yield
     finally:

@@ -1,15 +1,20 @@
 """Routes that follow a runtime's tasks: Traefik discovers the Docker runtime's containers by
 their labels, but not a Swarm task on another node (no routing mesh here, no provider that
 reaches a task's overlay address). The control plane writes the same routes as files instead,
-to the task's node and published port, and removes them when the task stops serving."""
+to the task's node and published port, and removes them when the task stops serving; and, for
+Prometheus, the tasks to scrape (`observability/targets.py`)."""
 
 import asyncio
+import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from rp9_pipelines.domain.routing import ROUTED_PREFIX, routed_files
+from rp9_pipelines.observability.targets import swarm_targets
 from rp9_pipelines.resources.swarm_runtime import Serving
 from rp9_pipelines.resources.traefik_dynamic import TraefikDynamicResource
 
@@ -28,9 +33,12 @@ class Synced:
     placed: dict[str, str]
 
 
-def sync(runtime: Tasks, dynamic: TraefikDynamicResource) -> Synced:
-    """Write the route files of what serves now (only those that changed) and remove the rest."""
+def sync(runtime: Tasks, dynamic: TraefikDynamicResource, targets: Path | None = None) -> Synced:
+    """Write the route files of what serves now (only those that changed) and remove the rest;
+    with `targets`, Prometheus's file of the tasks to scrape, when it changed."""
     served = runtime.serving()
+    if targets is not None:
+        _write_if_changed(targets, json.dumps(swarm_targets(served), indent=1) + "\n")
     wanted: dict[str, dict[str, Any]] = routed_files([(s.name, s.labels, s.url) for s in served])
     written = []
     for name, config in sorted(wanted.items()):
@@ -43,11 +51,22 @@ def sync(runtime: Tasks, dynamic: TraefikDynamicResource) -> Synced:
     return Synced(written, removed, {s.name: s.node for s in served})
 
 
+def _write_if_changed(path: Path, text: str) -> None:
+    """Replace the file at once (Prometheus never reads half of it), unless it says `text`."""
+    if path.is_file() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 async def follow(
     runtime: Tasks,
     dynamic: TraefikDynamicResource,
     placed: Callable[[dict[str, str]], list[str]],
     *,
+    targets: Path | None = None,
     interval_s: float = 1.0,
     log: Callable[[str], None] = logger.info,
 ) -> None:
@@ -58,7 +77,7 @@ async def follow(
     known: dict[str, str] = {}  # the nodes recorded so far: only changes are written
     while True:
         try:
-            synced = await asyncio.to_thread(sync, runtime, dynamic)
+            synced = await asyncio.to_thread(sync, runtime, dynamic, targets)
             changed = {k: v for k, v in synced.placed.items() if known.get(k) != v}
             moved = await asyncio.to_thread(placed, changed) if changed else []
             known = synced.placed

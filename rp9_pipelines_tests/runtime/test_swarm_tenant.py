@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import docker
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -129,6 +130,28 @@ def test_a_tenant_provisioned_on_the_swarm_runs_in_its_region_and_serves_through
     # The webhook's execution runs on the worker (queue mode, Redis on the host) and its
     # answer comes back through the main and the edge.
     assert wait_until(lambda: _served(n8n, path), timeout_s=60, what="the echo through the edge")
+
+
+def test_prometheus_scrapes_the_tenants_tasks_on_their_nodes(
+    settings: Settings, swarm_tenant: dict[str, Any]
+) -> None:
+    """The API writes the tasks as Prometheus targets (its Docker discovery sees only this
+    host): n8n's own metrics of the tenant's main and worker, with their node, under the job
+    the rules, dashboards and autoscaler read."""
+    slug = swarm_tenant["slug"]
+    query = f'up{{job="n8n",tenant="{slug}",node!=""}}'
+
+    def scraped() -> dict[str, str] | None:
+        answer = httpx.get(f"{settings.prometheus_url}/api/v1/query", params={"query": query})
+        found = {
+            r["metric"]["role"]: r["metric"]["node"]
+            for r in answer.json()["data"]["result"]
+            if r["value"][1] == "1"
+        }
+        return found if set(found) == {"main", "worker"} else None
+
+    nodes = wait_until(scraped, timeout_s=60, what=f"Prometheus scraping {slug}'s tasks")
+    assert set(nodes.values()) <= EU, nodes
 
 
 def test_draining_the_node_of_its_main_serves_it_again_from_another_node_losing_nothing(
