@@ -12,7 +12,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 # Every target that talks to the stack runs with its environment (generated secrets included).
 WITH_ENV := set -a && source .stack/env && set +a &&
 
-.PHONY: bench-autoscale bench-backup bench-load bench-promote bench-provision bench-upgrade bench-usage demo-credentials help install stack-up stack-down stack-status swarm-up swarm-down swarm-status swarm-verify migrate lint format test test-fast test-swarm dev api dagster validate-production
+.PHONY: bench-autoscale bench-backup bench-load bench-promote bench-provision bench-upgrade bench-usage demo-credentials help install stack-up stack-down stack-status swarm-up swarm-down swarm-status swarm-verify swarm-images migrate lint format test test-fast test-swarm dev api dagster validate-production
 
 help:
 	@echo "make dev          platform up on embedded defaults: stack, migrations, Dagster UI, API"
@@ -22,7 +22,7 @@ help:
 	@echo "make validate-production  check deploy/production offline (compose config, promtool, structure)"
 	@echo "make stack-up     start the local stack (idempotent); stack-down stops it"
 	@echo "make swarm-up     a 4-node Docker Swarm on this machine (DinD; idempotent); swarm-down removes it"
-	@echo "make test-swarm   the runtime contract on Docker and on the Swarm, placement, node drain"
+	@echo "make test-swarm   the runtime contract on Docker and on the Swarm, placement, node drain and loss, a tenant's flows on the Swarm"
 	@echo "make bench-provision  POST /tenants → first webhook vs. a bare docker run (TENANTS=5; RUNTIME=swarm)"
 	@echo "make bench-backup     backup to S3 vs. pg_dump -Fc to a file, 200 MB of executions (MB=200); drill RTO"
 	@echo "make bench-autoscale  autoscaler: second worker, 200-execution drain vs 1 worker, tick at 1k/5k tenants"
@@ -85,8 +85,16 @@ swarm-status:
 swarm-verify: swarm-up
 	bash $(SWARM) verify
 
-# The runtime contract on both runtimes, and placement and node loss on the Swarm.
-test-swarm: migrate swarm-up
+# The upgrade versions' images on every worker too, for upgrades on the Swarm (build.sh waits for
+# stack.sh's background build of a version, or finds it built).
+swarm-images: swarm-up
+	$(WITH_ENV) for v in $$N8N_UPGRADE_VERSIONS; do \
+	  bash deploy/images/n8n/build.sh "$$v" "$$N8N_IMAGE" && bash $(SWARM) images "$$N8N_IMAGE:$$v" || exit 1; \
+	done
+
+# The runtime contract on both runtimes, and placement, node loss and the platform's flows on the
+# Swarm.
+test-swarm: migrate swarm-images
 	$(WITH_SWARM) $(BIN)/pytest -q --durations=10 rp9_pipelines_tests/runtime
 
 test: lint migrate

@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from rp9_pipelines.catalog.tables import backups
+from rp9_pipelines.catalog.tenants import set_quota
 from rp9_pipelines.domain.backups import region_buckets
 from rp9_pipelines.domain.tenants import TenantNames
 from rp9_pipelines.resources.s3 import S3Resource
@@ -362,6 +363,34 @@ def test_a_restore_drill_on_the_swarm_passes_and_leaves_nothing(
     assert swarm.state(drill["sandbox"]) is None
     owned = {"label": f"io.rp9.secret-owner={drill['sandbox']}"}
     assert swarm.client().secrets.list(filters=owned) == []
+
+
+def test_a_changed_concurrency_quota_reaches_the_worker_on_its_node(
+    settings: Settings, api: Api, swarm_tenant: dict[str, Any], n8n: TenantN8n
+) -> None:
+    """Enforcement on the Swarm: an entitlement's concurrency reaches the worker's service (its
+    task restarts with the new command) and the tenant serves on; the next run, reading the
+    running task's command through its node's engine, finds nothing to do."""
+    swarm = _swarm()
+    slug = swarm_tenant["slug"]
+    path, _ = _serving_main(swarm, n8n, slug, "quota")
+
+    def worker_service() -> Any:
+        (worker,) = [s for s in swarm.states(slug) if s.role == "worker"]
+        return swarm.client().services.get(worker.name)
+
+    before = worker_service().attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Args"]
+    assert before[-1] != "--concurrency=2", before
+    engine = sa.create_engine(sqlalchemy_url(settings.database_url), poolclass=sa.NullPool)
+    with engine.begin() as connection:
+        set_quota(connection, uuid.UUID(swarm_tenant["id"]), "stripe", {"concurrency": 2})
+    _run(api, "/enforcement/run", {"tenants": [slug]})
+    service = worker_service()
+    assert service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Args"][-1] == "--concurrency=2"
+    assert all(s.health == "healthy" and s.node in EU for s in swarm.states(slug))
+    wait_until(lambda: _served(n8n, path), timeout_s=60, what="the echo after the new quota")
+    _run(api, "/enforcement/run", {"tenants": [slug]})
+    assert worker_service().attrs["Version"]["Index"] == service.attrs["Version"]["Index"]
 
 
 def test_a_promotion_on_the_swarm_moves_the_tenant_to_its_database_failing_no_request(
