@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from rp9_pipelines.resources.n8n_data import N8nDataResource
+from rp9_pipelines.resources.s3 import S3Resource
 from rp9_pipelines.settings import Settings, sqlalchemy_url
 from rp9_pipelines_tests.waiting import wait_until
 from testing.dagster_db import dagster_database
@@ -75,6 +76,18 @@ def admin_engine(settings: Settings) -> Iterator[sa.Engine]:
         connection.execute(sa.text("SELECT 1"))
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def s3(settings: Settings) -> S3Resource:
+    """The S3 server, at the platform's default bucket."""
+    return S3Resource(
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        bucket=settings.s3_bucket,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+    )
 
 
 @pytest.fixture(scope="session")

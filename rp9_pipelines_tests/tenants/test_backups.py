@@ -39,17 +39,6 @@ def catalog(settings: Settings) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def s3(settings: Settings) -> S3Resource:
-    return S3Resource(
-        endpoint_url=settings.s3_endpoint_url,
-        region=settings.s3_region,
-        bucket=settings.s3_bucket,
-        access_key_id=settings.s3_access_key_id,
-        secret_access_key=settings.s3_secret_access_key.get_secret_value(),
-    )
-
-
 def add_credential(n8n: TenantN8n) -> str:
     created = n8n.http.post(
         "/api/v1/credentials",
