@@ -10,6 +10,21 @@ import dagster as dg
 import yaml
 
 
+def write_atomically(target: Path, text: str) -> None:
+    """Write (or replace) `target` with `text`: a temporary file beside it, then a rename, so a
+    watcher (Traefik, Prometheus's file discovery) never reads half of it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(descriptor, "w") as out:
+            out.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 class TraefikDynamicResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     directory: str
 
@@ -19,18 +34,9 @@ class TraefikDynamicResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         return Path(self.directory) / f"{name}.yml"
 
     def write(self, name: str, config: dict[str, Any]) -> Path:
-        """Write (or replace) `<name>.yml`: a temporary file beside it, then a rename."""
+        """Write (or replace) `<name>.yml`, atomically."""
         target = self.path(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(descriptor, "w") as out:
-                yaml.safe_dump(config, out, sort_keys=True)
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomically(target, yaml.safe_dump(config, sort_keys=True))
         return target
 
     def read(self, name: str) -> dict[str, Any] | None:

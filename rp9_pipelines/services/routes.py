@@ -7,7 +7,6 @@ Prometheus, the tasks to scrape (`observability/targets.py`)."""
 import asyncio
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any, Protocol
 from rp9_pipelines.domain.routing import ROUTED_PREFIX, routed_files
 from rp9_pipelines.observability.targets import swarm_targets
 from rp9_pipelines.resources.swarm_runtime import Serving
-from rp9_pipelines.resources.traefik_dynamic import TraefikDynamicResource
+from rp9_pipelines.resources.traefik_dynamic import TraefikDynamicResource, write_atomically
 
 logger = logging.getLogger("rp9.routes")
 
@@ -52,13 +51,9 @@ def sync(runtime: Tasks, dynamic: TraefikDynamicResource, targets: Path | None =
 
 
 def _write_if_changed(path: Path, text: str) -> None:
-    """Replace the file at once (Prometheus never reads half of it), unless it says `text`."""
-    if path.is_file() and path.read_text() == text:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
+    """Replace the file atomically, unless it already says `text`."""
+    if not (path.is_file() and path.read_text() == text):
+        write_atomically(path, text)
 
 
 async def follow(

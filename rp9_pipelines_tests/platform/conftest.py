@@ -16,16 +16,6 @@ __all__ = ["api", "runtime", "vault"]
 
 
 @pytest.fixture(scope="session")
-def s3(settings: Settings) -> S3Resource:
-    return S3Resource(
-        endpoint_url=settings.s3_endpoint_url,
-        bucket=settings.s3_bucket,
-        access_key_id=settings.s3_access_key_id,
-        secret_access_key=settings.s3_secret_access_key.get_secret_value(),
-    )
-
-
-@pytest.fixture(scope="session")
 def backup_resources(
     settings: Settings, vault: VaultResource, s3: S3Resource
 ) -> PlatformBackupResources:

@@ -542,17 +542,6 @@ def _backup(tenant: dict[str, Any]) -> dg.ExecuteInProcessResult:
     )
 
 
-@pytest.fixture(scope="module")
-def s3(settings: Settings) -> S3Resource:
-    return S3Resource(
-        endpoint_url=settings.s3_endpoint_url,
-        region=settings.s3_region,
-        bucket=settings.s3_bucket,
-        access_key_id=settings.s3_access_key_id,
-        secret_access_key=settings.s3_secret_access_key.get_secret_value(),
-    )
-
-
 def test_shadowed_functions_and_operators_never_run_in_the_platforms_reads_backups_or_restores(
     settings: Settings,
     admin_engine: sa.Engine,
