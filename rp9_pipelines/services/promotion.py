@@ -58,6 +58,7 @@ BOOT_TIMEOUT_S = 180.0
 OPEN_TO_LIFT = 10
 READINESS_PATH = "/healthz/readiness"
 BACKLOG_TIMEOUT_S = 120.0
+HOLDING_TIMEOUT_S = 5.0
 
 
 class PromotionResources(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -322,12 +323,29 @@ def release(r: PromotionResources, tenant: Tenant) -> float:
 
 def _holding(url: str, tenant: Tenant) -> dict[str, int] | None:
     """What the holder at `url` has of the tenant's requests; None: it is gone (and with it
-    what it held)."""
+    what it held). A holder too busy to answer within `HOLDING_TIMEOUT_S` (sending on a
+    released backlog of hundreds) is not gone: it still has them (`httpx.TimeoutException`)."""
     try:
-        answer = httpx.get(f"{url}{HOLDING_PATH}/{tenant.id}", timeout=3)
+        answer = httpx.get(f"{url}{HOLDING_PATH}/{tenant.id}", timeout=HOLDING_TIMEOUT_S)
+    except httpx.TimeoutException:
+        raise
     except httpx.HTTPError:
         return None
     return answer.json() if answer.status_code == 200 else None
+
+
+def _holder_has(url: str, tenant: Tenant, what: str, at_most: int) -> Callable[[], bool]:
+    """Whether the holder at `url` has at most `at_most` of the tenant's requests `what`
+    (`open`, `unrouted`); one gone has none, one too busy to say has them still."""
+
+    def check() -> bool:
+        try:
+            state = _holding(url, tenant) if url else None
+        except httpx.TimeoutException:
+            return False
+        return state is None or state.get(what, 0) <= at_most
+
+    return check
 
 
 def end_release(r: PromotionResources, tenant: Tenant) -> None:
@@ -340,10 +358,7 @@ def end_release(r: PromotionResources, tenant: Tenant) -> None:
     name = hold_name(tenant.slug)
     url = service_url(r.traefik_dynamic.read(name) or {}, name).rstrip("/")
 
-    def few_open() -> bool:
-        state = _holding(url, tenant) if url else None
-        return state is None or state.get("open", 0) <= OPEN_TO_LIFT
-
+    few_open = _holder_has(url, tenant, "open", OPEN_TO_LIFT)
     with contextlib.suppress(TimeoutError):  # a backlog that lasts: the limits apply again
         wait_for(f"the backlog of {tenant.slug}", few_open, BACKLOG_TIMEOUT_S)
     # What arrives from now on takes the tenant's own route (a main released to before Docker
@@ -357,10 +372,7 @@ def end_release(r: PromotionResources, tenant: Tenant) -> None:
         ROUTE_TIMEOUT_S,
     )
 
-    def sent_on() -> bool:
-        state = _holding(url, tenant) if url else None
-        return state is None or state.get("unrouted", 0) == 0
-
+    sent_on = _holder_has(url, tenant, "unrouted", 0)
     wait_for(f"the holder kept requests of {tenant.slug}", sent_on, ROUTE_TIMEOUT_S)
     r.traefik_dynamic.remove(release_name(tenant.slug))
 
