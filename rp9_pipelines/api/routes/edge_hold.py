@@ -9,8 +9,9 @@ answer comes back as n8n gave it. A request that carries `HELD_HEADER` here came
 release route): it, and a request held past `HOLD_LIMIT_S`, is answered 503 with `Retry-After`,
 as the fallback answers. No Bearer token: these are the tenant's visitors.
 
-However many requests wait, the catalog is asked about a tenant's hold at most every `POLL_S`
-(one look-up serves every waiter), from the fallback's few threads.
+However many requests wait, one of them asks the catalog about the tenant's hold every
+`POLL_S`, from the fallback's few threads; the others sleep until it sees the release (or, at
+most `FOLLOW_S` later, take its place if it went): hundreds of held requests cost no CPU.
 """
 
 import logging
@@ -40,6 +41,7 @@ from rp9_pipelines.domain.routing import HELD_HEADER, HOLD_PATH, HOLDING_PATH, U
 # rather than a 503.
 HOLD_LIMIT_S = 50.0
 POLL_S = 0.1
+FOLLOW_S = 1.0
 MAX_HELD = 2000
 MAX_BODY_BYTES = 16 * 1024 * 1024  # n8n's own limit (N8N_PAYLOAD_SIZE_MAX)
 # Headers of one hop only (RFC 9110 §7.6.1), and what is recomputed for the next one.
@@ -61,12 +63,21 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["hold"], include_in_schema=False)
 
 
-class _Holds:
-    """This process's view of the tenants' holds: when each was last asked, and the answer."""
+class _Watch:
+    """One hold of a tenant as this process waits on it: `released` is set, with the hold's
+    `token`, once the catalog says so; whoever holds `polling` asks it."""
 
     def __init__(self) -> None:
-        self.checked: dict[uuid.UUID, tuple[float, bool, str]] = {}
-        self.locks: dict[uuid.UUID, anyio.Lock] = {}
+        self.released = anyio.Event()
+        self.token = ""
+        self.polling = anyio.Lock()
+
+
+class _Holds:
+    """This process's view of the tenants' holds, and the requests it has of each."""
+
+    def __init__(self) -> None:
+        self.watches: dict[uuid.UUID, _Watch] = {}
         self.held = 0
         # Requests of each tenant here whose way on Traefik has not chosen yet (waiting, or sent
         # without an answer's headers): the release route stays until none is left.
@@ -95,18 +106,36 @@ def _held(engine: sa.Engine, host: str, base_domain: str) -> tuple[uuid.UUID, bo
     return row.id, row.held_at is not None and row.released_at is None, row.token or ""
 
 
-async def _still_held(
-    engine: sa.Engine, host: str, tenant_id: uuid.UUID, base: str
-) -> tuple[bool, str]:
-    """Whether the tenant's requests are still held, and the hold's token."""
-    lock = _holds.locks.setdefault(tenant_id, anyio.Lock())
-    async with lock:
-        at, held, token = _holds.checked.get(tenant_id, (0.0, True, ""))
-        if time.monotonic() - at >= POLL_S:
-            found = await run_lookup(_held, engine, host, base)
-            held, token = (found[1], found[2]) if found is not None else (False, "")
-            _holds.checked[tenant_id] = (time.monotonic(), held, token)
-        return held, token
+def _watch(tenant_id: uuid.UUID) -> _Watch:
+    """The watch of the tenant's current hold (a new one once the last was released)."""
+    watch = _holds.watches.get(tenant_id)
+    if watch is None or watch.released.is_set():
+        watch = _holds.watches[tenant_id] = _Watch()
+    return watch
+
+
+async def _released(
+    engine: sa.Engine, host: str, watch: _Watch, deadline: float, base: str
+) -> str | None:
+    """The hold's token once it is released; None past `deadline`. One waiter polls the
+    catalog; the others wait for it (and one of them polls once it stops)."""
+    while not watch.released.is_set():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        if watch.polling.locked():
+            with anyio.move_on_after(min(FOLLOW_S, remaining)):
+                await watch.released.wait()
+            continue
+        async with watch.polling:
+            while time.monotonic() < deadline:
+                found = await run_lookup(_held, engine, host, base)
+                if found is None or not found[1]:
+                    watch.token = found[2] if found is not None else ""
+                    watch.released.set()
+                    break
+                await anyio.sleep(POLL_S)
+    return watch.token
 
 
 def _client() -> httpx.AsyncClient:
@@ -156,10 +185,9 @@ async def held_request(request: Request, engine: EngineDep, settings: SettingsDe
         if len(body) > MAX_BODY_BYTES:
             return Response(status_code=413)
         found = await run_lookup(_held, engine, host, settings.base_domain)
-        token = found[2] if found is not None else ""
         if found is None:
-            return await _send_on(request, body, settings.traefik_url, token, lambda: None)
-        tenant_id = found[0]
+            return await _send_on(request, body, settings.traefik_url, "", lambda: None)
+        tenant_id, held, token = found
         _holds.unrouted[tenant_id] = _holds.unrouted.get(tenant_id, 0) + 1
         _holds.open[tenant_id] = _holds.open.get(tenant_id, 0) + 1
         counted = True
@@ -171,15 +199,14 @@ async def held_request(request: Request, engine: EngineDep, settings: SettingsDe
                 _holds.unrouted[tenant_id] -= 1
 
         try:
-            deadline = time.monotonic() + HOLD_LIMIT_S
-            while True:
-                held, token = await _still_held(engine, host, tenant_id, settings.base_domain)
-                if not held:
-                    break
-                if time.monotonic() > deadline:
+            if held:
+                deadline = time.monotonic() + HOLD_LIMIT_S
+                watch = _watch(tenant_id)
+                released = await _released(engine, host, watch, deadline, settings.base_domain)
+                if released is None:
                     log.warning("hold of %s outlasted %s s: answered 503", host, HOLD_LIMIT_S)
                     return _answer(request, TIMED_OUT)
-                await anyio.sleep(POLL_S)
+                token = released
             return await _send_on(request, body, settings.traefik_url, token, routed)
         finally:
             routed()
