@@ -111,16 +111,14 @@ def test_a_promotion_under_20_webhooks_a_second_fails_no_request_and_runs_each_o
     assert {"hold_s", "catch_up_s"} <= figures.keys(), figures
     # Every request answered 2xx, none lost, none run twice.
     assert len(load.answers) >= 40
-    assert not load.failures(), "\n".join(
-        [str(load.failures()), *load.timeline(), str(promotion["steps"])]
-    )
+    assert not load.failures(), "\n".join([load.report(), str(promotion["steps"])])
     dedicated = TenantNames(slug, "dedicated")
     ran = executions_by_id(settings, dedicated, load.token)
     assert set(ran) == set(load.answers), (len(ran), len(load.answers))
     assert max(ran.values()) == 1, [i for i, n in ran.items() if n > 1][:5]
     echoed = promoted.echoed
     assert len(echoed.answers) >= 2
-    assert not echoed.failures(), echoed.timeline()
+    assert not echoed.failures(), echoed.report()
     assert executions_by_id(settings, dedicated, echoed.token) == Counter(set(echoed.answers))
     # The schedule never fired twice in a minute.
     # ...and fires on the dedicated side after the switch (every minute, at a second of its own).
@@ -179,9 +177,7 @@ def test_a_promoted_tenant_goes_back_to_its_shared_schema_and_then_it_is_removed
     assert (tenant["tier"], tenant["status"]) == ("shared", "active"), tenant
     assert back["status"] == "rolled_back", back
     assert back["figures"]["executions_left_behind"] >= 1, back["figures"]
-    assert not load.failures(), "\n".join(
-        [str(load.failures()), *load.timeline(), str(back["steps"])]
-    )
+    assert not load.failures(), "\n".join([load.report(), str(back["steps"])])
     # Each request ran once: on the dedicated side until its freeze (left behind there), on
     # the shared side after.
     ran = executions_by_id(settings, TenantNames(slug, "shared"), load.token)

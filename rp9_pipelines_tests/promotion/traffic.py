@@ -34,6 +34,9 @@ class Load:
     answers: dict[str, int] = field(default_factory=dict)
     # (sent at, epoch seconds; seconds to the answer; status), one per request.
     calls: list[tuple[float, float, int]] = field(default_factory=list)
+    # Each failure's status and who answered it (the error code of a JSON answer, else the
+    # start of its body): the holder's, the fallback's and Traefik's 503s differ.
+    reasons: Counter[str] = field(default_factory=Counter)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
@@ -54,11 +57,17 @@ class Load:
 
             def call(ident: str) -> None:
                 sent, began = time.time(), time.monotonic()
+                reason = ""
                 try:
-                    status = http.post(f"/webhook/{self.path}", json={"id": ident}).status_code
-                except httpx.HTTPError:
-                    status = 0
+                    answer = http.post(f"/webhook/{self.path}", json={"id": ident})
+                    status = answer.status_code
+                    if not 200 <= status < 300:
+                        reason = _reason(answer)
+                except httpx.HTTPError as error:
+                    status, reason = 0, type(error).__name__
                 with lock:
+                    if reason:
+                        self.reasons[f"{status} {reason}"] += 1
                     self.answers[ident] = status
                     self.calls.append((sent, time.monotonic() - began, status))
 
@@ -72,6 +81,10 @@ class Load:
 
     def failures(self) -> Counter[int]:
         return Counter(s for s in self.answers.values() if not 200 <= s < 300)
+
+    def report(self) -> str:
+        """The failures, who answered them, and the timeline: a failed assertion's message."""
+        return "\n".join([str(self.failures()), str(self.reasons), *self.timeline()])
 
     def timeline(self) -> list[str]:
         """Each second of sending with a failure or an answer slower than 2 s: requests sent,
@@ -89,6 +102,14 @@ class Load:
             for s, calls in sorted(seconds.items())
             if any(c[0] > 2 or not 200 <= c[1] < 300 for c in calls)
         ]
+
+
+def _reason(answer: httpx.Response) -> str:
+    try:
+        error = answer.json().get("error")
+    except ValueError:
+        return answer.text[:40].strip()
+    return str(error.get("code")) if isinstance(error, dict) else answer.text[:40].strip()
 
 
 def install(n8n: TenantN8n, body: dict[str, Any]) -> str:

@@ -181,7 +181,7 @@ def test_a_tenant_upgraded_under_20_webhooks_a_second_fails_no_request_and_runs_
         if steps["holding"].timestamp() - 1 <= sent <= steps["switched"].timestamp()
     ]
     failed = load.failures()
-    why = "\n".join([str(failed), *load.timeline(), str(upgrade_row["steps"])])
+    why = "\n".join([load.report(), str(upgrade_row["steps"])])
     assert held, why
     assert all(200 <= status < 300 for status in held), why
     assert set(failed) <= {503}, why
@@ -244,7 +244,7 @@ def test_an_upgraded_tenant_is_rolled_back_through_the_api_and_says_what_stays_b
     assert back["status"] == "rolled_back", back
     assert back["figures"]["executions_left_behind"] >= 1, back["figures"]
     assert back["figures"]["rollback_s"] < 60, back["figures"]
-    assert not load.failures(), "\n".join([str(load.failures()), *load.timeline()])
+    assert not load.failures(), load.report()
     now = api.get(f"/tenants/{slug}").json()
     assert (now["status"], now["n8n_version"]) == ("active", OLD), now
     assert set(_versions(runtime, slug).values()) == {OLD}
