@@ -119,7 +119,9 @@ class DockerRuntimeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     def _tenant_containers(self, client: docker.DockerClient, tenant: str) -> list[Container]:
         filters = {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_TENANT}={tenant}"]}
-        return list(client.containers.list(all=True, filters=filters))
+        # A container removed between the listing and its inspection (a scale-down's drain,
+        # another run) is not there: not an error.
+        return list(client.containers.list(all=True, filters=filters, ignore_removed=True))
 
     def observe(self, tenant: str) -> list[Observed]:
         client = self.client()

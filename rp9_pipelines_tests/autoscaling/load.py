@@ -23,6 +23,8 @@ from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.defs.autoscaling.sensor import SENSOR_NAME
 from rp9_pipelines.domain.tenants import TenantNames
 from rp9_pipelines.resources.redis_queue import RedisResource
+from rp9_pipelines.resources.swarm_runtime import SwarmRuntimeResource
+from rp9_pipelines.resources.tenant_runtime import runtime_from_settings
 from rp9_pipelines.settings import Settings, sqlalchemy_url
 from rp9_pipelines_tests.api_client import Api
 from rp9_pipelines_tests.conftest import BIN, ROOT, Served, free_port, serve
@@ -72,11 +74,13 @@ def provision(api: Api, settings: Settings, slug: str) -> dict[str, Any]:
 
 
 def _worker_has_concurrency(settings: Settings, slug: str) -> bool:
-    client = docker.DockerClient(base_url=settings.docker_host)
-    try:
-        command = client.api.inspect_container(f"rp9-{slug}-blue-worker-1")["Config"]["Cmd"]
-    finally:
-        client.close()
+    runtime = runtime_from_settings(settings)
+    name = f"rp9-{slug}-blue-worker-1"
+    if isinstance(runtime, SwarmRuntimeResource):  # the service's, which its task runs
+        spec = runtime.client().services.get(name).attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
+        command = [*spec.get("Command", []), *spec.get("Args", [])]
+    else:
+        command = runtime.client().api.inspect_container(name)["Config"]["Cmd"]
     return f"--concurrency={CONCURRENCY}" in command
 
 
@@ -168,15 +172,10 @@ def executions(settings: Settings, names: TenantNames, workflow_id: str) -> Exec
 
 
 def first_execution_on(settings: Settings, container: str, since: float) -> float | None:
-    """When `container` (a worker) started its first execution after `since` (epoch s)."""
-    client = docker.DockerClient(base_url=settings.docker_host)
-    try:
-        raw = client.containers.get(container).logs(timestamps=True, since=int(since))
-    except docker.errors.NotFound:
-        return None
-    finally:
-        client.close()
-    for line in raw.decode(errors="replace").splitlines():
+    """When `container` (a worker: a container, or a Swarm service's running task) started its
+    first execution after `since` (epoch s)."""
+    raw = runtime_from_settings(settings).logs(container, tail="all", timestamps=True)
+    for line in raw.splitlines():
         stamp, _, text = line.partition(" ")
         if "Worker started execution" in text:
             # RFC 3339 with nanoseconds; Python reads microseconds.
@@ -221,8 +220,9 @@ class Sample:
 
 @dataclass
 class Watch:
-    """Samples a tenant's queue (Redis) and healthy workers (Docker) every half second, and asks
-    its address through Traefik (`/healthz`) each time: `edge` counts the answers by status."""
+    """Samples a tenant's queue (Redis) and healthy workers (its runtime's) every half second,
+    and asks its address through Traefik (`/healthz`) each time: `edge` counts the answers by
+    status."""
 
     settings: Settings
     names: TenantNames
@@ -232,17 +232,14 @@ class Watch:
 
     def run(self) -> None:
         redis = RedisResource(redis_url=self.settings.redis_url)
-        client = docker.DockerClient(base_url=self.settings.docker_host)
+        runtime = runtime_from_settings(self.settings)
         host = self.names.host(self.settings.base_domain)
         http = httpx.Client(base_url=self.settings.traefik_url, headers={"Host": host}, timeout=10)
-        filters = {"label": [f"io.rp9.tenant={self.names.slug}", "io.rp9.role=worker"]}
         try:
             while not self._stop.is_set():
                 queue = redis.queue_snapshots([self.names.bull_prefix])[self.names.bull_prefix]
-                # One listing, no inspect per container: a worker removed between a list and an
-                # inspect (a scale-down) would raise NotFound and end the watch.
-                listed = client.api.containers(filters=filters)
-                healthy = sum(1 for c in listed if "(healthy)" in c.get("Status", ""))
+                states = runtime.states(self.names.slug)
+                healthy = sum(1 for c in states if c.role == "worker" and c.health == "healthy")
                 self.samples.append(Sample(time.time(), queue.waiting, queue.active, healthy))
                 try:
                     self.edge[http.get("/healthz").status_code] += 1
@@ -251,7 +248,6 @@ class Watch:
                 self._stop.wait(0.5)
         finally:
             http.close()
-            client.close()
 
     @contextmanager
     def running(self) -> Iterator["Watch"]:

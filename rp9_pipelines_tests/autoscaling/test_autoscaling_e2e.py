@@ -126,6 +126,14 @@ def test_a_removed_worker_finishes_its_executions_before_it_goes(
 def test_the_autoscaler_scales_a_backlog_up_and_back_down_losing_nothing(
     settings: Settings, api: Api, vault: VaultResource, tenant: dict[str, Any]
 ) -> None:
+    scale_a_backlog_up_and_back_down(settings, api, vault, tenant)
+
+
+def scale_a_backlog_up_and_back_down(
+    settings: Settings, api: Api, vault: VaultResource, tenant: dict[str, Any]
+) -> None:
+    """The autoscaler's whole story on `tenant` (`load.provision`), on whichever runtime the
+    settings name (`runtime/test_swarm_tenant.py` runs it on the Swarm)."""
     slug = tenant["slug"]
     n8n = TenantN8n(settings, vault, tenant)
     names = n8n.names

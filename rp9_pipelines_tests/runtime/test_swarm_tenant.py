@@ -26,6 +26,8 @@ from rp9_pipelines.resources.swarm_runtime import SwarmRuntimeResource
 from rp9_pipelines.resources.vault import VaultResource
 from rp9_pipelines.settings import Settings, sqlalchemy_url
 from rp9_pipelines_tests.api_client import Api
+from rp9_pipelines_tests.autoscaling import load as autoscaling_load
+from rp9_pipelines_tests.autoscaling.test_autoscaling_e2e import scale_a_backlog_up_and_back_down
 from rp9_pipelines_tests.n8n_workflows import echo_webhook
 from rp9_pipelines_tests.promotion.traffic import Load, executions_by_id, install, run_under_load
 from rp9_pipelines_tests.runtime.test_contract import BOOT_S, _swarm
@@ -411,7 +413,7 @@ def test_a_promotion_on_the_swarm_moves_the_tenant_to_its_database_failing_no_re
         f" {len(load.answers)} requests, failures {dict(load.failures())};"
         f" {sum(ran.values())} executions on the dedicated side"
     )
-    assert load.failures() == {}, load.timeline()
+    assert load.failures() == {}, load.report()
     assert [i for i in answered if ran[i] != 1] == [], load.timeline()
     assert wait_until(lambda: _served(n8n, path), timeout_s=60, what="the promoted echo")
 
@@ -433,4 +435,27 @@ def test_an_upgrade_on_the_swarm_serves_the_tenant_again_failing_no_request(
     assert api.get(f"/tenants/{swarm_tenant['id']}").json()["n8n_version"] == "2.22.6"
     assert wait_until(lambda: _served(n8n, path), timeout_s=60, what="the upgraded echo")
     print(f"\nupgrade on the Swarm: {len(load.answers)} requests, {dict(load.failures())} failed")
-    assert load.failures() == {}, load.timeline()
+    assert load.failures() == {}, load.report()
+
+
+def test_the_autoscaler_scales_a_backlog_on_the_swarm_up_and_back_down_losing_nothing(
+    settings: Settings, api: Api, vault: VaultResource
+) -> None:
+    """The autoscaler, unchanged, on the Swarm: the Docker test's whole story (a 200-execution
+    backlog scales a pro tenant's worker services up to 4 and, after the window, back to 1; every
+    execution succeeds, the edge answers 200 throughout, the signals' sources agree)."""
+    if settings.tenant_stack.runtime != "swarm":
+        pytest.fail("TENANT_RUNTIME is not swarm: run these tests with `make test-swarm`")
+    slug = unique_slug("sa")
+    tenant = autoscaling_load.provision(api, settings, slug)
+    try:
+        scale_a_backlog_up_and_back_down(settings, api, vault, tenant)
+    finally:
+        response = api.request("DELETE", f"/tenants/{slug}?purge=true")
+        assert response.status_code == 202, response.text
+        assert api.wait_run(response.json()["run_id"])["status"] == "SUCCESS"
+    assert wait_until(
+        lambda: not _left_on_swarm(_swarm(), slug) or None,
+        timeout_s=60,
+        what=f"nothing of {slug} on the Swarm",
+    )
