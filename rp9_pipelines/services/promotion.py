@@ -321,29 +321,22 @@ def release(r: PromotionResources, tenant: Tenant) -> float:
     return time.monotonic() - started
 
 
-def _holding(url: str, tenant: Tenant) -> dict[str, int] | None:
-    """What the holder at `url` has of the tenant's requests; None: it is gone (and with it
-    what it held). A holder too busy to answer within `HOLDING_TIMEOUT_S` (sending on a
-    released backlog of hundreds) is not gone: it still has them (`httpx.TimeoutException`)."""
-    try:
-        answer = httpx.get(f"{url}{HOLDING_PATH}/{tenant.id}", timeout=HOLDING_TIMEOUT_S)
-    except httpx.TimeoutException:
-        raise
-    except httpx.HTTPError:
-        return None
-    return answer.json() if answer.status_code == 200 else None
-
-
 def _holder_has(url: str, tenant: Tenant, what: str, at_most: int) -> Callable[[], bool]:
     """Whether the holder at `url` has at most `at_most` of the tenant's requests `what`
-    (`open`, `unrouted`); one gone has none, one too busy to say has them still."""
+    (`open`, `unrouted`). One gone (no URL, refused, not answering 200) has none, and with it
+    went what it held; one too busy to answer within `HOLDING_TIMEOUT_S` (sending on a released
+    backlog of hundreds) has them still."""
 
     def check() -> bool:
+        if not url:
+            return True
         try:
-            state = _holding(url, tenant) if url else None
+            answer = httpx.get(f"{url}{HOLDING_PATH}/{tenant.id}", timeout=HOLDING_TIMEOUT_S)
         except httpx.TimeoutException:
             return False
-        return state is None or state.get(what, 0) <= at_most
+        except httpx.HTTPError:
+            return True
+        return answer.status_code != 200 or answer.json().get(what, 0) <= at_most
 
     return check
 

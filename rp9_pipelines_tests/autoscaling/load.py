@@ -23,7 +23,6 @@ from rp9_pipelines.catalog import tenants as catalog
 from rp9_pipelines.defs.autoscaling.sensor import SENSOR_NAME
 from rp9_pipelines.domain.tenants import TenantNames
 from rp9_pipelines.resources.redis_queue import RedisResource
-from rp9_pipelines.resources.swarm_runtime import SwarmRuntimeResource
 from rp9_pipelines.resources.tenant_runtime import runtime_from_settings
 from rp9_pipelines.settings import Settings, sqlalchemy_url
 from rp9_pipelines_tests.api_client import Api
@@ -74,14 +73,15 @@ def provision(api: Api, settings: Settings, slug: str) -> dict[str, Any]:
 
 
 def _worker_has_concurrency(settings: Settings, slug: str) -> bool:
-    runtime = runtime_from_settings(settings)
-    name = f"rp9-{slug}-blue-worker-1"
-    if isinstance(runtime, SwarmRuntimeResource):  # the service's, which its task runs
-        spec = runtime.client().services.get(name).attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
-        command = [*spec.get("Command", []), *spec.get("Args", [])]
-    else:
-        command = runtime.client().api.inspect_container(name)["Config"]["Cmd"]
-    return f"--concurrency={CONCURRENCY}" in command
+    """Whether the tenant's running workers have `CONCURRENCY` job slots: their containers'
+    command, on whichever engines run them (as enforcement reads it)."""
+    filters = {"label": [f"io.rp9.tenant={slug}", "io.rp9.role=worker"]}
+    commands = [
+        str(container.attrs.get("Command", ""))
+        for client in runtime_from_settings(settings).engines()
+        for container in client.containers.list(sparse=True, filters=filters)
+    ]
+    return bool(commands) and all(f"--concurrency={CONCURRENCY}" in c for c in commands)
 
 
 def install(n8n: TenantN8n, workflow: dict[str, Any]) -> str:
