@@ -58,6 +58,8 @@ from rp9_pipelines.services.tenants import Conflict, Launcher
 Log = Callable[[str], None]
 # A drill takes minutes; one still `running` after this lost its run.
 STALE_DRILL = dt.timedelta(hours=2)
+# How long a canary asks again an n8n that answers 503 (its database ping late, not an error).
+UNAVAILABLE_RETRY_S = 30.0
 
 # n8n's own CLI in the sandbox reads what it restored. The decrypted credentials never leave
 # the container: only their count does, and the file goes when the command ends.
@@ -265,19 +267,30 @@ def run_canary(
     of what a failing canary does."""
     nonce = secrets.token_hex(8)
     with httpx.Client(base_url=base_url, headers={"X-N8N-API-KEY": api_key}, timeout=30) as http:
-        created = http.post("/api/v1/workflows", json=canary_workflow(path))
+
+        def post(url: str, **kwargs: Any) -> httpx.Response:
+            """n8n's 503 says its database did not answer its last ping in time (a sandbox
+            booted in the background on busy cores): asked again, within a deadline."""
+            deadline = time.monotonic() + UNAVAILABLE_RETRY_S
+            while True:
+                answer = http.post(url, **kwargs)
+                if answer.status_code != 503 or time.monotonic() > deadline:
+                    return answer
+                time.sleep(1)
+
+        created = post("/api/v1/workflows", json=canary_workflow(path))
         if created.status_code != 200:
             detail = f"public API refused the canary workflow: HTTP {created.status_code}"
             return Check("canary_execution", False, detail), None
         workflow_id = str(created.json()["id"])
         try:
-            activated = http.post(f"/api/v1/workflows/{workflow_id}/activate")
+            activated = post(f"/api/v1/workflows/{workflow_id}/activate")
             if activated.status_code != 200:
                 detail = f"canary activation refused: HTTP {activated.status_code}"
                 return Check("canary_execution", False, detail), workflow_id
             deadline = time.monotonic() + 15
             while True:
-                answer = http.post(f"/webhook/{path}", json={"nonce": nonce})
+                answer = post(f"/webhook/{path}", json={"nonce": nonce})
                 if answer.status_code != 404 or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)  # the webhook registers as the activation settles
