@@ -16,7 +16,6 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -412,17 +411,15 @@ def freeze(
     # queued: milliseconds) finishes within the timeout. n8n's own shutdown would then wait out
     # its whole graceful timeout for nothing (32 s measured for an idle main).
     s.docker_runtime.stop(main, timeout_s=MAIN_STOP_TIMEOUT_S)
-    log(f"{main} stopped in {time.monotonic() - started:.2f} s")
 
     def drained() -> bool:
         counts = s.redis.queue_counts(names.bull_prefix)
         return counts.waiting == 0 and counts.active == 0
 
     wait_for(f"the queue of {tenant.slug} did not drain", drained, DRAIN_TIMEOUT_S)
-    # Their queue is empty: nothing runs in them. Stopped together (one engine call each).
-    workers = [o.name for o in s.docker_runtime.states(tenant.slug) if o.role == "worker"]
-    with ThreadPoolExecutor(max_workers=max(1, len(workers))) as pool:
-        list(pool.map(lambda name: s.docker_runtime.stop(name, timeout_s=0), workers))
+    for state in s.docker_runtime.states(tenant.slug):
+        if state.role == "worker":  # their queue is empty: nothing runs in them
+            s.docker_runtime.stop(state.name, timeout_s=0)
     if lock_out:
         s.tenant_db.set_login(names, False)
     return time.monotonic() - started
@@ -460,34 +457,22 @@ def settle(r: PromotionResources, tenant: Tenant, log: Log) -> None:
     background while the main works through the released backlog past the edge limits (a
     webhook answered by its workflow, `Respond to Webhook` or the last node, waits in the
     queue for them), then back to the tenant's own route (`end_release`, once the backlog is
-    answered). Until then the main keeps its startup CPU and the workers their background
-    weight (the executions the backlog queued wait for the cores it needs); the other side's
-    stopped main goes after."""
-
-    def backlog_answered() -> None:
-        if held(r, tenant) or r.traefik_dynamic.read(release_name(tenant.slug)) is not None:
-            end_release(r, tenant)
-
-    tenants.converge(
-        r.stack,
-        tenant,
-        log,
-        roles={"worker"},
-        background_workers=True,
-        meanwhile=backlog_answered,
-    )
-    tenants.converge(r.stack, tenant, log, roles={"main"})
+    answered)."""
+    tenants.converge(r.stack, tenant, log, roles={"main", "worker"}, background_workers=True)
+    if held(r, tenant) or r.traefik_dynamic.read(release_name(tenant.slug)) is not None:
+        end_release(r, tenant)
 
 
-def switch(r: PromotionResources, tenant: Tenant, main: str) -> tuple[Tenant, float]:
+def switch(r: PromotionResources, tenant: Tenant, main: str) -> Tenant:
     """The tenant is dedicated from here (the copy committed): the catalog says so; its main,
-    booted on the copy, answers ready through the release route (the seconds it took). Then
-    the hold is released and its containers converge (`settle`: the stopped shared ones go,
-    the main's CPU goes back from the startup boost to its plan's, the workers start)."""
+    booted on the copy, answers ready through the release route. Then the hold is released
+    and its containers converge (`settle`: the stopped shared ones go, the main's CPU goes back
+    from the startup boost to its plan's, the workers start)."""
     moved = promoted(tenant)
     with r.stack.catalog.begin() as connection:
         tenant_catalog.update_tenant(connection, tenant.id, tier="dedicated", color=moved.color)
-    return moved, ready_through_release(r, moved, main)
+    ready_through_release(r, moved, main)
+    return moved
 
 
 def roll_back(r: PromotionResources, tenant: Tenant, log: Log) -> float | None:
