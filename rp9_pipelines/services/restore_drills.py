@@ -7,6 +7,7 @@ n8n served: restore, boot and a working instance, as a tenant would need after a
 """
 
 import datetime as dt
+import functools
 import json
 import random
 import secrets
@@ -267,17 +268,7 @@ def run_canary(
     of what a failing canary does."""
     nonce = secrets.token_hex(8)
     with httpx.Client(base_url=base_url, headers={"X-N8N-API-KEY": api_key}, timeout=30) as http:
-
-        def post(url: str, **kwargs: Any) -> httpx.Response:
-            """n8n's 503 says its database did not answer its last ping in time (a sandbox
-            booted in the background on busy cores): asked again, within a deadline."""
-            deadline = time.monotonic() + UNAVAILABLE_RETRY_S
-            while True:
-                answer = http.post(url, **kwargs)
-                if answer.status_code != 503 or time.monotonic() > deadline:
-                    return answer
-                time.sleep(1)
-
+        post = functools.partial(_post_once_available, http)
         created = post("/api/v1/workflows", json=canary_workflow(path))
         if created.status_code != 200:
             detail = f"public API refused the canary workflow: HTTP {created.status_code}"
@@ -303,6 +294,30 @@ def run_canary(
         body = answer.text
     expected = "not-" + nonce if expect_other else nonce
     return check_canary(expected, answer.status_code, body), workflow_id
+
+
+def _post_once_available(http: httpx.Client, url: str, **kwargs: Any) -> httpx.Response:
+    """POST, asked again for up to `UNAVAILABLE_RETRY_S` while n8n itself answers 503 (its
+    database did not answer its last ping in time: a sandbox booted in the background on busy
+    cores), which it does before handling the request. An edge's 503 (rp9's `error` body: the
+    main may have been slow, not idle) is an answer: a retry could run the request twice."""
+    deadline = time.monotonic() + UNAVAILABLE_RETRY_S
+    while True:
+        answer = http.post(url, **kwargs)
+        if not _n8n_unavailable(answer) or time.monotonic() > deadline:
+            return answer
+        time.sleep(1)
+
+
+def _n8n_unavailable(answer: httpx.Response) -> bool:
+    """n8n's own 503 (`{"code": ..., "message": ...}`), not the edge's (`{"error": ...}`)."""
+    if answer.status_code != 503:
+        return False
+    try:
+        body = answer.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and "message" in body and "error" not in body
 
 
 class CliError(RuntimeError):
