@@ -10,6 +10,7 @@ from typing import Any
 
 from rp9_pipelines.domain.backups import BackupRecord, Manifest, recency, workflow_digest
 from rp9_pipelines.domain.stack import (
+    DATABASE_ENV,
     SECRET_FILES,
     SECRETS_MOUNT,
     ContainerSpec,
@@ -226,6 +227,7 @@ def sandbox_container(
         "N8N_VERSION_NOTIFICATIONS_ENABLED": "false",
         "N8N_TEMPLATES_ENABLED": "false",
         "N8N_METRICS": "false",
+        **DATABASE_ENV,
         # The tenant's own workflows run here: hardened as strictly as the strictest plan.
         **hardening_env(""),
     }

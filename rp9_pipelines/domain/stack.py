@@ -82,6 +82,14 @@ HARDENING_ENV = {
     "EXECUTIONS_DATA_HARD_DELETE_BUFFER": "1",
 }
 
+# n8n pings its database (`SELECT 1`, every 2 s) through the pool its requests use, and for
+# as long as one ping takes over N8N_DB_PING_TIMEOUT (5 s by default) it calls the database
+# "not ready": 503 on every route, readiness down. Under a tenant's own load on busy cores
+# the pool's queue alone passes 5 s, and the 503s then fail the webhooks that the database
+# would have answered. A database that is down fails the ping at once (refused, reset); the
+# timeout only tells a slow database from a hung one.
+DATABASE_ENV = {"N8N_DB_PING_TIMEOUT": "30000"}
+
 
 @dataclass(frozen=True)
 class NodePolicy:
@@ -235,6 +243,7 @@ def _common_env(stack: TenantStack, config: StackConfig) -> dict[str, str]:
         "N8N_DIAGNOSTICS_ENABLED": "false",
         "N8N_VERSION_NOTIFICATIONS_ENABLED": "false",
         "N8N_TEMPLATES_ENABLED": "false",
+        **DATABASE_ENV,
         **hardening_env(stack.plan),
     }
     env.update({f"{var}_FILE": f"{SECRETS_MOUNT}/{name}" for var, name in SECRET_FILES.items()})

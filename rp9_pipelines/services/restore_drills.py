@@ -250,7 +250,11 @@ def _wait_ready(r: DrillResources, sandbox: SandboxNames, timeout_s: float) -> C
                 "sandbox_ready", True, f"sandbox n8n ready in {time.monotonic() - started:.1f} s"
             )
         time.sleep(0.5)
-    return Check("sandbox_ready", False, f"sandbox n8n not ready after {timeout_s:.0f} s")
+    # Still booting (a long migration on busy cores) or stuck: its last line says which.
+    lines = r.docker_runtime.logs(sandbox.container, tail=3).strip().splitlines()
+    last = lines[-1].strip()[:300] if lines else "nothing"
+    detail = f"sandbox n8n not ready after {timeout_s:.0f} s; its last log line: {last}"
+    return Check("sandbox_ready", False, detail)
 
 
 def _canary(base_url: str, api_key: str, sandbox: SandboxNames) -> tuple[Check, str | None]:

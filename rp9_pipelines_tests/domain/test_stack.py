@@ -158,6 +158,13 @@ def test_every_container_runs_n8n_hardened_with_pruning_pinned() -> None:
         ]
 
 
+def test_no_container_calls_a_slow_database_not_ready_before_30_seconds() -> None:
+    # n8n's default is 5 s, which its own pool's queue passes under 20 webhooks a second on two
+    # busy cores: every route then answered 503 "Database is not ready!" (a CI run, stop 31).
+    for spec in desired_containers(stack(plan="starter", concurrency=5), STACK_CONFIG):
+        assert int(spec.env["N8N_DB_PING_TIMEOUT"]) >= 30_000, spec.role
+
+
 @pytest.mark.parametrize("plan", [*NODE_POLICIES, "", "gold", "Starter"])
 def test_every_plan_excludes_n8n_defaults_as_a_json_array(plan: str) -> None:
     """NODES_EXCLUDE replaces n8n's own list; n8n reads anything but a JSON array of strings as
