@@ -12,6 +12,7 @@ fails at that read. The shared one starts again only after the dedicated one was
 
 import contextlib
 import datetime as dt
+import logging
 import secrets
 import time
 import uuid
@@ -46,6 +47,7 @@ from rp9_pipelines.resources.tenant_copy import TenantCopy
 from rp9_pipelines.resources.traefik_dynamic import TraefikDynamicResource
 from rp9_pipelines.services import tenants
 
+logger = logging.getLogger(__name__)
 Log = Callable[[str], None]
 FALLBACK_FILES = "rp9-fallback-"
 ROUTE_TIMEOUT_S = 15.0
@@ -59,6 +61,11 @@ OPEN_TO_LIFT = 10
 READINESS_PATH = "/healthz/readiness"
 BACKLOG_TIMEOUT_S = 120.0
 HOLDING_TIMEOUT_S = 5.0
+# Until the holder has sent on every request it kept: each is sent on or answered 503 within
+# the holder's 50 s `HOLD_LIMIT_S`, and its answer's headers are back within its client's 120 s
+# timeout. A run on busy cores took more than 15 s for a released backlog (CI, 2026-12-04):
+# no reason to fail a promotion whose tenant serves.
+SENT_ON_TIMEOUT_S = 180.0
 
 
 class PromotionResources(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -366,7 +373,11 @@ def end_release(r: PromotionResources, tenant: Tenant) -> None:
     )
 
     sent_on = _holder_has(url, tenant, "unrouted", 0)
-    wait_for(f"the holder kept requests of {tenant.slug}", sent_on, ROUTE_TIMEOUT_S)
+    try:
+        wait_for(f"the holder kept requests of {tenant.slug}", sent_on, SENT_ON_TIMEOUT_S)
+    except TimeoutError as error:
+        # Past the holder's own limits: what it still keeps is stuck there, not on its way.
+        logger.warning("%s; its release route goes anyway", error)
     r.traefik_dynamic.remove(release_name(tenant.slug))
 
 
