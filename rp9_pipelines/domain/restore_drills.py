@@ -200,6 +200,10 @@ class SandboxNames:
 
 SANDBOX_CPU = 1.0
 SANDBOX_MEMORY_MB = 2048  # n8n plus its CLI (the workflow and credential exports) side by side
+# How long a sandbox may take to answer ready. It boots at a background CPU weight, behind the
+# tenants' own load, and a new version's migrations on a large tenant's data take minutes (CI
+# on busy cores once passed 240 s); a boot that fails is seen at once (the container stops).
+SANDBOX_READY_TIMEOUT_S = 900.0
 
 
 def sandbox_container(

@@ -30,6 +30,7 @@ from rp9_pipelines.domain.backups import BackupRecord, Manifest
 from rp9_pipelines.domain.restore_drills import (
     SANDBOX_LABEL,
     SANDBOX_PREFIX,
+    SANDBOX_READY_TIMEOUT_S,
     Check,
     SandboxNames,
     canary_workflow,
@@ -207,7 +208,7 @@ def restore_and_check(
     r.docker_runtime.create(
         spec, image, r.secret_files.path(sandbox.secrets_key), cpu_shares=cpu_shares
     )
-    checks.append(_wait_ready(r, sandbox, r.platform.ready_timeout_s))
+    checks.append(_wait_ready(r, sandbox, max(r.platform.ready_timeout_s, SANDBOX_READY_TIMEOUT_S)))
     log(checks[-1].detail)
     if not checks[-1].ok:
         return None
