@@ -47,8 +47,9 @@ from rp9_pipelines.services.promotion import PromotionResources
 from rp9_pipelines.services.restore_drills import restore_and_check, run_canary, teardown
 
 Log = Callable[[str], None]
-# Until the new version's main, booting beside the serving one, waits on the tenant's data.
-BOOT_TIMEOUT_S = 180.0
+# Until the new version's main, booting beside the serving one, waits on the tenant's data (at
+# the background weight, before the hold: see `promotion.BOOT_TIMEOUT_S`).
+BOOT_TIMEOUT_S = 600.0
 
 
 class UpgradeResources(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -146,7 +147,7 @@ def rehearse(u: UpgradeResources, tenant: Tenant, upgrade: dict[str, Any], log: 
             checks,
             log,
             image=image,
-            cpu_shares=tenants.BACKGROUND_CPU_SHARES,
+            cpu_shares=tenants.REHEARSAL_CPU_SHARES,
         )
     except Exception as failure:
         error = describe(failure)
