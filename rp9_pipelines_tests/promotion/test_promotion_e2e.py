@@ -60,38 +60,45 @@ def promoted(api: Api, settings: Settings, vault: VaultResource) -> Iterator[Pro
     tenant = api.create_tenant(
         slug=slug, name="Promoted Co", plan="pro", custom_domain=f"{slug}.customer.test"
     )
-    n8n = TenantN8n(settings, vault, tenant)
-    path = f"promo-{uuid.uuid4().hex[:8]}"
-    install(n8n, workflow(f"receive {path}", [webhook(path, "onReceived")]))
-    schedule_id = install(n8n, every_minute())
-    credential = n8n.http.post(
-        "/api/v1/credentials",
-        json={"name": "promo", "type": "httpHeaderAuth", "data": {"name": "X-Key", "value": "s"}},
-    )
-    assert credential.status_code == 200, credential.text
-    load = Load(n8n, path)
-    echoed = Load(n8n, f"echo-{uuid.uuid4().hex[:8]}", rate=1.0)
-    install(n8n, echo_webhook(echoed.path))
-
-    def promote() -> dict[str, Any]:
-        asked = api.post(f"/tenants/{slug}/promote", **{"Idempotency-Key": str(uuid.uuid4())})
-        assert asked.status_code == 202, asked.text
-        run = api.wait_run(asked.json()["run_id"], timeout_s=600)
-        found: dict[str, Any] = api.get(f"/tenants/{slug}/promotions").json()["promotions"][0]
-        assert run["status"] == "SUCCESS", (run, found["error"], found["phase"])
-        return found
-
-    echoing = threading.Thread(target=echoed.run, daemon=True)
-    echoing.start()
+    # A promotion that fails leaves no tenant running for the rest of the session.
     try:
-        promotion = run_under_load(load, promote)
+        n8n = TenantN8n(settings, vault, tenant)
+        path = f"promo-{uuid.uuid4().hex[:8]}"
+        install(n8n, workflow(f"receive {path}", [webhook(path, "onReceived")]))
+        schedule_id = install(n8n, every_minute())
+        credential = n8n.http.post(
+            "/api/v1/credentials",
+            json={
+                "name": "promo",
+                "type": "httpHeaderAuth",
+                "data": {"name": "X-Key", "value": "s"},
+            },
+        )
+        assert credential.status_code == 200, credential.text
+        load = Load(n8n, path)
+        echoed = Load(n8n, f"echo-{uuid.uuid4().hex[:8]}", rate=1.0)
+        install(n8n, echo_webhook(echoed.path))
+
+        def promote() -> dict[str, Any]:
+            asked = api.post(f"/tenants/{slug}/promote", **{"Idempotency-Key": str(uuid.uuid4())})
+            assert asked.status_code == 202, asked.text
+            run = api.wait_run(asked.json()["run_id"], timeout_s=600)
+            found: dict[str, Any] = api.get(f"/tenants/{slug}/promotions").json()["promotions"][0]
+            assert run["status"] == "SUCCESS", (run, found["error"], found["phase"])
+            return found
+
+        echoing = threading.Thread(target=echoed.run, daemon=True)
+        echoing.start()
+        try:
+            promotion = run_under_load(load, promote)
+        finally:
+            echoed.stop.set()
+            echoing.join(timeout=90)
+        yield Promoted(tenant, n8n, path, schedule_id, load, echoed, promotion)
     finally:
-        echoed.stop.set()
-        echoing.join(timeout=90)
-    yield Promoted(tenant, n8n, path, schedule_id, load, echoed, promotion)
-    gone = api.request("DELETE", f"/tenants/{slug}?purge=true")
-    assert gone.status_code == 202, gone.text
-    assert api.wait_run(gone.json()["run_id"])["status"] == "SUCCESS"
+        gone = api.request("DELETE", f"/tenants/{slug}?purge=true")
+        assert gone.status_code == 202, gone.text
+        assert api.wait_run(gone.json()["run_id"])["status"] == "SUCCESS"
 
 
 def test_a_promotion_under_20_webhooks_a_second_fails_no_request_and_runs_each_once(

@@ -134,7 +134,9 @@ def _upgrade(api: Api, slug: str, version: str = NEW) -> tuple[dict[str, Any], d
         **{"Idempotency-Key": str(uuid.uuid4())},
     )
     assert asked.status_code == 202, asked.text
-    run = api.wait_run(asked.json()["run_id"], timeout_s=900)
+    # The rehearsal's sandbox boots at the background weight behind the 20/s load: minutes on
+    # two busy cores.
+    run = api.wait_run(asked.json()["run_id"], timeout_s=1500)
     return run, _last_upgrade(api, slug)
 
 
