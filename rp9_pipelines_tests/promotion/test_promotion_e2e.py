@@ -75,7 +75,7 @@ def promoted(api: Api, settings: Settings, vault: VaultResource) -> Iterator[Pro
             },
         )
         assert credential.status_code == 200, credential.text
-        load = Load(n8n, path)
+        load = Load(n8n, path, retry=True)
         echoed = Load(n8n, f"echo-{uuid.uuid4().hex[:8]}", rate=1.0)
         install(n8n, echo_webhook(echoed.path))
 
@@ -116,9 +116,23 @@ def test_a_promotion_under_20_webhooks_a_second_fails_no_request_and_runs_each_o
     figures = promotion["figures"]
     assert figures["verified_rows"]["workflow_entity"] >= 2, figures
     assert {"hold_s", "catch_up_s"} <= figures.keys(), figures
-    # Every request answered 2xx, none lost, none run twice.
+    # Every request answered 2xx, none lost, none run twice. Every request sent while the
+    # tenant was held was answered 2xx at once. Before the hold, while the dedicated main
+    # boots, the serving tenant's edge may shed a few with 503 + Retry-After when the whole
+    # suite loads the two cores (its answers already take seconds; README, Limits): a sender
+    # that retries once, as webhook senders do, gets them through, and they are counted.
     assert len(load.answers) >= 40
-    assert not load.failures(), "\n".join([load.report(), str(promotion["steps"])])
+    why = "\n".join([load.report(), str(promotion["steps"])])
+    assert not load.failures(), why
+    steps = {step["phase"]: dt.datetime.fromisoformat(step["at"]) for step in promotion["steps"]}
+    held = [
+        status
+        for sent, _, status in load.calls
+        if steps["holding"].timestamp() - 1 <= sent <= steps["switched"].timestamp()
+    ]
+    assert held, why
+    assert all(200 <= status < 300 for status in held), why
+    assert len(load.retried) <= len(load.answers) // 20, why
     dedicated = TenantNames(slug, "dedicated")
     ran = executions_by_id(settings, dedicated, load.token)
     assert set(ran) == set(load.answers), (len(ran), len(load.answers))
@@ -165,7 +179,7 @@ def test_a_promoted_tenant_goes_back_to_its_shared_schema_and_then_it_is_removed
     slug = promoted.tenant["slug"]
     # An execution on the dedicated side, which the rollback leaves behind.
     assert promoted.n8n.call(promoted.path, {"id": "after-switch"}).status_code == 200
-    load = Load(promoted.n8n, promoted.path)
+    load = Load(promoted.n8n, promoted.path, retry=True)
 
     def roll_back() -> dict[str, Any]:
         asked = api.post(
@@ -184,7 +198,9 @@ def test_a_promoted_tenant_goes_back_to_its_shared_schema_and_then_it_is_removed
     assert (tenant["tier"], tenant["status"]) == ("shared", "active"), tenant
     assert back["status"] == "rolled_back", back
     assert back["figures"]["executions_left_behind"] >= 1, back["figures"]
-    assert not load.failures(), "\n".join([load.report(), str(back["steps"])])
+    why = "\n".join([load.report(), str(back["steps"])])
+    assert not load.failures(), why
+    assert len(load.retried) <= len(load.answers) // 20, why
     # Each request ran once: on the dedicated side until its freeze (left behind there), on
     # the shared side after.
     ran = executions_by_id(settings, TenantNames(slug, "shared"), load.token)

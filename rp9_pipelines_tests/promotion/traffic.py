@@ -25,11 +25,16 @@ RATE = 20.0
 @dataclass
 class Load:
     """Webhook POSTs at `rate` a second, each with a unique id, until stopped; every answer
-    kept (nothing retried)."""
+    kept. Nothing is retried, unless `retry`: then a 503 that says when to come back
+    (`Retry-After`: the edge shedding what it cannot take, the fallback, the holder) is sent
+    again once after that wait, as webhook senders do; `calls` keeps the first answer, `answers`
+    the last, `retried` the first answer's reason for each request sent again."""
 
     n8n: TenantN8n
     path: str
     rate: float = RATE
+    retry: bool = False
+    retried: dict[str, str] = field(default_factory=dict)
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
     answers: dict[str, int] = field(default_factory=dict)
     # (sent at, epoch seconds; seconds to the answer; status), one per request.
@@ -55,21 +60,32 @@ class Load:
             concurrent.futures.ThreadPoolExecutor(1000) as pool,
         ):
 
-            def call(ident: str) -> None:
-                sent, began = time.time(), time.monotonic()
-                reason = ""
+            def send(ident: str) -> tuple[int, str, float | None]:
+                """The status, the failure's reason, and when to come back (503s only)."""
                 try:
                     answer = http.post(f"/webhook/{self.path}", json={"id": ident})
-                    status = answer.status_code
-                    if not 200 <= status < 300:
-                        reason = _reason(answer)
                 except httpx.HTTPError as error:
-                    status, reason = 0, type(error).__name__
+                    return 0, type(error).__name__, None
+                if 200 <= answer.status_code < 300:
+                    return answer.status_code, "", None
+                later = answer.headers.get("retry-after", "")
+                wait = float(later) if answer.status_code == 503 and later.isdigit() else None
+                return answer.status_code, _reason(answer), wait
+
+            def call(ident: str) -> None:
+                sent, began = time.time(), time.monotonic()
+                status, reason, wait = send(ident)
+                with lock:
+                    self.calls.append((sent, time.monotonic() - began, status))
+                if self.retry and wait is not None:
+                    with lock:
+                        self.retried[ident] = f"{status} {reason}"
+                    time.sleep(wait)
+                    status, reason, _ = send(ident)
                 with lock:
                     if reason:
                         self.reasons[f"{status} {reason}"] += 1
                     self.answers[ident] = status
-                    self.calls.append((sent, time.monotonic() - began, status))
 
             i = 0
             while not self.stop.is_set():
@@ -84,7 +100,8 @@ class Load:
 
     def report(self) -> str:
         """The failures, who answered them, and the timeline: a failed assertion's message."""
-        return "\n".join([str(self.failures()), str(self.reasons), *self.timeline()])
+        retried = f"sent again once: {len(self.retried)} {Counter(self.retried.values())}"
+        return "\n".join([str(self.failures()), str(self.reasons), retried, *self.timeline()])
 
     def timeline(self) -> list[str]:
         """Each second of sending with a failure or an answer slower than 2 s: requests sent,
