@@ -294,11 +294,6 @@ def _record(
 # (at the default 1024, on two cores, its boot made the serving main shed requests).
 BACKGROUND_CPU_SHARES = 2
 DEFAULT_CPU_SHARES = 1024
-# The weight of an upgrade's rehearsal (its sandbox boots, migrates a copy and exports through
-# the CLI, ~1-2 CPU minutes): behind the serving containers, but not starved. At
-# `BACKGROUND_CPU_SHARES` under 20 webhooks/s on two busy cores it got 5 % of a core and its
-# n8n had printed nothing after 4 minutes (CI, 2026-12-04).
-REHEARSAL_CPU_SHARES = 256
 
 
 def boot_main(r: StackResources, tenant: Tenant, log: Log) -> str:

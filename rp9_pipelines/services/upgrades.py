@@ -147,7 +147,7 @@ def rehearse(u: UpgradeResources, tenant: Tenant, upgrade: dict[str, Any], log: 
             checks,
             log,
             image=image,
-            cpu_shares=tenants.REHEARSAL_CPU_SHARES,
+            cpu_shares=tenants.BACKGROUND_CPU_SHARES,
         )
     except Exception as failure:
         error = describe(failure)
