@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -329,16 +330,28 @@ def _adopt(connection: psycopg.Connection, role: str) -> None:
         _execute(connection, sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role)))
 
 
+# How long a database's drop waits out an autovacuum worker in it: DROP ... WITH (FORCE) ends
+# the database's sessions, but not an autovacuum worker's (only a superuser or
+# `pg_signal_backend` may), and one is often busy on a database just filled (a restore, a copy).
+DROP_AUTOVACUUM_WAIT_S = 30.0
+
+
 def drop_sandbox(server: PgServer, name: str) -> None:
     """Drop a sandbox's database (closing its sessions) and its role of the same name; either
     may be missing already."""
     _check_sandbox_name(name)
+    statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
     with server.connect("postgres", autocommit=True) as connection:
         _adopt(connection, name)
-        _execute(
-            connection,
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)),
-        )
+        deadline = time.monotonic() + DROP_AUTOVACUUM_WAIT_S
+        while True:
+            try:
+                _execute(connection, statement)
+                break
+            except psycopg.errors.InsufficientPrivilege:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         _execute(connection, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 

@@ -37,13 +37,11 @@ from rp9_pipelines.domain.tenants import (
     check_tenant_database,
 )
 from rp9_pipelines.resources.postgres_admin import PostgresAdminResource, execute, raw_connection
-from rp9_pipelines.resources.postgres_dump import PgServer
+from rp9_pipelines.resources.postgres_dump import DROP_AUTOVACUUM_WAIT_S, PgServer
 
 _PSQL_META = re.compile(r"^\\(un)?restrict ")
 # The event trigger of `deploy/postgres/tenant_boundary.sql` in the shared database.
 BOUNDARY_TRIGGER = "rp9_tenant_boundary"
-# How long a database's drop waits out an autovacuum worker in it (`_drop_database`).
-DROP_AUTOVACUUM_WAIT_S = 30.0
 # The template builder's n8n (main only, its pool of 2) and spares; its migrations take long.
 TEMPLATE_ROLE_LIMITS = RoleLimits(connection_limit=6, statement_timeout_ms=0)
 
