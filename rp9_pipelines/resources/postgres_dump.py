@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -343,16 +343,22 @@ def drop_sandbox(server: PgServer, name: str) -> None:
     statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
     with server.connect("postgres", autocommit=True) as connection:
         _adopt(connection, name)
-        deadline = time.monotonic() + DROP_AUTOVACUUM_WAIT_S
-        while True:
-            try:
-                _execute(connection, statement)
-                break
-            except psycopg.errors.InsufficientPrivilege:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        past_autovacuum(lambda: _execute(connection, statement))
         _execute(connection, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def past_autovacuum(drop: Callable[[], object]) -> None:
+    """`drop` (a DROP DATABASE ... WITH (FORCE)) again while an autovacuum worker in that
+    database refuses to end, for at most `DROP_AUTOVACUUM_WAIT_S`."""
+    deadline = time.monotonic() + DROP_AUTOVACUUM_WAIT_S
+    while True:
+        try:
+            drop()
+            return
+        except psycopg.errors.InsufficientPrivilege:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def sandbox_leftovers(server: PgServer) -> set[str]:

@@ -14,12 +14,10 @@ database, with a connection limit and a statement timeout from its plan."""
 import dataclasses
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 
@@ -37,7 +35,7 @@ from rp9_pipelines.domain.tenants import (
     check_tenant_database,
 )
 from rp9_pipelines.resources.postgres_admin import PostgresAdminResource, execute, raw_connection
-from rp9_pipelines.resources.postgres_dump import DROP_AUTOVACUUM_WAIT_S, PgServer
+from rp9_pipelines.resources.postgres_dump import PgServer, past_autovacuum
 
 _PSQL_META = re.compile(r"^\\(un)?restrict ")
 # The event trigger of `deploy/postgres/tenant_boundary.sql` in the shared database.
@@ -438,15 +436,7 @@ class TenantDatabaseResource(PostgresAdminResource):
         statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             sql.Identifier(database)
         )
-        deadline = time.monotonic() + DROP_AUTOVACUUM_WAIT_S
-        while True:
-            try:
-                execute(server, statement)
-                return
-            except psycopg.errors.InsufficientPrivilege:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        past_autovacuum(lambda: execute(server, statement))
 
     def exists(self, names: TenantNames) -> bool:
         """Whether the tenant's role still exists (it goes last when the data is purged)."""
