@@ -124,12 +124,7 @@ def test_a_promotion_under_20_webhooks_a_second_fails_no_request_and_runs_each_o
     assert len(load.answers) >= 40
     why = "\n".join([load.report(), str(promotion["steps"])])
     assert not load.failures(), why
-    steps = {step["phase"]: dt.datetime.fromisoformat(step["at"]) for step in promotion["steps"]}
-    held = [
-        status
-        for sent, _, status in load.calls
-        if steps["holding"].timestamp() - 1 <= sent <= steps["switched"].timestamp()
-    ]
+    held = load.held(promotion["steps"])
     assert held, why
     assert all(200 <= status < 300 for status in held), why
     assert len(load.retried) <= len(load.answers) // 20, why

@@ -95,6 +95,14 @@ class Load:
                 pool.submit(call, f"id-{self.token}-{i}")
                 i += 1
 
+    def held(self, steps: list[dict[str, Any]]) -> list[int]:
+        """The first answers of the requests sent while the tenant was held: from a second
+        before the `holding` step of a cutover's `steps` until its `switched` step."""
+        at = {step["phase"]: dt.datetime.fromisoformat(step["at"]).timestamp() for step in steps}
+        return [
+            status for sent, _, status in self.calls if at["holding"] - 1 <= sent <= at["switched"]
+        ]
+
     def failures(self) -> Counter[int]:
         return Counter(s for s in self.answers.values() if not 200 <= s < 300)
 

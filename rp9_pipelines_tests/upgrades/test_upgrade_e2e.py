@@ -176,12 +176,7 @@ def test_a_tenant_upgraded_under_20_webhooks_a_second_fails_no_request_and_runs_
     # Outside the hold, the tenant's edge may shed a few with 503 when the whole suite's
     # tenants load the two cores (README, Limits): counted, at most 1 %.
     assert len(load.answers) >= 40
-    steps = {step["phase"]: dt.datetime.fromisoformat(step["at"]) for step in upgrade_row["steps"]}
-    held = [
-        status
-        for sent, _, status in load.calls
-        if steps["holding"].timestamp() - 1 <= sent <= steps["switched"].timestamp()
-    ]
+    held = load.held(upgrade_row["steps"])
     failed = load.failures()
     why = "\n".join([load.report(), str(upgrade_row["steps"])])
     assert held, why
