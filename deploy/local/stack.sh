@@ -343,6 +343,11 @@ entryPoints:
   web:
     address: "127.0.0.1:$traefik_web_port"
     asDefault: true
+    # Traefik's default (60 s since 2.11.2) cuts a request still unanswered at 60 s: a webhook
+    # the holder kept up to 50 s then sent on (with up to 120 s for its answer) must not be.
+    transport:
+      respondingTimeouts:
+        readTimeout: "180s"
   traefik:
     address: "127.0.0.1:$traefik_admin_port"
   supabase:

@@ -40,6 +40,8 @@ from rp9_pipelines.domain.routing import HELD_HEADER, HOLD_PATH, HOLDING_PATH, U
 # than the minute after which most senders give up: a sender that waits gets its answer late
 # rather than a 503.
 HOLD_LIMIT_S = 50.0
+# How long a released request's answer may take (Traefik's entrypoint lets it: readTimeout).
+SEND_ON_TIMEOUT_S = 120.0
 POLL_S = 0.1
 FOLLOW_S = 1.0
 MAX_HELD = 2000
@@ -141,7 +143,7 @@ async def _released(
 def _client() -> httpx.AsyncClient:
     if _holds.client is None:
         limits = httpx.Limits(max_connections=MAX_HELD, max_keepalive_connections=50)
-        _holds.client = httpx.AsyncClient(timeout=120, limits=limits)
+        _holds.client = httpx.AsyncClient(timeout=SEND_ON_TIMEOUT_S, limits=limits)
     return _holds.client
 
 
