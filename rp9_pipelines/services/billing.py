@@ -352,14 +352,39 @@ def sync_customer(
     return synced
 
 
-def sync_all(
-    client: stripe.StripeClient, engine: sa.Engine, log: Callable[[str], None]
-) -> list[CustomerSync]:
+@dataclass(frozen=True)
+class SyncRun:
+    """Every customer's sync: those synced, and the tenants (slug → customer) whose customer
+    Stripe no longer has (deleted there, or another Stripe account's): their quotas and plan
+    are left as they were."""
+
+    synced: list[CustomerSync]
+    gone: dict[str, str]
+
+
+def sync_all(client: stripe.StripeClient, engine: sa.Engine, log: Callable[[str], None]) -> SyncRun:
+    """Sync every tenant's customer; one Stripe no longer has is logged and the others go on
+    (it stopped the whole run before)."""
     with engine.begin() as connection:
         customers = billing_catalog.customer_ids(connection)
     prices = _subscription_prices(client)
-    synced = (sync_customer(client, engine, c, log, prices[c]) for c in customers)
-    return [s for s in synced if s is not None]
+    synced: list[CustomerSync] = []
+    gone: dict[str, str] = {}
+    for customer in customers:
+        try:
+            found = sync_customer(client, engine, customer, log, prices[customer])
+        except stripe.InvalidRequestError as error:
+            if error.code != "resource_missing":
+                raise
+            with engine.begin() as connection:
+                row = billing_catalog.tenant_by_customer(connection, customer)
+            slug = row.slug if row is not None else "?"
+            log(f"{slug}: customer {customer} is gone at Stripe; its quotas and plan unchanged")
+            gone[slug] = customer
+            continue
+        if found is not None:
+            synced.append(found)
+    return SyncRun(synced, gone)
 
 
 Log = Callable[[str], None]

@@ -69,12 +69,11 @@ def forget(engine: sa.Engine, tenant_id: uuid.UUID) -> None:
         tenant_catalog.forget_tenant(connection, tenant_id)
 
 
-@pytest.fixture
-def billing_tenant(catalog_engine: sa.Engine) -> Iterator[tenant_catalog.Tenant]:
-    """A catalog tenant (no containers: billing reads only the catalog), removed afterwards
-    with its usage, ledger and quotas."""
+def catalog_tenant(engine: sa.Engine) -> tenant_catalog.Tenant:
+    """A new catalog tenant on the starter plan (no containers: billing reads only the
+    catalog); `forget` removes it."""
     slug = f"bill-{uuid.uuid4().hex[:8]}"
-    with catalog_engine.begin() as connection:
+    with engine.begin() as connection:
         tenant_id = tenant_catalog.insert_tenant(
             connection,
             {
@@ -90,5 +89,12 @@ def billing_tenant(catalog_engine: sa.Engine) -> Iterator[tenant_catalog.Tenant]
         tenant_catalog.set_quota(connection, tenant_id, "plan", plan)
         tenant = tenant_catalog.get_tenant(connection, tenant_id)
     assert tenant is not None
+    return tenant
+
+
+@pytest.fixture
+def billing_tenant(catalog_engine: sa.Engine) -> Iterator[tenant_catalog.Tenant]:
+    """A catalog tenant, removed afterwards with its usage, ledger and quotas."""
+    tenant = catalog_tenant(catalog_engine)
     yield tenant
-    forget(catalog_engine, tenant_id)
+    forget(catalog_engine, tenant.id)

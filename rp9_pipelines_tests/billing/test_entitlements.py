@@ -21,7 +21,7 @@ from rp9_pipelines.catalog.tables import idempotency_keys, quotas
 from rp9_pipelines.catalog.tenants import Tenant
 from rp9_pipelines.services.billing import ensure_customer, sync_all, sync_catalog, sync_customer
 from rp9_pipelines.settings import Settings
-from rp9_pipelines_tests.billing.conftest import StripeDouble
+from rp9_pipelines_tests.billing.conftest import StripeDouble, catalog_tenant, forget
 from rp9_pipelines_tests.conftest import BIN, Served, free_port, serve
 from rp9_pipelines_tests.waiting import wait_until
 
@@ -145,7 +145,8 @@ def test_the_scheduled_sync_agrees_with_the_per_customer_sync(
     """`sync_all` lists every subscription once per run instead of once per customer."""
     customer = ensure_customer(stripe_double.client(), catalog_engine, billing_tenant)
     subscribe(stripe_double, catalog_engine, customer, "pro")
-    synced = {s.customer: s for s in sync_all(stripe_double.client(), catalog_engine, print)}
+    run = sync_all(stripe_double.client(), catalog_engine, print)
+    synced = {s.customer: s for s in run.synced}
     assert synced[customer].plan_before == "starter"
     assert synced[customer].plan_after == "pro"
     assert synced[customer].features == [
@@ -157,6 +158,27 @@ def test_the_scheduled_sync_agrees_with_the_per_customer_sync(
     again = sync_customer(stripe_double.client(), catalog_engine, customer, print)
     assert again is not None
     assert (again.plan_after, again.features) == ("pro", synced[customer].features)
+
+
+def test_a_customer_gone_at_stripe_is_named_and_the_others_are_still_synced(
+    stripe_double: StripeDouble, catalog_engine: sa.Engine, billing_tenant: Tenant
+) -> None:
+    """A customer deleted at Stripe (or of another account) stopped the whole scheduled sync:
+    no tenant's quotas followed their entitlements until an operator found it."""
+    customer = ensure_customer(stripe_double.client(), catalog_engine, billing_tenant)
+    subscribe(stripe_double, catalog_engine, customer, "pro")
+    stale = catalog_tenant(catalog_engine)
+    gone = f"cus_gone{uuid.uuid4().hex[:16]}"
+    try:
+        with catalog_engine.begin() as connection:
+            tenant_catalog.update_tenant(connection, stale.id, stripe_customer_id=gone)
+        run = sync_all(stripe_double.client(), catalog_engine, print)
+        assert run.gone.get(stale.slug) == gone, run.gone
+        assert customer in {s.customer for s in run.synced}
+        assert state(catalog_engine, billing_tenant)["plan"] == "pro"
+        assert state(catalog_engine, stale)["plan"] == "starter"
+    finally:
+        forget(catalog_engine, stale.id)
 
 
 def test_a_customer_that_is_no_tenants_is_ignored(

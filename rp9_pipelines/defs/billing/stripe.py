@@ -84,10 +84,16 @@ def sync_stripe_entitlements(
     context: dg.OpExecutionContext, catalog: CatalogResource, stripe: StripeResource
 ) -> int:
     """Every customer's active entitlements → its tenant's `stripe` quotas (and plan)."""
-    synced = sync_all(stripe.client, catalog.engine, context.log.info)
-    changed = [s.slug for s in synced if s.plan_changed]
-    context.log.info(f"{len(synced)} customer(s) synced; plan changed: {changed or 'none'}")
-    return len(synced)
+    run = sync_all(stripe.client, catalog.engine, context.log.info)
+    changed = [s.slug for s in run.synced if s.plan_changed]
+    context.log.info(f"{len(run.synced)} customer(s) synced; plan changed: {changed or 'none'}")
+    if run.gone:
+        # Every other customer is synced; these tenants' quotas wait for an operator.
+        raise dg.Failure(
+            description=f"customers gone at Stripe, their tenants not synced: {run.gone}",
+            metadata={"synced": len(run.synced), "gone": sorted(run.gone)},
+        )
+    return len(run.synced)
 
 
 @dg.job(tags={KIND_TAG: "billing"}, executor_def=dg.in_process_executor)
