@@ -466,13 +466,12 @@ def serve(r: PromotionResources, tenant: Tenant, log: Log, *, roles: set[str]) -
 
 
 def settle(r: PromotionResources, tenant: Tenant, log: Log) -> None:
-    """After the hold's release: the workers of the side that serves now, booting at their
-    plan's CPU and the default weight while the main takes the released backlog past the edge
-    limits (a webhook answered by its workflow, `Respond to Webhook` or the last node, waits in
-    the queue for them: booted at the background weight behind that backlog they took minutes
-    in a CI run), then back to the tenant's own route (`end_release`, once the backlog is
+    """After the hold's release: the workers of the side that serves now, booting in the
+    background while the main works through the released backlog past the edge limits (a
+    webhook answered by its workflow, `Respond to Webhook` or the last node, waits in the
+    queue for them), then back to the tenant's own route (`end_release`, once the backlog is
     answered)."""
-    tenants.converge(r.stack, tenant, log, roles={"main", "worker"})
+    tenants.converge(r.stack, tenant, log, roles={"main", "worker"}, background_workers=True)
     if held(r, tenant) or r.traefik_dynamic.read(release_name(tenant.slug)) is not None:
         end_release(r, tenant)
 

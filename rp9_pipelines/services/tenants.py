@@ -168,8 +168,11 @@ def converge(
     log: Log,
     *,
     roles: set[str],
+    background_workers: bool = False,
 ) -> list[str]:
-    """Make the containers of `roles` match the catalog; returns what changed.
+    """Make the containers of `roles` match the catalog; returns what changed. With
+    `background_workers`, workers joining a serving main boot at `BACKGROUND_CPU_SHARES` (the
+    default weight once healthy): after a cutover the main works through a released backlog.
 
     On a schema n8n has not migrated yet, converge main alone first (`start`): two n8n processes
     booting at once on a fresh database both run the migrations and one of them fails.
@@ -181,8 +184,7 @@ def converge(
     observed = [o for o in every if o.role in roles]
     plan = plan_reconcile(specs, observed)
     # Workers joining a stack whose main serves traffic boot at their plan's CPU: a boost would
-    # take the cores the serving main needs (on two cores, p99 went from 0.05 s to 9 s). Not in
-    # the background either (after a cutover): a webhook answered by its workflow waits for them.
+    # take the cores the serving main needs (on two cores, p99 went from 0.05 s to 9 s).
     main_serving = any(o.role == "main" and o.running for o in every) and not any(
         s.role == "main" for s in plan.create + plan.recreate + plan.start
     )
@@ -201,6 +203,14 @@ def converge(
         return startup_cpu(spec.cpu, r.platform.startup_cpu, r.docker_runtime.host_cpus())
 
     boosted = [s for s in plan.create + plan.recreate + plan.start if boot_cpu(s) != s.cpu]
+    behind = [
+        s
+        for s in plan.create + plan.recreate + plan.start
+        if background_workers and main_serving and s.role == "worker"
+    ]
+
+    def shares(spec: ContainerSpec) -> int | None:
+        return BACKGROUND_CPU_SHARES if spec in behind else None
 
     try:
         for spec in plan.create + plan.recreate:
@@ -213,6 +223,7 @@ def converge(
                 r.platform.image_for(tenant.n8n_version),
                 secrets_dir,
                 cpu=boot_cpu(spec),
+                cpu_shares=shares(spec),
             )
             _record(r, tenant, spec, container_id, "running")
             done.append(f"{verb} {spec.name}")
@@ -224,9 +235,13 @@ def converge(
         for spec in plan.start:
             log(f"starting {spec.name}")
             r.docker_runtime.start(spec.name)
-            if spec in boosted:
+            if spec in boosted or spec in behind:
                 r.docker_runtime.update_limits(
-                    spec.name, boot_cpu(spec), spec.memory_mb, temporary=True
+                    spec.name,
+                    boot_cpu(spec),
+                    spec.memory_mb,
+                    cpu_shares=shares(spec),
+                    temporary=True,
                 )
             with r.catalog.begin() as connection:
                 catalog.set_instances_state(connection, tenant.id, "running", [spec.name])
@@ -239,6 +254,11 @@ def converge(
         for spec in boosted:
             with contextlib.suppress(NotFound):
                 r.docker_runtime.update_limits(spec.name, spec.cpu, spec.memory_mb)
+        for spec in behind:
+            with contextlib.suppress(NotFound):
+                r.docker_runtime.update_limits(
+                    spec.name, spec.cpu, spec.memory_mb, cpu_shares=DEFAULT_CPU_SHARES
+                )
         if boosted:
             log(f"startup CPU boost over for {', '.join(s.name for s in boosted)}")
     return done
