@@ -90,12 +90,12 @@ def tenant_by_customer(connection: sa.Connection, customer_id: str) -> sa.Row[An
     return connection.execute(query).first()
 
 
-def customer_ids(connection: sa.Connection) -> list[str]:
-    """The Stripe customers of the tenants that are not deleted, by slug."""
-    query = sa.select(tenants.c.stripe_customer_id).where(
+def customers_by_slug(connection: sa.Connection) -> dict[str, str]:
+    """The Stripe customer of each tenant that is not deleted, by slug (in slug order)."""
+    query = sa.select(tenants.c.slug, tenants.c.stripe_customer_id).where(
         tenants.c.stripe_customer_id.is_not(None), tenants.c.status != "deleted"
     )
-    return list(connection.execute(query.order_by(tenants.c.slug)).scalars())
+    return {slug: str(c) for slug, c in connection.execute(query.order_by(tenants.c.slug))}
 
 
 def executions_on(connection: sa.Connection, tenant_id: uuid.UUID, day: dt.date) -> int | None:

@@ -366,19 +366,16 @@ def sync_all(client: stripe.StripeClient, engine: sa.Engine, log: Callable[[str]
     """Sync every tenant's customer; one Stripe no longer has is logged and the others go on
     (it stopped the whole run before)."""
     with engine.begin() as connection:
-        customers = billing_catalog.customer_ids(connection)
+        customers = billing_catalog.customers_by_slug(connection)
     prices = _subscription_prices(client)
     synced: list[CustomerSync] = []
     gone: dict[str, str] = {}
-    for customer in customers:
+    for slug, customer in customers.items():
         try:
             found = sync_customer(client, engine, customer, log, prices[customer])
         except stripe.InvalidRequestError as error:
             if error.code != "resource_missing":
                 raise
-            with engine.begin() as connection:
-                row = billing_catalog.tenant_by_customer(connection, customer)
-            slug = row.slug if row is not None else "?"
             log(f"{slug}: customer {customer} is gone at Stripe; its quotas and plan unchanged")
             gone[slug] = customer
             continue
