@@ -218,16 +218,20 @@ def test_phases_before_the_switch_roll_back_and_after_it_finish() -> None:
 
 
 def test_what_a_booting_main_reads_before_the_catch_up_activates_and_answers_nothing() -> None:
-    """Workflows, webhooks, users, credentials and execution payloads wait for the catch-up's
-    commit: a main that read them from a copy not yet caught up could run a schedule or answer
-    a request from stale data."""
+    """Workflows, webhooks, sharing, credentials, API keys and execution payloads wait for the
+    catch-up's commit: a main that read them from a copy not yet caught up could run a schedule
+    or answer a request from stale data. So does the table its modules read first
+    (`instance_version_history`), before its server calls itself ready."""
     assert BOOT_READS.isdisjoint(
         {
             "workflow_entity",
             "webhook_entity",
             "shared_workflow",
-            "user",
+            "project",
+            "project_relation",
             "credentials_entity",
+            "shared_credentials",
+            "user_api_keys",
             "execution_data",
             "instance_version_history",
         }
