@@ -12,12 +12,21 @@ as the fallback answers. No Bearer token: these are the tenant's visitors.
 However many requests wait, one of them asks the catalog about the tenant's hold every
 `POLL_S`, from the fallback's few threads; the others sleep until it sees the release (or, at
 most `FOLLOW_S` later, take its place if it went): hundreds of held requests cost no CPU.
+
+Released, a tenant's requests go on oldest first, `SEND_AT_ONCE` at a time (`_Gate`): n8n
+shares its one thread among every request it has, so a backlog sent on together is answered
+all at once at its end (the oldest waiting the hold and the whole backlog), while in order the
+oldest are answered first and the backlog takes no longer. A request whose answer is slow (a
+workflow that answers at its end waits for a worker) gives its place up after `SLOT_S`.
 """
 
+import asyncio
+import heapq
+import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 import httpx
@@ -45,6 +54,8 @@ SEND_ON_TIMEOUT_S = 120.0
 POLL_S = 0.1
 FOLLOW_S = 1.0
 MAX_HELD = 2000
+SEND_AT_ONCE = 16
+SLOT_S = 0.25
 MAX_BODY_BYTES = 16 * 1024 * 1024  # n8n's own limit (N8N_PAYLOAD_SIZE_MAX)
 # Headers of one hop only (RFC 9110 §7.6.1), and what is recomputed for the next one.
 HOP_HEADERS = {
@@ -75,6 +86,66 @@ class _Watch:
         self.polling = anyio.Lock()
 
 
+class _Gate:
+    """A tenant's requests sent on through the holder: in the order they came (`ticket`, taken
+    on arrival), at most `SEND_AT_ONCE` at a time, each holding its place until its answer
+    begins or `SLOT_S`. The places are handed out once every request woken with them has
+    asked (the released backlog wakes in no particular order)."""
+
+    def __init__(self) -> None:
+        self.free = SEND_AT_ONCE
+        self.tickets = itertools.count()
+        self.waiting: list[tuple[int, asyncio.Future[None]]] = []
+        self.handing = False
+
+    def ticket(self) -> int:
+        return next(self.tickets)
+
+    def _hand_out(self) -> None:
+        self.handing = False
+        while self.free and self.waiting:
+            _, place = heapq.heappop(self.waiting)
+            if not place.done():
+                self.free -= 1
+                place.set_result(None)
+
+    def _give_back(self) -> None:
+        self.free += 1
+        self._hand_out()
+
+    async def send(
+        self, ticket: int, sending: Callable[[Callable[[], None]], Awaitable[Response]]
+    ) -> Response:
+        """`sending(answered)` once `ticket`'s turn comes: `answered()` gives its place up."""
+        loop = asyncio.get_running_loop()
+        place: asyncio.Future[None] = loop.create_future()
+        heapq.heappush(self.waiting, (ticket, place))
+        if not self.handing:
+            self.handing = True
+            loop.call_soon(self._hand_out)
+        try:
+            await place
+        except asyncio.CancelledError:
+            if place.done() and not place.cancelled():
+                self._give_back()  # a place handed to a request that went meanwhile
+            raise
+        given_up = False
+
+        def answered() -> None:
+            nonlocal given_up
+            if not given_up:
+                given_up = True
+                self._give_back()
+
+        # A timer, not a task: the send's own errors reach the caller as they are.
+        timer = loop.call_later(SLOT_S, answered)
+        try:
+            return await sending(answered)
+        finally:
+            timer.cancel()
+            answered()
+
+
 class _Holds:
     """This process's view of the tenants' holds, and the requests it has of each."""
 
@@ -87,6 +158,8 @@ class _Holds:
         # Requests of each tenant here until their answer goes back: while a released backlog
         # is worked through, the tenant stays behind the holder (no in-flight limit sheds).
         self.open: dict[uuid.UUID, int] = {}
+        # The gate of each tenant with requests here (gone with its last one).
+        self.gates: dict[uuid.UUID, _Gate] = {}
         self.client: httpx.AsyncClient | None = None
 
 
@@ -192,6 +265,8 @@ async def held_request(request: Request, engine: EngineDep, settings: SettingsDe
         tenant_id, held, token = found
         _holds.unrouted[tenant_id] = _holds.unrouted.get(tenant_id, 0) + 1
         _holds.open[tenant_id] = _holds.open.get(tenant_id, 0) + 1
+        gate = _holds.gates.setdefault(tenant_id, _Gate())
+        ticket = gate.ticket()
         counted = True
 
         def routed() -> None:
@@ -209,10 +284,20 @@ async def held_request(request: Request, engine: EngineDep, settings: SettingsDe
                     log.warning("hold of %s outlasted %s s: answered 503", host, HOLD_LIMIT_S)
                     return _answer(request, TIMED_OUT)
                 token = released
-            return await _send_on(request, body, settings.traefik_url, token, routed)
+
+            async def sending(answered: Callable[[], None]) -> Response:
+                def on_its_way() -> None:
+                    routed()
+                    answered()
+
+                return await _send_on(request, body, settings.traefik_url, token, on_its_way)
+
+            return await gate.send(ticket, sending)
         finally:
             routed()
             _holds.open[tenant_id] -= 1
+            if not _holds.open[tenant_id]:
+                _holds.gates.pop(tenant_id, None)
     except httpx.HTTPError as error:
         log.warning("a held request to %s could not be sent on: %s", host, error)
         return _answer(request, TIMED_OUT)
