@@ -17,6 +17,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -424,15 +425,17 @@ def freeze(
     # queued: milliseconds) finishes within the timeout. n8n's own shutdown would then wait out
     # its whole graceful timeout for nothing (32 s measured for an idle main).
     s.docker_runtime.stop(main, timeout_s=MAIN_STOP_TIMEOUT_S)
+    log(f"{main} stopped in {time.monotonic() - started:.2f} s")
 
     def drained() -> bool:
         counts = s.redis.queue_counts(names.bull_prefix)
         return counts.waiting == 0 and counts.active == 0
 
     wait_for(f"the queue of {tenant.slug} did not drain", drained, DRAIN_TIMEOUT_S)
-    for state in s.docker_runtime.states(tenant.slug):
-        if state.role == "worker":  # their queue is empty: nothing runs in them
-            s.docker_runtime.stop(state.name, timeout_s=0)
+    # Their queue is empty: nothing runs in them. Stopped together (one engine call each).
+    workers = [o.name for o in s.docker_runtime.states(tenant.slug) if o.role == "worker"]
+    with ThreadPoolExecutor(max_workers=max(1, len(workers))) as pool:
+        list(pool.map(lambda name: s.docker_runtime.stop(name, timeout_s=0), workers))
     if lock_out:
         s.tenant_db.set_login(names, False)
     return time.monotonic() - started
@@ -470,22 +473,34 @@ def settle(r: PromotionResources, tenant: Tenant, log: Log) -> None:
     background while the main works through the released backlog past the edge limits (a
     webhook answered by its workflow, `Respond to Webhook` or the last node, waits in the
     queue for them), then back to the tenant's own route (`end_release`, once the backlog is
-    answered)."""
-    tenants.converge(r.stack, tenant, log, roles={"main", "worker"}, background_workers=True)
-    if held(r, tenant) or r.traefik_dynamic.read(release_name(tenant.slug)) is not None:
-        end_release(r, tenant)
+    answered). Until then the main keeps its startup CPU and the workers their background
+    weight (the executions the backlog queued wait for the cores it needs); the other side's
+    stopped main goes after."""
+
+    def backlog_answered() -> None:
+        if held(r, tenant) or r.traefik_dynamic.read(release_name(tenant.slug)) is not None:
+            end_release(r, tenant)
+
+    tenants.converge(
+        r.stack,
+        tenant,
+        log,
+        roles={"worker"},
+        background_workers=True,
+        meanwhile=backlog_answered,
+    )
+    tenants.converge(r.stack, tenant, log, roles={"main"})
 
 
-def switch(r: PromotionResources, tenant: Tenant, main: str) -> Tenant:
+def switch(r: PromotionResources, tenant: Tenant, main: str) -> tuple[Tenant, float]:
     """The tenant is dedicated from here (the copy committed): the catalog says so; its main,
-    booted on the copy, answers ready through the release route. Then the hold is released
-    and its containers converge (`settle`: the stopped shared ones go, the main's CPU goes back
-    from the startup boost to its plan's, the workers start)."""
+    booted on the copy, answers ready through the release route (the seconds it took). Then
+    the hold is released and its containers converge (`settle`: the stopped shared ones go,
+    the main's CPU goes back from the startup boost to its plan's, the workers start)."""
     moved = promoted(tenant)
     with r.stack.catalog.begin() as connection:
         tenant_catalog.update_tenant(connection, tenant.id, tier="dedicated", color=moved.color)
-    ready_through_release(r, moved, main)
-    return moved
+    return moved, ready_through_release(r, moved, main)
 
 
 def roll_back(r: PromotionResources, tenant: Tenant, log: Log) -> float | None:

@@ -169,10 +169,12 @@ def converge(
     *,
     roles: set[str],
     background_workers: bool = False,
+    meanwhile: Callable[[], None] | None = None,
 ) -> list[str]:
     """Make the containers of `roles` match the catalog; returns what changed. With
     `background_workers`, workers joining a serving main boot at `BACKGROUND_CPU_SHARES` (the
-    default weight once healthy): after a cutover the main works through a released backlog.
+    default weight once healthy and `meanwhile` is done): after a cutover the main works
+    through a released backlog, and the workers' boot and the executions it queued wait for it.
 
     On a schema n8n has not migrated yet, converge main alone first (`start`): two n8n processes
     booting at once on a fresh database both run the migrations and one of them fails.
@@ -248,6 +250,8 @@ def converge(
             done.append(f"started {spec.name}")
         wait_healthy(r, [s.name for s in specs])
         record_nodes(r, tenant)
+        if meanwhile is not None:
+            meanwhile()
     finally:
         # Healthy or not, a boosted container goes back to its plan's CPU (one not created, or
         # gone by now, is found by the next converge, which compares the limits too).

@@ -220,6 +220,8 @@ def switch(u: UpgradeResources, tenant: Tenant, upgrade: dict[str, Any], log: Lo
             return s.tenant_db.waiting_on_lock(tenant.names) > 0
 
         preboot_s = edge.wait_for(f"{main} did not reach the tenant's data", waits, BOOT_TIMEOUT_S)
+        # Waiting on the lock it uses no CPU: first from now on, before the hold.
+        tenants.boost(s, moved, main)
         started = time.monotonic()
         edge.hold(c, tenant, "upgrade")
         record(u, upgrade["id"], "holding", preboot_s=round(preboot_s, 3), from_color=tenant.color)
@@ -232,7 +234,6 @@ def switch(u: UpgradeResources, tenant: Tenant, upgrade: dict[str, Any], log: Lo
             )
         # From the commit on, the new version migrates the tenant's data.
         record(u, upgrade["id"], "started")
-        tenants.boost(s, moved, main)
     ready_started = time.monotonic()
     edge.ready_through_release(c, moved, main)
     ready_s = time.monotonic() - ready_started
