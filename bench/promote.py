@@ -103,8 +103,18 @@ def change(api: Api, slug: str, action: str) -> dict[str, Any]:
     return found
 
 
-def report_load(load: Load, held_from: float, held_until: float, what: str) -> None:
-    held = [latency for sent, latency, _ in load.calls if held_from <= sent <= held_until]
+def report_load(
+    load: Load, held_from: float, held_until: float, what: str, released: float | None = None
+) -> None:
+    sent_held = [(at, t) for at, t, _ in load.calls if held_from <= at <= held_until]
+    if sent_held and released is not None:
+        answered = [at + t - released for at, t in sent_held]
+        print(
+            f"  held requests answered {min(answered):+.2f} to {max(answered):+.2f} s"
+            " from the release",
+            flush=True,
+        )
+    held = [latency for _, latency in sent_held]
     every = [latency for _, latency, _ in load.calls]
     failed = load.failures()
     print(
@@ -112,6 +122,10 @@ def report_load(load: Load, held_from: float, held_until: float, what: str) -> N
         f" {dict(failed) if failed else ''}",
         flush=True,
     )
+    if failed:
+        print(f"  failed: {dict(load.reasons)}", flush=True)
+    for line in load.timeline():  # each second with a failure or an answer slower than 2 s
+        print(f"    {line}", flush=True)
     print(
         f"  {what}: {len(held)} requests, p50 {pct(held, 0.5):.2f} s,"
         f" p99 {pct(held, 0.99):.2f} s, max {max(held, default=0):.2f} s"
@@ -174,10 +188,11 @@ def main() -> None:
             f"promotion: {total:.1f} s in all; copy {figures['copy_s']:.1f} s and the"
             f" dedicated main's boot to the copy {figures['boot_s']:.1f} s while serving;"
             f" hold {figures['hold_s']:.1f} s (freeze {figures['freeze_s']:.1f} s, catch-up"
-            f" {figures['catch_up_s']:.1f} s, release {figures['release_s']:.1f} s)",
+            f" {figures['catch_up_s']:.1f} s, the main ready {figures['ready_s']:.1f} s after"
+            f" the commit, release {figures['release_s']:.1f} s)",
             flush=True,
         )
-        report_load(load, at["holding"] - 0.5, at["switched"], "sent while held")
+        report_load(load, at["holding"] - 0.5, at["switched"], "sent while held", at["switched"])
 
         load = Load(n8n, path)
         back, elapsed = under_load(load, lambda: change(api, slug, "promotion/rollback"))

@@ -56,7 +56,7 @@ def main() -> None:
             f" {figures['watch_verdict']}",
             flush=True,
         )
-        report_load(load, at["holding"] - 0.5, at["switched"], "sent while held")
+        report_load(load, at["holding"] - 0.5, at["switched"], "sent while held", at["switched"])
 
         load = Load(n8n, path)
         back, elapsed = under_load(load, lambda: change(api, slug, "upgrade/rollback"))
