@@ -6,6 +6,7 @@ rollback under 20 webhooks/s lost a request that way, at 60.1 s."""
 import re
 
 import httpx
+import pytest
 
 from rp9_pipelines.api.routes.edge_hold import HOLD_LIMIT_S, SEND_ON_TIMEOUT_S
 from rp9_pipelines.settings import Settings
@@ -27,6 +28,7 @@ def test_go_durations_are_read() -> None:
     assert go_duration_s("250ms") == 0.25
 
 
+@pytest.mark.stack
 def test_the_tenants_entrypoint_waits_for_a_held_requests_answer(settings: Settings) -> None:
     answer = httpx.get(
         f"{settings.traefik_api_url}/api/entrypoints/{settings.traefik_entrypoint}", timeout=10
