@@ -7,7 +7,7 @@ set -euo pipefail
 
 version=${1:?usage: build.sh N8N_VERSION [IMAGE_NAME]}
 # Bump when the image's recipe changes, so `stack.sh up` rebuilds it.
-recipe=2
+recipe=3
 image=${2:-rp9/n8n}
 cache=${RP9_CACHE_DIR:-/var/cache/rp9}
 node_version=${RP9_NODE_VERSION:-24.19.0}
@@ -88,6 +88,9 @@ echo 'node:x:1000:1000::/home/node:/bin/sh' >>"$build/etc/passwd"
 echo 'node:x:1000:' >>"$build/etc/group"
 echo 'node:!:19000::::::' >>"$build/etc/shadow"
 mkdir -p "$build/home/node/.n8n"
+# The editor's assets generated here once, not by every main at its boot (static_assets.py).
+python3 "$here/static_assets.py" patch "$build"
+python3 "$here/static_assets.py" generate "$build" "$node"
 chown -R 1000:1000 "$build/home/node"
 rm -f "$build/.complete"
 
