@@ -134,7 +134,10 @@ def _reason(answer: httpx.Response) -> str:
         error = answer.json().get("error")
     except ValueError:
         return answer.text[:40].strip()
-    return str(error.get("code")) if isinstance(error, dict) else answer.text[:40].strip()
+    if not isinstance(error, dict):
+        return answer.text[:40].strip()
+    # The fallback's message tells the edge's causes apart: no route, upstream 502/504, 429.
+    return f"{error.get('code')}: {error.get('message')}"
 
 
 def install(n8n: TenantN8n, body: dict[str, Any]) -> str:
