@@ -142,7 +142,8 @@ DELTA_KEY = "executionId"
 # its migrations, keys, settings, packages, roles, the owner it sets up from the environment
 # (`user`), the executions it must resume and the test runs it marks interrupted. The cutover
 # leaves these tables of the copy open to the dedicated main it boots, so that it gets that far
-# before the catch-up (its editor's assets generated: 1.5-3 s of CPU on two busy cores); every
+# before the catch-up (with the official image, its editor's assets generated there: 1.5-3 s of
+# CPU on two busy cores; the local image has them built in, deploy/images/n8n); every
 # other table waits for the catch-up's commit, and the first of them it reads
 # (`instance_version_history`, its modules' first, then `workflow_entity` as it activates the
 # workflows) holds it there, before its server answers anything, ready included. What it read

@@ -204,12 +204,11 @@ def converge(
             return spec.cpu
         return startup_cpu(spec.cpu, r.platform.startup_cpu, r.docker_runtime.host_cpus())
 
-    boosted = [s for s in plan.create + plan.recreate + plan.start if boot_cpu(s) != s.cpu]
-    behind = [
-        s
-        for s in plan.create + plan.recreate + plan.start
-        if background_workers and main_serving and s.role == "worker"
-    ]
+    joining = plan.create + plan.recreate + plan.start
+    boosted = [s for s in joining if boot_cpu(s) != s.cpu]
+    behind: list[ContainerSpec] = []
+    if background_workers and main_serving:
+        behind = [s for s in joining if s.role == "worker"]
 
     def shares(spec: ContainerSpec) -> int | None:
         return BACKGROUND_CPU_SHARES if spec in behind else None

@@ -88,9 +88,12 @@ echo 'node:x:1000:1000::/home/node:/bin/sh' >>"$build/etc/passwd"
 echo 'node:x:1000:' >>"$build/etc/group"
 echo 'node:!:19000::::::' >>"$build/etc/shadow"
 mkdir -p "$build/home/node/.n8n"
-# The editor's assets generated here once, not by every main at its boot (static_assets.py).
+# The editor's assets generated here once, not by every main at its boot (static_assets.py),
+# with the image's own environment.
+image_env=(NODE_ENV=production MALLOC_ARENA_MAX=2 SHELL=/bin/sh N8N_DIAGNOSTICS_ENABLED=false
+  N8N_VERSION_NOTIFICATIONS_ENABLED=false N8N_TEMPLATES_ENABLED=false)
 python3 "$here/static_assets.py" patch "$build"
-python3 "$here/static_assets.py" generate "$build" "$node"
+python3 "$here/static_assets.py" generate "$build" "$node" "${image_env[@]}"
 chown -R 1000:1000 "$build/home/node"
 rm -f "$build/.complete"
 
@@ -98,7 +101,7 @@ log "importing $image:$version"
 tar --numeric-owner -C "$build" -c . | docker import \
   --change 'USER node' \
   --change 'WORKDIR /home/node' \
-  --change 'ENV NODE_ENV=production MALLOC_ARENA_MAX=2 SHELL=/bin/sh N8N_DIAGNOSTICS_ENABLED=false N8N_VERSION_NOTIFICATIONS_ENABLED=false N8N_TEMPLATES_ENABLED=false' \
+  --change "ENV ${image_env[*]}" \
   --change 'EXPOSE 5678/tcp' \
   --change "LABEL io.rp9.n8n-version=$version io.rp9.recipe=$recipe" \
   --change 'ENTRYPOINT ["tini", "--", "/usr/local/bin/rp9-n8n-entrypoint"]' \

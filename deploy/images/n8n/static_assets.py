@@ -13,8 +13,8 @@ hooks, the config tags with the REST endpoint and the Sentry settings, the REST 
 otherwise generates them as before and writes the stamp. A container whose configuration differs
 from the image's therefore generates its own files, as n8n always did.
 
-`generate ROOT`: runs that wrapper once with the image's environment (node from ROOT, n8n's own
-code) into ROOT/home/node/.cache/n8n/public.
+`generate ROOT NODE KEY=VALUE...`: runs that wrapper once with the image's environment (the
+`ENV` build.sh gives the image; n8n's own code) into ROOT/home/node/.cache/n8n/public.
 """
 
 import os
@@ -46,13 +46,6 @@ WRAPPER = """    async generateStaticAssets() {
     }
     async rp9GenerateStaticAssets() {
 """
-# The image's own ENV (build.sh's `docker import --change ENV`), nothing from the builder's.
-IMAGE_ENV = {
-    "NODE_ENV": "production",
-    "N8N_DIAGNOSTICS_ENABLED": "false",
-    "N8N_VERSION_NOTIFICATIONS_ENABLED": "false",
-    "N8N_TEMPLATES_ENABLED": "false",
-}
 # What n8n's bin/n8n loads before a command (its config, zod's `.alias`), then its Start command's
 # own method on an instance that has only what the method reads.
 GENERATE = """
@@ -83,12 +76,12 @@ def patch(root: Path) -> None:
     os.replace(patched, start)
 
 
-def generate(root: Path, node: str) -> None:
+def generate(root: Path, node: str, image_env: dict[str, str]) -> None:
     target = root / "home/node/.cache/n8n/public"
     # Loading n8n writes a settings file with a fresh encryption key into the user folder: a
     # throwaway one, never the image's (a tenant's main refuses a key that is not its own).
     with tempfile.TemporaryDirectory(prefix="rp9-n8n-assets-") as scratch:
-        env = {**IMAGE_ENV, "PATH": "/usr/bin:/bin", "HOME": scratch, "N8N_USER_FOLDER": scratch}
+        env = {**image_env, "PATH": "/usr/bin:/bin", "HOME": scratch, "N8N_USER_FOLDER": scratch}
         done = subprocess.run(
             [node, "-e", GENERATE, str(root / START), str(target)],
             cwd=root / "opt/n8n",
@@ -108,6 +101,7 @@ if __name__ == "__main__":
     if command == "patch":
         patch(root)
     elif command == "generate":
-        generate(root, sys.argv[3])
+        generate(root, sys.argv[3], dict(a.split("=", 1) for a in sys.argv[4:]))
     else:
-        raise SystemExit(f"unknown command {command!r}: patch ROOT | generate ROOT NODE")
+        usage = "patch ROOT | generate ROOT NODE KEY=VALUE..."
+        raise SystemExit(f"unknown command {command!r}: {usage}")
