@@ -378,6 +378,10 @@ def release_config(
     return config
 
 
+# A tenant's states while the platform changes it, and how long a sender should wait then.
+TRANSITIONS = {"provisioning": 30, "upgrading": 30, "promoting": 30}
+
+
 @dataclass(frozen=True)
 class Unavailable:
     """What the fallback answers for a host whose tenant is not serving."""
@@ -401,11 +405,13 @@ def unavailable(
     created or changed, or not answering → 503 `tenant_unavailable`. `upstream`: the status
     Traefik had for a routed tenant (`edge_config`), which is never a 404: a known tenant is at
     capacity or restarting, an unknown one unavailable."""
-    if upstream is not None and (slug is None or status in (None, "deleted", "deleting", "active")):
+    if upstream is not None and status != "suspended":
         what = slug or "this address"
+        # A tenant being changed (upgraded, promoted) is still routed: say what Traefik saw.
+        during = f" ({status})" if status in TRANSITIONS else ""
         if upstream == AT_CAPACITY:
-            return Unavailable(503, "tenant_busy", f"{what} is at capacity", 2)
-        message = f"{what} is restarting or not answering"
+            return Unavailable(503, "tenant_busy", f"{what} is at capacity{during}", 2)
+        message = f"{what} is restarting or not answering{during}"
         return Unavailable(503, "tenant_unavailable", message, 5)
     if slug is None or status in (None, "deleted", "deleting"):
         return Unavailable(404, "tenant_not_found", "no n8n is served at this address", None)
@@ -419,7 +425,7 @@ def unavailable(
         # Its main is (re)starting: Docker does not call it healthy yet, so Traefik routes it
         # here until it is.
         return Unavailable(503, "tenant_unavailable", f"{slug} is starting", 10)
-    retry = {"provisioning": 30, "upgrading": 30, "promoting": 30}.get(status, 10)
+    retry = TRANSITIONS.get(status or "", 10)
     return Unavailable(
         503, "tenant_unavailable", f"{slug} is temporarily unavailable ({status})", retry
     )

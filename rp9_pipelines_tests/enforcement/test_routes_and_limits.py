@@ -136,7 +136,8 @@ def test_fallback_answers(
         (None, None, 0, (503, "tenant_unavailable", 5)),
         ("acme", "deleting", 502, (503, "tenant_unavailable", 5)),
         ("acme", "suspended", 502, (503, "tenant_suspended", 3600)),
-        ("acme", "upgrading", 429, (503, "tenant_unavailable", 30)),
+        ("acme", "upgrading", 429, (503, "tenant_busy", 2)),
+        ("acme", "promoting", 502, (503, "tenant_unavailable", 5)),
     ],
 )
 def test_a_routed_tenant_whose_n8n_could_not_answer_is_never_missing(
