@@ -69,6 +69,15 @@ HOLDING_TIMEOUT_S = 5.0
 # timeout. A run on busy cores took more than 15 s for a released backlog (CI, 2026-12-04):
 # no reason to fail a promotion whose tenant serves.
 SENT_ON_TIMEOUT_S = 180.0
+# After the hold's route goes, the executions a released backlog queued (hundreds, for a webhook
+# answered once queued) are worked down while the workers still have their background weight
+# and the main its startup CPU: at full weight they took the cores and the database from the
+# main, which then answered nothing for seconds and the edge's in-flight limit shed requests
+# (bench-upgrade, 2026-12-05: 76 in 5 s, 17 s after the release). Until at most this many wait,
+# for at most `QUEUE_SETTLE_TIMEOUT_S` (on cores the tenant's own traffic keeps busy the
+# queue may never get that short: its workers take their weight back then).
+QUEUE_SETTLED = 10
+QUEUE_SETTLE_TIMEOUT_S = 60.0
 
 
 class PromotionResources(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -480,6 +489,7 @@ def settle(r: PromotionResources, tenant: Tenant, log: Log) -> None:
     def backlog_answered() -> None:
         if held(r, tenant) or r.traefik_dynamic.read(release_name(tenant.slug)) is not None:
             end_release(r, tenant)
+        queue_worked_down(r, tenant, log)
 
     tenants.converge(
         r.stack,
@@ -490,6 +500,24 @@ def settle(r: PromotionResources, tenant: Tenant, log: Log) -> None:
         meanwhile=backlog_answered,
     )
     tenants.converge(r.stack, tenant, log, roles={"main"})
+
+
+def queue_worked_down(r: PromotionResources, tenant: Tenant, log: Log) -> None:
+    """Until at most `QUEUE_SETTLED` of the tenant's executions wait in its queue, for at most
+    `QUEUE_SETTLE_TIMEOUT_S`."""
+    prefix = tenant.names.bull_prefix
+    started = time.monotonic()
+
+    def short() -> bool:
+        return r.stack.redis.queue_counts(prefix).waiting <= QUEUE_SETTLED
+
+    try:
+        wait_for(f"the queue of {tenant.slug}", short, QUEUE_SETTLE_TIMEOUT_S)
+    except TimeoutError:
+        waiting = r.stack.redis.queue_counts(prefix).waiting
+        log(f"{waiting} executions still queued after {QUEUE_SETTLE_TIMEOUT_S:.0f} s")
+    else:
+        log(f"queue worked down in {time.monotonic() - started:.1f} s")
 
 
 def switch(r: PromotionResources, tenant: Tenant, main: str) -> tuple[Tenant, float]:
