@@ -59,14 +59,22 @@ class EdgeRate:
     in_flight: int
 
 
+# How long a webhook sender waits for an answer before it gives up (GitHub: 10 s).
+SENDER_WAIT_S = 10
+
+
 def edge_rate(concurrency: int) -> EdgeRate:
     """What a plan admits at the edge: twice its concurrency a second, at least 20 (a starter's
     single worker serves 15-30 short webhooks a second on two cores: `make bench-load`), with a
-    one-second burst of twice that; and at most four times its concurrency in flight, at least
-    50 (an editor's first page load asks for a few dozen files at once). Beyond what is in
-    flight, a request is answered at once instead of queueing behind seconds of backlog."""
+    one-second burst of twice that; and in flight, what arrives at that rate in
+    `SENDER_WAIT_S`. A request waits behind the others about as long as its sender would, no
+    longer: beyond that it is answered at once (503 and `Retry-After`) instead of running into
+    its sender's timeout. The limit was 2.5 s of the rate (four times the concurrency, at least
+    50): it shed requests whenever n8n answered slowly for a few seconds, as beside a backup of
+    the tenant's 221 MB on two busy cores (96, 158 and 492 requests in three runs of
+    `make bench-upgrade`, of 4,400-5,400, while n8n answered the others within 7 s)."""
     average = max(20, 2 * concurrency)
-    return EdgeRate(average=average, burst=2 * average, in_flight=max(50, 4 * concurrency))
+    return EdgeRate(average=average, burst=2 * average, in_flight=SENDER_WAIT_S * average)
 
 
 def traefik_labels(

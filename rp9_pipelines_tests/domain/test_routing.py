@@ -96,7 +96,7 @@ def test_host_rule_single() -> None:
 
 @pytest.mark.parametrize(
     ("concurrency", "average", "in_flight"),
-    [(1, 20, 50), (5, 20, 50), (20, 40, 80), (200, 400, 800)],
+    [(1, 20, 200), (5, 20, 200), (20, 40, 400), (200, 400, 4000)],
 )
 def test_a_plans_edge_rate_grows_with_its_concurrency(
     concurrency: int, average: int, in_flight: int
