@@ -116,18 +116,15 @@ def test_a_promotion_under_20_webhooks_a_second_fails_no_request_and_runs_each_o
     figures = promotion["figures"]
     assert figures["verified_rows"]["workflow_entity"] >= 2, figures
     assert {"hold_s", "catch_up_s"} <= figures.keys(), figures
-    # Every request answered 2xx, none lost, none run twice. Every request sent while the
-    # tenant was held was answered 2xx at once. Before the hold, while the dedicated main
-    # boots, the serving tenant's edge may shed a few with 503 + Retry-After when the whole
-    # suite loads the two cores (its answers already take seconds; README, Limits): a sender
-    # that retries once, as webhook senders do, gets them through, and they are counted.
+    # Every request answered 2xx at its first attempt (none shed by the edge, none retried),
+    # none lost, none run twice; those sent while the tenant was held too.
     assert len(load.answers) >= 40
     why = "\n".join([load.report(), str(promotion["steps"])])
     assert not load.failures(), why
     held = load.held(promotion["steps"])
     assert held, why
     assert all(200 <= status < 300 for status in held), why
-    assert len(load.retried) <= len(load.answers) // 20, why
+    assert not load.retried, why
     dedicated = TenantNames(slug, "dedicated")
     ran = executions_by_id(settings, dedicated, load.token)
     assert set(ran) == set(load.answers), (len(ran), len(load.answers))
@@ -195,7 +192,7 @@ def test_a_promoted_tenant_goes_back_to_its_shared_schema_and_then_it_is_removed
     assert back["figures"]["executions_left_behind"] >= 1, back["figures"]
     why = "\n".join([load.report(), str(back["steps"])])
     assert not load.failures(), why
-    assert len(load.retried) <= len(load.answers) // 20, why
+    assert not load.retried, why
     # Each request ran once: on the dedicated side until its freeze (left behind there), on
     # the shared side after.
     ran = executions_by_id(settings, TenantNames(slug, "shared"), load.token)

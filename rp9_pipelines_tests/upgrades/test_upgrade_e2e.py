@@ -172,17 +172,14 @@ def test_a_tenant_upgraded_under_20_webhooks_a_second_fails_no_request_and_runs_
     versions = _versions(runtime, slug)
     assert set(versions.values()) == {NEW}, versions
     assert any(k.startswith("worker:") for k in versions), versions
-    # Every request sent while held answered 2xx; none lost; each answered one executed once.
-    # Outside the hold, the tenant's edge may shed a few with 503 when the whole suite's
-    # tenants load the two cores (README, Limits): counted, at most 1 %.
+    # Every request answered 2xx, those sent while held too; none lost; each executed once.
     assert len(load.answers) >= 40
     held = load.held(upgrade_row["steps"])
     failed = load.failures()
     why = "\n".join([load.report(), str(upgrade_row["steps"])])
     assert held, why
     assert all(200 <= status < 300 for status in held), why
-    assert set(failed) <= {503}, why
-    assert sum(failed.values()) <= len(load.answers) // 100, why
+    assert not failed, why
     names = TenantNames(slug, "shared")
     ran = executions_by_id(settings, names, load.token)
     answered = {i for i, status in load.answers.items() if 200 <= status < 300}
