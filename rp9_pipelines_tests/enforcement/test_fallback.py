@@ -151,9 +151,13 @@ def test_a_routed_tenant_that_cannot_take_requests_gets_503_with_retry_after(
 
         wait_until(routed, timeout_s=30, what="the container's router in Traefik, enabled")
         answer = wait_until(lambda: reset(host), timeout_s=30, what="the container's route")
+        # Being provisioned, and routed: what Traefik saw, and the tenant's state.
         assert answer.status_code == 503, answer.text
-        assert answer.headers["Retry-After"] == "30"
-        assert answer.json()["error"]["code"] == "tenant_unavailable"
+        assert answer.headers["Retry-After"] == "5"
+        assert answer.json()["error"] == {
+            "code": "tenant_unavailable",
+            "message": f"{slug} is restarting or not answering (provisioning)",
+        }
         # The catch-all would call this one unknown (404): the answer comes from its router.
         posted = reset(stranger)
         assert posted is not None
