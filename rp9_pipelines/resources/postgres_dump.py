@@ -179,7 +179,7 @@ def _tail(stream: IO[bytes]) -> str:
 # priority, pg_dump's compression (and, by the pipe's back-pressure, the server process that
 # feeds it) takes only the cores the serving n8n containers leave. At the default priority a
 # backup of 221 MB beside a tenant at 20 webhooks/s made its main answer in seconds, and its
-# edge shed 170 requests in 20 s (bench-upgrade, 2026-12-05). A restore onto a tenant's own
+# edge shed 158 requests in 20 s (bench-upgrade, 2026-12-05). A restore onto a tenant's own
 # data (`restore_in_place`, with its requests held) keeps the default priority.
 BACKGROUND_NICE = 19
 # zlib's fastest level. pg_dump's default (6) spent 8.3 s of CPU on 224 MB of a tenant's

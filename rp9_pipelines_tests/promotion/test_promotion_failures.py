@@ -187,14 +187,11 @@ def test_a_promotion_killed_while_frozen_is_rolled_back_by_its_rerun(
         # `verified` is recorded before the copy's transaction commits, so none of the held
         # tables was ever readable by the dedicated role.
         dedicated = TenantNames(slug, "dedicated")
-        url = sa.make_url(sqlalchemy_url(tenant_db.admin_url)).set(database=dedicated.db_name)
-        check = sa.create_engine(url, poolclass=sa.NullPool)
-        with check.connect() as connection:
+        with tenant_db.connect(dedicated.db_name) as connection:
             readable = connection.execute(
                 sa.text("SELECT has_table_privilege(:role, :table, 'SELECT')"),
                 {"role": dedicated.db_role, "table": f'"{dedicated.db_schema}".workflow_entity'},
             ).scalar_one()
-        check.dispose()
         assert readable is False
     rerun = DagsterClient(f"{dagster_webserver.url}/graphql").launch(
         launches.promotion("promote_tenant", promotion_id, shared["id"], slug, "test")
