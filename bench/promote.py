@@ -64,6 +64,20 @@ def fill(settings: Settings, names: TenantNames, workflow_id: str, megabytes: in
     return int(size)
 
 
+HOLD_STEPS = (
+    "hold_route_s",
+    "main_stop_s",
+    "drain_s",
+    "workers_stop_s",
+    "catch_up_s",
+    "foreign_keys_s",
+    "compare_s",
+    "commit_s",
+    "ready_s",
+    "release_s",
+)
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -190,6 +204,13 @@ def main() -> None:
             f" hold {figures['hold_s']:.1f} s (freeze {figures['freeze_s']:.1f} s, catch-up"
             f" {figures['catch_up_s']:.1f} s, the main ready {figures['ready_s']:.1f} s after"
             f" the commit, release {figures['release_s']:.1f} s)",
+            flush=True,
+        )
+        print(
+            "  the hold's steps: "
+            + ", ".join(
+                f"{k.removesuffix('_s')} {figures[k]:.2f}" for k in HOLD_STEPS if k in figures
+            ),
             flush=True,
         )
         report_load(load, at["holding"] - 0.5, at["switched"], "sent while held", at["switched"])

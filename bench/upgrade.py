@@ -50,7 +50,9 @@ def main() -> None:
             f" {figures['rehearsal_migration_s'] or 0:.1f} s on the copy); snapshot"
             f" {figures['snapshot_s']:.1f} s; the new main booted beside the old one to the"
             f" data in {figures['preboot_s']:.1f} s; hold {figures['hold_s']:.1f} s (old stack"
-            f" stopped and drained {figures['freeze_s']:.1f} s, new main ready"
+            f" stopped and drained {figures['freeze_s']:.1f} s: main"
+            f" {figures['main_stop_s']:.2f} s, drain {figures['drain_s']:.2f} s, workers"
+            f" {figures['workers_stop_s']:.2f} s; new main ready"
             f" {figures['ready_s']:.1f} s after it, {figures['migrations']} migrations in"
             f" {figures['migration_s'] or 0:.1f} s on the tenant's data); watch:"
             f" {figures['watch_verdict']}",

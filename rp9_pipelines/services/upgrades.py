@@ -226,8 +226,8 @@ def switch(u: UpgradeResources, tenant: Tenant, upgrade: dict[str, Any], log: Lo
         edge.hold(c, tenant, "upgrade")
         record(u, upgrade["id"], "holding", preboot_s=round(preboot_s, 3), from_color=tenant.color)
         edge.route_release(c, moved, main)
-        freeze_s = edge.freeze(c, tenant, tenant.names, log, lock_out=False)
-        record(u, upgrade["id"], "stopped", freeze_s=round(freeze_s, 3))
+        frozen = edge.freeze(c, tenant, tenant.names, log, lock_out=False)
+        record(u, upgrade["id"], "stopped", None, **frozen.figures())
         with s.catalog.begin() as connection:
             tenant_catalog.update_tenant(
                 connection, tenant.id, n8n_version=moved.n8n_version, color=moved.color

@@ -151,10 +151,12 @@ def cut_over(
                     hold_route_s=round(route_s, 3),
                 )
                 promote.route_release(promotion, tenant, main)
-                freeze_s = promote.freeze(promotion, tenant, shared, log)
-                promote.record(promotion, found["id"], "frozen", freeze_s=round(freeze_s, 3))
+                frozen = promote.freeze(promotion, tenant, shared, log)
+                promote.record(promotion, found["id"], "frozen", None, **frozen.figures())
                 found, _ = _load(promotion, promotion_id)
                 promote.catch_up(promotion, copy, found, log)
+                committing = time.monotonic()
+            commit_s = time.monotonic() - committing
             moved, ready_s = promote.switch(promotion, tenant, main)
         except Exception as error:
             found, _ = _load(promotion, promotion_id)
@@ -170,6 +172,7 @@ def cut_over(
             "switched",
             {"switched_at": now, "rollback_until": now + window},
             hold_s=round(hold_s, 3),
+            commit_s=round(commit_s, 3),
             ready_s=round(ready_s, 3),
             release_s=round(release_s, 3),
         )
