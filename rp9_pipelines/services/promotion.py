@@ -460,6 +460,8 @@ def stop_main(r: PromotionResources, main: str, drained: Callable[[], bool]) -> 
         def over() -> bool:
             return stopping.done() or (time.monotonic() - asked >= MAIN_GRACE_S and drained())
 
+        # The engine ends the stop itself (its kill at the timeout): this bound is only for an
+        # engine that never answers.
         wait_for(f"{main} did not stop", over, DRAIN_TIMEOUT_S)
         if not stopping.done():
             runtime.stop(main, timeout_s=0)
